@@ -1,0 +1,165 @@
+//! Per-stage latency histograms: recorded by the stage's own thread, read from anywhere.
+//!
+//! The stage records into an [`hdrhistogram::Histogram`] it owns. Every `publish_every`
+//! recorded values it copies that histogram into a shared mailbox with `try_lock`: if a
+//! reader holds the mailbox at that instant the stage skips this copy and tries again next
+//! time — it never waits. Readers take a [`LatencySnapshot`] from the mailbox.
+
+use hdrhistogram::Histogram;
+use std::sync::{Arc, Mutex};
+
+/// Wall-clock nanoseconds since the Unix epoch, for `ts_recv` stamps and latency only —
+/// engine decisions never read it (they run on event time).
+#[inline]
+pub fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Highest recordable latency, ns (values above are clamped): 10 s.
+const MAX_NS: u64 = 10_000_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid")
+}
+
+/// A stage's latency recorder. Owned by the stage's thread.
+pub struct StageLatency {
+    name: &'static str,
+    local: Histogram<u64>,
+    shared: Arc<Mutex<Histogram<u64>>>,
+    since_publish: u32,
+    publish_every: u32,
+}
+
+impl std::fmt::Debug for StageLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageLatency").field("name", &self.name).field("count", &self.local.len()).finish()
+    }
+}
+
+/// Reads a stage's latest published histogram. Cheap to clone.
+#[derive(Clone)]
+pub struct LatencyReader {
+    name: &'static str,
+    shared: Arc<Mutex<Histogram<u64>>>,
+}
+
+impl std::fmt::Debug for LatencyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LatencyReader").field("name", &self.name).finish()
+    }
+}
+
+/// Percentiles of one stage, ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Stage name.
+    pub name: &'static str,
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Maximum.
+    pub max: u64,
+}
+
+impl LatencySnapshot {
+    /// Percentiles of a histogram.
+    pub fn of(name: &'static str, h: &Histogram<u64>) -> Self {
+        Self {
+            name,
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+impl StageLatency {
+    /// A recorder for stage `name` that publishes every `publish_every` values.
+    pub fn new(name: &'static str, publish_every: u32) -> (Self, LatencyReader) {
+        let shared = Arc::new(Mutex::new(new_histogram()));
+        let reader = LatencyReader { name, shared: Arc::clone(&shared) };
+        (Self { name, local: new_histogram(), shared, since_publish: 0, publish_every: publish_every.max(1) }, reader)
+    }
+
+    /// Records one latency, ns. Never allocates or waits.
+    #[inline]
+    pub fn record(&mut self, ns: u64) {
+        let _ = self.local.record(ns.clamp(1, MAX_NS));
+        self.since_publish += 1;
+        if self.since_publish >= self.publish_every {
+            self.publish();
+        }
+    }
+
+    /// Copies the local histogram to readers unless one is reading right now.
+    pub fn publish(&mut self) {
+        if let Ok(mut shared) = self.shared.try_lock() {
+            shared.reset();
+            // Same bounds on both sides: `add` does not allocate.
+            let _ = shared.add(&self.local);
+            self.since_publish = 0;
+        }
+    }
+
+    /// The stage name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Percentiles of everything recorded so far (the owner's view).
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot::of(self.name, &self.local)
+    }
+}
+
+impl LatencyReader {
+    /// Percentiles as last published by the stage.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let h = self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        LatencySnapshot::of(self.name, &h)
+    }
+
+    /// A copy of the last published histogram (reports, benchmarks).
+    pub fn histogram(&self) -> Histogram<u64> {
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The stage name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_sees_published_values_without_stopping_the_stage() {
+        let (mut stage, reader) = StageLatency::new("book", 4);
+        for v in [100, 200, 300] {
+            stage.record(v);
+        }
+        assert_eq!(reader.snapshot().count, 0, "not yet published");
+        stage.record(400);
+        let snap = reader.snapshot();
+        assert_eq!(snap.count, 4);
+        assert!(snap.max >= 400 && snap.max < 401, "{snap:?}");
+        // A reader holding the mailbox makes the stage skip, not wait.
+        let guard = reader.shared.lock().unwrap();
+        for v in 0..8 {
+            stage.record(v);
+        }
+        drop(guard);
+        stage.publish();
+        assert_eq!(reader.snapshot().count, 12);
+    }
+}

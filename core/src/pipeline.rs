@@ -1,0 +1,640 @@
+//! The running engine: the inbound ring, the journal stage beside the engine stages, the
+//! engine stages fused on one thread or split one per thread, and the rings out.
+//!
+//! ```text
+//! producers ─▶ inbound ring ─┬─▶ journal stage (InputJournal)
+//!                            └─▶ fused: book→aggregate→risk→route   (one thread)
+//!                                split: book ─▶ aggregate ─▶ risk ─▶ route (SPSC rings)
+//!                                                              ▲        │ paper reports
+//!                                                              └────────┘
+//! route ─▶ outputs ring (edge: sinks, dashboard)   route ─▶ outbound ring (venues)
+//! ```
+//!
+//! Shutdown: stop every producer, then [`Pipeline::shutdown`]; each stage drains what was
+//! published, closes the ring after it, and hands its state back.
+
+use crate::affinity::{pin_current_thread, PinOutcome};
+use crate::engine::{AggregateStage, BookStage, EngineConfig, OrderSink, Output, OutputSink, RiskStage, RouteStage, StageMsg, Stages};
+use crate::event::{Event, ExecReport};
+use crate::instrument::Instrument;
+use crate::journal::InputJournal;
+use crate::latency::{unix_nanos, LatencyReader, LatencySnapshot, StageLatency};
+use crate::order::Order;
+use crate::ring::{ring, Consumer, Poll, Producer};
+use crate::wait::WaitStrategy;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// How the engine stages map onto threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// All engine stages on one thread (the default; right for 2-4 cores).
+    #[default]
+    Fused,
+    /// One thread per stage (for machines with exclusive cores to spare).
+    Split,
+}
+
+impl Layout {
+    /// Parses `fused` or `split`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fused" => Some(Layout::Fused),
+            "split" => Some(Layout::Split),
+            _ => None,
+        }
+    }
+}
+
+/// Threads, cores, waits and ring sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Fused or split.
+    pub layout: Layout,
+    /// Inbound ring slots.
+    pub ring_capacity: usize,
+    /// Slots of each ring between split stages, and of the output and outbound rings.
+    pub link_capacity: usize,
+    /// Cores for the engine threads: one (fused) or four (split: book, aggregate, risk, route);
+    /// missing entries run unpinned.
+    pub engine_cores: Vec<usize>,
+    /// Core for the journal stage.
+    pub journal_core: Option<usize>,
+    /// How engine threads wait.
+    pub engine_wait: WaitStrategy,
+    /// How the journal stage waits.
+    pub journal_wait: WaitStrategy,
+    /// Record stage latency for one event in this many.
+    pub latency_sample_every: u32,
+    /// Most events handled per poll before releasing slots.
+    pub max_batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            layout: Layout::Fused,
+            ring_capacity: 1 << 16,
+            link_capacity: 1 << 14,
+            engine_cores: Vec::new(),
+            journal_core: None,
+            engine_wait: WaitStrategy::SpinHint,
+            journal_wait: WaitStrategy::Sleep(std::time::Duration::from_micros(100)),
+            latency_sample_every: 1,
+            max_batch: 512,
+        }
+    }
+}
+
+/// Live counters, written by the stages at the end of each batch.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Events fully processed by the last stage.
+    pub processed: AtomicU64,
+    /// Orders and cancels routed.
+    pub orders: AtomicU64,
+    /// Fills.
+    pub fills: AtomicU64,
+    /// Book sequence gaps.
+    pub gaps: AtomicU64,
+    /// Outputs the edge did not take in time (the edge is behind; derived data, replayable).
+    pub outputs_dropped: AtomicU64,
+    /// Orders the outbound queue could not take.
+    pub outbound_full: AtomicU64,
+    /// Events appended by the journal stage.
+    pub journaled: AtomicU64,
+}
+
+/// Writes outputs into a ring without ever waiting; counts what did not fit.
+struct RingOutputs {
+    producer: Producer<Output>,
+    stats: Arc<PipelineStats>,
+}
+
+impl OutputSink for RingOutputs {
+    #[inline]
+    fn emit(&mut self, out: Output) {
+        if self.producer.try_publish(out).is_err() {
+            self.stats.outputs_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Sends orders into the outbound ring without waiting.
+struct RingOrders {
+    producer: Producer<Order>,
+}
+
+impl OrderSink for RingOrders {
+    #[inline]
+    fn send(&mut self, order: Order) -> Result<(), Order> {
+        self.producer.try_publish(order).map(|_| ())
+    }
+}
+
+/// What the pipeline returns when it stops.
+pub struct PipelineReport {
+    /// The stages' final state.
+    pub stages: Stages,
+    /// The journal, flushed.
+    pub journal: Box<dyn InputJournal>,
+    /// Each thread's pinning outcome, by thread name.
+    pub pins: Vec<(&'static str, PinOutcome)>,
+    /// Final latency percentiles per stage.
+    pub latency: Vec<LatencySnapshot>,
+}
+
+impl std::fmt::Debug for PipelineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineReport").field("journaled", &self.journal.appended()).field("pins", &self.pins).field("latency", &self.latency).finish()
+    }
+}
+
+type StageResult<S> = JoinHandle<(S, Vec<LatencySnapshot>)>;
+
+enum Worker {
+    Fused(StageResult<Stages>),
+    Split {
+        book: StageResult<BookStage>,
+        aggregate: StageResult<AggregateStage>,
+        risk: StageResult<RiskStage>,
+        route: StageResult<RouteStage>,
+    },
+}
+
+/// A running engine.
+pub struct Pipeline {
+    producer: Producer<Event>,
+    journal: JoinHandle<Box<dyn InputJournal>>,
+    worker: Worker,
+    pins: std::sync::mpsc::Receiver<(&'static str, PinOutcome)>,
+    stats: Arc<PipelineStats>,
+    latency: Vec<LatencyReader>,
+    outputs: Option<Consumer<Output>>,
+    outbound: Option<Consumer<Order>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("stats", &self.stats).finish()
+    }
+}
+
+type PinSender = std::sync::mpsc::Sender<(&'static str, PinOutcome)>;
+
+fn spawn<T: Send + 'static>(name: &'static str, core: Option<usize>, pins: &PinSender, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let pins = pins.clone();
+    std::thread::Builder::new()
+        .name(format!("sapphire-{name}"))
+        .spawn(move || {
+            let _ = pins.send((name, pin_current_thread(core)));
+            drop(pins);
+            f()
+        })
+        .expect("the OS could not start a pipeline thread")
+}
+
+/// Decides which events get their stage latency measured.
+#[derive(Clone, Copy)]
+struct Sampler {
+    every: u32,
+    n: u32,
+}
+
+impl Sampler {
+    #[inline]
+    fn tick(&mut self) -> bool {
+        self.n += 1;
+        if self.n >= self.every {
+            self.n = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[inline]
+fn ns_since(t: Instant) -> u64 {
+    t.elapsed().as_nanos() as u64
+}
+
+/// Records tick-to-order latency for each order the message produced.
+#[inline]
+fn record_tick_to_order(msg: &StageMsg, rec: &mut StageLatency) {
+    if !msg.orders.is_empty() {
+        let recv = msg.event.ts_recv();
+        if recv > 0 {
+            rec.record(unix_nanos().saturating_sub(recv));
+        }
+    }
+}
+
+const LATENCY_PUBLISH_EVERY: u32 = 4_096;
+
+impl Pipeline {
+    /// Builds the rings and starts the threads.
+    pub fn start(config: &PipelineConfig, engine: &EngineConfig, instruments: &[Instrument], journal: Box<dyn InputJournal>) -> Self {
+        let (producer, mut consumers) = ring::<Event>(config.ring_capacity, 2);
+        let engine_consumer = consumers.pop().expect("two consumers");
+        let journal_consumer = consumers.pop().expect("two consumers");
+        let (out_producer, mut out_consumers) = ring::<Output>(config.link_capacity, 1);
+        let (order_producer, mut order_consumers) = ring::<Order>(config.link_capacity, 1);
+        let stats = Arc::new(PipelineStats::default());
+        let (pin_tx, pins) = std::sync::mpsc::channel();
+        let outputs = RingOutputs { producer: out_producer, stats: Arc::clone(&stats) };
+        let orders = RingOrders { producer: order_producer };
+
+        let journal = {
+            let stats = Arc::clone(&stats);
+            let (wait, batch) = (config.journal_wait, config.max_batch);
+            spawn("journal", config.journal_core, &pin_tx, move || journal_stage(journal_consumer, journal, wait, batch, &stats))
+        };
+
+        let stages = Stages::new(engine, instruments);
+        let mut latency = Vec::new();
+        let mut recorder = |name: &'static str| {
+            let (rec, reader) = StageLatency::new(name, LATENCY_PUBLISH_EVERY);
+            latency.push(reader);
+            rec
+        };
+        let sampler = Sampler { every: config.latency_sample_every.max(1), n: 0 };
+        let (wait, batch) = (config.engine_wait, config.max_batch);
+        let core = |i: usize| config.engine_cores.get(i).copied();
+        let worker = match config.layout {
+            Layout::Fused => {
+                let recs = [recorder("book"), recorder("aggregate"), recorder("risk"), recorder("route"), recorder("tick_to_order")];
+                let stats = Arc::clone(&stats);
+                Worker::Fused(spawn("engine", core(0), &pin_tx, move || fused_stage(engine_consumer, stages, recs, sampler, wait, batch, &stats, orders, outputs)))
+            }
+            Layout::Split => {
+                let Stages { book, aggregate, risk, route } = stages;
+                let (to_agg, mut from_book) = ring::<StageMsg>(config.link_capacity, 1);
+                let (to_risk, mut from_agg) = ring::<StageMsg>(config.link_capacity, 1);
+                let (to_route, mut from_risk) = ring::<StageMsg>(config.link_capacity, 1);
+                let (feedback_tx, mut feedback_rx) = ring::<ExecReport>(config.link_capacity, 1);
+                let route_progress = Arc::new(AtomicI64::new(0));
+                let (book_rec, agg_rec, risk_rec) = (recorder("book"), recorder("aggregate"), recorder("risk"));
+                let route_recs = [recorder("route"), recorder("tick_to_order")];
+                let book = {
+                    let stats = Arc::clone(&stats);
+                    spawn("book", core(0), &pin_tx, move || book_stage(engine_consumer, book, to_agg, book_rec, sampler, wait, batch, &stats))
+                };
+                let aggregate = {
+                    let from = from_book.pop().expect("one consumer");
+                    spawn("aggregate", core(1), &pin_tx, move || {
+                        let mut stage = aggregate;
+                        let lat = relay(from, to_risk, agg_rec, sampler, wait, batch, |msg| stage.process(msg));
+                        (stage, lat)
+                    })
+                };
+                let risk = {
+                    let (from, feedback) = (from_agg.pop().expect("one consumer"), feedback_rx.pop().expect("one consumer"));
+                    let progress = Arc::clone(&route_progress);
+                    spawn("risk", core(2), &pin_tx, move || risk_stage(from, to_route, feedback, &progress, risk, risk_rec, sampler, wait, batch))
+                };
+                let route = {
+                    let from = from_risk.pop().expect("one consumer");
+                    let stats = Arc::clone(&stats);
+                    spawn("route", core(3), &pin_tx, move || route_stage(from, route, feedback_tx, &route_progress, route_recs, sampler, wait, batch, &stats, orders, outputs))
+                };
+                Worker::Split { book, aggregate, risk, route }
+            }
+        };
+        Self { producer, journal, worker, pins, stats, latency, outputs: out_consumers.pop(), outbound: order_consumers.pop() }
+    }
+
+    /// A producer for the inbound ring (clone one per producing thread).
+    pub fn producer(&self) -> Producer<Event> {
+        self.producer.clone()
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<PipelineStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Latency readers, one per stage plus `tick_to_order`.
+    pub fn latency(&self) -> &[LatencyReader] {
+        &self.latency
+    }
+
+    /// The engine's outputs, for one edge consumer (take it once).
+    pub fn take_outputs(&mut self) -> Option<Consumer<Output>> {
+        self.outputs.take()
+    }
+
+    /// Orders for external venues, for the venue gateway (take it once).
+    pub fn take_outbound(&mut self) -> Option<Consumer<Order>> {
+        self.outbound.take()
+    }
+
+    /// Events published but not yet released by the slowest inbound consumer.
+    pub fn backlog(&self) -> i64 {
+        self.producer.backlog()
+    }
+
+    /// Stops the pipeline once every producer has stopped: every stage drains what was
+    /// published, then hands its state back.
+    pub fn shutdown(self) -> PipelineReport {
+        self.producer.close();
+        let journal = self.journal.join().expect("journal stage panicked");
+        let (stages, latency) = match self.worker {
+            Worker::Fused(h) => h.join().expect("engine stage panicked"),
+            Worker::Split { book, aggregate, risk, route } => {
+                let (book, mut lat) = book.join().expect("book stage panicked");
+                let (aggregate, l) = aggregate.join().expect("aggregate stage panicked");
+                lat.extend(l);
+                let (risk, l) = risk.join().expect("risk stage panicked");
+                lat.extend(l);
+                let (route, l) = route.join().expect("route stage panicked");
+                lat.extend(l);
+                (Stages { book, aggregate, risk, route }, lat)
+            }
+        };
+        let pins = self.pins.try_iter().collect();
+        PipelineReport { stages, journal, pins, latency }
+    }
+}
+
+fn journal_stage(mut consumer: Consumer<Event>, mut journal: Box<dyn InputJournal>, wait: WaitStrategy, batch: usize, stats: &PipelineStats) -> Box<dyn InputJournal> {
+    let mut idle = 0;
+    loop {
+        match consumer.poll(batch, |e, seq, eob| journal.append(seq, e, eob)) {
+            Poll::Handled(_) => {
+                idle = 0;
+                stats.journaled.store(journal.appended(), Ordering::Relaxed);
+            }
+            Poll::Empty => wait.idle(&mut idle),
+            Poll::Closed => break,
+        }
+    }
+    journal.flush();
+    stats.journaled.store(journal.appended(), Ordering::Relaxed);
+    journal
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fused_stage(
+    mut consumer: Consumer<Event>,
+    mut stages: Stages,
+    mut recs: [StageLatency; 5],
+    mut sampler: Sampler,
+    wait: WaitStrategy,
+    batch: usize,
+    stats: &PipelineStats,
+    mut orders: RingOrders,
+    mut outputs: RingOutputs,
+) -> (Stages, Vec<LatencySnapshot>) {
+    let mut msg = StageMsg::default();
+    let mut idle = 0;
+    loop {
+        let polled = consumer.poll(batch, |event, seq, _| {
+            msg = StageMsg { seq, event: *event, ..StageMsg::default() };
+            let s = &mut stages;
+            if sampler.tick() {
+                let t0 = Instant::now();
+                s.book.process(&mut msg);
+                let t1 = Instant::now();
+                s.aggregate.process(&mut msg);
+                let t2 = Instant::now();
+                s.risk.process(&mut msg);
+                let t3 = Instant::now();
+                let risk = &mut s.risk;
+                s.route.process(&msg, &mut orders, &mut outputs, |r| risk.take_feedback(r));
+                let t4 = Instant::now();
+                recs[0].record((t1 - t0).as_nanos() as u64);
+                recs[1].record((t2 - t1).as_nanos() as u64);
+                recs[2].record((t3 - t2).as_nanos() as u64);
+                recs[3].record((t4 - t3).as_nanos() as u64);
+            } else {
+                s.book.process(&mut msg);
+                s.aggregate.process(&mut msg);
+                s.risk.process(&mut msg);
+                let risk = &mut s.risk;
+                s.route.process(&msg, &mut orders, &mut outputs, |r| risk.take_feedback(r));
+            }
+            record_tick_to_order(&msg, &mut recs[4]);
+        });
+        match polled {
+            Poll::Handled(_) => {
+                idle = 0;
+                stats.processed.store(consumer.position() as u64, Ordering::Relaxed);
+                stats.orders.store(stages.route.counters.orders, Ordering::Relaxed);
+                stats.fills.store(stages.route.counters.fills, Ordering::Relaxed);
+                stats.gaps.store(stages.book.counters.gaps, Ordering::Relaxed);
+                stats.outbound_full.store(stages.route.counters.outbound_full, Ordering::Relaxed);
+            }
+            Poll::Empty => {
+                if idle == 0 {
+                    for r in &mut recs {
+                        r.publish();
+                    }
+                }
+                wait.idle(&mut idle);
+            }
+            Poll::Closed => break,
+        }
+    }
+    outputs.producer.close();
+    orders.producer.close();
+    for r in &mut recs {
+        r.publish();
+    }
+    let lat = recs.iter().map(StageLatency::snapshot).collect();
+    (stages, lat)
+}
+
+/// Publishes into a link, waiting while it is full; `while_full` runs between tries.
+#[inline]
+fn forward(to: &mut Producer<StageMsg>, msg: &StageMsg, wait: WaitStrategy, mut while_full: impl FnMut()) {
+    let mut idle = 0;
+    while to.try_publish(*msg).is_err() {
+        while_full();
+        wait.idle(&mut idle);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn book_stage(mut consumer: Consumer<Event>, mut stage: BookStage, mut to: Producer<StageMsg>, mut rec: StageLatency, mut sampler: Sampler, wait: WaitStrategy, batch: usize, stats: &PipelineStats) -> (BookStage, Vec<LatencySnapshot>) {
+    let mut idle = 0;
+    loop {
+        let polled = consumer.poll(batch, |event, seq, _| {
+            let mut msg = StageMsg { seq, event: *event, ..StageMsg::default() };
+            if sampler.tick() {
+                let t = Instant::now();
+                stage.process(&mut msg);
+                rec.record(ns_since(t));
+            } else {
+                stage.process(&mut msg);
+            }
+            forward(&mut to, &msg, wait, || {});
+        });
+        match polled {
+            Poll::Handled(_) => {
+                idle = 0;
+                stats.gaps.store(stage.counters.gaps, Ordering::Relaxed);
+            }
+            Poll::Empty => {
+                if idle == 0 {
+                    rec.publish();
+                }
+                wait.idle(&mut idle);
+            }
+            Poll::Closed => break,
+        }
+    }
+    to.close();
+    rec.publish();
+    (stage, vec![rec.snapshot()])
+}
+
+/// A middle stage: take a message, process it, pass it on.
+#[allow(clippy::too_many_arguments)]
+fn relay(mut from: Consumer<StageMsg>, mut to: Producer<StageMsg>, mut rec: StageLatency, mut sampler: Sampler, wait: WaitStrategy, batch: usize, mut process: impl FnMut(&mut StageMsg)) -> Vec<LatencySnapshot> {
+    let mut idle = 0;
+    loop {
+        let polled = from.poll(batch, |m, _, _| {
+            let mut msg = *m;
+            if sampler.tick() {
+                let t = Instant::now();
+                process(&mut msg);
+                rec.record(ns_since(t));
+            } else {
+                process(&mut msg);
+            }
+            forward(&mut to, &msg, wait, || {});
+        });
+        match polled {
+            Poll::Handled(_) => idle = 0,
+            Poll::Empty => {
+                if idle == 0 {
+                    rec.publish();
+                }
+                wait.idle(&mut idle);
+            }
+            Poll::Closed => break,
+        }
+    }
+    to.close();
+    rec.publish();
+    vec![rec.snapshot()]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn risk_stage(
+    mut from: Consumer<StageMsg>,
+    mut to: Producer<StageMsg>,
+    mut feedback: Consumer<ExecReport>,
+    route_progress: &AtomicI64,
+    mut stage: RiskStage,
+    mut rec: StageLatency,
+    mut sampler: Sampler,
+    wait: WaitStrategy,
+    batch: usize,
+) -> (RiskStage, Vec<LatencySnapshot>) {
+    let mut idle = 0;
+    // Sequence after the last message handed to the route stage.
+    let mut forwarded: i64 = 0;
+    loop {
+        let polled = from.poll(batch, |m, _, _| {
+            let mut msg = *m;
+            // Keep the feedback ring drained so the route stage never waits on it.
+            feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
+            if RiskStage::is_sync_point(&msg) {
+                // Every report for earlier events: wait until route has done them all.
+                let mut spin = 0;
+                while route_progress.load(Ordering::Acquire) < forwarded {
+                    feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
+                    wait.idle(&mut spin);
+                }
+                feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
+            }
+            if sampler.tick() {
+                let t = Instant::now();
+                stage.process(&mut msg);
+                rec.record(ns_since(t));
+            } else {
+                stage.process(&mut msg);
+            }
+            forward(&mut to, &msg, wait, || {
+                feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
+            });
+            forwarded = msg.seq + 1;
+        });
+        match polled {
+            Poll::Handled(_) => idle = 0,
+            Poll::Empty => {
+                if idle == 0 {
+                    rec.publish();
+                }
+                feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
+                wait.idle(&mut idle);
+            }
+            Poll::Closed => break,
+        }
+    }
+    to.close();
+    rec.publish();
+    (stage, vec![rec.snapshot()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route_stage(
+    mut from: Consumer<StageMsg>,
+    mut stage: RouteStage,
+    mut feedback: Producer<ExecReport>,
+    progress: &AtomicI64,
+    mut recs: [StageLatency; 2],
+    mut sampler: Sampler,
+    wait: WaitStrategy,
+    batch: usize,
+    stats: &PipelineStats,
+    mut orders: RingOrders,
+    mut outputs: RingOutputs,
+) -> (RouteStage, Vec<LatencySnapshot>) {
+    let mut idle = 0;
+    loop {
+        let polled = from.poll(batch, |msg, _, _| {
+            let send = |r: ExecReport| {
+                // The risk stage drains this ring while it waits, so this wait is short.
+                let _ = feedback.publish(wait, r);
+            };
+            if sampler.tick() {
+                let t = Instant::now();
+                stage.process(msg, &mut orders, &mut outputs, send);
+                recs[0].record(ns_since(t));
+            } else {
+                stage.process(msg, &mut orders, &mut outputs, send);
+            }
+            record_tick_to_order(msg, &mut recs[1]);
+            progress.store(msg.seq + 1, Ordering::Release);
+        });
+        match polled {
+            Poll::Handled(_) => {
+                idle = 0;
+                stats.processed.store(from.position() as u64, Ordering::Relaxed);
+                stats.orders.store(stage.counters.orders, Ordering::Relaxed);
+                stats.fills.store(stage.counters.fills, Ordering::Relaxed);
+                stats.outbound_full.store(stage.counters.outbound_full, Ordering::Relaxed);
+            }
+            Poll::Empty => {
+                if idle == 0 {
+                    for r in &mut recs {
+                        r.publish();
+                    }
+                }
+                wait.idle(&mut idle);
+            }
+            Poll::Closed => break,
+        }
+    }
+    outputs.producer.close();
+    orders.producer.close();
+    for r in &mut recs {
+        r.publish();
+    }
+    (stage, recs.iter().map(StageLatency::snapshot).collect())
+}

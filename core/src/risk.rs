@@ -1,0 +1,622 @@
+//! The risk engine: every intent is checked here before it can become an order, and the
+//! portfolio guards (drawdown, margin ladder, kill switch) live here.
+//!
+//! The risk stage owns the [`Portfolio`]: fills reach it as [`ExecReport`]s, at
+//! deterministic points (see `engine`), so every decision sees exact positions.
+
+use crate::aggregate::MAX_AGENTS;
+use crate::event::{AgentId, Control, ControlKind, ExecKind, ExecReport, LimitKind, RejectReason, Side};
+use crate::fixed::{notional, ratio_bps, Money, Price, Quantity};
+use crate::instrument::{Instrument, InstrumentId};
+use crate::order::{Batch, ExecStyle, Intent, Order, OrderAction, OrderType, TimeInForce};
+use crate::portfolio::Portfolio;
+use crate::strategy::MarketView;
+
+/// Every agent, in a cancel-all.
+pub const ALL_AGENTS: AgentId = AgentId(u16::MAX);
+/// Every instrument, in a cancel-all.
+pub const ALL_INSTRUMENTS: InstrumentId = InstrumentId(u32::MAX);
+
+/// Orders one event can produce.
+pub const ORDERS_PER_EVENT: usize = 4;
+/// The orders produced by one event.
+pub type OrderBatch = Batch<Order, ORDERS_PER_EVENT>;
+/// Risk outputs one event can produce.
+pub const RISK_OUTPUTS_PER_EVENT: usize = 4;
+/// The risk outputs produced by one event.
+pub type RiskOutputBatch = Batch<RiskOutput, RISK_OUTPUTS_PER_EVENT>;
+
+/// Limits and guards. Money in quote currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RiskConfig {
+    /// Margin budget of each agent.
+    pub agent_budget: Money,
+    /// Max |position| notional per agent and instrument.
+    pub max_position_notional: Money,
+    /// Max notional of one order.
+    pub max_order_notional: Money,
+    /// Max distance of a limit price from the mid, bps.
+    pub price_band_bps: i64,
+    /// Sustained new orders per second of event time.
+    pub orders_per_sec: u32,
+    /// Order-rate burst.
+    pub order_burst: u32,
+    /// Max open orders per agent.
+    pub max_open_orders: u32,
+    /// No orders on a book older than this, ns of event time.
+    pub stale_after_ns: u64,
+    /// Drawdown from peak equity that raises a warning, bps.
+    pub drawdown_warn_bps: i64,
+    /// Drawdown from peak equity that halts opening trades, bps.
+    pub drawdown_halt_bps: i64,
+    /// Margin ratio above which resting orders are cancelled and only reducing orders pass, bps.
+    pub margin_reduce_only_bps: i64,
+    /// Margin ratio above which positions are cut, bps.
+    pub margin_deleverage_bps: i64,
+    /// Leverage: margin used = exposure / leverage.
+    pub leverage: i64,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            agent_budget: Money::from_units(1_000),
+            max_position_notional: Money::from_units(2_000),
+            max_order_notional: Money::from_units(1_000),
+            price_band_bps: 500,
+            orders_per_sec: 50,
+            order_burst: 100,
+            max_open_orders: 20,
+            stale_after_ns: 5_000_000_000,
+            drawdown_warn_bps: 1_000,
+            drawdown_halt_bps: 2_500,
+            margin_reduce_only_bps: 8_500,
+            margin_deleverage_bps: 9_500,
+            leverage: 1,
+        }
+    }
+}
+
+/// A refused intent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RiskRefusal {
+    /// Event time.
+    pub ts_event: u64,
+    /// The refused intent.
+    pub intent_id: u64,
+    /// Instrument.
+    pub instrument: InstrumentId,
+    /// Agent.
+    pub agent: AgentId,
+    /// Why.
+    pub reason: RejectReason,
+    /// Side of the would-be order.
+    pub side: Side,
+    /// Price of the would-be order.
+    pub price: Price,
+    /// Quantity of the would-be order.
+    pub qty: Quantity,
+}
+
+/// A guard changed state.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// Drawdown crossed the warning level (value: drawdown bps).
+    #[default]
+    DrawdownWarning = 0,
+    /// Drawdown crossed the halt level (value: drawdown bps).
+    DrawdownHalt = 1,
+    /// The margin ladder moved (value: new level 0, 1 reduce-only, 2 deleverage).
+    MarginLadder = 2,
+    /// Kill switch engaged.
+    Killed = 3,
+    /// Trading halted by an operator.
+    Halted = 4,
+    /// Halt, kill or drawdown halt lifted.
+    Resumed = 5,
+    /// An agent was paused (value 1) or resumed (value 0).
+    AgentPaused = 6,
+    /// A limit changed (value: the new value).
+    LimitChanged = 7,
+}
+
+/// A guard event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RiskAlert {
+    /// Event time.
+    pub ts_event: u64,
+    /// What changed.
+    pub kind: AlertKind,
+    /// Agent, where it applies.
+    pub agent: AgentId,
+    /// Kind-specific value.
+    pub value: i64,
+}
+
+/// What the risk stage reports besides orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RiskOutput {
+    /// An intent was refused.
+    Refusal(RiskRefusal),
+    /// A guard changed state.
+    Alert(RiskAlert),
+}
+
+impl Default for RiskOutput {
+    fn default() -> Self {
+        RiskOutput::Alert(RiskAlert::default())
+    }
+}
+
+/// An order risk has approved and not yet seen end.
+#[derive(Clone, Copy, Debug)]
+struct OpenOrder {
+    intent_id: u64,
+    agent: AgentId,
+    instrument: InstrumentId,
+    price: Price,
+    leaves: Quantity,
+}
+
+/// Order-rate limiter on event time: `rate` tokens per second, up to `burst`.
+#[derive(Clone, Copy, Debug)]
+struct TokenBucket {
+    /// Tokens × 1e9 (token-nanoseconds), to stay exact in integers.
+    level: u128,
+    burst: u128,
+    rate: u128,
+    last_ts: u64,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = u128::from(burst.max(1)) * 1_000_000_000;
+        Self { level: burst, burst, rate: u128::from(rate), last_ts: 0 }
+    }
+
+    fn refill(&mut self, now: u64) {
+        if now > self.last_ts {
+            self.level = (self.level + u128::from(now - self.last_ts) * self.rate).min(self.burst);
+            self.last_ts = now;
+        }
+    }
+
+    fn has_token(&mut self, now: u64) -> bool {
+        self.refill(now);
+        self.level >= 1_000_000_000
+    }
+
+    fn take(&mut self) {
+        self.level -= 1_000_000_000;
+    }
+}
+
+/// Risk state visible to readers (dashboard, tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RiskStatus {
+    /// Kill switch on.
+    pub killed: bool,
+    /// Halted by an operator.
+    pub halted: bool,
+    /// Halted by the drawdown guard.
+    pub drawdown_halted: bool,
+    /// Margin ladder level: 0 normal, 1 reduce-only, 2 deleverage.
+    pub ladder: u8,
+    /// Current drawdown from peak equity, bps.
+    pub drawdown_bps: i64,
+    /// Current margin ratio, bps.
+    pub margin_ratio_bps: i64,
+    /// Peak equity.
+    pub peak_equity: Money,
+}
+
+/// The risk stage's state. Single writer: the risk stage thread.
+#[derive(Clone, Debug)]
+pub struct RiskEngine {
+    config: RiskConfig,
+    portfolio: Portfolio,
+    instruments: Vec<Instrument>,
+    markets: Vec<MarketView>,
+    open: Vec<OpenOrder>,
+    bucket: TokenBucket,
+    status: RiskStatus,
+    drawdown_warned: bool,
+    paused: [bool; MAX_AGENTS],
+    refusals: [u64; RejectReason::COUNT],
+    approved: u64,
+    now: u64,
+}
+
+impl RiskEngine {
+    /// A risk engine for `instruments` and `agents` agents, each with the configured budget.
+    pub fn new(config: RiskConfig, instruments: &[Instrument], agents: usize) -> Self {
+        let portfolio = Portfolio::new(vec![config.agent_budget; agents.min(MAX_AGENTS)], instruments.len());
+        let equity = portfolio.total().equity;
+        Self {
+            bucket: TokenBucket::new(config.orders_per_sec, config.order_burst),
+            portfolio,
+            instruments: instruments.to_vec(),
+            markets: vec![MarketView::default(); instruments.len()],
+            open: Vec::with_capacity(MAX_AGENTS * config.max_open_orders as usize + ORDERS_PER_EVENT),
+            status: RiskStatus { peak_equity: equity, ..Default::default() },
+            drawdown_warned: false,
+            paused: [false; MAX_AGENTS],
+            refusals: [0; RejectReason::COUNT],
+            approved: 0,
+            now: 0,
+            config,
+        }
+    }
+
+    /// The portfolio.
+    pub fn portfolio(&self) -> &Portfolio {
+        &self.portfolio
+    }
+
+    /// Guard state.
+    pub fn status(&self) -> RiskStatus {
+        self.status
+    }
+
+    /// Refusals per reason code.
+    pub fn refusals(&self) -> &[u64; RejectReason::COUNT] {
+        &self.refusals
+    }
+
+    /// Orders approved.
+    pub fn approved(&self) -> u64 {
+        self.approved
+    }
+
+    /// Open orders, all agents.
+    pub fn open_orders(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The configuration (as changed by Control events).
+    pub fn config(&self) -> &RiskConfig {
+        &self.config
+    }
+
+    /// A market update: remembers the view and marks positions to the mid.
+    #[inline]
+    pub fn on_market(&mut self, instrument: InstrumentId, m: &MarketView) {
+        self.now = self.now.max(m.ts_event);
+        if let Some(slot) = self.markets.get_mut(instrument.index()) {
+            *slot = *m;
+            if m.has_market {
+                self.portfolio.mark(instrument, m.mid);
+            }
+        }
+    }
+
+    /// Advances event time (timers, controls).
+    #[inline]
+    pub fn advance(&mut self, ts: u64) {
+        self.now = self.now.max(ts);
+    }
+
+    /// An execution report: fills move positions; terminal reports close the order.
+    pub fn on_exec(&mut self, r: &ExecReport) {
+        self.advance(r.ts_event);
+        self.portfolio.apply(r);
+        let intent_id = r.client_order_id & crate::router::INTENT_ID_MASK;
+        if let Some(i) = self.open.iter().position(|o| o.intent_id == intent_id) {
+            let terminal = matches!(r.kind, ExecKind::Fill | ExecKind::Canceled | ExecKind::Rejected);
+            if terminal {
+                self.open.swap_remove(i);
+            } else {
+                self.open[i].leaves = r.leaves_qty;
+            }
+        }
+    }
+
+    fn alert(&self, kind: AlertKind, agent: AgentId, value: i64, out: &mut RiskOutputBatch) {
+        let _ = out.push(RiskOutput::Alert(RiskAlert { ts_event: self.now, kind, agent, value }));
+    }
+
+    fn cancel_all(&mut self, agent: AgentId, instrument: InstrumentId, orders: &mut OrderBatch) {
+        let before = self.open.len();
+        self.open.retain(|o| !((agent == ALL_AGENTS || o.agent == agent) && (instrument == ALL_INSTRUMENTS || o.instrument == instrument)));
+        if self.open.len() != before {
+            let _ = orders.push(Order { ts_event: self.now, action: OrderAction::CancelAll, agent, instrument, ..Order::default() });
+        }
+    }
+
+    /// An operator command.
+    pub fn on_control(&mut self, c: &Control, orders: &mut OrderBatch, out: &mut RiskOutputBatch) {
+        self.advance(c.ts_event);
+        match c.kind {
+            ControlKind::Kill => {
+                self.status.killed = true;
+                self.cancel_all(ALL_AGENTS, ALL_INSTRUMENTS, orders);
+                self.alert(AlertKind::Killed, ALL_AGENTS, 1, out);
+            }
+            ControlKind::Halt => {
+                self.status.halted = true;
+                self.alert(AlertKind::Halted, ALL_AGENTS, 1, out);
+            }
+            ControlKind::Resume => {
+                self.status.killed = false;
+                self.status.halted = false;
+                self.status.drawdown_halted = false;
+                self.drawdown_warned = false;
+                self.status.peak_equity = self.portfolio.total().equity;
+                self.alert(AlertKind::Resumed, ALL_AGENTS, 0, out);
+            }
+            ControlKind::PauseAgent | ControlKind::ResumeAgent => {
+                if let Some(p) = self.paused.get_mut(c.agent.index()) {
+                    let pause = c.kind == ControlKind::PauseAgent;
+                    *p = pause;
+                    if pause {
+                        self.cancel_all(c.agent, ALL_INSTRUMENTS, orders);
+                    }
+                    self.alert(AlertKind::AgentPaused, c.agent, i64::from(pause), out);
+                }
+            }
+            ControlKind::SetLimit => {
+                let v = c.value;
+                let cfg = &mut self.config;
+                let applied = match c.limit {
+                    LimitKind::AgentBudget if v >= 0 => {
+                        if c.agent == ALL_AGENTS {
+                            cfg.agent_budget = Money::from_raw(v);
+                            for a in 0..self.portfolio.agents() {
+                                self.portfolio.set_budget(AgentId(a as u16), Money::from_raw(v));
+                            }
+                        } else {
+                            self.portfolio.set_budget(c.agent, Money::from_raw(v));
+                        }
+                        true
+                    }
+                    LimitKind::MaxPositionNotional if v >= 0 => {
+                        cfg.max_position_notional = Money::from_raw(v);
+                        true
+                    }
+                    LimitKind::MaxOrderNotional if v >= 0 => {
+                        cfg.max_order_notional = Money::from_raw(v);
+                        true
+                    }
+                    LimitKind::PriceBandBps if v >= 0 => {
+                        cfg.price_band_bps = v;
+                        true
+                    }
+                    LimitKind::MaxOpenOrders if v >= 0 => {
+                        cfg.max_open_orders = u32::try_from(v).unwrap_or(u32::MAX);
+                        true
+                    }
+                    LimitKind::StaleAfterNs if v >= 0 => {
+                        cfg.stale_after_ns = v as u64;
+                        true
+                    }
+                    LimitKind::DrawdownHaltBps if (0..=10_000).contains(&v) => {
+                        cfg.drawdown_halt_bps = v;
+                        true
+                    }
+                    _ => false,
+                };
+                if applied {
+                    self.alert(AlertKind::LimitChanged, c.agent, v, out);
+                }
+            }
+        }
+    }
+
+    /// Portfolio guards: drawdown and the margin ladder. Run at deterministic points.
+    pub fn evaluate_guards(&mut self, seq: i64, orders: &mut OrderBatch, out: &mut RiskOutputBatch) {
+        let total = self.portfolio.total();
+        let s = &mut self.status;
+        if total.equity > s.peak_equity {
+            s.peak_equity = total.equity;
+        }
+        s.drawdown_bps = if s.peak_equity.raw > 0 { ratio_bps(s.peak_equity - total.equity, s.peak_equity) } else { 0 };
+        let margin_used = Money::from_raw(total.gross_exposure.raw / self.config.leverage.max(1));
+        s.margin_ratio_bps = if total.equity.raw > 0 { ratio_bps(margin_used, total.equity) } else if margin_used.raw > 0 { 10_000 } else { 0 };
+        let (dd, ratio) = (s.drawdown_bps, s.margin_ratio_bps);
+        if dd >= self.config.drawdown_halt_bps && !self.status.drawdown_halted {
+            self.status.drawdown_halted = true;
+            self.alert(AlertKind::DrawdownHalt, ALL_AGENTS, dd, out);
+        } else if dd >= self.config.drawdown_warn_bps && !self.drawdown_warned {
+            self.drawdown_warned = true;
+            self.alert(AlertKind::DrawdownWarning, ALL_AGENTS, dd, out);
+        } else if dd < self.config.drawdown_warn_bps / 2 {
+            self.drawdown_warned = false;
+        }
+        let level = if ratio >= self.config.margin_deleverage_bps {
+            2
+        } else if ratio >= self.config.margin_reduce_only_bps {
+            1
+        } else {
+            0
+        };
+        if level != self.status.ladder {
+            if level > self.status.ladder {
+                self.cancel_all(ALL_AGENTS, ALL_INSTRUMENTS, orders);
+            }
+            self.status.ladder = level;
+            self.alert(AlertKind::MarginLadder, ALL_AGENTS, i64::from(level), out);
+        }
+        if level == 2 {
+            self.deleverage(seq, orders);
+        }
+    }
+
+    /// Cuts the largest position by a quarter with an immediate-or-cancel order.
+    fn deleverage(&mut self, seq: i64, orders: &mut OrderBatch) {
+        let mut largest: Option<(AgentId, InstrumentId, Money)> = None;
+        for a in 0..self.portfolio.agents() {
+            for i in 0..self.portfolio.instruments() {
+                let (agent, inst) = (AgentId(a as u16), InstrumentId(i as u32));
+                let pos = self.portfolio.position(agent, inst).qty;
+                let exposure = notional(self.portfolio.mark_of(inst), pos.abs()).unwrap_or(Money::ZERO);
+                if pos.raw != 0 && largest.is_none_or(|(_, _, e)| exposure > e) {
+                    largest = Some((agent, inst, exposure));
+                }
+            }
+        }
+        let Some((agent, inst, _)) = largest else { return };
+        let pos = self.portfolio.position(agent, inst).qty;
+        let instrument = &self.instruments[inst.index()];
+        let cut = instrument.round_lot_down(Quantity::from_raw(pos.raw.abs() / 4)).raw.max(instrument.lot_size.raw).min(pos.raw.abs());
+        let side = if pos.raw > 0 { Side::Sell } else { Side::Buy };
+        let m = self.markets[inst.index()];
+        let price = if side == Side::Sell { m.bid } else { m.ask };
+        let intent_id = crate::router::intent_id(seq, crate::router::GUARD_AGENT_TAG);
+        self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: Quantity::from_raw(cut) });
+        let _ = orders.push(Order {
+            ts_event: self.now,
+            intent_id,
+            instrument: inst,
+            agent,
+            action: OrderAction::New,
+            side,
+            order_type: OrderType::Market,
+            tif: TimeInForce::Ioc,
+            reduce_only: true,
+            price,
+            qty: Quantity::from_raw(cut),
+            ..Order::default()
+        });
+    }
+
+    fn refuse(&mut self, intent: &Intent, side: Side, qty: Quantity, reason: RejectReason, out: &mut RiskOutputBatch) {
+        self.refusals[reason as usize] += 1;
+        let _ = out.push(RiskOutput::Refusal(RiskRefusal {
+            ts_event: intent.ts_event,
+            intent_id: intent.intent_id,
+            instrument: intent.instrument,
+            agent: intent.agent,
+            reason,
+            side,
+            price: intent.price,
+            qty,
+        }));
+    }
+
+    /// Margin the agent has in use: exposure over leverage plus open orders' notional.
+    fn agent_margin_used(&self, agent: AgentId) -> Money {
+        let exposure = self.portfolio.agent_summary(agent).gross_exposure;
+        let open: i64 = self.open.iter().filter(|o| o.agent == agent).map(|o| notional(o.price, o.leaves).map_or(0, |m| m.raw)).sum();
+        Money::from_raw(exposure.raw / self.config.leverage.max(1) + open / self.config.leverage.max(1))
+    }
+
+    /// Checks an intent; approved orders go to `orders`, refusals to `out`.
+    pub fn check(&mut self, intent: &Intent, orders: &mut OrderBatch, out: &mut RiskOutputBatch) {
+        self.advance(intent.ts_event);
+        let (agent, inst) = (intent.agent, intent.instrument);
+        let Some(instrument) = self.instruments.get(inst.index()) else {
+            return;
+        };
+        let (lot, min_notional, tick_ok) = (instrument.lot_size, instrument.min_notional, instrument.is_on_tick(intent.price));
+        // Replace: whatever this agent has working in the instrument is cancelled first.
+        self.cancel_all(agent, inst, orders);
+        let pos = self.portfolio.position(agent, inst).qty;
+        let delta = intent.target.raw - pos.raw;
+        let qty = Quantity::from_raw(delta.abs() / lot.raw.max(1) * lot.raw.max(1));
+        if qty.raw == 0 {
+            return;
+        }
+        let side = if delta > 0 { Side::Buy } else { Side::Sell };
+        let reduce_only = pos.raw != 0 && pos.raw.signum() != delta.signum() && qty.raw <= pos.raw.abs();
+        let m = self.markets[inst.index()];
+        let reason = self.first_breach(intent, &m, side, qty, pos, reduce_only, tick_ok, min_notional);
+        if let Some(reason) = reason {
+            self.refuse(intent, side, qty, reason, out);
+            return;
+        }
+        self.bucket.take();
+        self.approved += 1;
+        self.open.push(OpenOrder { intent_id: intent.intent_id, agent, instrument: inst, price: intent.price, leaves: qty });
+        let tif = match intent.style {
+            ExecStyle::Aggressive => TimeInForce::Ioc,
+            ExecStyle::Passive => TimeInForce::PostOnly,
+        };
+        let _ = orders.push(Order {
+            ts_event: intent.ts_event,
+            origin_recv: 0,
+            client_order_id: 0,
+            intent_id: intent.intent_id,
+            instrument: inst,
+            agent,
+            action: OrderAction::New,
+            side,
+            order_type: OrderType::Limit,
+            tif,
+            reduce_only,
+            _pad: 0,
+            price: intent.price,
+            qty,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn first_breach(&mut self, intent: &Intent, m: &MarketView, side: Side, qty: Quantity, pos: Quantity, reduce_only: bool, tick_ok: bool, min_notional: Money) -> Option<RejectReason> {
+        let agent = intent.agent;
+        let s = self.status;
+        if s.killed {
+            return Some(RejectReason::KillSwitch);
+        }
+        if s.halted && !reduce_only {
+            return Some(RejectReason::Halted);
+        }
+        if s.drawdown_halted && !reduce_only {
+            return Some(RejectReason::Drawdown);
+        }
+        if self.paused.get(agent.index()).copied().unwrap_or(true) {
+            return Some(RejectReason::AgentPaused);
+        }
+        if !m.has_market || m.mid.raw <= 0 {
+            return Some(RejectReason::NoMarket);
+        }
+        if !m.in_sync {
+            return Some(RejectReason::BookOutOfSync);
+        }
+        if self.now.saturating_sub(m.ts_last_update) > self.config.stale_after_ns {
+            return Some(RejectReason::StaleData);
+        }
+        if s.ladder >= 1 && !reduce_only {
+            return Some(RejectReason::ReduceOnly);
+        }
+        if !tick_ok {
+            return Some(RejectReason::TickSize);
+        }
+        let order_notional = notional(intent.price, qty).unwrap_or(Money::from_raw(i64::MAX));
+        if order_notional < min_notional {
+            return Some(RejectReason::MinNotional);
+        }
+        let off_mid = i128::from((intent.price.raw - m.mid.raw).abs()) * 10_000;
+        if off_mid > i128::from(self.config.price_band_bps) * i128::from(m.mid.raw) {
+            return Some(RejectReason::PriceBand);
+        }
+        if order_notional > self.config.max_order_notional {
+            return Some(RejectReason::OrderNotional);
+        }
+        let new_pos = Quantity::from_raw(pos.raw + qty.raw * side.sign());
+        let increases = new_pos.raw.abs() > pos.raw.abs();
+        let mark = m.mid.max(intent.price);
+        if increases && notional(mark, new_pos.abs()).unwrap_or(Money::from_raw(i64::MAX)) > self.config.max_position_notional {
+            return Some(RejectReason::PositionLimit);
+        }
+        if !reduce_only {
+            let summary = self.portfolio.agent_summary(agent);
+            let used = self.agent_margin_used(agent).raw + order_notional.raw / self.config.leverage.max(1);
+            if used > summary.equity.raw {
+                return Some(RejectReason::AgentBudget);
+            }
+        }
+        let agent_open = self.open.iter().filter(|o| o.agent == agent).count();
+        if agent_open >= self.config.max_open_orders as usize {
+            return Some(RejectReason::OpenOrders);
+        }
+        if !self.bucket.has_token(self.now) {
+            return Some(RejectReason::OrderRate);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

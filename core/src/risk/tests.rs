@@ -1,0 +1,294 @@
+use super::*;
+use crate::event::{ControlKind, ExecKind, LimitKind};
+use crate::instrument::{InstrumentRegistry, InstrumentSpec, MarketType};
+
+fn instruments() -> Vec<Instrument> {
+    let mut reg = InstrumentRegistry::new();
+    reg.intern(InstrumentSpec {
+        venue: "t",
+        symbol: "BTCUSDT",
+        market: MarketType::Spot,
+        tick_size: Price::parse("0.01").unwrap(),
+        lot_size: Quantity::parse("0.001").unwrap(),
+        min_notional: Money::from_units(5),
+    })
+    .unwrap();
+    reg.iter().cloned().collect()
+}
+
+fn market(ts: u64, mid: i64) -> MarketView {
+    MarketView {
+        ts_event: ts,
+        bid: Price::from_units(mid) - Price::parse("0.01").unwrap(),
+        ask: Price::from_units(mid) + Price::parse("0.01").unwrap(),
+        mid: Price::from_units(mid),
+        microprice: Price::from_units(mid),
+        imbalance_bps: 0,
+        has_market: true,
+        in_sync: true,
+        settled: true,
+        ts_last_update: ts,
+    }
+}
+
+fn intent(id: u64, ts: u64, agent: u16, target: &str, price: &str) -> Intent {
+    Intent {
+        ts_event: ts,
+        intent_id: id,
+        instrument: InstrumentId(0),
+        agent: AgentId(agent),
+        style: ExecStyle::Aggressive,
+        _pad: 0,
+        target: Quantity::parse(target).unwrap(),
+        price: Price::parse(price).unwrap(),
+    }
+}
+
+fn engine() -> RiskEngine {
+    let mut r = RiskEngine::new(RiskConfig::default(), &instruments(), 4);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    r
+}
+
+fn run(r: &mut RiskEngine, i: Intent) -> (OrderBatch, RiskOutputBatch) {
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.check(&i, &mut orders, &mut out);
+    (orders, out)
+}
+
+fn refusal(out: &RiskOutputBatch) -> Option<RejectReason> {
+    out.as_slice().iter().find_map(|o| match o {
+        RiskOutput::Refusal(r) => Some(r.reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn approves_within_limits_and_sizes_from_position() {
+    let mut r = engine();
+    let (orders, out) = run(&mut r, intent(1 << 8, 1_000, 2, "5", "100.02"));
+    assert_eq!(refusal(&out), None);
+    let o = orders.as_slice()[0];
+    assert_eq!((o.side, o.qty, o.tif, o.reduce_only), (Side::Buy, Quantity::from_units(5), TimeInForce::Ioc, false));
+    assert_eq!(r.open_orders(), 1);
+    // The fill arrives: position 5. A new target of 2 sells 3, reduce-only.
+    r.on_exec(&ExecReport { client_order_id: 1 << 8, kind: ExecKind::Fill, agent: AgentId(2), side: Side::Buy, last_qty: Quantity::from_units(5), price: Price::from_units(100), ..Default::default() });
+    assert_eq!(r.open_orders(), 0);
+    let (orders, _) = run(&mut r, intent(2 << 8, 1_001, 2, "2", "99.98"));
+    let o = orders.as_slice()[0];
+    assert_eq!((o.side, o.qty, o.reduce_only), (Side::Sell, Quantity::from_units(3), true));
+}
+
+#[test]
+fn each_limit_refuses_with_its_reason() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut RiskEngine) -> Intent>, RejectReason)> = vec![
+        ("fat finger", Box::new(|_| intent(1 << 8, 1_000, 2, "1", "110.00")), RejectReason::PriceBand),
+        ("order notional", Box::new(|_| intent(1 << 8, 1_000, 2, "11", "100.00")), RejectReason::OrderNotional),
+        ("off tick", Box::new(|_| intent(1 << 8, 1_000, 2, "1", "100.005")), RejectReason::TickSize),
+        ("min notional", Box::new(|_| intent(1 << 8, 1_000, 2, "0.01", "100.00")), RejectReason::MinNotional),
+        (
+            "stale",
+            Box::new(|r: &mut RiskEngine| {
+                r.advance(1_000 + 6_000_000_000);
+                intent(1 << 8, 1_000 + 6_000_000_000, 2, "1", "100.00")
+            }),
+            RejectReason::StaleData,
+        ),
+        (
+            "out of sync",
+            Box::new(|r: &mut RiskEngine| {
+                r.on_market(InstrumentId(0), &MarketView { in_sync: false, ..market(1_000, 100) });
+                intent(1 << 8, 1_000, 2, "1", "100.00")
+            }),
+            RejectReason::BookOutOfSync,
+        ),
+        (
+            "kill switch",
+            Box::new(|r: &mut RiskEngine| {
+                r.on_control(&Control { kind: ControlKind::Kill, ..Default::default() }, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                intent(1 << 8, 1_000, 2, "1", "100.00")
+            }),
+            RejectReason::KillSwitch,
+        ),
+        (
+            "paused agent",
+            Box::new(|r: &mut RiskEngine| {
+                r.on_control(&Control { kind: ControlKind::PauseAgent, agent: AgentId(2), ..Default::default() }, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                intent(1 << 8, 1_000, 2, "1", "100.00")
+            }),
+            RejectReason::AgentPaused,
+        ),
+        (
+            "budget",
+            Box::new(|r: &mut RiskEngine| {
+                let c = Control { kind: ControlKind::SetLimit, limit: LimitKind::AgentBudget, agent: AgentId(2), value: Money::from_units(300).raw, ..Default::default() };
+                r.on_control(&c, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                intent(1 << 8, 1_000, 2, "4", "100.00")
+            }),
+            RejectReason::AgentBudget,
+        ),
+        (
+            "position",
+            Box::new(|r: &mut RiskEngine| {
+                let c = Control { kind: ControlKind::SetLimit, limit: LimitKind::MaxPositionNotional, value: Money::from_units(300).raw, ..Default::default() };
+                r.on_control(&c, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                intent(1 << 8, 1_000, 2, "4", "100.00")
+            }),
+            RejectReason::PositionLimit,
+        ),
+        (
+            "no market",
+            Box::new(|r: &mut RiskEngine| {
+                r.on_market(InstrumentId(0), &MarketView { has_market: false, ..market(1_000, 100) });
+                intent(1 << 8, 1_000, 2, "1", "100.00")
+            }),
+            RejectReason::NoMarket,
+        ),
+    ];
+    for (name, make, want) in cases {
+        let mut r = engine();
+        let i = make(&mut r);
+        let (orders, out) = run(&mut r, i);
+        assert_eq!(refusal(&out), Some(want), "{name}");
+        assert!(orders.as_slice().iter().all(|o| o.action != OrderAction::New), "{name}");
+        assert_eq!(r.refusals()[want as usize], 1, "{name}: counted");
+    }
+}
+
+#[test]
+fn order_rate_and_open_order_limits() {
+    let mut r = RiskEngine::new(RiskConfig { orders_per_sec: 1, order_burst: 2, ..Default::default() }, &instruments(), 4);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    // Alternate agents so the replace-cancel does not free the previous order.
+    let reasons: Vec<_> = (0..3).map(|k| refusal(&run(&mut r, intent((k + 1) << 8, 1_000, 2 + (k as u16 % 2) , "1", "100.00")).1)).collect();
+    assert_eq!(reasons, vec![None, None, Some(RejectReason::OrderRate)]);
+    // One second of event time later a token is back.
+    r.on_market(InstrumentId(0), &market(1_000_001_000, 100));
+    assert_eq!(refusal(&run(&mut r, intent(9 << 8, 1_000_001_000, 3, "2", "100.00")).1), None);
+
+    let mut r = RiskEngine::new(RiskConfig { max_open_orders: 1, ..Default::default() }, &instruments(), 4);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    assert_eq!(refusal(&run(&mut r, intent(1 << 8, 1_000, 2, "1", "100.00")).1), None);
+    // Same agent, same instrument: the old order is cancelled first, so this passes too.
+    let (orders, out) = run(&mut r, intent(2 << 8, 1_000, 2, "2", "100.00"));
+    assert_eq!(refusal(&out), None);
+    assert_eq!(orders.as_slice()[0].action, OrderAction::CancelAll);
+}
+
+#[test]
+fn drawdown_halts_and_margin_ladder_cancels_then_deleverages() {
+    let mut r = engine();
+    r.on_exec(&ExecReport { agent: AgentId(2), side: Side::Buy, last_qty: Quantity::from_units(9), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(1, &mut orders, &mut out);
+    assert_eq!(r.status().drawdown_bps, 0);
+    // Equity 4000; a fall to 50 loses 450 = 11.25%: warning.
+    r.on_market(InstrumentId(0), &market(2_000, 50));
+    r.evaluate_guards(2, &mut orders, &mut out);
+    assert!(out.as_slice().iter().any(|o| matches!(o, RiskOutput::Alert(a) if a.kind == AlertKind::DrawdownWarning)));
+    // Another agent buys 5 at 50, then a fall to 1 loses 891 + 245 = 1136 of 4000 = 28.4%: halt.
+    let mut more = r.clone();
+    more.on_exec(&ExecReport { agent: AgentId(3), side: Side::Buy, last_qty: Quantity::from_units(5), price: Price::from_units(50), kind: ExecKind::Fill, ..Default::default() });
+    more.on_market(InstrumentId(0), &market(3_000, 1));
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    more.evaluate_guards(3, &mut orders, &mut out);
+    assert!(more.status().drawdown_halted, "{:?}", more.status());
+    assert_eq!(refusal(&run(&mut more, intent(5 << 8, 3_000, 2, "10", "1.00")).1), Some(RejectReason::Drawdown));
+    // Reducing is still allowed while halted.
+    assert_eq!(refusal(&run(&mut more, intent(6 << 8, 3_000, 2, "0", "1.00")).1), None);
+
+    // Margin ladder, one agent with a $1,000 budget.
+    let mut r = RiskEngine::new(RiskConfig { max_position_notional: Money::from_units(10_000), max_order_notional: Money::from_units(10_000), ..Default::default() }, &instruments(), 1);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    r.on_exec(&ExecReport { agent: AgentId(0), side: Side::Buy, last_qty: Quantity::from_units(9), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(4, &mut orders, &mut out);
+    assert_eq!(r.status().ladder, 1, "900/1000 = 90%: reduce-only");
+    assert_eq!(refusal(&run(&mut r, intent(7 << 8, 1_000, 0, "9.5", "100.00")).1), Some(RejectReason::ReduceOnly));
+    r.on_exec(&ExecReport { agent: AgentId(0), side: Side::Buy, last_qty: Quantity::from_units(1), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(8, &mut orders, &mut out);
+    assert_eq!(r.status().ladder, 2);
+    let cut = orders.as_slice().iter().find(|o| o.action == OrderAction::New).expect("a deleverage order");
+    assert_eq!((cut.side, cut.reduce_only, cut.qty), (Side::Sell, true, Quantity::parse("2.5").unwrap()));
+}
+
+mod props {
+    //! No accepted order ever breaks a limit, whatever the sequence of markets, fills and intents.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Market(i64),
+        Intent { agent: u16, target_lots: i64, offset_ticks: i64 },
+        FillOpen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (50i64..150).prop_map(Step::Market),
+            (0u16..4, -30_000i64..30_000, -1_000i64..1_000).prop_map(|(agent, target_lots, offset_ticks)| Step::Intent { agent, target_lots, offset_ticks }),
+            Just(Step::FillOpen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn accepted_orders_respect_every_limit(steps in proptest::collection::vec(step(), 1..120)) {
+            let cfg = RiskConfig::default();
+            let mut r = RiskEngine::new(cfg.clone(), &instruments(), 4);
+            let mut ts = 1_000u64;
+            let mut mid = 100i64;
+            r.on_market(InstrumentId(0), &market(ts, mid));
+            let mut open: Vec<Order> = Vec::new();
+            for (k, s) in steps.into_iter().enumerate() {
+                ts += 1_000_000;
+                match s {
+                    Step::Market(m) => {
+                        mid = m;
+                        r.on_market(InstrumentId(0), &market(ts, mid));
+                    }
+                    Step::FillOpen => {
+                        for o in open.drain(..) {
+                            r.on_exec(&ExecReport { client_order_id: o.intent_id, agent: o.agent, side: o.side, kind: ExecKind::Fill, last_qty: o.qty, price: o.price, ..Default::default() });
+                        }
+                    }
+                    Step::Intent { agent, target_lots, offset_ticks } => {
+                        let price = Price::from_units(mid) + Price::from_raw(offset_ticks * Price::parse("0.01").unwrap().raw);
+                        let i = Intent { ts_event: ts, intent_id: ((k as u64) + 1) << 8 | u64::from(agent), instrument: InstrumentId(0), agent: AgentId(agent), style: ExecStyle::Aggressive, _pad: 0, target: Quantity::from_raw(target_lots * Quantity::parse("0.001").unwrap().raw), price };
+                        let before = r.portfolio().position(AgentId(agent), InstrumentId(0)).qty;
+                        let status = r.status();
+                        let (orders, _) = run(&mut r, i);
+                        for o in orders.as_slice() {
+                            if o.action == OrderAction::CancelAll {
+                                open.retain(|x| x.agent != o.agent);
+                                continue;
+                            }
+                            let n = notional(o.price, o.qty).unwrap();
+                            prop_assert!(n <= cfg.max_order_notional, "order notional {n}");
+                            prop_assert!(n >= Money::from_units(5), "min notional");
+                            let m = Price::from_units(mid);
+                            prop_assert!(i128::from((o.price.raw - m.raw).abs()) * 10_000 <= i128::from(cfg.price_band_bps) * i128::from(m.raw), "band");
+                            let after = before.raw + o.qty.raw * o.side.sign();
+                            if after.abs() > before.raw.abs() {
+                                prop_assert!(!status.killed && !status.halted && !status.drawdown_halted && status.ladder == 0);
+                                prop_assert!(notional(m.max(o.price), Quantity::from_raw(after.abs())).unwrap() <= cfg.max_position_notional, "position");
+                            }
+                            prop_assert!(o.qty.raw % Quantity::parse("0.001").unwrap().raw == 0, "lot");
+                            prop_assert!(o.price.raw % Price::parse("0.01").unwrap().raw == 0, "tick");
+                            open.push(*o);
+                        }
+                        let s = r.portfolio().agent_summary(AgentId(agent));
+                        let open_notional: i64 = open.iter().filter(|o| o.agent == AgentId(agent)).map(|o| notional(o.price, o.qty).unwrap().raw).sum();
+                        if orders.as_slice().iter().any(|o| o.action == OrderAction::New && !o.reduce_only) {
+                            prop_assert!(s.gross_exposure.raw + open_notional <= s.equity.raw, "budget: {} + {} > {}", s.gross_exposure, open_notional, s.equity);
+                        }
+                        prop_assert!(open.iter().filter(|o| o.agent == AgentId(agent)).count() <= cfg.max_open_orders as usize);
+                    }
+                }
+            }
+        }
+    }
+}

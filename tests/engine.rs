@@ -1,0 +1,153 @@
+//! The engine end to end: determinism, both layouts, the journal beside the engine.
+
+mod common;
+
+use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output};
+use sapphire_core::event::{Event, ExecKind};
+use sapphire_core::journal::MemoryJournal;
+use sapphire_core::order::{Order, OrderAction};
+use sapphire_core::pipeline::{Layout, Pipeline, PipelineConfig};
+use sapphire_core::ring::Poll;
+use sapphire_core::wait::WaitStrategy;
+
+fn run_direct(config: &EngineConfig, instruments: &[sapphire_core::instrument::Instrument], events: &[Event]) -> (Vec<Output>, Engine) {
+    let mut engine = Engine::new(config, instruments);
+    let mut outputs = Vec::new();
+    let mut outbound: Vec<Order> = Vec::new();
+    for (seq, e) in events.iter().enumerate() {
+        engine.process(seq as i64, e, &mut outbound, &mut outputs);
+    }
+    (outputs, engine)
+}
+
+fn count(outputs: &[Output]) -> (usize, usize, usize) {
+    let orders = outputs.iter().filter(|o| matches!(o.output, EngineOutput::Order(Order { action: OrderAction::New, .. }))).count();
+    let fills = outputs.iter().filter(|o| matches!(o.output, EngineOutput::Exec(r) if r.last_qty.raw > 0)).count();
+    let refusals = outputs.iter().filter(|o| matches!(o.output, EngineOutput::Risk(sapphire_core::risk::RiskOutput::Refusal(_)))).count();
+    (orders, fills, refusals)
+}
+
+#[test]
+fn same_events_same_orders_and_fills() {
+    let (instruments, mut events) = common::scripted_events(11, 60_000);
+    // A final timer is a sync point: every paper fill reaches the portfolio.
+    let end = events.last().unwrap().ts_event() + 1;
+    events.push(Event::Timer(sapphire_core::event::Timer { ts_event: end, ts_recv: end, timer_id: 0, _pad: 0 }));
+    let config = EngineConfig::default();
+    let (a, engine) = run_direct(&config, &instruments, &events);
+    let (b, _) = run_direct(&config, &instruments, &events);
+    let (orders, fills, _) = count(&a);
+    assert!(orders >= 20 && fills >= 10, "a test that trades: {orders} orders, {fills} fills");
+    assert_eq!(a, b, "two runs over the same events differ");
+    // Every order is attributed to an agent, and every client order id is unique.
+    let mut ids: Vec<u64> = a.iter().filter_map(|o| match o.output {
+        EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.client_order_id),
+        _ => None,
+    }).collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "duplicate client order ids");
+    // Agent signals were traded on, and the in-core strategies traded too.
+    let agents: std::collections::BTreeSet<u16> = a.iter().filter_map(|o| match o.output {
+        EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.agent.0),
+        _ => None,
+    }).collect();
+    assert!(agents.contains(&0) || agents.contains(&1), "in-core strategies: {agents:?}");
+    assert!(agents.iter().any(|&a| a >= 2), "agent signals: {agents:?}");
+    // Positions in the portfolio equal the sum of fills.
+    let fills_net: i64 = a.iter().filter_map(|o| match o.output {
+        EngineOutput::Exec(r) if r.last_qty.raw > 0 => Some(r.last_qty.raw * r.side.sign()),
+        _ => None,
+    }).sum();
+    let pf = engine.stages.risk.risk.portfolio();
+    let net: i64 = (0..instruments.len()).map(|i| pf.net_position(sapphire_core::instrument::InstrumentId(i as u32)).raw).sum();
+    assert_eq!(net, fills_net, "positions are the sum of fills");
+    assert!(pf.total().fees.raw != 0, "fees were charged");
+}
+
+fn run_pipeline(layout: Layout, config: &EngineConfig, instruments: &[sapphire_core::instrument::Instrument], events: &[Event]) -> (Vec<Output>, sapphire_core::pipeline::PipelineReport, u64) {
+    let pipeline_config = PipelineConfig {
+        layout,
+        link_capacity: 1 << 12,
+        ring_capacity: 1 << 12,
+        engine_wait: WaitStrategy::Yield,
+        journal_wait: WaitStrategy::Yield,
+        ..PipelineConfig::default()
+    };
+    let mut pipeline = Pipeline::start(&pipeline_config, config, instruments, Box::new(MemoryJournal::keeping()));
+    let mut outputs_rx = pipeline.take_outputs().expect("outputs");
+    let collector = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut idle = 0;
+        loop {
+            match outputs_rx.poll(1_024, |o, _, _| got.push(*o)) {
+                Poll::Handled(_) => idle = 0,
+                Poll::Empty => WaitStrategy::Yield.idle(&mut idle),
+                Poll::Closed => return got,
+            }
+        }
+    });
+    let mut producer = pipeline.producer();
+    for e in events {
+        producer.publish(WaitStrategy::Yield, *e).expect("ring open");
+    }
+    let stats = pipeline.stats();
+    let report = pipeline.shutdown();
+    let outputs = collector.join().expect("collector");
+    (outputs, report, stats.outputs_dropped.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[test]
+fn fused_and_split_layouts_match_the_direct_engine() {
+    let (instruments, events) = common::scripted_events(5, 30_000);
+    let config = EngineConfig::default();
+    let (direct, _) = run_direct(&config, &instruments, &events);
+    assert!(count(&direct).1 > 0, "the scenario fills orders");
+    for layout in [Layout::Fused, Layout::Split] {
+        let (outputs, report, dropped) = run_pipeline(layout, &config, &instruments, &events);
+        assert_eq!(dropped, 0, "{layout:?}: outputs dropped");
+        assert_eq!(outputs.len(), direct.len(), "{layout:?}: output count");
+        assert!(outputs == direct, "{layout:?}: outputs differ from the direct engine");
+        // The journal stage saw every event, in order.
+        assert_eq!(report.journal.appended(), events.len() as u64, "{layout:?}: journaled");
+        assert_eq!(report.stages.route.counters.orders as usize, direct.iter().filter(|o| matches!(o.output, EngineOutput::Order(_))).count());
+        let names: Vec<_> = report.latency.iter().map(|l| l.name).collect();
+        assert_eq!(names, ["book", "aggregate", "risk", "route", "tick_to_order"], "{layout:?}");
+        assert!(report.latency[0].count >= events.len() as u64, "{layout:?}: book latency recorded per event");
+    }
+}
+
+#[test]
+fn external_venue_mode_sends_orders_outbound_and_takes_reports_from_the_ring() {
+    let (instruments, events) = common::scripted_events(5, 20_000);
+    let config = EngineConfig { venue: sapphire_core::engine::VenueMode::External, ..EngineConfig::default() };
+    let mut engine = Engine::new(&config, &instruments);
+    let mut outputs = Vec::new();
+    let mut outbound: Vec<Order> = Vec::new();
+    let mut seq = 0i64;
+    for e in &events {
+        engine.process(seq, e, &mut outbound, &mut outputs);
+        seq += 1;
+        // A venue that rejects everything, answering through the ring.
+        for o in outbound.drain(..) {
+            if o.action == OrderAction::New {
+                let reject = Event::ExecReport(sapphire_core::event::ExecReport {
+                    ts_event: e.ts_event(),
+                    kind: ExecKind::Rejected,
+                    reason: sapphire_core::event::RejectReason::VenueInsufficientBalance,
+                    client_order_id: o.client_order_id,
+                    agent: o.agent,
+                    instrument: o.instrument,
+                    ..Default::default()
+                });
+                engine.process(seq, &reject, &mut Vec::new(), &mut outputs);
+                seq += 1;
+            }
+        }
+    }
+    let (orders, fills, _) = count(&outputs);
+    assert!(orders > 0);
+    assert_eq!(fills, 0);
+    assert_eq!(engine.stages.risk.risk.open_orders(), 0, "rejects closed every order");
+}
