@@ -1,1 +1,112 @@
-fn main() {}
+//! `sapphire`: the command line. Parses configuration, wires the parts, starts the process.
+
+mod config;
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Sapphire: a low-latency crypto trading engine.
+#[derive(Debug, Parser)]
+#[command(name = "sapphire", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the engine: market source → engine → paper venue, with a status line every second.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Configuration file (TOML). Environment variables and flags override it.
+    #[arg(long, env = "SAPPHIRE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Stop by itself after this long (e.g. 10s, 500ms, 2m); default: until Ctrl-C.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Where journals and run state live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Engine layout: fused (one thread) or split (a thread per stage).
+    #[arg(long)]
+    layout: Option<String>,
+    /// Cores to pin engine threads to, comma-separated (fused: one; split: four).
+    #[arg(long, value_delimiter = ',')]
+    engine_cores: Option<Vec<usize>>,
+    /// Engine wait strategy: busy-spin, spin-hint, yield, sleep or sleep:<micros>.
+    #[arg(long)]
+    wait: Option<String>,
+    /// Synthetic market rate, events per second.
+    #[arg(long)]
+    events_per_sec: Option<u64>,
+    /// Synthetic market seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Symbols to trade, comma-separated (overrides TRADING_SYMBOLS).
+    #[arg(long)]
+    symbols: Option<String>,
+    /// Print only the final summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run_command(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<config::ConfigError>().is_some() => {
+            eprintln!("sapphire: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("sapphire: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let mut file = match &args.config {
+        Some(path) => config::load_file(path)?,
+        None => config::FileConfig::default(),
+    };
+    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+    if let Some(d) = args.data_dir {
+        file.run.data_dir = d;
+    }
+    if let Some(l) = args.layout {
+        file.engine.layout = l;
+    }
+    if let Some(c) = args.engine_cores {
+        file.engine.engine_cores = Some(c);
+    }
+    if let Some(w) = args.wait {
+        file.engine.wait = w;
+    }
+    if let Some(r) = args.events_per_sec {
+        file.market.events_per_sec = r;
+    }
+    if let Some(s) = args.seed {
+        file.market.seed = s;
+    }
+    if let Some(s) = args.symbols {
+        file.market.symbols = s.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+    }
+    let duration = match args.duration.as_deref() {
+        Some(d) => Some(
+            config::parse_duration(d)
+                .ok_or_else(|| config::refuse("--duration", format!("{d:?} is not a duration like 10s, 500ms, 2m or 1h")))?,
+        ),
+        None => None,
+    };
+    let cfg = file.resolve()?;
+    run::run(cfg, run::RunOptions { duration, quiet: args.quiet })
+}

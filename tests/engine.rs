@@ -40,33 +40,47 @@ fn same_events_same_orders_and_fills() {
     assert!(orders >= 20 && fills >= 10, "a test that trades: {orders} orders, {fills} fills");
     assert_eq!(a, b, "two runs over the same events differ");
     // Every order is attributed to an agent, and every client order id is unique.
-    let mut ids: Vec<u64> = a.iter().filter_map(|o| match o.output {
-        EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.client_order_id),
-        _ => None,
-    }).collect();
+    let mut ids: Vec<u64> = a
+        .iter()
+        .filter_map(|o| match o.output {
+            EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.client_order_id),
+            _ => None,
+        })
+        .collect();
     let n = ids.len();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "duplicate client order ids");
     // Agent signals were traded on, and the in-core strategies traded too.
-    let agents: std::collections::BTreeSet<u16> = a.iter().filter_map(|o| match o.output {
-        EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.agent.0),
-        _ => None,
-    }).collect();
+    let agents: std::collections::BTreeSet<u16> = a
+        .iter()
+        .filter_map(|o| match o.output {
+            EngineOutput::Order(o) if o.action == OrderAction::New => Some(o.agent.0),
+            _ => None,
+        })
+        .collect();
     assert!(agents.contains(&0) || agents.contains(&1), "in-core strategies: {agents:?}");
     assert!(agents.iter().any(|&a| a >= 2), "agent signals: {agents:?}");
     // Positions in the portfolio equal the sum of fills.
-    let fills_net: i64 = a.iter().filter_map(|o| match o.output {
-        EngineOutput::Exec(r) if r.last_qty.raw > 0 => Some(r.last_qty.raw * r.side.sign()),
-        _ => None,
-    }).sum();
+    let fills_net: i64 = a
+        .iter()
+        .filter_map(|o| match o.output {
+            EngineOutput::Exec(r) if r.last_qty.raw > 0 => Some(r.last_qty.raw * r.side.sign()),
+            _ => None,
+        })
+        .sum();
     let pf = engine.stages.risk.risk.portfolio();
     let net: i64 = (0..instruments.len()).map(|i| pf.net_position(sapphire_core::instrument::InstrumentId(i as u32)).raw).sum();
     assert_eq!(net, fills_net, "positions are the sum of fills");
     assert!(pf.total().fees.raw != 0, "fees were charged");
 }
 
-fn run_pipeline(layout: Layout, config: &EngineConfig, instruments: &[sapphire_core::instrument::Instrument], events: &[Event]) -> (Vec<Output>, sapphire_core::pipeline::PipelineReport, u64) {
+fn run_pipeline(
+    layout: Layout,
+    config: &EngineConfig,
+    instruments: &[sapphire_core::instrument::Instrument],
+    events: &[Event],
+) -> (Vec<Output>, sapphire_core::pipeline::PipelineReport, u64) {
     let pipeline_config = PipelineConfig {
         layout,
         link_capacity: 1 << 12,
@@ -111,9 +125,12 @@ fn fused_and_split_layouts_match_the_direct_engine() {
         assert!(outputs == direct, "{layout:?}: outputs differ from the direct engine");
         // The journal stage saw every event, in order.
         assert_eq!(report.journal.appended(), events.len() as u64, "{layout:?}: journaled");
-        assert_eq!(report.stages.route.counters.orders as usize, direct.iter().filter(|o| matches!(o.output, EngineOutput::Order(_))).count());
+        assert_eq!(
+            report.stages.route.counters.orders as usize,
+            direct.iter().filter(|o| matches!(o.output, EngineOutput::Order(_))).count()
+        );
         let names: Vec<_> = report.latency.iter().map(|l| l.name).collect();
-        assert_eq!(names, ["book", "aggregate", "risk", "route", "tick_to_order"], "{layout:?}");
+        assert_eq!(names, ["book", "aggregate", "risk", "route", "tick_to_order", "end_to_end"], "{layout:?}");
         assert!(report.latency[0].count >= events.len() as u64, "{layout:?}: book latency recorded per event");
     }
 }

@@ -40,6 +40,8 @@ pub struct AggregateConfig {
     pub imbalance_threshold_bps: i32,
     /// Levels counted for imbalance.
     pub imbalance_levels: usize,
+    /// Imbalance sampling period, ns of event time.
+    pub imbalance_sample_ns: u64,
     /// Per-agent weight, bps (10_000 = 1.0); missing agents weigh 1.0.
     pub weights_bps: Vec<i32>,
     /// Full-size position notional per agent and instrument.
@@ -54,8 +56,9 @@ impl Default for AggregateConfig {
             momentum_window: 20,
             momentum_sample_ns: 100_000_000,
             momentum_full_scale_bps: 20,
-            imbalance_threshold_bps: 3_000,
+            imbalance_threshold_bps: 1_500,
             imbalance_levels: 5,
+            imbalance_sample_ns: 250_000_000,
             weights_bps: vec![10_000; MAX_AGENTS],
             target_notional: Money::from_units(250),
             aggressive_slip_ticks: 2,
@@ -72,6 +75,7 @@ struct ExternalSignal {
 #[derive(Clone, Debug)]
 struct InstrumentState {
     momentum: Momentum,
+    imbalance: Imbalance,
     external: [ExternalSignal; MAX_AGENTS],
     /// Last emitted target per agent, raw quantity.
     targets: [i64; MAX_AGENTS],
@@ -84,7 +88,6 @@ struct InstrumentState {
 #[derive(Clone, Debug)]
 pub struct Aggregator {
     config: AggregateConfig,
-    imbalance: Imbalance,
     instruments: Vec<InstrumentState>,
     /// Signals that arrived past their time-to-live or for unknown agents/instruments.
     pub ignored_signals: u64,
@@ -97,6 +100,7 @@ impl Aggregator {
             .iter()
             .map(|i| InstrumentState {
                 momentum: Momentum::new(config.momentum_window, config.momentum_sample_ns, config.momentum_full_scale_bps),
+                imbalance: Imbalance::new(config.imbalance_threshold_bps, config.imbalance_sample_ns),
                 external: [ExternalSignal::default(); MAX_AGENTS],
                 targets: [0; MAX_AGENTS],
                 last: MarketView::default(),
@@ -104,7 +108,7 @@ impl Aggregator {
                 lot: i.lot_size,
             })
             .collect();
-        Self { imbalance: Imbalance::new(config.imbalance_threshold_bps), config, instruments, ignored_signals: 0 }
+        Self { config, instruments, ignored_signals: 0 }
     }
 
     fn weight(&self, agent: AgentId) -> i64 {
@@ -126,7 +130,7 @@ impl Aggregator {
         };
         state.last = *m;
         let momentum = state.momentum.on_market(m);
-        let imbalance = self.imbalance.on_market(m);
+        let imbalance = state.imbalance.on_market(m);
         if let Some(s) = momentum {
             self.propose(seq, instrument, MOMENTUM_AGENT, s, 10_000, ExecStyle::Aggressive, out);
         }
@@ -161,13 +165,30 @@ impl Aggregator {
             return;
         }
         state.external[agent] = ExternalSignal { expires_at, active: true };
-        self.propose(seq, s.instrument, s.agent, s.strength_bps.clamp(-10_000, 10_000), s.confidence_bps.min(10_000), ExecStyle::Aggressive, out);
+        self.propose(
+            seq,
+            s.instrument,
+            s.agent,
+            s.strength_bps.clamp(-10_000, 10_000),
+            s.confidence_bps.min(10_000),
+            ExecStyle::Aggressive,
+            out,
+        );
     }
 
     /// Turns a strength into a target and emits an intent if it moved enough.
     /// Returns false only when the intent did not fit in `out` (it is retried next update).
     #[allow(clippy::too_many_arguments)]
-    fn propose(&mut self, seq: i64, instrument: InstrumentId, agent: AgentId, strength_bps: i32, confidence_bps: u16, style: ExecStyle, out: &mut IntentBatch) -> bool {
+    fn propose(
+        &mut self,
+        seq: i64,
+        instrument: InstrumentId,
+        agent: AgentId,
+        strength_bps: i32,
+        confidence_bps: u16,
+        style: ExecStyle,
+        out: &mut IntentBatch,
+    ) -> bool {
         let weight = self.weight(agent);
         let full_notional = self.config.target_notional.raw;
         let slip = self.config.aggressive_slip_ticks;
@@ -252,7 +273,15 @@ mod tests {
         let mut out = IntentBatch::default();
         agg.on_market(1, InstrumentId(0), &view(1_000), &mut out);
         assert!(out.is_empty());
-        let sig = Signal { ts_event: 1_000, instrument: InstrumentId(0), agent: AgentId(3), strength_bps: 5_000, confidence_bps: 10_000, ttl_ns: 500, ..Default::default() };
+        let sig = Signal {
+            ts_event: 1_000,
+            instrument: InstrumentId(0),
+            agent: AgentId(3),
+            strength_bps: 5_000,
+            confidence_bps: 10_000,
+            ttl_ns: 500,
+            ..Default::default()
+        };
         agg.on_signal(2, &sig, &mut out);
         // $1000 / $100 = 10 units, half strength: 5 units, buy at ask + 2 ticks.
         assert_eq!(out.as_slice().len(), 1);
@@ -272,7 +301,15 @@ mod tests {
         let mut agg = setup();
         let mut out = IntentBatch::default();
         agg.on_market(1, InstrumentId(0), &view(10_000), &mut out);
-        let dead = Signal { ts_event: 1_000, instrument: InstrumentId(0), agent: AgentId(3), strength_bps: 5_000, confidence_bps: 10_000, ttl_ns: 500, ..Default::default() };
+        let dead = Signal {
+            ts_event: 1_000,
+            instrument: InstrumentId(0),
+            agent: AgentId(3),
+            strength_bps: 5_000,
+            confidence_bps: 10_000,
+            ttl_ns: 500,
+            ..Default::default()
+        };
         agg.on_signal(2, &dead, &mut out);
         let core_id = Signal { agent: MOMENTUM_AGENT, ts_event: 10_000, ttl_ns: 10, ..dead };
         agg.on_signal(3, &core_id, &mut out);
@@ -288,7 +325,15 @@ mod tests {
         agg.set_weight(AgentId(2), 5_000);
         let mut out = IntentBatch::default();
         agg.on_market(1, InstrumentId(0), &view(1), &mut out);
-        let sig = Signal { ts_event: 1, instrument: InstrumentId(0), agent: AgentId(2), strength_bps: 10_000, confidence_bps: 10_000, ttl_ns: 1_000_000, ..Default::default() };
+        let sig = Signal {
+            ts_event: 1,
+            instrument: InstrumentId(0),
+            agent: AgentId(2),
+            strength_bps: 10_000,
+            confidence_bps: 10_000,
+            ttl_ns: 1_000_000,
+            ..Default::default()
+        };
         agg.on_signal(2, &sig, &mut out);
         assert_eq!(out.as_slice()[0].target, Quantity::from_units(5));
         out.clear();

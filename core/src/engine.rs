@@ -209,11 +209,19 @@ impl BookStage {
                     ask: q.ask_price,
                     mid: if has { mid } else { Default::default() },
                     microprice: if has && total > 0 {
-                        crate::fixed::Price::from_raw(((i128::from(q.bid_price.raw) * i128::from(q.ask_qty.raw) + i128::from(q.ask_price.raw) * i128::from(q.bid_qty.raw)) / total) as i64)
+                        crate::fixed::Price::from_raw(
+                            ((i128::from(q.bid_price.raw) * i128::from(q.ask_qty.raw)
+                                + i128::from(q.ask_price.raw) * i128::from(q.bid_qty.raw))
+                                / total) as i64,
+                        )
                     } else {
                         mid
                     },
-                    imbalance_bps: if total > 0 { ((i128::from(q.bid_qty.raw) - i128::from(q.ask_qty.raw)) * 10_000 / total) as i32 } else { 0 },
+                    imbalance_bps: if total > 0 {
+                        ((i128::from(q.bid_qty.raw) - i128::from(q.ask_qty.raw)) * 10_000 / total) as i32
+                    } else {
+                        0
+                    },
                     has_market: has,
                     in_sync: book.in_sync(),
                     settled,
@@ -373,7 +381,13 @@ impl RouteStage {
     /// Sends the message's orders and works the paper book; every report made is handed to
     /// `feedback` (for the risk stage) and every output to `sink`.
     #[inline]
-    pub fn process(&mut self, msg: &StageMsg, outbound: &mut impl OrderSink, sink: &mut impl OutputSink, mut feedback: impl FnMut(ExecReport)) {
+    pub fn process(
+        &mut self,
+        msg: &StageMsg,
+        outbound: &mut impl OrderSink,
+        sink: &mut impl OutputSink,
+        mut feedback: impl FnMut(ExecReport),
+    ) {
         let seq = msg.seq;
         let now = msg.event.ts_event();
         self.reports.clear();

@@ -469,6 +469,20 @@ impl Event {
         }
     }
 
+    /// Sets the receive timestamp (stamped as the event enters the ring).
+    #[inline]
+    pub fn set_ts_recv(&mut self, ts: u64) {
+        match self {
+            Event::Quote(e) => e.ts_recv = ts,
+            Event::Trade(e) => e.ts_recv = ts,
+            Event::BookDelta(e) => e.ts_recv = ts,
+            Event::Signal(e) => e.ts_recv = ts,
+            Event::ExecReport(e) => e.ts_recv = ts,
+            Event::Timer(e) => e.ts_recv = ts,
+            Event::Control(e) => e.ts_recv = ts,
+        }
+    }
+
     /// A short name of the variant (logs, metrics labels).
     pub const fn kind_name(&self) -> &'static str {
         match self {

@@ -78,10 +78,7 @@ pub fn parse_scaled(s: &str, decimals: u32) -> Result<i64, DecimalError> {
                     }
                 } else {
                     int_digits += 1;
-                    int_part = int_part
-                        .checked_mul(10)
-                        .and_then(|v| v.checked_add(d))
-                        .ok_or(DecimalError::Overflow)?;
+                    int_part = int_part.checked_mul(10).and_then(|v| v.checked_add(d)).ok_or(DecimalError::Overflow)?;
                 }
             }
             b'.' if !seen_point => seen_point = true,
@@ -93,10 +90,7 @@ pub fn parse_scaled(s: &str, decimals: u32) -> Result<i64, DecimalError> {
     }
     let scale = 10i64.pow(decimals);
     let frac_scaled = frac * 10i64.pow(decimals - frac_digits);
-    let magnitude = int_part
-        .checked_mul(scale)
-        .and_then(|v| v.checked_add(frac_scaled))
-        .ok_or(DecimalError::Overflow)?;
+    let magnitude = int_part.checked_mul(scale).and_then(|v| v.checked_add(frac_scaled)).ok_or(DecimalError::Overflow)?;
     Ok(if negative { -magnitude } else { magnitude })
 }
 

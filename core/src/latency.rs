@@ -1,9 +1,11 @@
 //! Per-stage latency histograms: recorded by the stage's own thread, read from anywhere.
 //!
-//! The stage records into an [`hdrhistogram::Histogram`] it owns. Every `publish_every`
-//! recorded values it copies that histogram into a shared mailbox with `try_lock`: if a
-//! reader holds the mailbox at that instant the stage skips this copy and tries again next
-//! time — it never waits. Readers take a [`LatencySnapshot`] from the mailbox.
+//! The stage records into an [`hdrhistogram::Histogram`] it owns. At most every
+//! `PUBLISH_INTERVAL` (checked every `publish_every` values, and when the stage is idle) it
+//! copies that histogram into a shared mailbox with `try_lock`: if a reader holds the
+//! mailbox at that instant the stage skips this copy and tries again next time — it never
+//! waits. A copy costs a few microseconds (two significant digits keep the histogram at
+//! ~40 KB), so it is rare by design. Readers take a [`LatencySnapshot`] from the mailbox.
 
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
@@ -18,8 +20,11 @@ pub fn unix_nanos() -> u64 {
 /// Highest recordable latency, ns (values above are clamped): 10 s.
 const MAX_NS: u64 = 10_000_000_000;
 
+/// Shortest time between two copies to the mailbox.
+const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_NS, 3).expect("static histogram bounds are valid")
+    Histogram::new_with_bounds(1, MAX_NS, 2).expect("static histogram bounds are valid")
 }
 
 /// A stage's latency recorder. Owned by the stage's thread.
@@ -29,6 +34,7 @@ pub struct StageLatency {
     shared: Arc<Mutex<Histogram<u64>>>,
     since_publish: u32,
     publish_every: u32,
+    last_publish: std::time::Instant,
 }
 
 impl std::fmt::Debug for StageLatency {
@@ -86,7 +92,17 @@ impl StageLatency {
     pub fn new(name: &'static str, publish_every: u32) -> (Self, LatencyReader) {
         let shared = Arc::new(Mutex::new(new_histogram()));
         let reader = LatencyReader { name, shared: Arc::clone(&shared) };
-        (Self { name, local: new_histogram(), shared, since_publish: 0, publish_every: publish_every.max(1) }, reader)
+        (
+            Self {
+                name,
+                local: new_histogram(),
+                shared,
+                since_publish: 0,
+                publish_every: publish_every.max(1),
+                last_publish: std::time::Instant::now(),
+            },
+            reader,
+        )
     }
 
     /// Records one latency, ns. Never allocates or waits.
@@ -95,17 +111,26 @@ impl StageLatency {
         let _ = self.local.record(ns.clamp(1, MAX_NS));
         self.since_publish += 1;
         if self.since_publish >= self.publish_every {
+            self.since_publish = 0;
+            self.maybe_publish();
+        }
+    }
+
+    /// Publishes if the interval has passed (call it when the stage is idle, too).
+    #[inline]
+    pub fn maybe_publish(&mut self) {
+        if self.last_publish.elapsed() >= PUBLISH_INTERVAL {
             self.publish();
         }
     }
 
-    /// Copies the local histogram to readers unless one is reading right now.
+    /// Copies the local histogram to readers now, unless one is reading right now.
     pub fn publish(&mut self) {
         if let Ok(mut shared) = self.shared.try_lock() {
             shared.reset();
             // Same bounds on both sides: `add` does not allocate.
             let _ = shared.add(&self.local);
-            self.since_publish = 0;
+            self.last_publish = std::time::Instant::now();
         }
     }
 
@@ -145,20 +170,23 @@ mod tests {
     #[test]
     fn reader_sees_published_values_without_stopping_the_stage() {
         let (mut stage, reader) = StageLatency::new("book", 4);
-        for v in [100, 200, 300] {
+        for v in [100, 200, 300, 400] {
             stage.record(v);
         }
-        assert_eq!(reader.snapshot().count, 0, "not yet published");
-        stage.record(400);
+        assert_eq!(reader.snapshot().count, 0, "not yet published: the interval has not passed");
+        stage.last_publish -= PUBLISH_INTERVAL;
+        stage.maybe_publish();
         let snap = reader.snapshot();
         assert_eq!(snap.count, 4);
-        assert!(snap.max >= 400 && snap.max < 401, "{snap:?}");
+        assert!(snap.max >= 400 && snap.max < 405, "{snap:?}");
         // A reader holding the mailbox makes the stage skip, not wait.
         let guard = reader.shared.lock().unwrap();
+        stage.last_publish -= PUBLISH_INTERVAL;
         for v in 0..8 {
             stage.record(v);
         }
         drop(guard);
+        assert_eq!(reader.snapshot().count, 4, "the copy was skipped while a reader held the mailbox");
         stage.publish();
         assert_eq!(reader.snapshot().count, 12);
     }

@@ -86,7 +86,15 @@ impl PaperMatcher {
         self.books.get(instrument.index())
     }
 
-    fn report(&self, o: &SimOrder, kind: ExecKind, reason: RejectReason, liquidity: Liquidity, price: Price, last_qty: Quantity) -> ExecReport {
+    fn report(
+        &self,
+        o: &SimOrder,
+        kind: ExecKind,
+        reason: RejectReason,
+        liquidity: Liquidity,
+        price: Price,
+        last_qty: Quantity,
+    ) -> ExecReport {
         let fee = match liquidity {
             Liquidity::None => Money::ZERO,
             Liquidity::Taker => apply_bps(notional(price, last_qty).unwrap_or(Money::ZERO), self.config.taker_fee_bps),
@@ -117,10 +125,23 @@ impl PaperMatcher {
             OrderAction::New => {
                 if let Some(n) = self.live_per_instrument.get_mut(order.instrument.index()) {
                     *n += 1;
-                    self.orders.push(SimOrder { order: *order, leaves: order.qty, active_at: now + self.config.latency_ns, active: false, queue_ahead: Quantity::ZERO });
+                    self.orders.push(SimOrder {
+                        order: *order,
+                        leaves: order.qty,
+                        active_at: now + self.config.latency_ns,
+                        active: false,
+                        queue_ahead: Quantity::ZERO,
+                    });
                 } else {
                     let o = SimOrder { order: *order, leaves: Quantity::ZERO, active_at: now, active: false, queue_ahead: Quantity::ZERO };
-                    reports.push(self.report(&o, ExecKind::Rejected, RejectReason::VenueFilter, Liquidity::None, order.price, Quantity::ZERO));
+                    reports.push(self.report(
+                        &o,
+                        ExecKind::Rejected,
+                        RejectReason::VenueFilter,
+                        Liquidity::None,
+                        order.price,
+                        Quantity::ZERO,
+                    ));
                 }
             }
             OrderAction::CancelAll => {
@@ -130,7 +151,14 @@ impl PaperMatcher {
                     let agent_match = order.agent == ALL_AGENTS || o.order.agent == order.agent;
                     let inst_match = order.instrument == ALL_INSTRUMENTS || o.order.instrument == order.instrument;
                     if agent_match && inst_match {
-                        reports.push(self.report(&o, ExecKind::Canceled, RejectReason::None, Liquidity::None, o.order.price, Quantity::ZERO));
+                        reports.push(self.report(
+                            &o,
+                            ExecKind::Canceled,
+                            RejectReason::None,
+                            Liquidity::None,
+                            o.order.price,
+                            Quantity::ZERO,
+                        ));
                         self.remove(i);
                     } else {
                         i += 1;

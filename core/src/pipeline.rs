@@ -148,7 +148,11 @@ pub struct PipelineReport {
 
 impl std::fmt::Debug for PipelineReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineReport").field("journaled", &self.journal.appended()).field("pins", &self.pins).field("latency", &self.latency).finish()
+        f.debug_struct("PipelineReport")
+            .field("journaled", &self.journal.appended())
+            .field("pins", &self.pins)
+            .field("latency", &self.latency)
+            .finish()
     }
 }
 
@@ -170,6 +174,7 @@ pub struct Pipeline {
     journal: JoinHandle<Box<dyn InputJournal>>,
     worker: Worker,
     pins: std::sync::mpsc::Receiver<(&'static str, PinOutcome)>,
+    pinned: Vec<(&'static str, PinOutcome)>,
     stats: Arc<PipelineStats>,
     latency: Vec<LatencyReader>,
     outputs: Option<Consumer<Output>>,
@@ -184,7 +189,12 @@ impl std::fmt::Debug for Pipeline {
 
 type PinSender = std::sync::mpsc::Sender<(&'static str, PinOutcome)>;
 
-fn spawn<T: Send + 'static>(name: &'static str, core: Option<usize>, pins: &PinSender, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+fn spawn<T: Send + 'static>(
+    name: &'static str,
+    core: Option<usize>,
+    pins: &PinSender,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
     let pins = pins.clone();
     std::thread::Builder::new()
         .name(format!("sapphire-{name}"))
@@ -221,14 +231,24 @@ fn ns_since(t: Instant) -> u64 {
     t.elapsed().as_nanos() as u64
 }
 
-/// Records tick-to-order latency for each order the message produced.
+/// Records, from the event's `ts_recv`, when it left the route stage (`end_to_end`, for
+/// sampled events) and, when it produced orders, `tick_to_order` (always).
 #[inline]
-fn record_tick_to_order(msg: &StageMsg, rec: &mut StageLatency) {
-    if !msg.orders.is_empty() {
-        let recv = msg.event.ts_recv();
-        if recv > 0 {
-            rec.record(unix_nanos().saturating_sub(recv));
-        }
+fn record_exit(msg: &StageMsg, sampled: bool, tick_to_order: &mut StageLatency, end_to_end: &mut StageLatency) {
+    let orders = !msg.orders.is_empty();
+    if !(orders || sampled) {
+        return;
+    }
+    let recv = msg.event.ts_recv();
+    if recv == 0 {
+        return;
+    }
+    let ns = unix_nanos().saturating_sub(recv);
+    if orders {
+        tick_to_order.record(ns);
+    }
+    if sampled {
+        end_to_end.record(ns);
     }
 }
 
@@ -265,9 +285,18 @@ impl Pipeline {
         let core = |i: usize| config.engine_cores.get(i).copied();
         let worker = match config.layout {
             Layout::Fused => {
-                let recs = [recorder("book"), recorder("aggregate"), recorder("risk"), recorder("route"), recorder("tick_to_order")];
+                let recs = [
+                    recorder("book"),
+                    recorder("aggregate"),
+                    recorder("risk"),
+                    recorder("route"),
+                    recorder("tick_to_order"),
+                    recorder("end_to_end"),
+                ];
                 let stats = Arc::clone(&stats);
-                Worker::Fused(spawn("engine", core(0), &pin_tx, move || fused_stage(engine_consumer, stages, recs, sampler, wait, batch, &stats, orders, outputs)))
+                Worker::Fused(spawn("engine", core(0), &pin_tx, move || {
+                    fused_stage(engine_consumer, stages, recs, sampler, wait, batch, &stats, orders, outputs)
+                }))
             }
             Layout::Split => {
                 let Stages { book, aggregate, risk, route } = stages;
@@ -277,10 +306,12 @@ impl Pipeline {
                 let (feedback_tx, mut feedback_rx) = ring::<ExecReport>(config.link_capacity, 1);
                 let route_progress = Arc::new(AtomicI64::new(0));
                 let (book_rec, agg_rec, risk_rec) = (recorder("book"), recorder("aggregate"), recorder("risk"));
-                let route_recs = [recorder("route"), recorder("tick_to_order")];
+                let route_recs = [recorder("route"), recorder("tick_to_order"), recorder("end_to_end")];
                 let book = {
                     let stats = Arc::clone(&stats);
-                    spawn("book", core(0), &pin_tx, move || book_stage(engine_consumer, book, to_agg, book_rec, sampler, wait, batch, &stats))
+                    spawn("book", core(0), &pin_tx, move || {
+                        book_stage(engine_consumer, book, to_agg, book_rec, sampler, wait, batch, &stats)
+                    })
                 };
                 let aggregate = {
                     let from = from_book.pop().expect("one consumer");
@@ -293,17 +324,37 @@ impl Pipeline {
                 let risk = {
                     let (from, feedback) = (from_agg.pop().expect("one consumer"), feedback_rx.pop().expect("one consumer"));
                     let progress = Arc::clone(&route_progress);
-                    spawn("risk", core(2), &pin_tx, move || risk_stage(from, to_route, feedback, &progress, risk, risk_rec, sampler, wait, batch))
+                    spawn("risk", core(2), &pin_tx, move || {
+                        risk_stage(from, to_route, feedback, &progress, risk, risk_rec, sampler, wait, batch)
+                    })
                 };
                 let route = {
                     let from = from_risk.pop().expect("one consumer");
                     let stats = Arc::clone(&stats);
-                    spawn("route", core(3), &pin_tx, move || route_stage(from, route, feedback_tx, &route_progress, route_recs, sampler, wait, batch, &stats, orders, outputs))
+                    spawn("route", core(3), &pin_tx, move || {
+                        route_stage(from, route, feedback_tx, &route_progress, route_recs, sampler, wait, batch, &stats, orders, outputs)
+                    })
                 };
                 Worker::Split { book, aggregate, risk, route }
             }
         };
-        Self { producer, journal, worker, pins, stats, latency, outputs: out_consumers.pop(), outbound: order_consumers.pop() }
+        Self {
+            producer,
+            journal,
+            worker,
+            pins,
+            pinned: Vec::new(),
+            stats,
+            latency,
+            outputs: out_consumers.pop(),
+            outbound: order_consumers.pop(),
+        }
+    }
+
+    /// Pinning outcomes of the threads that have started so far.
+    pub fn pin_outcomes(&mut self) -> &[(&'static str, PinOutcome)] {
+        self.pinned.extend(self.pins.try_iter());
+        &self.pinned
     }
 
     /// A producer for the inbound ring (clone one per producing thread).
@@ -316,7 +367,8 @@ impl Pipeline {
         Arc::clone(&self.stats)
     }
 
-    /// Latency readers, one per stage plus `tick_to_order`.
+    /// Latency readers: one per stage, then `tick_to_order` (events that produced orders)
+    /// and `end_to_end` (every sampled event, `ts_recv` to leaving the route stage).
     pub fn latency(&self) -> &[LatencyReader] {
         &self.latency
     }
@@ -354,12 +406,19 @@ impl Pipeline {
                 (Stages { book, aggregate, risk, route }, lat)
             }
         };
-        let pins = self.pins.try_iter().collect();
+        let mut pins = self.pinned;
+        pins.extend(self.pins.try_iter());
         PipelineReport { stages, journal, pins, latency }
     }
 }
 
-fn journal_stage(mut consumer: Consumer<Event>, mut journal: Box<dyn InputJournal>, wait: WaitStrategy, batch: usize, stats: &PipelineStats) -> Box<dyn InputJournal> {
+fn journal_stage(
+    mut consumer: Consumer<Event>,
+    mut journal: Box<dyn InputJournal>,
+    wait: WaitStrategy,
+    batch: usize,
+    stats: &PipelineStats,
+) -> Box<dyn InputJournal> {
     let mut idle = 0;
     loop {
         match consumer.poll(batch, |e, seq, eob| journal.append(seq, e, eob)) {
@@ -380,7 +439,7 @@ fn journal_stage(mut consumer: Consumer<Event>, mut journal: Box<dyn InputJourna
 fn fused_stage(
     mut consumer: Consumer<Event>,
     mut stages: Stages,
-    mut recs: [StageLatency; 5],
+    mut recs: [StageLatency; 6],
     mut sampler: Sampler,
     wait: WaitStrategy,
     batch: usize,
@@ -394,7 +453,8 @@ fn fused_stage(
         let polled = consumer.poll(batch, |event, seq, _| {
             msg = StageMsg { seq, event: *event, ..StageMsg::default() };
             let s = &mut stages;
-            if sampler.tick() {
+            let sampled = sampler.tick();
+            if sampled {
                 let t0 = Instant::now();
                 s.book.process(&mut msg);
                 let t1 = Instant::now();
@@ -416,7 +476,8 @@ fn fused_stage(
                 let risk = &mut s.risk;
                 s.route.process(&msg, &mut orders, &mut outputs, |r| risk.take_feedback(r));
             }
-            record_tick_to_order(&msg, &mut recs[4]);
+            let [.., tick_to_order, end_to_end] = &mut recs;
+            record_exit(&msg, sampled, tick_to_order, end_to_end);
         });
         match polled {
             Poll::Handled(_) => {
@@ -430,7 +491,7 @@ fn fused_stage(
             Poll::Empty => {
                 if idle == 0 {
                     for r in &mut recs {
-                        r.publish();
+                        r.maybe_publish();
                     }
                 }
                 wait.idle(&mut idle);
@@ -458,7 +519,16 @@ fn forward(to: &mut Producer<StageMsg>, msg: &StageMsg, wait: WaitStrategy, mut 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn book_stage(mut consumer: Consumer<Event>, mut stage: BookStage, mut to: Producer<StageMsg>, mut rec: StageLatency, mut sampler: Sampler, wait: WaitStrategy, batch: usize, stats: &PipelineStats) -> (BookStage, Vec<LatencySnapshot>) {
+fn book_stage(
+    mut consumer: Consumer<Event>,
+    mut stage: BookStage,
+    mut to: Producer<StageMsg>,
+    mut rec: StageLatency,
+    mut sampler: Sampler,
+    wait: WaitStrategy,
+    batch: usize,
+    stats: &PipelineStats,
+) -> (BookStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
     loop {
         let polled = consumer.poll(batch, |event, seq, _| {
@@ -479,7 +549,7 @@ fn book_stage(mut consumer: Consumer<Event>, mut stage: BookStage, mut to: Produ
             }
             Poll::Empty => {
                 if idle == 0 {
-                    rec.publish();
+                    rec.maybe_publish();
                 }
                 wait.idle(&mut idle);
             }
@@ -493,7 +563,15 @@ fn book_stage(mut consumer: Consumer<Event>, mut stage: BookStage, mut to: Produ
 
 /// A middle stage: take a message, process it, pass it on.
 #[allow(clippy::too_many_arguments)]
-fn relay(mut from: Consumer<StageMsg>, mut to: Producer<StageMsg>, mut rec: StageLatency, mut sampler: Sampler, wait: WaitStrategy, batch: usize, mut process: impl FnMut(&mut StageMsg)) -> Vec<LatencySnapshot> {
+fn relay(
+    mut from: Consumer<StageMsg>,
+    mut to: Producer<StageMsg>,
+    mut rec: StageLatency,
+    mut sampler: Sampler,
+    wait: WaitStrategy,
+    batch: usize,
+    mut process: impl FnMut(&mut StageMsg),
+) -> Vec<LatencySnapshot> {
     let mut idle = 0;
     loop {
         let polled = from.poll(batch, |m, _, _| {
@@ -511,7 +589,7 @@ fn relay(mut from: Consumer<StageMsg>, mut to: Producer<StageMsg>, mut rec: Stag
             Poll::Handled(_) => idle = 0,
             Poll::Empty => {
                 if idle == 0 {
-                    rec.publish();
+                    rec.maybe_publish();
                 }
                 wait.idle(&mut idle);
             }
@@ -568,7 +646,7 @@ fn risk_stage(
             Poll::Handled(_) => idle = 0,
             Poll::Empty => {
                 if idle == 0 {
-                    rec.publish();
+                    rec.maybe_publish();
                 }
                 feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
                 wait.idle(&mut idle);
@@ -587,7 +665,7 @@ fn route_stage(
     mut stage: RouteStage,
     mut feedback: Producer<ExecReport>,
     progress: &AtomicI64,
-    mut recs: [StageLatency; 2],
+    mut recs: [StageLatency; 3],
     mut sampler: Sampler,
     wait: WaitStrategy,
     batch: usize,
@@ -602,14 +680,16 @@ fn route_stage(
                 // The risk stage drains this ring while it waits, so this wait is short.
                 let _ = feedback.publish(wait, r);
             };
-            if sampler.tick() {
+            let sampled = sampler.tick();
+            if sampled {
                 let t = Instant::now();
                 stage.process(msg, &mut orders, &mut outputs, send);
                 recs[0].record(ns_since(t));
             } else {
                 stage.process(msg, &mut orders, &mut outputs, send);
             }
-            record_tick_to_order(msg, &mut recs[1]);
+            let [_, tick_to_order, end_to_end] = &mut recs;
+            record_exit(msg, sampled, tick_to_order, end_to_end);
             progress.store(msg.seq + 1, Ordering::Release);
         });
         match polled {
@@ -623,7 +703,7 @@ fn route_stage(
             Poll::Empty => {
                 if idle == 0 {
                     for r in &mut recs {
-                        r.publish();
+                        r.maybe_publish();
                     }
                 }
                 wait.idle(&mut idle);

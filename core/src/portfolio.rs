@@ -88,12 +88,19 @@ impl Portfolio {
     /// A flat portfolio with one margin budget per agent.
     pub fn new(budgets: Vec<Money>, instruments: usize) -> Self {
         let agents = budgets.len();
-        Self { agents, instruments, positions: vec![Position::default(); agents * instruments], marks: vec![Price::ZERO; instruments], budgets }
+        Self {
+            agents,
+            instruments,
+            positions: vec![Position::default(); agents * instruments],
+            marks: vec![Price::ZERO; instruments],
+            budgets,
+        }
     }
 
     #[inline]
     fn slot(&self, agent: AgentId, instrument: InstrumentId) -> Option<usize> {
-        (agent.index() < self.agents && instrument.index() < self.instruments).then(|| agent.index() * self.instruments + instrument.index())
+        (agent.index() < self.agents && instrument.index() < self.instruments)
+            .then(|| agent.index() * self.instruments + instrument.index())
     }
 
     /// A position (flat when unknown).
@@ -219,12 +226,22 @@ mod tests {
     #[test]
     fn portfolio_totals() {
         let mut pf = Portfolio::new(vec![Money::from_units(1_000); 2], 1);
-        let fill = ExecReport { agent: AgentId(1), side: Side::Buy, last_qty: q("2"), price: p("50"), fee: Money::from_units(1), ..Default::default() };
+        let fill = ExecReport {
+            agent: AgentId(1),
+            side: Side::Buy,
+            last_qty: q("2"),
+            price: p("50"),
+            fee: Money::from_units(1),
+            ..Default::default()
+        };
         assert!(pf.apply(&fill));
         assert!(!pf.apply(&ExecReport { agent: AgentId(7), ..fill }));
         pf.mark(InstrumentId(0), p("55"));
         let a = pf.agent_summary(AgentId(1));
-        assert_eq!((a.unrealized, a.fees, a.equity, a.gross_exposure), (Money::from_units(10), Money::from_units(1), Money::from_units(1_009), Money::from_units(110)));
+        assert_eq!(
+            (a.unrealized, a.fees, a.equity, a.gross_exposure),
+            (Money::from_units(10), Money::from_units(1), Money::from_units(1_009), Money::from_units(110))
+        );
         let t = pf.total();
         assert_eq!((t.capital, t.equity), (Money::from_units(2_000), Money::from_units(2_009)));
         assert_eq!(pf.net_position(InstrumentId(0)), q("2"));

@@ -414,7 +414,13 @@ impl RiskEngine {
         }
         s.drawdown_bps = if s.peak_equity.raw > 0 { ratio_bps(s.peak_equity - total.equity, s.peak_equity) } else { 0 };
         let margin_used = Money::from_raw(total.gross_exposure.raw / self.config.leverage.max(1));
-        s.margin_ratio_bps = if total.equity.raw > 0 { ratio_bps(margin_used, total.equity) } else if margin_used.raw > 0 { 10_000 } else { 0 };
+        s.margin_ratio_bps = if total.equity.raw > 0 {
+            ratio_bps(margin_used, total.equity)
+        } else if margin_used.raw > 0 {
+            10_000
+        } else {
+            0
+        };
         let (dd, ratio) = (s.drawdown_bps, s.margin_ratio_bps);
         if dd >= self.config.drawdown_halt_bps && !self.status.drawdown_halted {
             self.status.drawdown_halted = true;
@@ -553,7 +559,17 @@ impl RiskEngine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn first_breach(&mut self, intent: &Intent, m: &MarketView, side: Side, qty: Quantity, pos: Quantity, reduce_only: bool, tick_ok: bool, min_notional: Money) -> Option<RejectReason> {
+    fn first_breach(
+        &mut self,
+        intent: &Intent,
+        m: &MarketView,
+        side: Side,
+        qty: Quantity,
+        pos: Quantity,
+        reduce_only: bool,
+        tick_ok: bool,
+        min_notional: Money,
+    ) -> Option<RejectReason> {
         let agent = intent.agent;
         let s = self.status;
         if s.killed {

@@ -82,25 +82,34 @@ impl Momentum {
     }
 }
 
-/// Order-book imbalance: leans with the heavier side past a threshold.
+/// Order-book imbalance: leans with the heavier side when its smoothed imbalance passes a
+/// threshold. Sampled at most every `sample_ns` of event time, so a flickering book does
+/// not become a flickering order.
 #[derive(Clone, Copy, Debug)]
 pub struct Imbalance {
     threshold_bps: i32,
+    sample_ns: u64,
+    next_sample: u64,
+    /// Exponential average of the sampled imbalance, bps (weight 1/4 per sample).
+    smoothed_bps: i32,
 }
 
 impl Imbalance {
-    /// Signals only when |imbalance| exceeds `threshold_bps`.
-    pub fn new(threshold_bps: i32) -> Self {
-        Self { threshold_bps }
+    /// Signals only when the smoothed |imbalance| exceeds `threshold_bps`.
+    pub fn new(threshold_bps: i32, sample_ns: u64) -> Self {
+        Self { threshold_bps, sample_ns: sample_ns.max(1), next_sample: 0, smoothed_bps: 0 }
     }
 
-    /// Strength in bps for a settled market view.
+    /// Strength in bps for a settled market view, at most once per sample period.
     #[inline]
-    pub fn on_market(&self, m: &MarketView) -> Option<i32> {
-        if !m.has_market || !m.settled {
+    pub fn on_market(&mut self, m: &MarketView) -> Option<i32> {
+        if !m.has_market || !m.settled || m.ts_event < self.next_sample {
             return None;
         }
-        Some(if m.imbalance_bps.abs() > self.threshold_bps { m.imbalance_bps } else { 0 })
+        self.next_sample = m.ts_event - m.ts_event % self.sample_ns + self.sample_ns;
+        self.smoothed_bps += (m.imbalance_bps - self.smoothed_bps) / 4;
+        let s = self.smoothed_bps;
+        Some(if s.abs() > self.threshold_bps { s } else { 0 })
     }
 }
 
@@ -125,12 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn imbalance_thresholds() {
-        let s = Imbalance::new(3_000);
-        let mut v = view(0, 100);
-        v.imbalance_bps = 2_000;
-        assert_eq!(s.on_market(&v), Some(0));
-        v.imbalance_bps = -4_000;
-        assert_eq!(s.on_market(&v), Some(-4_000));
+    fn imbalance_is_smoothed_sampled_and_thresholded() {
+        let mut s = Imbalance::new(3_000, 10);
+        let at = |ts, imb| MarketView { imbalance_bps: imb, ..view(ts, 100) };
+        // Smoothed: 8000/4 = 2000, under the threshold.
+        assert_eq!(s.on_market(&at(0, 8_000)), Some(0));
+        assert_eq!(s.on_market(&at(5, 8_000)), None, "sampled at most every 10 ns");
+        // 2000 + (8000 - 2000)/4 = 3500: over.
+        assert_eq!(s.on_market(&at(10, 8_000)), Some(3_500));
+        // One opposite reading does not flip it: 3500 + (-8000 - 3500)/4 = 625.
+        assert_eq!(s.on_market(&at(20, -8_000)), Some(0));
     }
 }

@@ -55,10 +55,9 @@ impl WaitStrategy {
             "spin-hint" | "spin_hint" => Some(WaitStrategy::SpinHint),
             "yield" => Some(WaitStrategy::Yield),
             "sleep" => Some(WaitStrategy::Sleep(Duration::from_micros(50))),
-            other => other
-                .strip_prefix("sleep:")
-                .and_then(|us| us.parse::<u64>().ok())
-                .map(|us| WaitStrategy::Sleep(Duration::from_micros(us))),
+            other => {
+                other.strip_prefix("sleep:").and_then(|us| us.parse::<u64>().ok()).map(|us| WaitStrategy::Sleep(Duration::from_micros(us)))
+            }
         }
     }
 }

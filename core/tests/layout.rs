@@ -28,7 +28,12 @@ fn hot_path_layouts() {
         assert_eq!(size, want, "size_of::<{name}>()");
         assert_eq!(align, 8, "align_of::<{name}>()");
     }
-    for (name, size) in [("Quote", size_of::<Quote>()), ("Trade", size_of::<Trade>()), ("BookDelta", size_of::<BookDelta>()), ("Signal", size_of::<Signal>())] {
+    for (name, size) in [
+        ("Quote", size_of::<Quote>()),
+        ("Trade", size_of::<Trade>()),
+        ("BookDelta", size_of::<BookDelta>()),
+        ("Signal", size_of::<Signal>()),
+    ] {
         assert!(size <= 64, "{name} must fit one cache line");
     }
     // Messages between split stages and outputs stay small enough to copy cheaply.

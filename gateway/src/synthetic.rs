@@ -47,7 +47,11 @@ pub fn default_instruments() -> Vec<SyntheticInstrument> {
         tick: Price::parse(tick).expect("static tick"),
         lot: Quantity::parse(lot).expect("static lot"),
     };
-    vec![spec("BTCUSDT", "61837.63", "0.01", "0.00001"), spec("ETHUSDT", "2650.40", "0.01", "0.0001"), spec("SOLUSDT", "152.31", "0.01", "0.001")]
+    vec![
+        spec("BTCUSDT", "61837.63", "0.01", "0.00001"),
+        spec("ETHUSDT", "2650.40", "0.01", "0.0001"),
+        spec("SOLUSDT", "152.31", "0.01", "0.001"),
+    ]
 }
 
 impl Default for SyntheticConfig {
@@ -105,6 +109,9 @@ struct InstrumentSim {
     burst_left: u32,
     /// Typical level size, lots.
     base_lots: i64,
+    /// Order-flow pressure in [-0.6, 0.6]: skews displayed size toward the side that is
+    /// about to win and drifts the price that way, so book imbalance carries information.
+    pressure: f64,
 }
 
 /// The generator.
@@ -151,6 +158,7 @@ impl SyntheticMarket {
                 trade_id: 0,
                 burst_left: 0,
                 base_lots,
+                pressure: 0.0,
             };
             Self::rebuild_levels(&mut rng, &mut sim, config.depth);
             sims.push(sim);
@@ -163,8 +171,8 @@ impl SyntheticMarket {
         self.steps
     }
 
-    fn level_qty(rng: &mut Rng, base: i64, distance: i64, thin: f64) -> i64 {
-        let scale = (1.0 + 0.15 * distance as f64) / thin;
+    fn level_qty(rng: &mut Rng, base: i64, distance: i64, thin: f64, skew: f64) -> i64 {
+        let scale = (1.0 + 0.15 * distance as f64) / thin * skew;
         let q = base as f64 * scale * (0.2 + 1.6 * rng.unit());
         (q as i64).max(1)
     }
@@ -177,10 +185,10 @@ impl SyntheticMarket {
         for d in 0..depth as i64 {
             let b = sim.best_bid - d;
             if b > 0 && !sim.bids.contains_key(&b) {
-                sim.bids.insert(b, Self::level_qty(rng, sim.base_lots, d, thin));
+                sim.bids.insert(b, Self::level_qty(rng, sim.base_lots, d, thin, 1.0 + sim.pressure));
             }
             let a = sim.best_ask + d;
-            sim.asks.entry(a).or_insert_with(|| Self::level_qty(rng, sim.base_lots, d, thin));
+            sim.asks.entry(a).or_insert_with(|| Self::level_qty(rng, sim.base_lots, d, thin, 1.0 - sim.pressure));
         }
     }
 
@@ -228,7 +236,13 @@ impl SyntheticMarket {
             self.next_timer = ts;
             for sim in &mut self.sims {
                 sim.update_id += 1;
-                let levels: Vec<(Side, i64, i64)> = sim.bids.iter().rev().map(|(&p, &q)| (Side::Buy, p, q)).chain(sim.asks.iter().map(|(&p, &q)| (Side::Sell, p, q))).collect();
+                let levels: Vec<(Side, i64, i64)> = sim
+                    .bids
+                    .iter()
+                    .rev()
+                    .map(|(&p, &q)| (Side::Buy, p, q))
+                    .chain(sim.asks.iter().map(|(&p, &q)| (Side::Sell, p, q)))
+                    .collect();
                 let last = levels.len().saturating_sub(1);
                 for (i, (side, p, q)) in levels.into_iter().enumerate() {
                     let mut flags = DELTA_SNAPSHOT;
@@ -267,7 +281,8 @@ impl SyntheticMarket {
             1.0
         };
         sim.variance = (0.05 + 0.10 * sim.last_move * sim.last_move + 0.85 * sim.variance).clamp(0.05, 400.0);
-        let z = rng.normal() * (sim.variance * burst).sqrt() * 0.3;
+        sim.pressure = (0.998 * sim.pressure + 0.03 * rng.normal()).clamp(-0.6, 0.6);
+        let z = rng.normal() * (sim.variance * burst).sqrt() * 0.3 + 0.05 * sim.pressure;
         let move_ticks = z.round() as i64;
         sim.last_move = z;
         let prev_book = (sim.bids.clone(), sim.asks.clone());
@@ -325,7 +340,8 @@ impl SyntheticMarket {
             let side_bid = rng.unit() < 0.5;
             let d = rng.below(depth as u64) as i64;
             let thin = 1.0 + sim.variance.sqrt() / 4.0;
-            let q = Self::level_qty(rng, sim.base_lots, d, thin);
+            let skew = if side_bid { 1.0 + sim.pressure } else { 1.0 - sim.pressure };
+            let q = Self::level_qty(rng, sim.base_lots, d, thin, skew);
             if side_bid {
                 sim.bids.insert(sim.best_bid - d, q);
             } else {

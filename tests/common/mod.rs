@@ -30,10 +30,22 @@ pub fn scripted_events(seed: u64, steps: u64) -> (Vec<Instrument>, Vec<Event>) {
             }));
         }
         if s == steps / 2 {
-            events.push(Event::Control(Control { ts_event: ts, ts_recv: ts, kind: ControlKind::PauseAgent, agent: AgentId(3), ..Default::default() }));
+            events.push(Event::Control(Control {
+                ts_event: ts,
+                ts_recv: ts,
+                kind: ControlKind::PauseAgent,
+                agent: AgentId(3),
+                ..Default::default()
+            }));
         }
         if s == steps / 2 + steps / 10 {
-            events.push(Event::Control(Control { ts_event: ts, ts_recv: ts, kind: ControlKind::ResumeAgent, agent: AgentId(3), ..Default::default() }));
+            events.push(Event::Control(Control {
+                ts_event: ts,
+                ts_recv: ts,
+                kind: ControlKind::ResumeAgent,
+                agent: AgentId(3),
+                ..Default::default()
+            }));
         }
     }
     (registry.iter().cloned().collect(), events)

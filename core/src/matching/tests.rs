@@ -90,7 +90,11 @@ fn cancel_all_and_market_orders() {
     let mut r = Vec::new();
     m.submit(&order(Side::Buy, "97", "1", TimeInForce::Gtc, OrderType::Limit), 0, &mut r);
     m.on_event(&Event::Timer(Default::default()), &mut r);
-    m.submit(&Order { action: OrderAction::CancelAll, agent: AgentId(2), instrument: crate::instrument::InstrumentId(0), ..Default::default() }, 0, &mut r);
+    m.submit(
+        &Order { action: OrderAction::CancelAll, agent: AgentId(2), instrument: crate::instrument::InstrumentId(0), ..Default::default() },
+        0,
+        &mut r,
+    );
     assert_eq!(r.last().unwrap().kind, ExecKind::Canceled);
     assert_eq!(m.working(), 0);
     r.clear();

@@ -72,7 +72,15 @@ fn approves_within_limits_and_sizes_from_position() {
     assert_eq!((o.side, o.qty, o.tif, o.reduce_only), (Side::Buy, Quantity::from_units(5), TimeInForce::Ioc, false));
     assert_eq!(r.open_orders(), 1);
     // The fill arrives: position 5. A new target of 2 sells 3, reduce-only.
-    r.on_exec(&ExecReport { client_order_id: 1 << 8, kind: ExecKind::Fill, agent: AgentId(2), side: Side::Buy, last_qty: Quantity::from_units(5), price: Price::from_units(100), ..Default::default() });
+    r.on_exec(&ExecReport {
+        client_order_id: 1 << 8,
+        kind: ExecKind::Fill,
+        agent: AgentId(2),
+        side: Side::Buy,
+        last_qty: Quantity::from_units(5),
+        price: Price::from_units(100),
+        ..Default::default()
+    });
     assert_eq!(r.open_orders(), 0);
     let (orders, _) = run(&mut r, intent(2 << 8, 1_001, 2, "2", "99.98"));
     let o = orders.as_slice()[0];
@@ -105,7 +113,11 @@ fn each_limit_refuses_with_its_reason() {
         (
             "kill switch",
             Box::new(|r: &mut RiskEngine| {
-                r.on_control(&Control { kind: ControlKind::Kill, ..Default::default() }, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                r.on_control(
+                    &Control { kind: ControlKind::Kill, ..Default::default() },
+                    &mut OrderBatch::default(),
+                    &mut RiskOutputBatch::default(),
+                );
                 intent(1 << 8, 1_000, 2, "1", "100.00")
             }),
             RejectReason::KillSwitch,
@@ -113,7 +125,11 @@ fn each_limit_refuses_with_its_reason() {
         (
             "paused agent",
             Box::new(|r: &mut RiskEngine| {
-                r.on_control(&Control { kind: ControlKind::PauseAgent, agent: AgentId(2), ..Default::default() }, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
+                r.on_control(
+                    &Control { kind: ControlKind::PauseAgent, agent: AgentId(2), ..Default::default() },
+                    &mut OrderBatch::default(),
+                    &mut RiskOutputBatch::default(),
+                );
                 intent(1 << 8, 1_000, 2, "1", "100.00")
             }),
             RejectReason::AgentPaused,
@@ -121,7 +137,13 @@ fn each_limit_refuses_with_its_reason() {
         (
             "budget",
             Box::new(|r: &mut RiskEngine| {
-                let c = Control { kind: ControlKind::SetLimit, limit: LimitKind::AgentBudget, agent: AgentId(2), value: Money::from_units(300).raw, ..Default::default() };
+                let c = Control {
+                    kind: ControlKind::SetLimit,
+                    limit: LimitKind::AgentBudget,
+                    agent: AgentId(2),
+                    value: Money::from_units(300).raw,
+                    ..Default::default()
+                };
                 r.on_control(&c, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
                 intent(1 << 8, 1_000, 2, "4", "100.00")
             }),
@@ -130,7 +152,12 @@ fn each_limit_refuses_with_its_reason() {
         (
             "position",
             Box::new(|r: &mut RiskEngine| {
-                let c = Control { kind: ControlKind::SetLimit, limit: LimitKind::MaxPositionNotional, value: Money::from_units(300).raw, ..Default::default() };
+                let c = Control {
+                    kind: ControlKind::SetLimit,
+                    limit: LimitKind::MaxPositionNotional,
+                    value: Money::from_units(300).raw,
+                    ..Default::default()
+                };
                 r.on_control(&c, &mut OrderBatch::default(), &mut RiskOutputBatch::default());
                 intent(1 << 8, 1_000, 2, "4", "100.00")
             }),
@@ -160,7 +187,7 @@ fn order_rate_and_open_order_limits() {
     let mut r = RiskEngine::new(RiskConfig { orders_per_sec: 1, order_burst: 2, ..Default::default() }, &instruments(), 4);
     r.on_market(InstrumentId(0), &market(1_000, 100));
     // Alternate agents so the replace-cancel does not free the previous order.
-    let reasons: Vec<_> = (0..3).map(|k| refusal(&run(&mut r, intent((k + 1) << 8, 1_000, 2 + (k as u16 % 2) , "1", "100.00")).1)).collect();
+    let reasons: Vec<_> = (0..3).map(|k| refusal(&run(&mut r, intent((k + 1) << 8, 1_000, 2 + (k as u16 % 2), "1", "100.00")).1)).collect();
     assert_eq!(reasons, vec![None, None, Some(RejectReason::OrderRate)]);
     // One second of event time later a token is back.
     r.on_market(InstrumentId(0), &market(1_000_001_000, 100));
@@ -178,7 +205,14 @@ fn order_rate_and_open_order_limits() {
 #[test]
 fn drawdown_halts_and_margin_ladder_cancels_then_deleverages() {
     let mut r = engine();
-    r.on_exec(&ExecReport { agent: AgentId(2), side: Side::Buy, last_qty: Quantity::from_units(9), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    r.on_exec(&ExecReport {
+        agent: AgentId(2),
+        side: Side::Buy,
+        last_qty: Quantity::from_units(9),
+        price: Price::from_units(100),
+        kind: ExecKind::Fill,
+        ..Default::default()
+    });
     let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
     r.evaluate_guards(1, &mut orders, &mut out);
     assert_eq!(r.status().drawdown_bps, 0);
@@ -188,7 +222,14 @@ fn drawdown_halts_and_margin_ladder_cancels_then_deleverages() {
     assert!(out.as_slice().iter().any(|o| matches!(o, RiskOutput::Alert(a) if a.kind == AlertKind::DrawdownWarning)));
     // Another agent buys 5 at 50, then a fall to 1 loses 891 + 245 = 1136 of 4000 = 28.4%: halt.
     let mut more = r.clone();
-    more.on_exec(&ExecReport { agent: AgentId(3), side: Side::Buy, last_qty: Quantity::from_units(5), price: Price::from_units(50), kind: ExecKind::Fill, ..Default::default() });
+    more.on_exec(&ExecReport {
+        agent: AgentId(3),
+        side: Side::Buy,
+        last_qty: Quantity::from_units(5),
+        price: Price::from_units(50),
+        kind: ExecKind::Fill,
+        ..Default::default()
+    });
     more.on_market(InstrumentId(0), &market(3_000, 1));
     let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
     more.evaluate_guards(3, &mut orders, &mut out);
@@ -198,14 +239,36 @@ fn drawdown_halts_and_margin_ladder_cancels_then_deleverages() {
     assert_eq!(refusal(&run(&mut more, intent(6 << 8, 3_000, 2, "0", "1.00")).1), None);
 
     // Margin ladder, one agent with a $1,000 budget.
-    let mut r = RiskEngine::new(RiskConfig { max_position_notional: Money::from_units(10_000), max_order_notional: Money::from_units(10_000), ..Default::default() }, &instruments(), 1);
+    let mut r = RiskEngine::new(
+        RiskConfig {
+            max_position_notional: Money::from_units(10_000),
+            max_order_notional: Money::from_units(10_000),
+            ..Default::default()
+        },
+        &instruments(),
+        1,
+    );
     r.on_market(InstrumentId(0), &market(1_000, 100));
-    r.on_exec(&ExecReport { agent: AgentId(0), side: Side::Buy, last_qty: Quantity::from_units(9), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    r.on_exec(&ExecReport {
+        agent: AgentId(0),
+        side: Side::Buy,
+        last_qty: Quantity::from_units(9),
+        price: Price::from_units(100),
+        kind: ExecKind::Fill,
+        ..Default::default()
+    });
     let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
     r.evaluate_guards(4, &mut orders, &mut out);
     assert_eq!(r.status().ladder, 1, "900/1000 = 90%: reduce-only");
     assert_eq!(refusal(&run(&mut r, intent(7 << 8, 1_000, 0, "9.5", "100.00")).1), Some(RejectReason::ReduceOnly));
-    r.on_exec(&ExecReport { agent: AgentId(0), side: Side::Buy, last_qty: Quantity::from_units(1), price: Price::from_units(100), kind: ExecKind::Fill, ..Default::default() });
+    r.on_exec(&ExecReport {
+        agent: AgentId(0),
+        side: Side::Buy,
+        last_qty: Quantity::from_units(1),
+        price: Price::from_units(100),
+        kind: ExecKind::Fill,
+        ..Default::default()
+    });
     let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
     r.evaluate_guards(8, &mut orders, &mut out);
     assert_eq!(r.status().ladder, 2);
@@ -228,7 +291,11 @@ mod props {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (50i64..150).prop_map(Step::Market),
-            (0u16..4, -30_000i64..30_000, -1_000i64..1_000).prop_map(|(agent, target_lots, offset_ticks)| Step::Intent { agent, target_lots, offset_ticks }),
+            (0u16..4, -30_000i64..30_000, -1_000i64..1_000).prop_map(|(agent, target_lots, offset_ticks)| Step::Intent {
+                agent,
+                target_lots,
+                offset_ticks
+            }),
             Just(Step::FillOpen),
         ]
     }

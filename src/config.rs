@@ -1,0 +1,486 @@
+//! Configuration: embedded defaults, then a TOML file, then environment variables, then
+//! command-line flags — each later source overrides the earlier ones.
+
+use anyhow::Context;
+use sapphire_core::aggregate::{AggregateConfig, MAX_AGENTS};
+use sapphire_core::engine::{EngineConfig, VenueMode};
+use sapphire_core::fixed::Money;
+use sapphire_core::matching::MatchingConfig;
+use sapphire_core::pipeline::{Layout, PipelineConfig};
+use sapphire_core::risk::RiskConfig;
+use sapphire_core::wait::WaitStrategy;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A configuration error: names the key and what is wrong. Exit code 2.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, what: impl std::fmt::Display) -> anyhow::Error {
+    ConfigError(format!("configuration key `{key}`: {what}")).into()
+}
+
+/// The whole configuration file. Every section and key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Threads, cores, waits.
+    pub engine: EngineSection,
+    /// The market source.
+    pub market: MarketSection,
+    /// Limits.
+    pub risk: RiskSection,
+    /// Paper venue.
+    pub paper: PaperSection,
+    /// Agents.
+    pub agents: AgentsSection,
+    /// Process-level settings.
+    pub run: RunSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub layout: String,
+    pub engine_cores: Option<Vec<usize>>,
+    pub journal_core: Option<usize>,
+    /// Core for the non-engine threads (market, edge); default: core 0 when the engine is
+    /// pinned elsewhere, so they never preempt it.
+    pub edge_core: Option<usize>,
+    pub wait: String,
+    pub journal_wait: String,
+    pub ring_capacity: usize,
+    pub latency_sample_every: u32,
+    pub order_id_epoch: u16,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        Self {
+            layout: "fused".into(),
+            engine_cores: None,
+            journal_core: None,
+            edge_core: None,
+            wait: "spin-hint".into(),
+            journal_wait: "sleep:100".into(),
+            ring_capacity: 1 << 16,
+            latency_sample_every: 1,
+            order_id_epoch: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketSection {
+    pub source: String,
+    pub seed: u64,
+    pub events_per_sec: u64,
+    pub symbols: Vec<String>,
+    pub depth: usize,
+    pub timer_ms: u64,
+}
+
+impl Default for MarketSection {
+    fn default() -> Self {
+        Self { source: "synthetic".into(), seed: 7, events_per_sec: 100_000, symbols: Vec::new(), depth: 20, timer_ms: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskSection {
+    pub agent_budget_usd: String,
+    pub max_position_usd: String,
+    pub max_order_usd: String,
+    pub price_band_bps: i64,
+    pub orders_per_sec: u32,
+    pub order_burst: u32,
+    pub max_open_orders: u32,
+    pub stale_after_ms: u64,
+    pub drawdown_warn_pct: u32,
+    pub drawdown_halt_pct: u32,
+    pub margin_reduce_only_pct: u32,
+    pub margin_deleverage_pct: u32,
+    pub leverage: i64,
+}
+
+impl Default for RiskSection {
+    fn default() -> Self {
+        let d = RiskConfig::default();
+        Self {
+            agent_budget_usd: "1000".into(),
+            max_position_usd: "2000".into(),
+            max_order_usd: "1000".into(),
+            price_band_bps: d.price_band_bps,
+            orders_per_sec: d.orders_per_sec,
+            order_burst: d.order_burst,
+            max_open_orders: d.max_open_orders,
+            stale_after_ms: d.stale_after_ns / 1_000_000,
+            drawdown_warn_pct: 10,
+            drawdown_halt_pct: 25,
+            margin_reduce_only_pct: 85,
+            margin_deleverage_pct: 95,
+            leverage: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaperSection {
+    pub enabled: bool,
+    pub latency_us: u64,
+    pub taker_fee_bps: i64,
+    pub maker_fee_bps: i64,
+}
+
+impl Default for PaperSection {
+    fn default() -> Self {
+        Self { enabled: true, latency_us: 1_000, taker_fee_bps: 10, maker_fee_bps: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    pub max_symbols_per_agent: usize,
+    pub cache_ttl_seconds: u64,
+    pub momentum_window: usize,
+    pub momentum_sample_ms: u64,
+    pub imbalance_threshold_bps: i32,
+    pub weights_bps: Vec<i32>,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        Self {
+            max_symbols_per_agent: 50,
+            cache_ttl_seconds: 60,
+            momentum_window: 20,
+            momentum_sample_ms: 100,
+            imbalance_threshold_bps: 1_500,
+            weights_bps: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    pub data_dir: PathBuf,
+    pub status_every_ms: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), status_every_ms: 1_000 }
+    }
+}
+
+/// Reads a TOML file; errors name the file and the key.
+pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading configuration file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("configuration file {}: {}", path.display(), e.to_string().trim_end())).into())
+}
+
+/// Applies the environment (the old platform's names keep working).
+pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    if let Some(v) = env("TRADING_SYMBOLS") {
+        cfg.market.symbols = v.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(v) = env("ENABLE_PAPER_TRADING") {
+        cfg.paper.enabled = parse_bool(&v).ok_or_else(|| bad("ENABLE_PAPER_TRADING", format!("{v:?} is not true or false")))?;
+    }
+    if let Some(v) = env("MAX_SYMBOLS_PER_AGENT") {
+        cfg.agents.max_symbols_per_agent =
+            v.trim().parse().map_err(|_| bad("MAX_SYMBOLS_PER_AGENT", format!("{v:?} is not a whole number")))?;
+    }
+    if let Some(v) = env("AGENT_CACHE_TTL_SECONDS") {
+        cfg.agents.cache_ttl_seconds =
+            v.trim().parse().map_err(|_| bad("AGENT_CACHE_TTL_SECONDS", format!("{v:?} is not a whole number of seconds")))?;
+    }
+    if let Some(v) = env("SAPPHIRE_LAYOUT") {
+        cfg.engine.layout = v;
+    }
+    if let Some(v) = env("SAPPHIRE_DATA_DIR") {
+        cfg.run.data_dir = PathBuf::from(v);
+    }
+    Ok(())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn money(key: &str, v: &str) -> anyhow::Result<Money> {
+    let m = Money::parse(v.trim()).map_err(|e| bad(key, format!("{v:?} is not a decimal amount ({e})")))?;
+    if m.raw < 0 {
+        return Err(bad(key, "must not be negative"));
+    }
+    Ok(m)
+}
+
+fn pct_to_bps(key: &str, v: u32) -> anyhow::Result<i64> {
+    if v > 100 {
+        return Err(bad(key, format!("{v} is not a percentage between 0 and 100")));
+    }
+    Ok(i64::from(v) * 100)
+}
+
+/// Parses durations such as `10s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+/// Everything `sapphire run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub pipeline: PipelineConfig,
+    pub edge_core: Option<usize>,
+    pub engine: EngineConfig,
+    pub market: MarketSection,
+    pub data_dir: PathBuf,
+    pub status_every: std::time::Duration,
+    pub max_symbols_per_agent: usize,
+    pub cache_ttl_seconds: u64,
+}
+
+impl FileConfig {
+    /// Validates and converts into the parts' configurations.
+    pub fn resolve(&self) -> anyhow::Result<RunConfig> {
+        let e = &self.engine;
+        let layout = Layout::parse(&e.layout).ok_or_else(|| bad("engine.layout", format!("{:?} is not `fused` or `split`", e.layout)))?;
+        let wait = WaitStrategy::parse(&e.wait)
+            .ok_or_else(|| bad("engine.wait", format!("{:?} is not busy-spin, spin-hint, yield, sleep or sleep:<micros>", e.wait)))?;
+        let journal_wait = WaitStrategy::parse(&e.journal_wait).ok_or_else(|| {
+            bad("engine.journal_wait", format!("{:?} is not busy-spin, spin-hint, yield, sleep or sleep:<micros>", e.journal_wait))
+        })?;
+        if !(1_024..=1 << 24).contains(&e.ring_capacity) {
+            return Err(bad("engine.ring_capacity", format!("{} is outside 1024..=16777216", e.ring_capacity)));
+        }
+        if e.latency_sample_every == 0 {
+            return Err(bad("engine.latency_sample_every", "must be at least 1"));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let engine_cores = match &e.engine_cores {
+            Some(c) => c.clone(),
+            // Default: the fused engine gets the last core to itself when there are two or more.
+            None if layout == Layout::Fused && cores >= 2 => vec![cores - 1],
+            None => Vec::new(),
+        };
+        // Keep the journal and edge threads off the engine's core(s).
+        let side_core = if engine_cores.is_empty() || engine_cores.contains(&0) { None } else { Some(0) };
+        let journal_core = e.journal_core.or(side_core);
+        let edge_core = e.edge_core.or(side_core);
+        let pipeline = PipelineConfig {
+            layout,
+            ring_capacity: e.ring_capacity,
+            engine_cores,
+            journal_core,
+            engine_wait: wait,
+            journal_wait,
+            latency_sample_every: e.latency_sample_every,
+            ..PipelineConfig::default()
+        };
+
+        let m = &self.market;
+        if m.source != "synthetic" {
+            return Err(bad(
+                "market.source",
+                format!("{:?}: only `synthetic` is available in this build (exchange feeds land with the feeds work)", m.source),
+            ));
+        }
+        if m.events_per_sec == 0 || m.events_per_sec > 50_000_000 {
+            return Err(bad("market.events_per_sec", format!("{} is outside 1..=50000000", m.events_per_sec)));
+        }
+        if m.depth == 0 || m.depth > 1_000 {
+            return Err(bad("market.depth", format!("{} is outside 1..=1000", m.depth)));
+        }
+        for s in &m.symbols {
+            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(bad("market.symbols (TRADING_SYMBOLS)", format!("{s:?} is not a symbol like BTCUSDT")));
+            }
+        }
+
+        let a = &self.agents;
+        if a.max_symbols_per_agent == 0 {
+            return Err(bad("agents.max_symbols_per_agent (MAX_SYMBOLS_PER_AGENT)", "must be at least 1"));
+        }
+        if a.weights_bps.len() > MAX_AGENTS || a.weights_bps.iter().any(|w| !(0..=100_000).contains(w)) {
+            return Err(bad("agents.weights_bps", format!("at most {MAX_AGENTS} weights, each 0..=100000 bps")));
+        }
+        if a.momentum_window < 2 || a.momentum_window > 256 {
+            return Err(bad("agents.momentum_window", format!("{} is outside 2..=256", a.momentum_window)));
+        }
+
+        let r = &self.risk;
+        let budget = money("risk.agent_budget_usd", &r.agent_budget_usd)?;
+        let risk = RiskConfig {
+            agent_budget: budget,
+            max_position_notional: money("risk.max_position_usd", &r.max_position_usd)?,
+            max_order_notional: money("risk.max_order_usd", &r.max_order_usd)?,
+            price_band_bps: if (1..=10_000).contains(&r.price_band_bps) {
+                r.price_band_bps
+            } else {
+                return Err(bad("risk.price_band_bps", format!("{} is outside 1..=10000", r.price_band_bps)));
+            },
+            orders_per_sec: r.orders_per_sec,
+            order_burst: if r.order_burst > 0 { r.order_burst } else { return Err(bad("risk.order_burst", "must be at least 1")) },
+            max_open_orders: r.max_open_orders,
+            stale_after_ns: r.stale_after_ms.saturating_mul(1_000_000),
+            drawdown_warn_bps: pct_to_bps("risk.drawdown_warn_pct", r.drawdown_warn_pct)?,
+            drawdown_halt_bps: pct_to_bps("risk.drawdown_halt_pct", r.drawdown_halt_pct)?,
+            margin_reduce_only_bps: pct_to_bps("risk.margin_reduce_only_pct", r.margin_reduce_only_pct)?,
+            margin_deleverage_bps: pct_to_bps("risk.margin_deleverage_pct", r.margin_deleverage_pct)?,
+            leverage: if (1..=125).contains(&r.leverage) {
+                r.leverage
+            } else {
+                return Err(bad("risk.leverage", format!("{} is outside 1..=125", r.leverage)));
+            },
+        };
+        if risk.drawdown_warn_bps > risk.drawdown_halt_bps {
+            return Err(bad("risk.drawdown_warn_pct", "must not be above risk.drawdown_halt_pct"));
+        }
+        if risk.margin_reduce_only_bps > risk.margin_deleverage_bps {
+            return Err(bad("risk.margin_reduce_only_pct", "must not be above risk.margin_deleverage_pct"));
+        }
+
+        let p = &self.paper;
+        if !p.enabled {
+            return Err(bad("paper.enabled (ENABLE_PAPER_TRADING)", "real order routing is not available in this build yet; set ENABLE_PAPER_TRADING=true (venue adapters land with the order-routing work)"));
+        }
+        // Each agent spreads its budget over the instruments it covers.
+        let symbols = if m.symbols.is_empty() { sapphire_gateway::synthetic::default_instruments().len() } else { m.symbols.len() };
+        let covered = symbols.min(a.max_symbols_per_agent).max(1) as i64;
+        let mut weights = vec![10_000; MAX_AGENTS];
+        for (w, given) in weights.iter_mut().zip(&a.weights_bps) {
+            *w = *given;
+        }
+        let engine = EngineConfig {
+            aggregate: AggregateConfig {
+                momentum_window: a.momentum_window,
+                momentum_sample_ns: a.momentum_sample_ms.max(1) * 1_000_000,
+                imbalance_threshold_bps: a.imbalance_threshold_bps,
+                weights_bps: weights,
+                target_notional: Money::from_raw(budget.raw / covered / 2),
+                ..AggregateConfig::default()
+            },
+            risk,
+            matching: MatchingConfig { latency_ns: p.latency_us * 1_000, taker_fee_bps: p.taker_fee_bps, maker_fee_bps: p.maker_fee_bps },
+            venue: VenueMode::Paper,
+            order_id_epoch: e.order_id_epoch,
+            ..EngineConfig::default()
+        };
+        if self.run.status_every_ms == 0 {
+            return Err(bad("run.status_every_ms", "must be at least 1"));
+        }
+        Ok(RunConfig {
+            pipeline,
+            edge_core,
+            engine,
+            market: m.clone(),
+            data_dir: self.run.data_dir.clone(),
+            status_every: std::time::Duration::from_millis(self.run.status_every_ms),
+            max_symbols_per_agent: a.max_symbols_per_agent,
+            cache_ttl_seconds: a.cache_ttl_seconds,
+        })
+    }
+}
+
+/// Refuses a configuration with a message naming the key (flag checks).
+pub fn refuse(key: &str, what: impl std::fmt::Display) -> anyhow::Error {
+    bad(key, what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let run = FileConfig::default().resolve().unwrap();
+        assert_eq!(run.engine.risk.agent_budget, Money::from_units(1_000));
+        assert_eq!(run.engine.risk.drawdown_halt_bps, 2_500);
+        assert_eq!(run.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn old_platform_environment_names_work() {
+        let mut cfg = FileConfig::default();
+        apply_env(
+            &mut cfg,
+            &env_of(&[
+                ("TRADING_SYMBOLS", "btcusdt, ETHUSDT"),
+                ("ENABLE_PAPER_TRADING", "TRUE"),
+                ("MAX_SYMBOLS_PER_AGENT", "1"),
+                ("AGENT_CACHE_TTL_SECONDS", "30"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.market.symbols, vec!["BTCUSDT", "ETHUSDT"]);
+        let run = cfg.resolve().unwrap();
+        assert_eq!((run.max_symbols_per_agent, run.cache_ttl_seconds), (1, 30));
+        // One symbol per agent: half the budget per instrument.
+        assert_eq!(run.engine.aggregate.target_notional, Money::from_units(500));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let mut cfg = FileConfig::default();
+        let err = apply_env(&mut cfg, &env_of(&[("ENABLE_PAPER_TRADING", "maybe")])).unwrap_err();
+        assert!(err.to_string().contains("ENABLE_PAPER_TRADING"), "{err}");
+        let cases: &[(&str, &str)] = &[
+            ("[engine]\nlayout = \"diagonal\"\n", "engine.layout"),
+            ("[engine]\nwait = \"nap\"\n", "engine.wait"),
+            ("[risk]\nagent_budget_usd = \"1e3\"\n", "risk.agent_budget_usd"),
+            ("[risk]\ndrawdown_halt_pct = 250\n", "risk.drawdown_halt_pct"),
+            ("[market]\nsource = \"binance\"\n", "market.source"),
+            ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
+        ];
+        for (text, key) in cases {
+            let cfg: FileConfig = toml::from_str(text).unwrap();
+            let err = cfg.resolve().unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+            assert!(err.downcast_ref::<ConfigError>().is_some());
+        }
+        let unknown = toml::from_str::<FileConfig>("[risk]\nmax_leverage = 3\n").unwrap_err();
+        assert!(unknown.to_string().contains("max_leverage"), "{unknown}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(std::time::Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}

@@ -1,0 +1,387 @@
+//! `sapphire run`: wires the synthetic market, the pipeline and the edge, prints status.
+
+use crate::config::RunConfig;
+use anyhow::Context;
+use sapphire_core::affinity::PinOutcome;
+use sapphire_core::engine::EngineOutput;
+use sapphire_core::event::{Event, RejectReason};
+use sapphire_core::fixed::{Money, Price, Quantity};
+use sapphire_core::instrument::InstrumentRegistry;
+use sapphire_core::journal::MemoryJournal;
+use sapphire_core::latency::{unix_nanos, LatencySnapshot};
+use sapphire_core::pipeline::{Pipeline, PipelineReport};
+use sapphire_core::ring::{Consumer, Poll};
+use sapphire_core::risk::{AlertKind, RiskOutput};
+use sapphire_core::wait::WaitStrategy;
+use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Flags of `sapphire run` that are not configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Only the final summary.
+    pub quiet: bool,
+}
+
+/// What the edge has seen of the engine's outputs.
+#[derive(Debug, Default)]
+struct EdgeStats {
+    orders: AtomicU64,
+    cancels: AtomicU64,
+    fills: AtomicU64,
+    refusals: AtomicU64,
+    alerts: AtomicU64,
+    equity: AtomicI64,
+    capital: AtomicI64,
+    realized: AtomicI64,
+    unrealized: AtomicI64,
+    fees: AtomicI64,
+}
+
+fn synthetic_instruments(symbols: &[String]) -> Vec<SyntheticInstrument> {
+    let known = default_instruments();
+    if symbols.is_empty() {
+        return known;
+    }
+    symbols
+        .iter()
+        .map(|s| {
+            known.iter().find(|k| &k.symbol == s).cloned().unwrap_or_else(|| SyntheticInstrument {
+                symbol: s.clone(),
+                start_price: Price::from_units(100),
+                tick: Price::from_raw(Price::SCALE / 100),
+                lot: Quantity::from_raw(Quantity::SCALE / 1_000),
+            })
+        })
+        .collect()
+}
+
+/// The market thread: steps the synthetic market at the configured rate.
+fn market_loop(
+    mut market: SyntheticMarket,
+    mut producer: sapphire_core::ring::Producer<Event>,
+    rate: u64,
+    stop: &AtomicBool,
+    full: &AtomicU64,
+) -> u64 {
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let due = (start.elapsed().as_nanos() as u128 * u128::from(rate) / 1_000_000_000) as u64;
+        if sent >= due {
+            // Ahead of schedule: wait a little (coarse sleeps keep a core free for the engine).
+            let ahead_ns = (sent - due) * 1_000_000_000 / rate.max(1);
+            std::thread::sleep(Duration::from_nanos(ahead_ns.clamp(50_000, 1_000_000)));
+            continue;
+        }
+        let ts = unix_nanos();
+        market.step(ts, &mut |mut e| {
+            // Received = entering the ring, after the generator's own work.
+            e.set_ts_recv(unix_nanos());
+            if producer.publish(WaitStrategy::Yield, e).is_err() {
+                full.fetch_add(1, Ordering::Relaxed);
+            }
+            sent += 1;
+        });
+    }
+    sent
+}
+
+/// The edge thread: reads engine outputs, keeps totals, reports guard alerts at once.
+fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, stats: &EdgeStats, registry: &InstrumentRegistry, quiet: bool) {
+    let mut idle = 0;
+    loop {
+        let polled = outputs.poll(4_096, |o, _, _| match o.output {
+            EngineOutput::Order(order) => {
+                if order.action == sapphire_core::order::OrderAction::New {
+                    stats.orders.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.cancels.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            EngineOutput::Exec(r) => {
+                if r.last_qty.raw > 0 {
+                    stats.fills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            EngineOutput::Risk(RiskOutput::Refusal(_)) => {
+                stats.refusals.fetch_add(1, Ordering::Relaxed);
+            }
+            EngineOutput::Risk(RiskOutput::Alert(a)) => {
+                stats.alerts.fetch_add(1, Ordering::Relaxed);
+                if !quiet {
+                    let what = match a.kind {
+                        AlertKind::DrawdownWarning => format!("drawdown warning: {:.2}% from peak equity", a.value as f64 / 100.0),
+                        AlertKind::DrawdownHalt => {
+                            format!("drawdown HALT: {:.2}% from peak equity; opening orders refused until resumed", a.value as f64 / 100.0)
+                        }
+                        AlertKind::MarginLadder => format!("margin ladder level {} (0 normal, 1 reduce-only, 2 deleverage)", a.value),
+                        AlertKind::Killed => "kill switch engaged".to_string(),
+                        AlertKind::Halted => "trading halted by operator".to_string(),
+                        AlertKind::Resumed => "trading resumed".to_string(),
+                        AlertKind::AgentPaused => format!("agent {} {}", a.agent.0, if a.value == 1 { "paused" } else { "resumed" }),
+                        AlertKind::LimitChanged => format!("limit changed to {}", a.value),
+                    };
+                    eprintln!("risk: {what}");
+                }
+            }
+            EngineOutput::Pnl { total, .. } => {
+                stats.equity.store(total.equity.raw, Ordering::Relaxed);
+                stats.capital.store(total.capital.raw, Ordering::Relaxed);
+                stats.realized.store(total.realized.raw, Ordering::Relaxed);
+                stats.unrealized.store(total.unrealized.raw, Ordering::Relaxed);
+                stats.fees.store(total.fees.raw, Ordering::Relaxed);
+            }
+        });
+        match polled {
+            Poll::Handled(_) => idle = 0,
+            Poll::Empty => WaitStrategy::Sleep(Duration::from_micros(500)).idle(&mut idle),
+            Poll::Closed => break,
+        }
+    }
+    let _ = registry;
+}
+
+fn money(raw: i64) -> String {
+    format!("{:.2}", Money::from_raw(raw))
+}
+
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns}ns"),
+        10_000..=9_999_999 => format!("{:.1}µs", ns as f64 / 1_000.0),
+        _ => format!("{:.1}ms", ns as f64 / 1_000_000.0),
+    }
+}
+
+fn latency_line(snaps: &[LatencySnapshot]) -> String {
+    snaps.iter().filter(|s| s.count > 0).map(|s| format!("{} {}/{}", s.name, fmt_ns(s.p50), fmt_ns(s.p99))).collect::<Vec<_>>().join("  ")
+}
+
+/// Runs until the duration passes or Ctrl-C.
+pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    let mut registry = InstrumentRegistry::new();
+    let synthetic = SyntheticConfig {
+        seed: cfg.market.seed,
+        instruments: synthetic_instruments(&cfg.market.symbols),
+        depth: cfg.market.depth,
+        timer_every_ns: cfg.market.timer_ms * 1_000_000,
+    };
+    let market = SyntheticMarket::new(synthetic, &mut registry).context("building the synthetic market")?;
+    let instruments: Vec<_> = registry.iter().cloned().collect();
+    let symbols: Vec<&str> = instruments.iter().map(|i| i.symbol.as_str()).collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C: the user means it.
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+
+    let mut pipeline = Pipeline::start(&cfg.pipeline, &cfg.engine, &instruments, Box::new(MemoryJournal::counting()));
+    let outputs = pipeline.take_outputs().expect("outputs are taken once");
+    let edge = Arc::new(EdgeStats::default());
+    let edge_thread = {
+        let (edge, registry, quiet, core) = (Arc::clone(&edge), registry.clone(), opts.quiet, cfg.edge_core);
+        std::thread::Builder::new()
+            .name("sapphire-edge".into())
+            .spawn(move || {
+                let _ = sapphire_core::affinity::pin_current_thread(core);
+                edge_loop(outputs, &edge, &registry, quiet)
+            })
+            .context("starting the edge thread")?
+    };
+    let ring_full = Arc::new(AtomicU64::new(0));
+    let market_thread = {
+        let (producer, stop, full, rate, core) =
+            (pipeline.producer(), Arc::clone(&stop), Arc::clone(&ring_full), cfg.market.events_per_sec, cfg.edge_core);
+        std::thread::Builder::new()
+            .name("sapphire-market".into())
+            .spawn(move || {
+                let _ = sapphire_core::affinity::pin_current_thread(core);
+                market_loop(market, producer, rate, &stop, &full)
+            })
+            .context("starting the market thread")?
+    };
+
+    if !opts.quiet {
+        println!(
+            "sapphire run: synthetic market {} at {} events/s, paper trading, {:?} layout, data dir {}",
+            symbols.join(","),
+            cfg.market.events_per_sec,
+            cfg.pipeline.layout,
+            cfg.data_dir.display()
+        );
+        println!("journal: in memory (the durable journal comes with the persistence work); Ctrl-C stops cleanly");
+    }
+    let started = Instant::now();
+    let stats = pipeline.stats();
+    let mut last_processed = 0u64;
+    let mut last_tick = started;
+    let mut pins_reported = false;
+    loop {
+        let deadline = opts.duration.map(|d| started + d);
+        let next = last_tick + cfg.status_every;
+        while Instant::now() < next && !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !pins_reported && started.elapsed() > Duration::from_millis(50) {
+            pins_reported = true;
+            for (name, outcome) in pipeline.pin_outcomes() {
+                if let PinOutcome::Unpinned { core, reason } = outcome {
+                    eprintln!("warning: {name} thread could not be pinned to core {core} ({reason}); running unpinned");
+                }
+            }
+        }
+        let now = Instant::now();
+        let processed = stats.processed.load(Ordering::Relaxed);
+        let rate = (processed - last_processed) as f64 / now.duration_since(last_tick).as_secs_f64().max(1e-9);
+        last_processed = processed;
+        last_tick = now;
+        if !opts.quiet {
+            let snaps: Vec<_> = pipeline.latency().iter().map(|r| r.snapshot()).collect();
+            println!(
+                "[{:>5.1}s] {:>9.0} ev/s  events {}  orders {}  fills {}  refused {}  equity {} (pnl {})  backlog {}  {}",
+                started.elapsed().as_secs_f64(),
+                rate,
+                processed,
+                edge.orders.load(Ordering::Relaxed),
+                edge.fills.load(Ordering::Relaxed),
+                edge.refusals.load(Ordering::Relaxed),
+                money(edge.equity.load(Ordering::Relaxed)),
+                money(edge.equity.load(Ordering::Relaxed) - edge.capital.load(Ordering::Relaxed)),
+                pipeline.backlog(),
+                latency_line(&snaps),
+            );
+        }
+        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
+    let report = pipeline.shutdown();
+    edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
+    let elapsed = started.elapsed();
+    summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    cfg: &RunConfig,
+    report: &PipelineReport,
+    edge: &EdgeStats,
+    stats: &sapphire_core::pipeline::PipelineStats,
+    published: u64,
+    ring_full: u64,
+    elapsed: Duration,
+    symbols: &[&str],
+) -> anyhow::Result<()> {
+    let risk = &report.stages.risk.risk;
+    let pf = risk.portfolio();
+    let total = pf.total();
+    let processed = stats.processed.load(Ordering::Relaxed);
+    println!();
+    println!(
+        "summary: {:.1}s, {} events ({:.0}/s), journaled {}",
+        elapsed.as_secs_f64(),
+        processed,
+        processed as f64 / elapsed.as_secs_f64().max(1e-9),
+        report.journal.appended()
+    );
+    println!(
+        "  orders {} (cancels {}), fills {}, refused {}, guard alerts {}, open orders {}",
+        edge.orders.load(Ordering::Relaxed),
+        edge.cancels.load(Ordering::Relaxed),
+        edge.fills.load(Ordering::Relaxed),
+        edge.refusals.load(Ordering::Relaxed),
+        edge.alerts.load(Ordering::Relaxed),
+        risk.open_orders()
+    );
+    println!(
+        "  equity {} on capital {}: realized {}, unrealized {}, fees {}, peak {}, drawdown {:.2}%",
+        money(total.equity.raw),
+        money(total.capital.raw),
+        money(total.realized.raw),
+        money(total.unrealized.raw),
+        money(total.fees.raw),
+        money(risk.status().peak_equity.raw),
+        risk.status().drawdown_bps as f64 / 100.0
+    );
+    for a in 0..pf.agents() {
+        let s = pf.agent_summary(sapphire_core::event::AgentId(a as u16));
+        if s.realized.raw != 0 || s.unrealized.raw != 0 || s.fees.raw != 0 {
+            let name = match a {
+                0 => "momentum".to_string(),
+                1 => "imbalance".to_string(),
+                n => format!("agent-{n}"),
+            };
+            println!(
+                "  {name:>10}: pnl {} (realized {}, fees {}), exposure {}",
+                money((s.equity - s.capital).raw),
+                money(s.realized.raw),
+                money(s.fees.raw),
+                money(s.gross_exposure.raw)
+            );
+        }
+    }
+    let refusals: Vec<String> = RejectReason::ALL
+        .iter()
+        .filter(|r| risk.refusals()[**r as usize] > 0)
+        .map(|r| format!("{} {}", r.label(), risk.refusals()[*r as usize]))
+        .collect();
+    if !refusals.is_empty() {
+        println!("  refusals by limit: {}", refusals.join(", "));
+    }
+    println!("  latency p50/p99/p99.9/max:");
+    for s in &report.latency {
+        println!(
+            "    {:>13}: {:>8} {:>8} {:>8} {:>8}  ({} samples)",
+            s.name,
+            fmt_ns(s.p50),
+            fmt_ns(s.p99),
+            fmt_ns(s.p999),
+            fmt_ns(s.max),
+            s.count
+        );
+    }
+    let dropped = stats.outputs_dropped.load(Ordering::Relaxed);
+    if dropped > 0 || ring_full > 0 || published != processed {
+        println!("  backpressure: {dropped} outputs dropped by a slow edge, {ring_full} events refused by a closed ring, published {published} vs processed {processed}");
+    }
+    for (name, outcome) in &report.pins {
+        match outcome {
+            PinOutcome::Pinned(core) => println!("  {name} pinned to core {core}"),
+            PinOutcome::Unpinned { core, reason } => println!("  {name} NOT pinned to core {core}: {reason}"),
+            PinOutcome::NotRequested => {}
+        }
+    }
+    let json = format!(
+        "{{\"ended_unix_ns\":{},\"elapsed_s\":{:.3},\"symbols\":[{}],\"events\":{},\"orders\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{}\",\"capital\":\"{}\",\"fees\":\"{}\",\"latency\":[{}]}}\n",
+        unix_nanos(),
+        elapsed.as_secs_f64(),
+        symbols.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","),
+        processed,
+        edge.orders.load(Ordering::Relaxed),
+        edge.fills.load(Ordering::Relaxed),
+        edge.refusals.load(Ordering::Relaxed),
+        total.equity,
+        total.capital,
+        total.fees,
+        report.latency.iter().map(|s| format!("{{\"name\":\"{}\",\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"count\":{}}}", s.name, s.p50, s.p99, s.p999, s.max, s.count)).collect::<Vec<_>>().join(",")
+    );
+    let path = cfg.data_dir.join("last-run.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    println!("  run summary written to {}", path.display());
+    Ok(())
+}
