@@ -72,7 +72,7 @@ impl Default for EngineSection {
             wait: "spin-hint".into(),
             journal_wait: "sleep:100".into(),
             ring_capacity: 1 << 16,
-            latency_sample_every: 1,
+            latency_sample_every: 16,
             order_id_epoch: 1,
         }
     }
@@ -265,8 +265,6 @@ pub struct RunConfig {
     pub market: MarketSection,
     pub data_dir: PathBuf,
     pub status_every: std::time::Duration,
-    pub max_symbols_per_agent: usize,
-    pub cache_ttl_seconds: u64,
 }
 
 impl FileConfig {
@@ -405,8 +403,6 @@ impl FileConfig {
             market: m.clone(),
             data_dir: self.run.data_dir.clone(),
             status_every: std::time::Duration::from_millis(self.run.status_every_ms),
-            max_symbols_per_agent: a.max_symbols_per_agent,
-            cache_ttl_seconds: a.cache_ttl_seconds,
         })
     }
 }
@@ -446,8 +442,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.market.symbols, vec!["BTCUSDT", "ETHUSDT"]);
+        assert_eq!((cfg.agents.max_symbols_per_agent, cfg.agents.cache_ttl_seconds, cfg.paper.enabled), (1, 30, true));
         let run = cfg.resolve().unwrap();
-        assert_eq!((run.max_symbols_per_agent, run.cache_ttl_seconds), (1, 30));
         // One symbol per agent: half the budget per instrument.
         assert_eq!(run.engine.aggregate.target_notional, Money::from_units(500));
     }
@@ -473,6 +469,14 @@ mod tests {
         }
         let unknown = toml::from_str::<FileConfig>("[risk]\nmax_leverage = 3\n").unwrap_err();
         assert!(unknown.to_string().contains("max_leverage"), "{unknown}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let file: FileConfig = toml::from_str(include_str!("../config/sapphire.example.toml")).unwrap();
+        let (a, b) = (file.resolve().unwrap(), FileConfig::default().resolve().unwrap());
+        assert_eq!(a.engine, b.engine);
+        assert_eq!(a.pipeline, b.pipeline);
     }
 
     #[test]

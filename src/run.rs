@@ -71,7 +71,7 @@ fn market_loop(
     let start = Instant::now();
     let mut sent: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
-        let due = (start.elapsed().as_nanos() as u128 * u128::from(rate) / 1_000_000_000) as u64;
+        let due = (start.elapsed().as_nanos() * u128::from(rate) / 1_000_000_000) as u64;
         if sent >= due {
             // Ahead of schedule: wait a little (coarse sleeps keep a core free for the engine).
             let ahead_ns = (sent - due) * 1_000_000_000 / rate.max(1);

@@ -87,6 +87,7 @@ fn run_pipeline(
         ring_capacity: 1 << 12,
         engine_wait: WaitStrategy::Yield,
         journal_wait: WaitStrategy::Yield,
+        latency_sample_every: 1,
         ..PipelineConfig::default()
     };
     let mut pipeline = Pipeline::start(&pipeline_config, config, instruments, Box::new(MemoryJournal::keeping()));

@@ -17,25 +17,27 @@ pub enum PinOutcome {
     },
 }
 
+/// Core ids at or above this cannot be named in an affinity mask.
+const MAX_CORE_ID: usize = 1024;
+
 /// Pins the calling thread to `core`, if given. Never panics.
+///
+/// It asks the OS directly rather than checking the core against the calling thread's own
+/// mask: a thread started by an already-pinned thread inherits that one core, yet may
+/// still be moved to any core of the process's cpuset.
 pub fn pin_current_thread(core: Option<usize>) -> PinOutcome {
     let Some(core) = core else {
         return PinOutcome::NotRequested;
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if core >= cores.max(core_count_hint()) {
-        return PinOutcome::Unpinned { core, reason: "no such core on this machine" };
+    // Linux affinity masks hold 1024 cores; asking past that aborts inside libc.
+    if core >= MAX_CORE_ID {
+        return PinOutcome::Unpinned { core, reason: "no such core" };
     }
     if core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         PinOutcome::Pinned(core)
     } else {
-        PinOutcome::Unpinned { core, reason: "the OS refused (restricted cpuset or no affinity support)" }
+        PinOutcome::Unpinned { core, reason: "the OS refused: no such core, a restricted cpuset, or no affinity support" }
     }
-}
-
-/// Cores the process may use; 0 when unknown (the OS then decides).
-fn core_count_hint() -> usize {
-    core_affinity::get_core_ids().map_or(0, |ids| ids.iter().map(|c| c.id + 1).max().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -43,9 +45,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_thread_started_by_a_pinned_thread_can_still_be_pinned_elsewhere() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cores < 2 {
+            // One core: there is no elsewhere; the impossible-core test covers the warning.
+            return;
+        }
+        let outcome = std::thread::spawn(move || {
+            assert_eq!(pin_current_thread(Some(0)), PinOutcome::Pinned(0));
+            std::thread::spawn(move || pin_current_thread(Some(cores - 1))).join().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(outcome, PinOutcome::Pinned(cores - 1));
+    }
+
+    #[test]
     fn impossible_core_warns_instead_of_panicking() {
-        let outcome = std::thread::spawn(|| pin_current_thread(Some(100_000))).join().unwrap();
-        assert!(matches!(outcome, PinOutcome::Unpinned { core: 100_000, .. }), "{outcome:?}");
+        for core in [1_000, 100_000] {
+            let outcome = std::thread::spawn(move || pin_current_thread(Some(core))).join().unwrap();
+            assert!(matches!(outcome, PinOutcome::Unpinned { core: c, .. } if c == core), "{outcome:?}");
+        }
         assert_eq!(pin_current_thread(None), PinOutcome::NotRequested);
     }
 }

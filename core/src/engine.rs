@@ -86,6 +86,20 @@ pub struct StageMsg {
     pub pnl: Option<PnlSummary>,
 }
 
+impl StageMsg {
+    /// Reuses the message for the next inbound event without touching the inline arrays.
+    #[inline]
+    pub fn reset(&mut self, seq: i64, event: &Event) {
+        self.seq = seq;
+        self.event = *event;
+        self.market_update = None;
+        self.intents.clear();
+        self.orders.clear();
+        self.risk.clear();
+        self.pnl = None;
+    }
+}
+
 /// What the engine emits, in order, for the edge (journal, sinks, dashboard).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineOutput {
@@ -251,7 +265,11 @@ impl BookStage {
                         return;
                     }
                 }
-                (d.instrument, d.ts_event, d.flags & DELTA_LAST != 0)
+                if d.flags & DELTA_LAST == 0 {
+                    // Mid-message: the book is not consistent yet, nobody should look at it.
+                    return;
+                }
+                (d.instrument, d.ts_event, true)
             }
             Event::Quote(q) => {
                 let Some(slot) = self.quotes.get_mut(q.instrument.index()) else {
@@ -497,7 +515,7 @@ impl Engine {
     #[inline]
     pub fn process(&mut self, seq: i64, event: &Event, outbound: &mut impl OrderSink, sink: &mut impl OutputSink) {
         let msg = &mut self.msg;
-        *msg = StageMsg { seq, event: *event, ..StageMsg::default() };
+        msg.reset(seq, event);
         let s = &mut self.stages;
         s.book.process(msg);
         s.aggregate.process(msg);

@@ -66,7 +66,8 @@ pub struct PipelineConfig {
     pub engine_wait: WaitStrategy,
     /// How the journal stage waits.
     pub journal_wait: WaitStrategy,
-    /// Record stage latency for one event in this many.
+    /// Time the stages for one event in this many (a clock read costs ~30 ns here, a
+    /// stage ~30-80 ns); `tick_to_order` is recorded for every order regardless.
     pub latency_sample_every: u32,
     /// Most events handled per poll before releasing slots.
     pub max_batch: usize,
@@ -82,7 +83,7 @@ impl Default for PipelineConfig {
             journal_core: None,
             engine_wait: WaitStrategy::SpinHint,
             journal_wait: WaitStrategy::Sleep(std::time::Duration::from_micros(100)),
-            latency_sample_every: 1,
+            latency_sample_every: 16,
             max_batch: 512,
         }
     }
@@ -451,7 +452,7 @@ fn fused_stage(
     let mut idle = 0;
     loop {
         let polled = consumer.poll(batch, |event, seq, _| {
-            msg = StageMsg { seq, event: *event, ..StageMsg::default() };
+            msg.reset(seq, event);
             let s = &mut stages;
             let sampled = sampler.tick();
             if sampled {

@@ -203,8 +203,12 @@ impl<T: Copy> Consumer<T> {
         let start = self.next;
         let mut end = start;
         let limit = start.saturating_add(i64::try_from(max_batch).unwrap_or(i64::MAX));
-        // SAFETY (for the get_unchecked below): `(s & mask) < available.len()`.
-        while end < limit && unsafe { ring.available.get_unchecked((end & ring.mask) as usize) }.load(Ordering::Acquire) == end {
+        while end < limit {
+            // SAFETY: `end & mask < capacity == available.len()`.
+            let marker = unsafe { ring.available.get_unchecked((end & ring.mask) as usize) };
+            if marker.load(Ordering::Acquire) != end {
+                break;
+            }
             end += 1;
         }
         if end == start {

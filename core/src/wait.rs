@@ -3,22 +3,17 @@
 use std::time::Duration;
 
 /// How an idle stage waits. Chosen per thread by the layout configuration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Spin on the cursor: the lowest latency, burns a whole core. Only with a core of its own.
     BusySpin,
     /// Spin with `spin_loop` hints (PAUSE): nearly as fast, kinder to a hyper-thread sibling.
+    #[default]
     SpinHint,
-    /// Spin briefly, then yield the core: for threads that share cores.
+    /// Yield the core after a few empty polls: for threads that share a core.
     Yield,
     /// Spin briefly, yield, then sleep this long: for background stages (journal, edge).
     Sleep(Duration),
-}
-
-impl Default for WaitStrategy {
-    fn default() -> Self {
-        WaitStrategy::SpinHint
-    }
 }
 
 impl WaitStrategy {
@@ -30,7 +25,8 @@ impl WaitStrategy {
             WaitStrategy::BusySpin => {}
             WaitStrategy::SpinHint => std::hint::spin_loop(),
             WaitStrategy::Yield => {
-                if *idle < 64 {
+                // A thread sharing its core holds up the one it feeds while it spins.
+                if *idle < 4 {
                     std::hint::spin_loop();
                 } else {
                     std::thread::yield_now();

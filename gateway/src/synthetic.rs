@@ -367,7 +367,7 @@ impl SyntheticMarket {
         }
         let mut changes: Vec<(Side, i64, i64)> = Vec::new();
         for (side, before, after) in [(Side::Buy, &prev_book.0, &sim.bids), (Side::Sell, &prev_book.1, &sim.asks)] {
-            for (&p, _) in before {
+            for &p in before.keys() {
                 if !after.contains_key(&p) {
                     changes.push((side, p, 0));
                 }

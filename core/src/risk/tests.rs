@@ -89,7 +89,8 @@ fn approves_within_limits_and_sizes_from_position() {
 
 #[test]
 fn each_limit_refuses_with_its_reason() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut RiskEngine) -> Intent>, RejectReason)> = vec![
+    type Setup = Box<dyn Fn(&mut RiskEngine) -> Intent>;
+    let cases: Vec<(&str, Setup, RejectReason)> = vec![
         ("fat finger", Box::new(|_| intent(1 << 8, 1_000, 2, "1", "110.00")), RejectReason::PriceBand),
         ("order notional", Box::new(|_| intent(1 << 8, 1_000, 2, "11", "100.00")), RejectReason::OrderNotional),
         ("off tick", Box::new(|_| intent(1 << 8, 1_000, 2, "1", "100.005")), RejectReason::TickSize),

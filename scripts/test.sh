@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, then every test of every crate.
+# CI runs exactly this (see .ci/run). Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/test.sh: cargo not found. Install Rust 1.85 or newer (https://rustup.rs) and run again." >&2
+  exit 1
+fi
+
+# The suite needs no database yet; Postgres and Redis checks arrive with the persistence
+# work and this script will start them when they are absent.
+
+say "format"
+cargo fmt --all -- --check
+
+say "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  # nextest does not run doc tests.
+  cargo test --workspace --locked --doc
+else
+  echo "(cargo-nextest not installed: using cargo test)"
+  cargo test --workspace --locked --no-fail-fast
+fi

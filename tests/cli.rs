@@ -1,0 +1,94 @@
+//! `sapphire run` as a user runs it: a real process, its output and its exit code.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sapphire() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sapphire"));
+    for var in [
+        "TRADING_SYMBOLS",
+        "ENABLE_PAPER_TRADING",
+        "MAX_SYMBOLS_PER_AGENT",
+        "AGENT_CACHE_TTL_SECONDS",
+        "SAPPHIRE_CONFIG",
+        "SAPPHIRE_LAYOUT",
+        "SAPPHIRE_DATA_DIR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sapphire-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn runs_for_a_duration_and_prints_status_and_summary() {
+    let dir = temp_dir("run");
+    for layout in ["fused", "split"] {
+        let out = sapphire()
+            .args(["run", "--duration", "2500ms", "--events-per-sec", "20000", "--layout", layout, "--wait", "yield", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .expect("sapphire runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{layout}: exit {:?}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.matches(" ev/s ").count() >= 2, "{layout}: a status line per second:\n{stdout}");
+        assert!(stdout.contains("summary:") && stdout.contains("tick_to_order") && stdout.contains("book:"), "{layout}:\n{stdout}");
+        let summary = std::fs::read_to_string(dir.join("last-run.json")).expect("last-run.json");
+        assert!(summary.contains("\"events\":") && summary.contains("\"latency\":[{"), "{summary}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_key() {
+    let dir = temp_dir("bad");
+    // (flags, environment, the key the message must name)
+    type Case = (Vec<&'static str>, Vec<(&'static str, &'static str)>, &'static str);
+    let cases: Vec<Case> = vec![
+        (vec!["--layout", "diagonal"], vec![], "engine.layout"),
+        (vec!["--duration", "ten"], vec![], "--duration"),
+        (vec![], vec![("ENABLE_PAPER_TRADING", "perhaps")], "ENABLE_PAPER_TRADING"),
+        (vec![], vec![("ENABLE_PAPER_TRADING", "false")], "ENABLE_PAPER_TRADING"),
+        (vec![], vec![("MAX_SYMBOLS_PER_AGENT", "0")], "MAX_SYMBOLS_PER_AGENT"),
+        (vec!["--symbols", "BTC-USDT"], vec![], "TRADING_SYMBOLS"),
+    ];
+    for (args, env, key) in cases {
+        let out = sapphire().arg("run").args(&args).envs(env.iter().copied()).arg("--data-dir").arg(&dir).output().expect("sapphire runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(key), "{args:?} {env:?}: message should name {key}: {stderr}");
+    }
+    let file = dir.with_extension("toml");
+    std::fs::write(&file, "[risk]\nmax_leverage = 3\n").unwrap();
+    let out = sapphire().args(["run", "--config"]).arg(&file).output().expect("sapphire runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_leverage"));
+    let _ = std::fs::remove_file(&file);
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_with_a_summary() {
+    let dir = temp_dir("sigint");
+    let child = sapphire()
+        .args(["run", "--events-per-sec", "20000", "--wait", "yield", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sapphire starts");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(killed.success());
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("sapphire exits");
+    assert!(started.elapsed() < Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("summary:"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
