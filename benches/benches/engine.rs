@@ -2,6 +2,7 @@
 //! crossbeam channels, measured in the same run.
 //!
 //! Run: `cargo bench -p sapphire-benches --bench engine` (add `-- --quick` for a short run).
+//! Knobs for experiments: `SAMPLE=n` (stage timing 1 in n), `RING=slots` (inbound ring).
 //!
 //! Latency is open-loop: the producer schedules event `i` at `t0 + i × interval` and stamps
 //! that *scheduled* time as `ts_recv`, so a stalled engine cannot hide its stall (no
@@ -27,6 +28,8 @@ use std::time::{Duration, Instant};
 
 struct Case {
     name: String,
+    /// Values in the histogram (0 for throughput-only cases).
+    count: u64,
     p50: u64,
     p99: u64,
     p999: u64,
@@ -105,11 +108,65 @@ fn direct_throughput(instruments: &[Instrument], events: &[Event], rounds: usize
         best = best.min(t.elapsed().as_secs_f64());
         assert!(sink.0 > 0, "the engine produced outputs");
     }
-    Case { name: "engine_direct_flood".into(), p50: 0, p99: 0, p999: 0, max: 0, events_per_sec: events.len() as f64 / best }
+    Case { name: "engine_direct_flood".into(), count: 0, p50: 0, p99: 0, p999: 0, max: 0, events_per_sec: events.len() as f64 / best }
 }
 
 /// Cores of the machine, read before the producer pins itself (a pinned thread sees one).
 static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+/// Counts orders as the engine emits them.
+#[derive(Default)]
+struct OrderCount(u64);
+
+impl OutputSink for OrderCount {
+    fn emit(&mut self, out: Output) {
+        if matches!(out.output, sapphire_core::engine::EngineOutput::Order(_)) {
+            self.0 += 1;
+        }
+    }
+}
+
+/// The engine alone on one pinned thread: the time `Engine::process` takes per event (all
+/// four stages), and for the events that produced orders — tick in to order out inside the
+/// engine, without the hop between threads. A clock read costs ~30 ns here; the
+/// `clock_pair` case measures two back-to-back reads in the same run for reference.
+fn direct_latency(instruments: &[Instrument], events: &[Event]) -> [Case; 3] {
+    let cores = *CORES.get().expect("cores");
+    pin(cores - 1);
+    let mut engine = Engine::new(&EngineConfig::default(), instruments);
+    let mut sink = OrderCount::default();
+    let mut outbound: Vec<Order> = Vec::new();
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 10_000_000_000, 2).expect("bounds");
+    let (mut all, mut with_orders, mut clock) = (new_hist(), new_hist(), new_hist());
+    // Warm up: the first tenth, unmeasured.
+    let warm = events.len() / 10;
+    for (seq, e) in events[..warm].iter().enumerate() {
+        engine.process(seq as i64, e, &mut outbound, &mut sink);
+    }
+    for (i, e) in events[warm..].iter().enumerate() {
+        let before = sink.0;
+        let t = Instant::now();
+        engine.process((warm + i) as i64, e, &mut outbound, &mut sink);
+        let ns = t.elapsed().as_nanos() as u64;
+        let _ = all.record(ns.max(1));
+        if sink.0 > before {
+            let _ = with_orders.record(ns.max(1));
+        }
+        let c = Instant::now();
+        let _ = clock.record((c.elapsed().as_nanos() as u64).max(1));
+    }
+    pin(0);
+    let case = |name: &str, h: &Histogram<u64>| Case {
+        name: name.into(),
+        count: h.len(),
+        p50: h.value_at_quantile(0.5),
+        p99: h.value_at_quantile(0.99),
+        p999: h.value_at_quantile(0.999),
+        max: h.max(),
+        events_per_sec: 0.0,
+    };
+    [case("engine_direct_per_event", &all), case("engine_direct_tick_to_order", &with_orders), case("clock_pair_overhead", &clock)]
+}
 
 fn pipeline_config(layout: Layout) -> PipelineConfig {
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -185,8 +242,24 @@ fn run_pipeline(layout: Layout, instruments: &[Instrument], events: &[Event], in
     let t2o = find("tick_to_order");
     let rate = events.len() as f64 / elapsed;
     (
-        Case { name: format!("{name}_end_to_end"), p50: e2e.p50, p99: e2e.p99, p999: e2e.p999, max: e2e.max, events_per_sec: rate },
-        Case { name: format!("{name}_tick_to_order"), p50: t2o.p50, p99: t2o.p99, p999: t2o.p999, max: t2o.max, events_per_sec: rate },
+        Case {
+            name: format!("{name}_end_to_end"),
+            count: e2e.count,
+            p50: e2e.p50,
+            p99: e2e.p99,
+            p999: e2e.p999,
+            max: e2e.max,
+            events_per_sec: rate,
+        },
+        Case {
+            name: format!("{name}_tick_to_order"),
+            count: t2o.count,
+            p50: t2o.p50,
+            p99: t2o.p99,
+            p999: t2o.p999,
+            max: t2o.max,
+            events_per_sec: rate,
+        },
     )
 }
 
@@ -283,6 +356,7 @@ fn run_crossbeam(instruments: &[Instrument], events: &[Event], interval_ns: u64)
     let _ = RiskOutput::default();
     Case {
         name: format!("crossbeam_split_paced_{interval_ns}ns_end_to_end"),
+        count: hist.len(),
         p50: hist.value_at_quantile(0.5),
         p99: hist.value_at_quantile(0.99),
         p999: hist.value_at_quantile(0.999),
@@ -299,6 +373,7 @@ fn main() {
     eprintln!("engine bench: {} events over {} instruments{}", events.len(), instruments.len(), if quick { " (quick)" } else { "" });
     let mut cases = Vec::new();
     cases.push(direct_throughput(&instruments, &events, 3));
+    cases.extend(direct_latency(&instruments, &events));
     let (flood, _) = run_pipeline(Layout::Fused, &instruments, &events, 0);
     cases.push(flood);
     let (e2e, t2o) = run_pipeline(Layout::Fused, &instruments, &events, 1_000);
@@ -313,9 +388,9 @@ fn main() {
     cases.push(split);
     cases.push(crossbeam);
 
-    println!("{:<44} {:>10} {:>10} {:>10} {:>12} {:>14}", "case", "p50", "p99", "p99.9", "max", "events/s");
+    println!("{:<44} {:>10} {:>10} {:>10} {:>12} {:>14} {:>9}", "case", "p50", "p99", "p99.9", "max", "events/s", "samples");
     for c in &cases {
-        println!("{:<44} {:>8}ns {:>8}ns {:>8}ns {:>10}ns {:>14.0}", c.name, c.p50, c.p99, c.p999, c.max, c.events_per_sec);
+        println!("{:<44} {:>8}ns {:>8}ns {:>8}ns {:>10}ns {:>14.0} {:>9}", c.name, c.p50, c.p99, c.p999, c.max, c.events_per_sec, c.count);
     }
     println!("ratio split_vs_crossbeam_p50 (crossbeam ÷ ours, >1 means ours is lower): {ratio:.2}");
     let json = cases

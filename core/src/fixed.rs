@@ -294,14 +294,31 @@ impl Price {
 #[inline]
 pub fn notional(price: Price, qty: Quantity) -> Option<Money> {
     // price.raw is 1e9-scaled, qty.raw 1e8-scaled: their product is 1e17-scaled; money wants 1e9.
-    let wide = i128::from(price.raw) * i128::from(qty.raw) / i128::from(QTY_SCALE);
-    i64::try_from(wide).ok().map(Money::from_raw)
+    let wide = i128::from(price.raw) * i128::from(qty.raw);
+    let magnitude = div_1e8(wide.unsigned_abs());
+    let signed = if wide < 0 { -(magnitude as i128) } else { magnitude as i128 };
+    i64::try_from(signed).ok().map(Money::from_raw)
+}
+
+/// `a / 10^8` rounded toward zero. A 128-bit division is a slow library call; since
+/// `10^8 = 2^8 × 390_625`, products below 2^72 (every realistic notional) take a shift and
+/// a 64-bit division by a constant instead.
+#[inline]
+fn div_1e8(a: u128) -> u128 {
+    if a >> 72 == 0 {
+        u128::from(((a >> 8) as u64) / 390_625)
+    } else {
+        a / 100_000_000
+    }
 }
 
 /// `money * bps / 10_000`, truncated toward zero (fees and basis-point limits).
 #[inline]
 pub fn apply_bps(money: Money, bps: i64) -> Money {
-    Money::from_raw((i128::from(money.raw) * i128::from(bps) / 10_000) as i64)
+    match money.raw.checked_mul(bps) {
+        Some(p) => Money::from_raw(p / 10_000),
+        None => Money::from_raw((i128::from(money.raw) * i128::from(bps) / 10_000) as i64),
+    }
 }
 
 /// `a / b` of two money amounts as a ratio in basis points (0 when `b` is 0).
@@ -382,6 +399,16 @@ mod tests {
                 prop_assert_eq!(Price::parse(&p.to_string()), Ok(p));
                 let q = Quantity::from_raw(raw);
                 prop_assert_eq!(Quantity::parse(&q.to_string()), Ok(q));
+            }
+
+            #[test]
+            fn fast_notional_equals_wide_division(p in any::<i64>(), q in any::<i64>()) {
+                let wide = i128::from(p) * i128::from(q) / i128::from(QTY_SCALE);
+                let expected = i64::try_from(wide).ok().map(Money::from_raw);
+                prop_assert_eq!(notional(Price::from_raw(p), Quantity::from_raw(q)), expected);
+                let small = (p % 100_000_000_000_000, q % 10_000_000_000);
+                let wide = i128::from(small.0) * i128::from(small.1) / i128::from(QTY_SCALE);
+                prop_assert_eq!(notional(Price::from_raw(small.0), Quantity::from_raw(small.1)), Some(Money::from_raw(wide as i64)));
             }
 
             #[test]

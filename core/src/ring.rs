@@ -1,8 +1,8 @@
 //! A multi-producer, multi-consumer broadcast ring (the LMAX disruptor pattern).
 //!
-//! Slots are preallocated and written in place. Producers claim a sequence with a CAS on
-//! the claim cursor, write the slot, then publish it by storing the sequence into the
-//! slot's `available` marker. Every consumer reads every event, in order, by reference;
+//! Slots are preallocated, cache-line aligned and written in place. Producers claim a
+//! sequence with a CAS on the claim cursor, write the slot, then publish it by storing the
+//! sequence into the slot's marker. Every consumer reads every event, in order, by reference;
 //! consumers run in parallel (the journal beside the engine) and each one gates slot reuse:
 //! a producer may not claim sequence `s` until every consumer has passed `s - capacity`.
 //!
@@ -15,13 +15,21 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
+/// One slot: the published-sequence marker sits in the same cache line as the start of the
+/// value, so a consumer that sees the marker has most of the event with it.
+#[repr(C, align(64))]
+struct Slot<T> {
+    /// The sequence last published into this slot (-1: never). A consumer may read the value
+    /// for sequence `s` once this equals `s`; a producer stores it only after writing the value.
+    published: AtomicI64,
+    /// The value.
+    value: UnsafeCell<T>,
+}
+
 /// The shared ring. Create it with [`ring`].
 struct Ring<T> {
-    /// The slots; slot `s & mask` holds sequence `s` while `available[s & mask] == s`.
-    slots: Box<[UnsafeCell<T>]>,
-    /// The sequence last published into each slot (-1: never). A consumer may read slot
-    /// `s & mask` once this equals `s`; a producer writes it only after its write of the slot.
-    available: Box<[AtomicI64]>,
+    /// The slots; slot `s & mask` holds sequence `s` while its marker says `s`.
+    slots: Box<[Slot<T>]>,
     /// `capacity - 1`; capacity is a power of two.
     mask: i64,
     /// Next sequence to claim; producers advance it by CAS.
@@ -54,8 +62,7 @@ impl<T> Ring<T> {
 pub fn ring<T: Copy + Default + Send>(capacity: usize, consumers: usize) -> (Producer<T>, Vec<Consumer<T>>) {
     let capacity = capacity.max(2).next_power_of_two();
     let ring = Arc::new(Ring {
-        slots: (0..capacity).map(|_| UnsafeCell::new(T::default())).collect(),
-        available: (0..capacity).map(|_| AtomicI64::new(-1)).collect(),
+        slots: (0..capacity).map(|_| Slot { published: AtomicI64::new(-1), value: UnsafeCell::new(T::default()) }).collect(),
         mask: capacity as i64 - 1,
         claim: CachePadded::new(AtomicI64::new(0)),
         gating: (0..consumers).map(|_| CachePadded::new(AtomicI64::new(0))).collect(),
@@ -112,12 +119,12 @@ impl<T: Copy> Producer<T> {
         }
         let idx = (seq & ring.mask) as usize;
         debug_assert!(idx < ring.slots.len());
+        // SAFETY: idx = seq & mask < capacity == slots.len().
+        let slot = unsafe { ring.slots.get_unchecked(idx) };
         // SAFETY: we own sequence `seq`: every consumer has released `seq - capacity`, and no
-        // consumer reads the slot until `available` says `seq`, which we store after writing.
-        let slot = unsafe { &mut *ring.slots.get_unchecked(idx).get() };
-        write(slot);
-        // SAFETY: idx < slots.len() == available.len().
-        unsafe { ring.available.get_unchecked(idx) }.store(seq, Ordering::Release);
+        // consumer reads the value until the marker says `seq`, which we store after writing.
+        write(unsafe { &mut *slot.value.get() });
+        slot.published.store(seq, Ordering::Release);
         Ok(seq)
     }
 
@@ -204,9 +211,9 @@ impl<T: Copy> Consumer<T> {
         let mut end = start;
         let limit = start.saturating_add(i64::try_from(max_batch).unwrap_or(i64::MAX));
         while end < limit {
-            // SAFETY: `end & mask < capacity == available.len()`.
-            let marker = unsafe { ring.available.get_unchecked((end & ring.mask) as usize) };
-            if marker.load(Ordering::Acquire) != end {
+            // SAFETY: `end & mask < capacity == slots.len()`.
+            let slot = unsafe { ring.slots.get_unchecked((end & ring.mask) as usize) };
+            if slot.published.load(Ordering::Acquire) != end {
                 break;
             }
             end += 1;
@@ -220,9 +227,9 @@ impl<T: Copy> Consumer<T> {
         for seq in start..end {
             let idx = (seq & ring.mask) as usize;
             debug_assert!(idx < ring.slots.len());
-            // SAFETY: `seq` is published (seen in `available` with Acquire) and not yet
-            // released by this consumer, so no producer writes the slot while we read it.
-            let event = unsafe { &*ring.slots.get_unchecked(idx).get() };
+            // SAFETY: idx < slots.len(); `seq` is published (its marker seen with Acquire) and
+            // not yet released by this consumer, so no producer writes the value while we read.
+            let event = unsafe { &*ring.slots.get_unchecked(idx).value.get() };
             handle(event, seq, seq + 1 == end);
         }
         self.next = end;

@@ -502,11 +502,9 @@ impl RiskEngine {
         }));
     }
 
-    /// Margin the agent has in use: exposure over leverage plus open orders' notional.
-    fn agent_margin_used(&self, agent: AgentId) -> Money {
-        let exposure = self.portfolio.agent_summary(agent).gross_exposure;
-        let open: i64 = self.open.iter().filter(|o| o.agent == agent).map(|o| notional(o.price, o.leaves).map_or(0, |m| m.raw)).sum();
-        Money::from_raw(exposure.raw / self.config.leverage.max(1) + open / self.config.leverage.max(1))
+    /// Notional of the agent's open orders.
+    fn open_notional(&self, agent: AgentId) -> i64 {
+        self.open.iter().filter(|o| o.agent == agent).map(|o| notional(o.price, o.leaves).map_or(0, |m| m.raw)).sum()
     }
 
     /// Checks an intent; approved orders go to `orders`, refusals to `out`.
@@ -617,8 +615,10 @@ impl RiskEngine {
             return Some(RejectReason::PositionLimit);
         }
         if !reduce_only {
+            // Margin in use after this order: exposure and open orders over leverage.
             let summary = self.portfolio.agent_summary(agent);
-            let used = self.agent_margin_used(agent).raw + order_notional.raw / self.config.leverage.max(1);
+            let leverage = self.config.leverage.max(1);
+            let used = (summary.gross_exposure.raw + self.open_notional(agent) + order_notional.raw) / leverage;
             if used > summary.equity.raw {
                 return Some(RejectReason::AgentBudget);
             }
