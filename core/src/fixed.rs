@@ -49,7 +49,11 @@ pub enum DecimalError {
 ///
 /// Exact: extra fractional digits are accepted only when they are zeros.
 pub fn parse_scaled(s: &str, decimals: u32) -> Result<i64, DecimalError> {
-    let bytes = s.as_bytes();
+    parse_scaled_bytes(s.as_bytes(), decimals)
+}
+
+/// [`parse_scaled`] over raw bytes (exchange frames are bytes; no UTF-8 check needed).
+pub fn parse_scaled_bytes(bytes: &[u8], decimals: u32) -> Result<i64, DecimalError> {
     if bytes.is_empty() {
         return Err(DecimalError::Empty);
     }
@@ -142,6 +146,12 @@ macro_rules! fixed_type {
             /// Parses a decimal string such as `"61837.63000000"`, exactly.
             pub fn parse(s: &str) -> Result<Self, DecimalError> {
                 parse_scaled(s, $decimals).map(Self::from_raw)
+            }
+
+            /// Parses decimal text given as bytes, exactly.
+            #[inline]
+            pub fn parse_bytes(s: &[u8]) -> Result<Self, DecimalError> {
+                parse_scaled_bytes(s, $decimals).map(Self::from_raw)
             }
 
             /// True when zero.
@@ -258,7 +268,13 @@ fixed_type!(
 impl Quantity {
     /// Parses a non-negative quantity (sizes on the wire are never negative).
     pub fn parse_unsigned(s: &str) -> Result<Self, DecimalError> {
-        let q = Self::parse(s)?;
+        Self::parse_unsigned_bytes(s.as_bytes())
+    }
+
+    /// [`parse_unsigned`](Self::parse_unsigned) over bytes.
+    #[inline]
+    pub fn parse_unsigned_bytes(s: &[u8]) -> Result<Self, DecimalError> {
+        let q = Self::parse_bytes(s)?;
         if q.raw < 0 {
             return Err(DecimalError::Negative);
         }

@@ -6,11 +6,23 @@
 //! issues.
 //!
 //! # Layout
+//! - [`json`]: a zero-allocation JSON scanner for exchange frames.
+//! - [`feed`]: feed errors, counters and symbol tables shared by the venues.
+//! - [`binance`]: Binance spot and USD-M market data and book sync.
+//! - [`bybit`]: Bybit v5 public market data and book sync.
 //! - [`synthetic`]: the seeded synthetic market.
 //!
 //! # Features
 //! None.
 #![forbid(unsafe_code)]
 
+/// Binance spot and USD-M futures market data.
+pub mod binance;
+/// Bybit v5 public market data.
+pub mod bybit;
+/// What every feed adapter shares: errors, counters, symbol tables.
+pub mod feed;
+/// A zero-allocation JSON scanner for exchange frames.
+pub mod json;
 /// The seeded synthetic market.
 pub mod synthetic;

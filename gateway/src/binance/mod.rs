@@ -1,0 +1,386 @@
+//! Binance spot and USD-M futures market data: frames parsed in place
+//! ([`market`]) and turned into the core's events by [`BinanceFeed`], which also keeps each
+//! order book in sync exactly as Binance documents it:
+//!
+//! 1. buffer depth events and fetch a REST snapshot;
+//! 2. drop buffered events older than the snapshot (`u <= lastUpdateId` spot, `u < lastUpdateId` futures);
+//! 3. the first applied event must bracket it (spot `U <= lastUpdateId+1 <= u`, futures `U <= lastUpdateId <= u`);
+//! 4. then every event must continue the last (spot `U == previous u + 1`, futures `pu == previous u`).
+//!
+//! A break marks the core's book out of sync (risk refuses orders on it), is counted, and
+//! asks the caller for a new snapshot.
+
+pub mod market;
+
+use crate::feed::{price, qty, FeedCounters, FeedError, SymbolTable};
+use crate::json::Levels;
+pub use market::BinanceMarket;
+use market::{parse_frame, BinanceDepth, BinanceFrame};
+use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
+use sapphire_core::fixed::{Price, Quantity};
+use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
+
+/// Depth frames kept per symbol while waiting for a snapshot; past it the oldest are dropped
+/// and the sync starts over when the snapshot arrives.
+const MAX_BUFFERED: usize = 10_000;
+
+/// What the caller should do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameOutcome {
+    /// Events were produced (maybe none, e.g. a buffered depth update).
+    Applied,
+    /// Nothing for the engine (responses, unused streams).
+    Ignored,
+    /// Skipped and counted.
+    Skipped(FeedError),
+    /// Fetch a depth snapshot for this instrument and pass it to [`BinanceFeed::on_snapshot`].
+    NeedSnapshot(InstrumentId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncState {
+    /// Buffering depth events; `requested` once the caller was asked for a snapshot.
+    AwaitingSnapshot { requested: bool },
+    /// Snapshot applied at `lid`; the next event must bracket it.
+    Bracketing { lid: u64 },
+    /// In sequence; `last` is the final update id applied.
+    Synced { last: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct BookSync {
+    state: SyncState,
+    buffer: Vec<(u64, Vec<u8>)>,
+}
+
+/// One Binance market's feed adapter: frames in, core events out.
+#[derive(Debug)]
+pub struct BinanceFeed {
+    market: BinanceMarket,
+    symbols: SymbolTable,
+    books: Vec<BookSync>,
+    /// REST snapshots carry no symbol: in recordings they belong to the last depth symbol.
+    last_depth_instrument: Option<InstrumentId>,
+    /// Parsed levels of the frame being converted (reused: no allocation once warm).
+    levels: Vec<(Side, Price, Quantity)>,
+    /// Counters.
+    pub counters: FeedCounters,
+}
+
+/// Milliseconds to nanoseconds.
+#[inline]
+fn ms(t: u64) -> u64 {
+    t.saturating_mul(1_000_000)
+}
+
+impl BinanceFeed {
+    /// An adapter for the instruments of `venue` (e.g. `binance`, `binance-usdm`) in `registry`.
+    pub fn new(market: BinanceMarket, registry: &InstrumentRegistry, venue: &str) -> Self {
+        Self {
+            market,
+            symbols: SymbolTable::for_venue(registry, venue),
+            books: (0..registry.len())
+                .map(|_| BookSync { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new() })
+                .collect(),
+            last_depth_instrument: None,
+            levels: Vec::with_capacity(2_048),
+            counters: FeedCounters::default(),
+        }
+    }
+
+    /// The market.
+    pub fn market(&self) -> BinanceMarket {
+        self.market
+    }
+
+    /// True when the instrument's book is in sequence.
+    pub fn in_sync(&self, instrument: InstrumentId) -> bool {
+        self.books.get(instrument.index()).is_some_and(|b| !matches!(b.state, SyncState::AwaitingSnapshot { .. }))
+    }
+
+    /// Forgets every book's sequence (after a reconnect): each needs a new snapshot.
+    pub fn reset_books(&mut self) {
+        for b in &mut self.books {
+            b.state = SyncState::AwaitingSnapshot { requested: false };
+            b.buffer.clear();
+        }
+    }
+
+    fn instrument(&self, symbol: &str) -> Result<InstrumentId, FeedError> {
+        self.symbols.get(symbol).ok_or(FeedError::UnknownSymbol)
+    }
+
+    /// Takes one frame received at `recv_ns` and emits the events it carries.
+    pub fn on_frame(&mut self, recv_ns: u64, bytes: &[u8], emit: &mut impl FnMut(Event)) -> FrameOutcome {
+        self.counters.frames += 1;
+        let outcome = match parse_frame(bytes) {
+            Ok(frame) => self.on_parsed(recv_ns, frame, bytes, emit),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                self.counters.skip(&e);
+                FrameOutcome::Skipped(e)
+            }
+        }
+    }
+
+    /// A REST depth snapshot for `instrument` (or, when `None`, for the last depth symbol seen).
+    pub fn on_snapshot(
+        &mut self,
+        instrument: Option<InstrumentId>,
+        recv_ns: u64,
+        bytes: &[u8],
+        emit: &mut impl FnMut(Event),
+    ) -> FrameOutcome {
+        self.counters.frames += 1;
+        let result = match parse_frame(bytes) {
+            Ok(BinanceFrame::Snapshot(s)) => match instrument.or(self.last_depth_instrument) {
+                Some(inst) => self.apply_snapshot(inst, recv_ns, s.last_update_id, s.time_ms, s.bids, s.asks, emit),
+                None => Err(FeedError::UnknownSymbol),
+            },
+            Ok(_) => Err(FeedError::Field("lastUpdateId")),
+            Err(e) => Err(e),
+        };
+        result.unwrap_or_else(|e| {
+            self.counters.skip(&e);
+            FrameOutcome::Skipped(e)
+        })
+    }
+
+    fn on_parsed(
+        &mut self,
+        recv_ns: u64,
+        frame: BinanceFrame<'_>,
+        raw: &[u8],
+        emit: &mut impl FnMut(Event),
+    ) -> Result<FrameOutcome, FeedError> {
+        match frame {
+            BinanceFrame::BookTicker(t) => {
+                let instrument = self.instrument(t.symbol)?;
+                let quote = Quote {
+                    ts_event: t.time_ms.map_or(recv_ns, ms),
+                    ts_recv: recv_ns,
+                    instrument,
+                    _pad: 0,
+                    bid_price: price("b", t.bid.0)?,
+                    ask_price: price("a", t.ask.0)?,
+                    bid_qty: qty("B", t.bid.1)?,
+                    ask_qty: qty("A", t.ask.1)?,
+                };
+                self.counters.events += 1;
+                emit(Event::Quote(quote));
+                Ok(FrameOutcome::Applied)
+            }
+            BinanceFrame::Trade(t) => {
+                let instrument = self.instrument(t.symbol)?;
+                let trade = Trade {
+                    ts_event: ms(t.time_ms),
+                    ts_recv: recv_ns,
+                    instrument,
+                    aggressor: if t.buyer_is_maker { Side::Sell } else { Side::Buy },
+                    _pad: [0; 3],
+                    price: price("p", t.price)?,
+                    qty: qty("q", t.qty)?,
+                    trade_id: t.trade_id,
+                };
+                self.counters.events += 1;
+                emit(Event::Trade(trade));
+                Ok(FrameOutcome::Applied)
+            }
+            BinanceFrame::Depth(d) => {
+                let instrument = self.instrument(d.symbol)?;
+                self.last_depth_instrument = Some(instrument);
+                self.on_depth(instrument, recv_ns, d, raw, emit)
+            }
+            BinanceFrame::Snapshot(s) => match self.last_depth_instrument {
+                Some(inst) => self.apply_snapshot(inst, recv_ns, s.last_update_id, s.time_ms, s.bids, s.asks, emit),
+                None => Err(FeedError::UnknownSymbol),
+            },
+            BinanceFrame::Response | BinanceFrame::Other(_) => {
+                self.counters.ignored += 1;
+                Ok(FrameOutcome::Ignored)
+            }
+        }
+    }
+
+    /// Parses every level first, so a bad level skips the whole frame, never half of it.
+    fn collect_levels(&mut self, bids: Levels<'_>, asks: Levels<'_>) -> Result<(), FeedError> {
+        self.levels.clear();
+        for (side, levels) in [(Side::Buy, bids), (Side::Sell, asks)] {
+            for level in levels {
+                let (p, q) = level?;
+                self.levels.push((side, price("price", p)?, qty("qty", q)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the collected levels as one venue message.
+    fn emit_levels(
+        &mut self,
+        instrument: InstrumentId,
+        ts_event: u64,
+        recv_ns: u64,
+        ids: (u64, u64, u64),
+        snapshot: bool,
+        emit: &mut impl FnMut(Event),
+    ) {
+        let (first_update_id, last_update_id, prev_update_id) = ids;
+        let n = self.levels.len();
+        let mut delta =
+            BookDelta { ts_event, ts_recv: recv_ns, instrument, first_update_id, last_update_id, prev_update_id, ..BookDelta::default() };
+        if n == 0 {
+            // An empty message still moves the sequence: a no-op level carries its ids.
+            delta.flags = DELTA_LAST | if snapshot { DELTA_SNAPSHOT | DELTA_CLEAR } else { 0 };
+            emit(Event::BookDelta(delta));
+            self.counters.events += 1;
+            return;
+        }
+        for (i, &(side, price, qty)) in self.levels.iter().enumerate() {
+            let mut flags = 0;
+            if snapshot {
+                flags |= DELTA_SNAPSHOT;
+                if i == 0 {
+                    flags |= DELTA_CLEAR;
+                }
+            }
+            if i + 1 == n {
+                flags |= DELTA_LAST;
+            }
+            emit(Event::BookDelta(BookDelta { side, price, qty, flags, ..delta }));
+        }
+        self.counters.events += n as u64;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_snapshot(
+        &mut self,
+        instrument: InstrumentId,
+        recv_ns: u64,
+        lid: u64,
+        time_ms: Option<u64>,
+        bids: Levels<'_>,
+        asks: Levels<'_>,
+        emit: &mut impl FnMut(Event),
+    ) -> Result<FrameOutcome, FeedError> {
+        self.collect_levels(bids, asks)?;
+        self.counters.snapshots += 1;
+        self.emit_levels(instrument, time_ms.map_or(recv_ns, ms), recv_ns, (lid, lid, 0), true, emit);
+        let Some(book) = self.books.get_mut(instrument.index()) else {
+            return Err(FeedError::UnknownSymbol);
+        };
+        book.state = SyncState::Bracketing { lid };
+        // Replay what was buffered while we waited.
+        let buffered = std::mem::take(&mut book.buffer);
+        let mut outcome = FrameOutcome::Applied;
+        for (recv, raw) in &buffered {
+            if let Ok(BinanceFrame::Depth(d)) = parse_frame(raw) {
+                if let Ok(FrameOutcome::NeedSnapshot(i)) = self.on_depth(instrument, *recv, d, raw, emit) {
+                    outcome = FrameOutcome::NeedSnapshot(i);
+                }
+            }
+        }
+        if let Some(book) = self.books.get_mut(instrument.index()) {
+            if book.buffer.is_empty() {
+                // Keep the allocation for the next resync.
+                book.buffer = buffered;
+                book.buffer.clear();
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn on_depth(
+        &mut self,
+        instrument: InstrumentId,
+        recv_ns: u64,
+        d: BinanceDepth<'_>,
+        raw: &[u8],
+        emit: &mut impl FnMut(Event),
+    ) -> Result<FrameOutcome, FeedError> {
+        let market = self.market;
+        // Every level is checked before anything is buffered or emitted.
+        self.collect_levels(d.bids.clone(), d.asks.clone())?;
+        let Some(book) = self.books.get_mut(instrument.index()) else {
+            return Err(FeedError::UnknownSymbol);
+        };
+        let prev = match book.state {
+            SyncState::AwaitingSnapshot { requested } => {
+                if book.buffer.len() >= MAX_BUFFERED {
+                    book.buffer.remove(0);
+                }
+                book.buffer.push((recv_ns, raw.to_vec()));
+                book.state = SyncState::AwaitingSnapshot { requested: true };
+                return Ok(if requested { FrameOutcome::Applied } else { FrameOutcome::NeedSnapshot(instrument) });
+            }
+            SyncState::Bracketing { lid } => {
+                let stale = match market {
+                    BinanceMarket::Spot => d.last_id <= lid,
+                    BinanceMarket::UsdM => d.last_id < lid,
+                };
+                if stale {
+                    self.counters.stale += 1;
+                    return Ok(FrameOutcome::Applied);
+                }
+                let brackets = match market {
+                    BinanceMarket::Spot => d.first_id <= lid + 1 && lid < d.last_id,
+                    BinanceMarket::UsdM => d.first_id <= lid && lid <= d.last_id,
+                };
+                if !brackets {
+                    return Ok(self.lose_sync(instrument, recv_ns, &d, raw, emit));
+                }
+                lid
+            }
+            SyncState::Synced { last } => {
+                if d.last_id <= last {
+                    self.counters.stale += 1;
+                    return Ok(FrameOutcome::Applied);
+                }
+                let continues = match market {
+                    BinanceMarket::Spot => d.first_id == last + 1,
+                    BinanceMarket::UsdM => d.prev_id == Some(last),
+                };
+                if !continues {
+                    return Ok(self.lose_sync(instrument, recv_ns, &d, raw, emit));
+                }
+                last
+            }
+        };
+        let (first, last, time) = (d.first_id, d.last_id, d.time_ms);
+        self.emit_levels(instrument, ms(time), recv_ns, (first, last, prev), false, emit);
+        if let Some(book) = self.books.get_mut(instrument.index()) {
+            book.state = SyncState::Synced { last };
+        }
+        Ok(FrameOutcome::Applied)
+    }
+
+    /// A break in the sequence: the core is told with the venue's own previous id (so its
+    /// book goes out of sync and risk refuses orders on it), and a new snapshot is needed.
+    fn lose_sync(
+        &mut self,
+        instrument: InstrumentId,
+        recv_ns: u64,
+        d: &BinanceDepth<'_>,
+        raw: &[u8],
+        emit: &mut impl FnMut(Event),
+    ) -> FrameOutcome {
+        let venue_prev = match self.market {
+            BinanceMarket::Spot => d.first_id.saturating_sub(1),
+            BinanceMarket::UsdM => d.prev_id.unwrap_or(0),
+        };
+        self.levels.clear();
+        self.emit_levels(instrument, ms(d.time_ms), recv_ns, (d.first_id, d.last_id, venue_prev.max(1)), false, emit);
+        self.counters.gaps += 1;
+        if let Some(book) = self.books.get_mut(instrument.index()) {
+            book.buffer.clear();
+            book.buffer.push((recv_ns, raw.to_vec()));
+            book.state = SyncState::AwaitingSnapshot { requested: true };
+        }
+        FrameOutcome::NeedSnapshot(instrument)
+    }
+}
+
+#[cfg(test)]
+mod tests;

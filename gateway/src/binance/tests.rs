@@ -1,0 +1,188 @@
+//! Table tests over frames written from Binance's documentation examples.
+
+use super::*;
+use sapphire_core::book::OrderBook;
+use sapphire_core::fixed::Money;
+use sapphire_core::instrument::{InstrumentSpec, MarketType};
+
+const SPOT_BOOK_TICKER: &str = r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
+const FUT_BOOK_TICKER: &str = r#"{"e":"bookTicker","u":400900217,"E":1568014460893,"T":1568014460891,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;
+const TRADE: &str = r#"{"e":"trade","E":1672515782136,"s":"BNBUSDT","t":12345,"p":"0.001","q":"100","T":1672515782136,"m":true,"M":true}"#;
+const AGG_TRADE: &str = r#"{"e":"aggTrade","E":1672515782136,"s":"BNBUSDT","a":12345,"p":"0.001","q":"100","f":100,"l":105,"T":1672515782136,"m":false,"M":true}"#;
+const COMBINED: &str = r#"{"stream":"bnbusdt@trade","data":{"e":"trade","E":1672515782136,"s":"BNBUSDT","t":12346,"p":"0.002","q":"1.5","T":1672515782137,"m":false,"M":true}}"#;
+const RESPONSE: &str = r#"{"result":null,"id":1}"#;
+const KLINE: &str = r#"{"e":"kline","E":1672515782136,"s":"BNBUSDT","k":{"t":1672515780000,"i":"1m"}}"#;
+
+fn registry(venue: &str) -> InstrumentRegistry {
+    let mut reg = InstrumentRegistry::new();
+    reg.intern(InstrumentSpec {
+        venue,
+        symbol: "BNBUSDT",
+        market: MarketType::Spot,
+        tick_size: Price::parse("0.0001").unwrap(),
+        lot_size: Quantity::parse("0.001").unwrap(),
+        min_notional: Money::from_units(5),
+    })
+    .unwrap();
+    reg
+}
+
+fn run(feed: &mut BinanceFeed, frame: &str) -> (FrameOutcome, Vec<Event>) {
+    let mut out = Vec::new();
+    let o = feed.on_frame(7, frame.as_bytes(), &mut |e| out.push(e));
+    (o, out)
+}
+
+#[test]
+fn parses_every_documented_kind() {
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &registry("binance"), "binance");
+    let (o, ev) = run(&mut feed, SPOT_BOOK_TICKER);
+    assert_eq!(o, FrameOutcome::Applied);
+    let Event::Quote(q) = ev[0] else { panic!("{ev:?}") };
+    assert_eq!(
+        (q.bid_price, q.bid_qty, q.ask_price, q.ask_qty),
+        (
+            Price::parse("25.3519").unwrap(),
+            Quantity::parse("31.21").unwrap(),
+            Price::parse("25.3652").unwrap(),
+            Quantity::parse("40.66").unwrap()
+        )
+    );
+    assert_eq!(q.ts_event, 7, "spot bookTicker has no time: receive time");
+
+    let (_, ev) = run(&mut feed, FUT_BOOK_TICKER);
+    let Event::Quote(q) = ev[0] else { panic!() };
+    assert_eq!(q.ts_event, 1_568_014_460_891_000_000, "transaction time T");
+
+    let (_, ev) = run(&mut feed, TRADE);
+    let Event::Trade(t) = ev[0] else { panic!() };
+    assert_eq!(
+        (t.aggressor, t.trade_id, t.price, t.qty, t.ts_event),
+        (Side::Sell, 12_345, Price::parse("0.001").unwrap(), Quantity::from_units(100), 1_672_515_782_136_000_000)
+    );
+
+    let (_, ev) = run(&mut feed, AGG_TRADE);
+    let Event::Trade(t) = ev[0] else { panic!() };
+    assert_eq!((t.aggressor, t.trade_id), (Side::Buy, 12_345));
+
+    let (_, ev) = run(&mut feed, COMBINED);
+    let Event::Trade(t) = ev[0] else { panic!() };
+    assert_eq!((t.trade_id, t.qty), (12_346, Quantity::parse("1.5").unwrap()));
+
+    assert_eq!(run(&mut feed, RESPONSE).0, FrameOutcome::Ignored);
+    assert_eq!(run(&mut feed, KLINE).0, FrameOutcome::Ignored);
+    assert_eq!(feed.counters.events, 5);
+    assert_eq!(feed.counters.ignored, 2);
+}
+
+#[test]
+fn bad_frames_are_counted_and_skipped_with_a_reason() {
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &registry("binance"), "binance");
+    let cases = [
+        ("not json", "malformed_json"),
+        (r#"{"e":"trade","s":"BNBUSDT","t":1,"p":"0.001","q":"1","T":1}"#, "missing_field"),
+        (r#"{"e":"trade","s":"BNBUSDT","t":1,"p":"1e-3","q":"1","T":1,"m":true}"#, "bad_decimal"),
+        (r#"{"e":"trade","s":"BNBUSDT","t":1,"p":"0.001","q":"-1","T":1,"m":true}"#, "bad_decimal"),
+        (r#"{"e":"trade","s":"ETHUSDT","t":1,"p":"0.001","q":"1","T":1,"m":true}"#, "unknown_symbol"),
+        (r#"{"e":"depthUpdate","E":1,"s":"BNBUSDT","U":1,"u":2,"b":[["1.0"]],"a":[]}"#, "malformed_json"),
+        (r#"{"u":1,"s":"BNBUSDT","b":"25.3","B":"31.2","a":"25.4"}"#, "missing_field"),
+        ("{\"e\":\"trade\",\"s\":\"BNB", "malformed_json"),
+    ];
+    for (frame, label) in cases {
+        let (o, ev) = run(&mut feed, frame);
+        let FrameOutcome::Skipped(e) = o else { panic!("{frame}: {o:?}") };
+        assert_eq!(e.label(), label, "{frame}: {e}");
+        assert!(ev.is_empty(), "{frame}: nothing emitted");
+    }
+    assert_eq!(feed.counters.skipped(), cases.len() as u64);
+}
+
+fn depth(u0: u64, u1: u64, pu: Option<u64>, bid: &str) -> String {
+    let pu = pu.map(|p| format!(r#","pu":{p}"#)).unwrap_or_default();
+    format!(
+        r#"{{"e":"depthUpdate","E":1672515782136,"s":"BNBUSDT","U":{u0},"u":{u1}{pu},"b":[["{bid}","10"]],"a":[["30.0","5"],["31.0","0"]]}}"#
+    )
+}
+
+const SNAPSHOT: &str = r#"{"lastUpdateId":158,"bids":[["25.0","1"],["24.0","2"]],"asks":[["30.0","3"],["31.0","4"]]}"#;
+
+/// Applies emitted deltas to a core book, as the engine would.
+fn apply(book: &mut OrderBook, events: &[Event]) {
+    for e in events {
+        if let Event::BookDelta(d) = e {
+            book.apply_delta(d);
+        }
+    }
+}
+
+#[test]
+fn spot_sync_buffers_brackets_continues_and_detects_gaps() {
+    let reg = registry("binance");
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &reg, "binance");
+    let mut book = OrderBook::default();
+    let inst = InstrumentId(0);
+    // Before the snapshot: buffered, and the caller is asked for one (once).
+    let (o, ev) = run(&mut feed, &depth(150, 155, None, "20.0"));
+    assert_eq!((o, ev.len()), (FrameOutcome::NeedSnapshot(inst), 0));
+    let (o, _) = run(&mut feed, &depth(156, 160, None, "25.5"));
+    assert_eq!(o, FrameOutcome::Applied);
+    // The snapshot: applied, then the buffer replayed: 150-155 is stale, 156-160 brackets 159.
+    let mut out = Vec::new();
+    assert_eq!(feed.on_snapshot(Some(inst), 9, SNAPSHOT.as_bytes(), &mut |e| out.push(e)), FrameOutcome::Applied);
+    apply(&mut book, &out);
+    assert_eq!(feed.counters.stale, 1);
+    assert!(book.in_sync() && feed.in_sync(inst));
+    assert_eq!(book.best_bid().unwrap().price, Price::parse("25.5").unwrap());
+    assert_eq!(book.qty_at(Side::Sell, Price::parse("31.0").unwrap()), Quantity::ZERO, "qty 0 removes the level");
+    assert_eq!(book.last_update_id(), 160);
+    // Continuity: U == previous u + 1.
+    let (o, ev) = run(&mut feed, &depth(161, 170, None, "25.6"));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::Applied);
+    assert!(book.in_sync());
+    // A gap: the core's book goes out of sync and a snapshot is asked for.
+    let (o, ev) = run(&mut feed, &depth(175, 180, None, "25.7"));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::NeedSnapshot(inst));
+    assert!(!book.in_sync() && !feed.in_sync(inst));
+    assert_eq!(feed.counters.gaps, 1);
+    let mut out = Vec::new();
+    feed.on_snapshot(Some(inst), 9, r#"{"lastUpdateId":177,"bids":[["25.0","1"]],"asks":[["30.0","3"]]}"#.as_bytes(), &mut |e| out.push(e));
+    apply(&mut book, &out);
+    assert!(book.in_sync(), "resynced");
+    assert_eq!(book.best_bid().unwrap().price, Price::parse("25.7").unwrap(), "the buffered 175-180 bracketed 178");
+}
+
+#[test]
+fn futures_sync_uses_pu() {
+    let reg = registry("binance-usdm");
+    let mut feed = BinanceFeed::new(BinanceMarket::UsdM, &reg, "binance-usdm");
+    let mut book = OrderBook::default();
+    run(&mut feed, &depth(150, 158, Some(149), "25.5"));
+    let mut out = Vec::new();
+    feed.on_snapshot(None, 9, SNAPSHOT.as_bytes(), &mut |e| out.push(e));
+    apply(&mut book, &out);
+    // Futures: U <= lastUpdateId <= u brackets (158 == u is accepted).
+    assert_eq!(book.last_update_id(), 158);
+    // Update ids jump between messages on futures; pu links them.
+    let (o, ev) = run(&mut feed, &depth(170, 175, Some(158), "25.6"));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::Applied);
+    assert!(book.in_sync());
+    let (o, ev) = run(&mut feed, &depth(180, 185, Some(177), "25.7"));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::NeedSnapshot(InstrumentId(0)));
+    assert!(!book.in_sync());
+}
+
+#[test]
+fn a_bad_level_skips_the_whole_message() {
+    let reg = registry("binance");
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &reg, "binance");
+    run(&mut feed, &depth(150, 160, None, "25.5"));
+    let mut out = Vec::new();
+    feed.on_snapshot(Some(InstrumentId(0)), 9, SNAPSHOT.as_bytes(), &mut |e| out.push(e));
+    let (o, ev) = run(&mut feed, &depth(161, 162, None, "twenty"));
+    assert!(matches!(o, FrameOutcome::Skipped(FeedError::Decimal { .. })));
+    assert!(ev.is_empty());
+}

@@ -1,0 +1,124 @@
+//! What every venue's feed adapter shares: the error type with a reason per skipped frame,
+//! the counters, and the symbol table that maps venue symbols to the core's instrument ids.
+
+use crate::json::JsonError;
+use sapphire_core::fixed::DecimalError;
+use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
+use std::collections::HashMap;
+
+/// Why a frame was skipped. Every variant is counted; none is fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// Not valid JSON.
+    #[error("malformed JSON: {0}")]
+    Json(#[from] JsonError),
+    /// A field the message kind needs is missing or has the wrong type.
+    #[error("field `{0}` missing or of the wrong type")]
+    Field(&'static str),
+    /// A price or quantity that is not an exact decimal in range.
+    #[error("field `{field}`: {error}")]
+    Decimal {
+        /// The field.
+        field: &'static str,
+        /// What was wrong.
+        error: DecimalError,
+    },
+    /// A symbol we do not trade.
+    #[error("unknown symbol")]
+    UnknownSymbol,
+}
+
+impl FeedError {
+    /// A stable label for the skip counter.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FeedError::Json(_) => "malformed_json",
+            FeedError::Field(_) => "missing_field",
+            FeedError::Decimal { .. } => "bad_decimal",
+            FeedError::UnknownSymbol => "unknown_symbol",
+        }
+    }
+}
+
+/// Counters of one feed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FeedCounters {
+    /// Frames read.
+    pub frames: u64,
+    /// Events produced.
+    pub events: u64,
+    /// Frames skipped: malformed JSON.
+    pub malformed_json: u64,
+    /// Frames skipped: a needed field missing.
+    pub missing_field: u64,
+    /// Frames skipped: a bad decimal.
+    pub bad_decimal: u64,
+    /// Frames skipped: a symbol we do not trade.
+    pub unknown_symbol: u64,
+    /// Frames with nothing for the engine (acks, klines, pongs).
+    pub ignored: u64,
+    /// Book sequence gaps.
+    pub gaps: u64,
+    /// Snapshots applied (initial syncs and resyncs).
+    pub snapshots: u64,
+    /// Depth updates older than the book, dropped while syncing.
+    pub stale: u64,
+}
+
+impl FeedCounters {
+    /// Counts a skipped frame under its reason.
+    pub fn skip(&mut self, e: &FeedError) {
+        match e {
+            FeedError::Json(_) => self.malformed_json += 1,
+            FeedError::Field(_) => self.missing_field += 1,
+            FeedError::Decimal { .. } => self.bad_decimal += 1,
+            FeedError::UnknownSymbol => self.unknown_symbol += 1,
+        }
+    }
+
+    /// Frames skipped for any reason.
+    pub fn skipped(&self) -> u64 {
+        self.malformed_json + self.missing_field + self.bad_decimal + self.unknown_symbol
+    }
+}
+
+/// Venue symbols → instrument ids, looked up without allocating.
+#[derive(Debug, Clone, Default)]
+pub struct SymbolTable {
+    ids: HashMap<String, InstrumentId>,
+}
+
+impl SymbolTable {
+    /// Every instrument of `venue` in the registry.
+    pub fn for_venue(registry: &InstrumentRegistry, venue: &str) -> Self {
+        Self { ids: registry.iter().filter(|i| i.venue == venue).map(|i| (i.symbol.clone(), i.id)).collect() }
+    }
+
+    /// The id of a symbol (exact, case-sensitive as the venue sends it).
+    #[inline]
+    pub fn get(&self, symbol: &str) -> Option<InstrumentId> {
+        self.ids.get(symbol).copied()
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Parses a price field.
+#[inline]
+pub(crate) fn price(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::fixed::Price, FeedError> {
+    sapphire_core::fixed::Price::parse_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+}
+
+/// Parses a quantity field (never negative).
+#[inline]
+pub(crate) fn qty(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::fixed::Quantity, FeedError> {
+    sapphire_core::fixed::Quantity::parse_unsigned_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+}
