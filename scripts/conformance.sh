@@ -14,3 +14,6 @@ if [[ ! -d "$dir" ]]; then
 fi
 
 cargo run --release --example conformance -- "$dir"
+
+# The real feed adapter over the same recordings, its events applied to the core's book.
+cargo run --release --example feed_conformance -- "$dir"

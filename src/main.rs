@@ -1,6 +1,7 @@
 //! `sapphire`: the command line. Parses configuration, wires the parts, starts the process.
 
 mod config;
+mod feed_cmd;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,26 @@ struct Cli {
 enum Command {
     /// Run the engine: market source → engine → paper venue, with a status line every second.
     Run(RunArgs),
+    /// Exchange feed tools.
+    #[command(subcommand)]
+    Feed(FeedCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedCommand {
+    /// Raw exchange frames on stdin (one per line, `<recv_ns> <json>` accepted), one normalized
+    /// JSON object per event on stdout; bad lines are reported on stderr with their number.
+    Decode {
+        /// binance or bybit.
+        #[arg(long)]
+        venue: String,
+        /// spot (default) or usdm for binance; spot or linear for bybit.
+        #[arg(long)]
+        market: Option<String>,
+        /// Maintain the order book and add its top and sync state to book events.
+        #[arg(long)]
+        book: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +80,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
+        Command::Feed(FeedCommand::Decode { venue, market, book }) => {
+            feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {
+                let (written, skipped) = feed_cmd::decode(
+                    source,
+                    book,
+                    std::io::stdin().lock(),
+                    std::io::BufWriter::new(std::io::stdout().lock()),
+                    std::io::stderr().lock(),
+                )?;
+                eprintln!("feed decode: {written} events, {skipped} lines skipped");
+                Ok(())
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,6 +94,11 @@ impl SymbolTable {
         Self { ids: registry.iter().filter(|i| i.venue == venue).map(|i| (i.symbol.clone(), i.id)).collect() }
     }
 
+    /// Adds a symbol (tools that discover symbols as they read, such as `feed decode`).
+    pub fn insert(&mut self, symbol: &str, id: InstrumentId) {
+        self.ids.insert(symbol.to_string(), id);
+    }
+
     /// The id of a symbol (exact, case-sensitive as the venue sends it).
     #[inline]
     pub fn get(&self, symbol: &str) -> Option<InstrumentId> {

@@ -88,6 +88,18 @@ impl BinanceFeed {
         }
     }
 
+    /// Registers a symbol not in the registry it was built from (for tools that learn
+    /// symbols as they read); returns its id. Known symbols keep theirs.
+    pub fn ensure_symbol(&mut self, symbol: &str) -> InstrumentId {
+        if let Some(id) = self.symbols.get(symbol) {
+            return id;
+        }
+        let id = InstrumentId(self.books.len() as u32);
+        self.symbols.insert(symbol, id);
+        self.books.push(BookSync { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new() });
+        id
+    }
+
     /// The market.
     pub fn market(&self) -> BinanceMarket {
         self.market
