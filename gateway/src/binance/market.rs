@@ -134,8 +134,31 @@ fn str_bytes<'a>(v: Value<'a>, name: &'static str) -> Result<&'a [u8], FeedError
     v.as_str_bytes().ok_or(FeedError::Field(name))
 }
 
+/// The payload of a combined-stream envelope when the frame has Binance's exact layout
+/// `{"stream":"<name>","data":{…}}`, found without scanning the payload twice.
+#[inline]
+fn envelope_payload(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(b"{\"stream\":\"")?;
+    let close = rest.iter().position(|&c| c == b'"' || c == b'\\')?;
+    if rest[close] != b'"' {
+        return None;
+    }
+    let payload = rest[close + 1..].strip_prefix(b",\"data\":")?;
+    let end = payload.iter().rposition(|&c| c == b'}')?;
+    // The payload is everything up to the envelope's own closing brace.
+    let inner = payload[..end].trim_ascii_end();
+    (inner.first() == Some(&b'{') && inner.last() == Some(&b'}')).then_some(inner)
+}
+
 /// Parses one frame (raw stream or combined-stream envelope).
 pub fn parse_frame(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
+    if let Some(payload) = envelope_payload(bytes) {
+        return parse_payload(payload);
+    }
+    parse_payload(bytes)
+}
+
+fn parse_payload(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
     let mut r = Raw::default();
     for field in fields(bytes)? {
         let (key, v) = field?;
@@ -168,7 +191,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
         }
     }
     if let Some(data) = r.data {
-        return parse_frame(data);
+        return parse_payload(data);
     }
     match r.e {
         Some(b"depthUpdate") => Ok(BinanceFrame::Depth(BinanceDepth {
