@@ -82,26 +82,40 @@ impl FeedCounters {
     }
 }
 
-/// Venue symbols → instrument ids, looked up without allocating.
+/// Venue symbols → instrument ids, looked up without allocating. A feed carries a handful
+/// of symbols, so a short list compared byte for byte beats hashing; large universes
+/// (`TRADING_SYMBOLS` empty) use the map.
 #[derive(Debug, Clone, Default)]
 pub struct SymbolTable {
     ids: HashMap<String, InstrumentId>,
+    few: Vec<(Box<str>, InstrumentId)>,
 }
+
+/// Up to this many symbols are looked up by scanning.
+const SCAN_LIMIT: usize = 16;
 
 impl SymbolTable {
     /// Every instrument of `venue` in the registry.
     pub fn for_venue(registry: &InstrumentRegistry, venue: &str) -> Self {
-        Self { ids: registry.iter().filter(|i| i.venue == venue).map(|i| (i.symbol.clone(), i.id)).collect() }
+        let mut table = Self::default();
+        for i in registry.iter().filter(|i| i.venue == venue) {
+            table.insert(&i.symbol, i.id);
+        }
+        table
     }
 
     /// Adds a symbol (tools that discover symbols as they read, such as `feed decode`).
     pub fn insert(&mut self, symbol: &str, id: InstrumentId) {
         self.ids.insert(symbol.to_string(), id);
+        self.few = if self.ids.len() <= SCAN_LIMIT { self.ids.iter().map(|(s, &i)| (s.as_str().into(), i)).collect() } else { Vec::new() };
     }
 
     /// The id of a symbol (exact, case-sensitive as the venue sends it).
     #[inline]
     pub fn get(&self, symbol: &str) -> Option<InstrumentId> {
+        if self.ids.len() <= SCAN_LIMIT {
+            return self.few.iter().find(|(s, _)| s.as_bytes() == symbol.as_bytes()).map(|&(_, id)| id);
+        }
         self.ids.get(symbol).copied()
     }
 
