@@ -2,6 +2,7 @@
 
 mod config;
 mod feed_cmd;
+mod replay;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,25 @@ enum Command {
     /// Exchange feed tools.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// Replay recorded frames (`<recv_ns> <json>` lines, gzip or plain; several files are
+    /// merged by time) through the engine as fast as possible, deterministically.
+    Replay {
+        /// Recording files.
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// binance (only Binance recordings in this build).
+        #[arg(long, default_value = "binance")]
+        venue: String,
+        /// spot or usdm; default: usdm when a file name says so, else spot.
+        #[arg(long)]
+        market: Option<String>,
+        /// Configuration file (the engine, risk and paper sections apply).
+        #[arg(long, env = "SAPPHIRE_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +100,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
+        Command::Replay { paths, venue, market, config, json } => replay_command(paths, venue, market, config, json),
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {
                 let (written, skipped) = feed_cmd::decode(
@@ -143,4 +164,54 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     };
     let cfg = file.resolve()?;
     run::run(cfg, run::RunOptions { duration, quiet: args.quiet })
+}
+
+fn replay_command(paths: Vec<PathBuf>, venue: String, market: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    if venue != "binance" {
+        return Err(config::refuse("--venue", format!("{venue:?}: replay reads Binance recordings in this build")));
+    }
+    let market = match market.as_deref() {
+        Some("spot") => sapphire_gateway::binance::BinanceMarket::Spot,
+        Some("usdm") => sapphire_gateway::binance::BinanceMarket::UsdM,
+        Some(m) => return Err(config::refuse("--market", format!("{m:?}: spot or usdm"))),
+        None if paths.iter().any(|p| p.to_string_lossy().contains("usdm")) => sapphire_gateway::binance::BinanceMarket::UsdM,
+        None => sapphire_gateway::binance::BinanceMarket::Spot,
+    };
+    let mut file = match &config {
+        Some(path) => config::load_file(path)?,
+        None => config::FileConfig::default(),
+    };
+    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+    let cfg = file.resolve()?;
+    let summary = replay::replay(&paths, market, &cfg.engine, !json)?;
+    if json {
+        println!("{}", summary.to_json());
+    } else {
+        let s = &summary;
+        println!(
+            "replay: {} files, {} lines, {} events in {:.2}s ({:.0} events/s), {} skipped, {} gaps",
+            s.files,
+            s.lines,
+            s.events,
+            s.elapsed_s,
+            s.events as f64 / s.elapsed_s.max(1e-9),
+            s.skipped,
+            s.gaps
+        );
+        println!("  orders {} (cancels {}), fills {}, refused {}, turnover {:.2}", s.orders, s.cancels, s.fills, s.refusals, s.turnover);
+        println!(
+            "  equity {:.2} on capital {:.2}: pnl {:.2} (realized {:.2}, unrealized {:.2}), fees {:.2}, max drawdown {:.2}%",
+            s.equity,
+            s.capital,
+            s.equity - s.capital,
+            s.realized,
+            s.unrealized,
+            s.fees,
+            s.max_drawdown_bps as f64 / 100.0
+        );
+        for (agent, pnl, fees) in &s.per_agent {
+            println!("  agent {agent}: pnl {pnl:.2}, fees {fees:.2}");
+        }
+    }
+    Ok(())
 }
