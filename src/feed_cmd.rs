@@ -5,7 +5,9 @@ use sapphire_core::book::OrderBook;
 use sapphire_core::event::Event;
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 use sapphire_gateway::binance::market::{parse_frame, BinanceFrame};
-use sapphire_gateway::binance::{BinanceFeed, BinanceMarket};
+use sapphire_gateway::binance::{BinanceFeed, BinanceMarket, FrameOutcome};
+use sapphire_gateway::bybit::market::{parse_frame as parse_bybit, BybitCategory, BybitFrame};
+use sapphire_gateway::bybit::BybitFeed;
 use sapphire_gateway::json::Levels;
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -15,6 +17,8 @@ use std::io::{BufRead, Write};
 pub enum Source {
     /// Binance spot or USD-M.
     Binance(BinanceMarket),
+    /// Bybit v5 spot or linear.
+    Bybit(BybitCategory),
 }
 
 impl Source {
@@ -24,7 +28,9 @@ impl Source {
             ("binance", None | Some("spot")) => Ok(Source::Binance(BinanceMarket::Spot)),
             ("binance", Some("usdm" | "futures")) => Ok(Source::Binance(BinanceMarket::UsdM)),
             ("binance", Some(m)) => Err(crate::config::refuse("--market", format!("{m:?}: binance markets are spot and usdm"))),
-            ("bybit", _) => Err(crate::config::refuse("--venue", "bybit decoding lands with the Bybit adapter (in progress)")),
+            ("bybit", None | Some("linear")) => Ok(Source::Bybit(BybitCategory::Linear)),
+            ("bybit", Some("spot")) => Ok(Source::Bybit(BybitCategory::Spot)),
+            ("bybit", Some(m)) => Err(crate::config::refuse("--market", format!("{m:?}: bybit markets are spot and linear"))),
             (v, _) => Err(crate::config::refuse("--venue", format!("{v:?}: venues are binance and bybit"))),
         }
     }
@@ -95,33 +101,154 @@ impl Books {
         let outcome =
             if snapshot { self.feed.on_snapshot(instrument, recv, frame, &mut apply) } else { self.feed.on_frame(recv, frame, &mut apply) };
         match outcome {
-            sapphire_gateway::binance::FrameOutcome::Skipped(e) => Err(e.to_string()),
+            FrameOutcome::Skipped(e) => Err(e.to_string()),
             _ => Ok(()),
         }
     }
 
     fn top(&self, out: &mut String, instrument: InstrumentId) {
-        let Some(book) = self.books.get(instrument.index()) else {
-            out.push_str(",\"book_bid_px\":null,\"book_bid_qty\":null,\"book_ask_px\":null,\"book_ask_qty\":null,\"in_sync\":false");
-            return;
-        };
-        for (name, level) in [("bid", book.best_bid()), ("ask", book.best_ask())] {
-            match level {
-                Some(l) => {
-                    let _ = write!(
-                        out,
-                        ",\"book_{name}_px\":\"{}\",\"book_{name}_qty\":\"{}\"",
-                        trim(&l.price.to_string()),
-                        trim(&l.qty.to_string())
-                    );
-                }
-                None => {
-                    let _ = write!(out, ",\"book_{name}_px\":null,\"book_{name}_qty\":null");
-                }
+        top_of(out, self.books.get(instrument.index()), self.feed.in_sync(instrument));
+    }
+}
+
+/// Appends the book's top and sync state to a book event.
+fn top_of(out: &mut String, book: Option<&OrderBook>, feed_in_sync: bool) {
+    let Some(book) = book else {
+        out.push_str(",\"book_bid_px\":null,\"book_bid_qty\":null,\"book_ask_px\":null,\"book_ask_qty\":null,\"in_sync\":false");
+        return;
+    };
+    for (name, level) in [("bid", book.best_bid()), ("ask", book.best_ask())] {
+        match level {
+            Some(l) => {
+                let _ = write!(
+                    out,
+                    ",\"book_{name}_px\":\"{}\",\"book_{name}_qty\":\"{}\"",
+                    trim(&l.price.to_string()),
+                    trim(&l.qty.to_string())
+                );
+            }
+            None => {
+                let _ = write!(out, ",\"book_{name}_px\":null,\"book_{name}_qty\":null");
             }
         }
-        let _ = write!(out, ",\"in_sync\":{}", book.in_sync() && self.feed.in_sync(instrument));
     }
+    let _ = write!(out, ",\"in_sync\":{}", book.in_sync() && feed_in_sync);
+}
+
+/// Bybit: books and trades are written from the frame's own text; quotes come from the
+/// adapter, which merges ticker deltas into a full best bid and ask.
+fn decode_bybit(
+    category: BybitCategory,
+    with_book: bool,
+    input: impl BufRead,
+    mut output: impl Write,
+    mut errors: impl Write,
+) -> anyhow::Result<(u64, u64)> {
+    let venue = match category {
+        BybitCategory::Spot => "bybit",
+        BybitCategory::Linear => "bybit-linear",
+    };
+    let mut feed = BybitFeed::new(category, &InstrumentRegistry::new(), venue);
+    let mut books: Vec<OrderBook> = Vec::new();
+    let (mut written, mut skipped) = (0u64, 0u64);
+    let mut out = String::with_capacity(4_096);
+    let head = |out: &mut String, kind: &str, symbol: &str, ts: u64| {
+        out.clear();
+        let _ = write!(out, "{{\"kind\":\"{kind}\",\"venue\":");
+        json_str(out, venue);
+        out.push_str(",\"symbol\":");
+        json_str(out, symbol);
+        let _ = write!(out, ",\"ts_event\":{ts}");
+    };
+    for (n, line) in input.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.with_context(|| format!("reading input line {line_no}"))?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (recv, frame) = split_recv(line);
+        let recv = recv.unwrap_or(0);
+        let parsed = match parse_bybit(frame.as_bytes()) {
+            Ok(f) => f,
+            Err(e) => {
+                skipped += 1;
+                writeln!(errors, "line {line_no}: skipped: {e}")?;
+                continue;
+            }
+        };
+        let symbol = match &parsed {
+            BybitFrame::Book(b) => Some(b.symbol),
+            BybitFrame::Ticker(t) => Some(t.symbol),
+            BybitFrame::Trades(t) => t.clone().next().and_then(Result::ok).map(|t| t.symbol),
+            _ => None,
+        };
+        let instrument = symbol.map(|s| feed.ensure_symbol(s));
+        let mut quotes = Vec::new();
+        let outcome = feed.on_frame(recv, frame.as_bytes(), &mut |e| match e {
+            Event::BookDelta(d) => {
+                let i = d.instrument.index();
+                if books.len() <= i {
+                    books.resize_with(i + 1, OrderBook::default);
+                }
+                books[i].apply_delta(&d);
+            }
+            Event::Quote(q) => quotes.push(q),
+            _ => {}
+        });
+        if let FrameOutcome::Skipped(e) = outcome {
+            skipped += 1;
+            writeln!(errors, "line {line_no}: skipped: {e}")?;
+            continue;
+        }
+        match parsed {
+            BybitFrame::Book(b) => {
+                let kind = if b.resets() { "book_snapshot" } else { "book_delta" };
+                head(&mut out, kind, b.symbol, b.time_ms() * 1_000_000);
+                let _ = write!(out, ",\"first_id\":{},\"last_id\":{},\"prev_id\":null", b.update_id, b.update_id);
+                levels(&mut out, "bids", b.bids.clone());
+                levels(&mut out, "asks", b.asks.clone());
+                if with_book {
+                    let inst = instrument.unwrap_or_default();
+                    top_of(&mut out, books.get(inst.index()), feed.in_sync(inst));
+                }
+                out.push('}');
+                writeln!(output, "{out}")?;
+                written += 1;
+            }
+            BybitFrame::Trades(trades) => {
+                for t in trades.flatten() {
+                    head(&mut out, "trade", t.symbol, t.time_ms * 1_000_000);
+                    out.push_str(",\"px\":");
+                    json_str(&mut out, text(t.price));
+                    out.push_str(",\"qty\":");
+                    json_str(&mut out, text(t.qty));
+                    let side = if t.taker_side == sapphire_core::event::Side::Buy { "buy" } else { "sell" };
+                    let _ = write!(out, ",\"side\":\"{side}\",\"trade_id\":{}}}", t.trade_id);
+                    writeln!(output, "{out}")?;
+                    written += 1;
+                }
+            }
+            BybitFrame::Ticker(t) => {
+                for q in quotes {
+                    head(&mut out, "quote", t.symbol, q.ts_event);
+                    let _ = write!(
+                        out,
+                        ",\"bid_px\":\"{}\",\"bid_qty\":\"{}\",\"ask_px\":\"{}\",\"ask_qty\":\"{}\"}}",
+                        trim(&q.bid_price.to_string()),
+                        trim(&q.bid_qty.to_string()),
+                        trim(&q.ask_price.to_string()),
+                        trim(&q.ask_qty.to_string())
+                    );
+                    writeln!(output, "{out}")?;
+                    written += 1;
+                }
+            }
+            BybitFrame::Response(_) | BybitFrame::Other(_) => {}
+        }
+    }
+    output.flush()?;
+    Ok((written, skipped))
 }
 
 /// `61837.630000000` → `61837.63`; `1.000` → `1`.
@@ -135,14 +262,20 @@ fn trim(s: &str) -> &str {
 
 /// Reads frames from `input`, writes events to `output`, reports bad lines to `errors`.
 /// Returns (events written, lines skipped).
-pub fn decode(
-    source: Source,
+pub fn decode(source: Source, with_book: bool, input: impl BufRead, output: impl Write, errors: impl Write) -> anyhow::Result<(u64, u64)> {
+    match source {
+        Source::Binance(market) => decode_binance(market, with_book, input, output, errors),
+        Source::Bybit(category) => decode_bybit(category, with_book, input, output, errors),
+    }
+}
+
+fn decode_binance(
+    market: BinanceMarket,
     with_book: bool,
     input: impl BufRead,
     mut output: impl Write,
     mut errors: impl Write,
 ) -> anyhow::Result<(u64, u64)> {
-    let Source::Binance(market) = source;
     let venue = match market {
         BinanceMarket::Spot => "binance",
         BinanceMarket::UsdM => "binance-usdm",
@@ -281,6 +414,51 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decodes_bybit_books_trades_and_merged_tickers() {
+        let input = concat!(
+            r#"{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":1672304484978,"data":{"s":"BTCUSDT","b":[["16493.50","0.006"]],"a":[["16611.00","0.029"]],"u":18521288,"seq":7961638724},"cts":1672304484976}"#,
+            "\n",
+            r#"{"topic":"orderbook.50.BTCUSDT","type":"delta","ts":1672304484979,"data":{"s":"BTCUSDT","b":[["16493.60","1"]],"a":[],"u":18521289,"seq":7961638725},"cts":1672304484977}"#,
+            "\n",
+            r#"{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1672304486868,"data":[{"T":1672304486865,"s":"BTCUSDT","S":"Buy","v":"0.001","p":"16578.50","L":"PlusTick","i":"20f43950-d8dd-5b31-9112-a178eb6023af","BT":false}]}"#,
+            "\n",
+            r#"{"topic":"tickers.BTCUSDT","type":"snapshot","data":{"symbol":"BTCUSDT","bid1Price":"16578.50","bid1Size":"1.2","ask1Price":"16578.60","ask1Size":"3.4"},"cs":1,"ts":1673272861686}"#,
+            "\n",
+            r#"{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","ask1Size":"2.5"},"cs":2,"ts":1673272861687}"#,
+            "\n",
+            r#"{"success":true,"ret_msg":"","conn_id":"x","op":"subscribe"}"#,
+            "\n",
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        decode(Source::Bybit(BybitCategory::Linear), true, input.as_bytes(), &mut out, &mut err).unwrap();
+        let lines: Vec<String> = String::from_utf8(out).unwrap().lines().map(String::from).collect();
+        assert!(String::from_utf8(err).unwrap().is_empty());
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                r#"{"kind":"book_snapshot","venue":"bybit-linear","symbol":"BTCUSDT","ts_event":1672304484976000000,"first_id":18521288"#
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].contains(r#""book_bid_px":"16493.6","book_bid_qty":"1""#) && lines[1].ends_with(r#""in_sync":true}"#),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains(r#""kind":"trade""#) && lines[2].contains(r#""side":"buy""#) && lines[2].contains(r#""px":"16578.50""#),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[4].ends_with(r#""bid_px":"16578.5","bid_qty":"1.2","ask_px":"16578.6","ask_qty":"2.5"}"#),
+            "the delta merged: {}",
+            lines[4]
+        );
+    }
 
     fn run(input: &str, book: bool) -> (Vec<String>, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
