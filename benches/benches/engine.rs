@@ -42,7 +42,22 @@ fn events(steps: u64) -> (Vec<Instrument>, Vec<Event>) {
     let mut market = SyntheticMarket::new(SyntheticConfig::default(), &mut registry).expect("instruments");
     let mut out = Vec::new();
     for s in 0..steps {
-        market.step(1_700_000_000_000_000_000 + s * 200_000, &mut |e| out.push(e));
+        let ts = 1_700_000_000_000_000_000 + s * 200_000;
+        market.step(ts, &mut |e| out.push(e));
+        // An agent signal now and then, so orders are not rare (tick_to_order has samples).
+        if s % 500 == 250 {
+            let k = s / 500;
+            out.push(Event::Signal(sapphire_core::event::Signal {
+                ts_event: ts,
+                ts_recv: ts,
+                instrument: sapphire_core::instrument::InstrumentId((k % 3) as u32),
+                agent: sapphire_core::event::AgentId(2 + (k % 4) as u16),
+                strength_bps: if k % 2 == 0 { 7_000 } else { -7_000 },
+                confidence_bps: 10_000,
+                ttl_ns: 50_000_000,
+                ..Default::default()
+            }));
+        }
     }
     (registry.iter().cloned().collect(), out)
 }
