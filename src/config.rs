@@ -44,6 +44,21 @@ pub struct FileConfig {
     pub agents: AgentsSection,
     /// Process-level settings.
     pub run: RunSection,
+    /// The input journal.
+    pub journal: JournalSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    pub durability: String,
+    pub segment_mb: u64,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self { durability: "every-ms:10".into(), segment_mb: 64 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,6 +280,7 @@ pub struct RunConfig {
     pub market: MarketSection,
     pub data_dir: PathBuf,
     pub status_every: std::time::Duration,
+    pub journal: sapphire_persistence::journal::JournalConfig,
 }
 
 impl FileConfig {
@@ -393,6 +409,22 @@ impl FileConfig {
             order_id_epoch: e.order_id_epoch,
             ..EngineConfig::default()
         };
+        let durability = match self.journal.durability.as_str() {
+            "every-record" => sapphire_persistence::journal::Durability::EveryRecord,
+            "os" => sapphire_persistence::journal::Durability::Os,
+            other => match other.strip_prefix("every-ms:").and_then(|ms| ms.parse::<u64>().ok()) {
+                Some(ms) if ms > 0 => sapphire_persistence::journal::Durability::EveryMs(ms),
+                _ => return Err(bad("journal.durability", format!("{other:?} is not every-record, every-ms:<ms> or os"))),
+            },
+        };
+        if !(1..=4_096).contains(&self.journal.segment_mb) {
+            return Err(bad("journal.segment_mb", format!("{} is outside 1..=4096", self.journal.segment_mb)));
+        }
+        let journal = sapphire_persistence::journal::JournalConfig {
+            dir: self.run.data_dir.join("journal").join("input"),
+            segment_bytes: self.journal.segment_mb << 20,
+            durability,
+        };
         if self.run.status_every_ms == 0 {
             return Err(bad("run.status_every_ms", "must be at least 1"));
         }
@@ -403,6 +435,7 @@ impl FileConfig {
             market: m.clone(),
             data_dir: self.run.data_dir.clone(),
             status_every: std::time::Duration::from_millis(self.run.status_every_ms),
+            journal,
         })
     }
 }
@@ -459,6 +492,7 @@ mod tests {
             ("[risk]\nagent_budget_usd = \"1e3\"\n", "risk.agent_budget_usd"),
             ("[risk]\ndrawdown_halt_pct = 250\n", "risk.drawdown_halt_pct"),
             ("[market]\nsource = \"binance\"\n", "market.source"),
+            ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
         ];
         for (text, key) in cases {

@@ -7,7 +7,6 @@ use sapphire_core::engine::EngineOutput;
 use sapphire_core::event::{Event, RejectReason};
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::InstrumentRegistry;
-use sapphire_core::journal::MemoryJournal;
 use sapphire_core::latency::{unix_nanos, LatencySnapshot};
 use sapphire_core::pipeline::{Pipeline, PipelineReport};
 use sapphire_core::ring::{Consumer, Poll};
@@ -188,7 +187,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         .context("installing the Ctrl-C handler")?;
     }
 
-    let mut pipeline = Pipeline::start(&cfg.pipeline, &cfg.engine, &instruments, Box::new(MemoryJournal::counting()));
+    let (journal, recovery) =
+        sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
+    let mut pipeline = Pipeline::start(&cfg.pipeline, &cfg.engine, &instruments, Box::new(journal));
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeStats::default());
     let edge_thread = {
@@ -222,7 +223,17 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             cfg.pipeline.layout,
             cfg.data_dir.display()
         );
-        println!("journal: in memory (the durable journal comes with the persistence work); Ctrl-C stops cleanly");
+        println!(
+            "journal: {} ({} records from earlier runs{}), durability {:?}; Ctrl-C stops cleanly",
+            cfg.journal.dir.display(),
+            recovery.records,
+            if recovery.truncated_bytes > 0 {
+                format!(", torn tail of {} bytes truncated", recovery.truncated_bytes)
+            } else {
+                String::new()
+            },
+            cfg.journal.durability
+        );
     }
     let started = Instant::now();
     let stats = pipeline.stats();
@@ -264,6 +275,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 latency_line(&snaps),
             );
         }
+        if stats.journal_errors.load(Ordering::Relaxed) > 0 {
+            eprintln!("error: the input journal failed; stopping (nothing is traded without its record)");
+            break;
+        }
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -273,7 +288,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let report = pipeline.shutdown();
     edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
-    summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)
+    summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    if let Some(e) = report.journal.first_error() {
+        anyhow::bail!("the input journal failed ({} appends lost): {e}", report.journal.errors());
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,8 @@ use crate::fixed::{Money, Price, Quantity};
 use crate::instrument::InstrumentId;
 
 /// An agent (signal producer) id; the in-core strategies own the first ids.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AgentId(pub u16);
@@ -22,6 +24,8 @@ impl AgentId {
 }
 
 /// Buy or sell; for trades, the taker's side.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -53,6 +57,8 @@ impl Side {
 }
 
 /// Best bid and ask with their sizes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Quote {
@@ -75,6 +81,8 @@ pub struct Quote {
 }
 
 /// A public trade print.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Trade {
@@ -108,6 +116,8 @@ pub const DELTA_LAST: u8 = 4;
 /// A venue message with many levels becomes many deltas sharing the update ids; the
 /// continuity rule is `prev_update_id == the book's last_update_id` at the first delta
 /// of a message (the feed adapter maps each venue's rule onto it; 0 means unsequenced).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BookDelta {
@@ -136,6 +146,8 @@ pub struct BookDelta {
 }
 
 /// A directional view from an agent, valid for `ttl_ns` of event time.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Signal {
@@ -162,6 +174,8 @@ pub struct Signal {
 }
 
 /// What an [`ExecReport`] reports.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ExecKind {
@@ -179,6 +193,8 @@ pub enum ExecKind {
 }
 
 /// Why an order or intent was refused; the `u16` is stable (journals, metrics, Postgres).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectReason {
@@ -292,6 +308,8 @@ impl RejectReason {
 }
 
 /// Maker or taker, for fills.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Liquidity {
@@ -305,6 +323,8 @@ pub enum Liquidity {
 }
 
 /// An order's lifecycle update, from a venue or from the paper matcher.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecReport {
@@ -339,6 +359,8 @@ pub struct ExecReport {
 }
 
 /// A clock tick of event time, stamped by the producer (so replays see the same timers).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timer {
@@ -353,6 +375,8 @@ pub struct Timer {
 }
 
 /// What a [`Control`] event asks for.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ControlKind {
@@ -372,6 +396,8 @@ pub enum ControlKind {
 }
 
 /// Which limit a [`ControlKind::SetLimit`] changes; `value` units in brackets.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LimitKind {
@@ -395,6 +421,8 @@ pub enum LimitKind {
 }
 
 /// An operator command, journaled like any other input so it is audited and replayable.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
@@ -415,6 +443,8 @@ pub struct Control {
 }
 
 /// One ring slot.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C, u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {

@@ -6,6 +6,10 @@
 //! for validation and display. Parsing is exact: the decimal string is read digit by
 //! digit, never through `f64`.
 
+// rkyv's derive makes a resolver type per newtype, named from the macro's tokens; it has no
+// Debug and needs none.
+#![allow(missing_debug_implementations)]
+
 use std::fmt;
 
 /// Decimals carried by a [`Price`] (`raw = value * 10^9`; range ±9.2e9).
@@ -116,6 +120,8 @@ fn fmt_scaled(f: &mut fmt::Formatter<'_>, raw: i64, decimals: u32, shown: Option
 macro_rules! fixed_type {
     ($(#[$doc:meta])* $name:ident, $decimals:expr, $scale:expr) => {
         $(#[$doc])*
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        #[rkyv(derive(Debug))]
         #[repr(transparent)]
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
         pub struct $name {

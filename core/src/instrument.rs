@@ -4,6 +4,8 @@ use crate::fixed::{Money, Price, Quantity};
 use std::collections::HashMap;
 
 /// A dense instrument id, an index into the [`InstrumentRegistry`].
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstrumentId(pub u32);

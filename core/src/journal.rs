@@ -13,6 +13,14 @@ pub trait InputJournal: Send {
     fn flush(&mut self) {}
     /// Events appended so far.
     fn appended(&self) -> u64;
+    /// Appends that failed. Any is fatal: the engine must not trade on without its record.
+    fn errors(&self) -> u64 {
+        0
+    }
+    /// The first failure, for the operator.
+    fn first_error(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An in-memory journal: keeps every event (tests, short runs) or only counts them.

@@ -106,6 +106,8 @@ pub struct PipelineStats {
     pub outbound_full: AtomicU64,
     /// Events appended by the journal stage.
     pub journaled: AtomicU64,
+    /// Journal appends that failed (fatal: the operator must stop the engine).
+    pub journal_errors: AtomicU64,
 }
 
 /// Writes outputs into a ring without ever waiting; counts what did not fit.
@@ -426,6 +428,7 @@ fn journal_stage(
             Poll::Handled(_) => {
                 idle = 0;
                 stats.journaled.store(journal.appended(), Ordering::Relaxed);
+                stats.journal_errors.store(journal.errors(), Ordering::Relaxed);
             }
             Poll::Empty => wait.idle(&mut idle),
             Poll::Closed => break,
@@ -433,6 +436,7 @@ fn journal_stage(
     }
     journal.flush();
     stats.journaled.store(journal.appended(), Ordering::Relaxed);
+    stats.journal_errors.store(journal.errors(), Ordering::Relaxed);
     journal
 }
 

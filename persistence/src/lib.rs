@@ -1,13 +1,16 @@
 //! Sapphire's persistence: the durable journals, recovery, the Postgres sink and the Redis
 //! publisher.
 //!
-//! Nothing runs here yet: the engine currently journals through
-//! `sapphire_core::journal::InputJournal` with the in-memory `MemoryJournal`. The durable,
-//! memory-mapped journal lands here with the persistence issue.
-//!
 //! # Layout
-//! (empty until the persistence issue lands)
+//! - [`journal`]: the input journal — segment files of CRC-framed rkyv records, torn-tail
+//!   recovery, durability policies.
+//!
+//! The Postgres sink, the Redis publisher, the output journal and crash recovery land here
+//! next.
 //!
 //! # Features
 //! None.
 #![forbid(unsafe_code)]
+
+/// The input journal.
+pub mod journal;

@@ -1,0 +1,391 @@
+//! The input journal: every inbound event, appended in order to segment files, each record
+//! framed with its length, sequence number and a CRC32C, the event itself an rkyv archive.
+//!
+//! ```text
+//! segment  = header record*            header = b"SAPJRNL1" first_seq:u64le   (16 bytes)
+//! record   = len:u32le crc:u32le seq:u64le payload[len] pad   (pad to 16 bytes)
+//! crc      = CRC32C(seq bytes ++ payload)
+//! ```
+//!
+//! Segments roll at a configured size and are named by their first sequence. Opening a
+//! journal scans the last segment and truncates a torn tail (a record cut short or failing
+//! its CRC — what a crash mid-write leaves), reporting how many bytes and records it
+//! dropped. Readers load a segment into an aligned buffer and use each archive in place,
+//! after validating its bytes (they came from disk).
+//!
+//! # Durability
+//! - [`Durability::EveryRecord`]: `fsync` after each record. Nothing acknowledged is lost even
+//!   if the machine loses power; costs a disk flush per event (milliseconds on most disks).
+//! - [`Durability::EveryMs`]: `fsync` at most every N ms (and on flush/shutdown). A power loss
+//!   can lose the last N ms; a process crash (SIGKILL) loses nothing the OS already has.
+//! - [`Durability::Os`]: never `fsync`; the OS writes back when it likes (typically within
+//!   30 s). A process crash loses nothing; a power loss or kernel panic can lose seconds.
+
+use rkyv::rancor::Error as RkyvError;
+use rkyv::util::AlignedVec;
+use sapphire_core::event::{ArchivedEvent, Event};
+use sapphire_core::journal::InputJournal;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 8] = b"SAPJRNL1";
+const HEADER: usize = 16;
+const RECORD_HEADER: usize = 16;
+/// Records and the payloads in them start on this boundary (rkyv archives need alignment).
+const ALIGN: usize = 16;
+/// No event archive comes near this; a larger length is corruption.
+const MAX_PAYLOAD: usize = 4_096;
+
+/// When appended records are forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync` after every record.
+    EveryRecord,
+    /// `fsync` at most every this many milliseconds.
+    EveryMs(u64),
+    /// Leave it to the OS.
+    Os,
+}
+
+/// Journal settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// Directory of the segment files.
+    pub dir: PathBuf,
+    /// A new segment starts once the current one reaches this size.
+    pub segment_bytes: u64,
+    /// When to `fsync`.
+    pub durability: Durability,
+}
+
+impl JournalConfig {
+    /// Defaults for `dir`: 64 MiB segments, `fsync` every 10 ms.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), segment_bytes: 64 << 20, durability: Durability::EveryMs(10) }
+    }
+}
+
+/// Errors of the journal. I/O errors are fatal to the journal: the engine must not run on
+/// without its record.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file system refused.
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A segment that is not a journal segment (wrong magic or header).
+    #[error("{path} is not a journal segment")]
+    NotASegment {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An event could not be archived (never expected for fixed-size events).
+    #[error("archiving an event: {0}")]
+    Archive(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io { path: path.to_path_buf(), source }
+}
+
+/// What opening the journal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments found.
+    pub segments: usize,
+    /// Valid records found.
+    pub records: u64,
+    /// Bytes cut from a torn tail.
+    pub truncated_bytes: u64,
+    /// Records in that tail that had a complete header (0 when only a partial header was cut).
+    pub truncated_records: u64,
+    /// The sequence the next append gets.
+    pub next_seq: u64,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.seg")
+}
+
+fn padded(len: usize) -> usize {
+    (RECORD_HEADER + len).div_ceil(ALIGN) * ALIGN
+}
+
+/// Segments of `dir`, in sequence order.
+pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+    let mut segs: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "seg")).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    segs.sort();
+    Ok(segs)
+}
+
+/// Reads a whole segment into an aligned buffer.
+fn load(path: &Path) -> Result<AlignedVec<ALIGN>, JournalError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let mut buf = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+    buf.extend_from_slice(&bytes);
+    Ok(buf)
+}
+
+/// One valid record found by a scan.
+struct Scanned {
+    seq: u64,
+    payload: std::ops::Range<usize>,
+}
+
+/// Walks a segment's records; returns them and the offset where validity ends.
+fn scan(buf: &[u8], path: &Path) -> Result<(Vec<Scanned>, usize, u64), JournalError> {
+    if buf.len() < HEADER || &buf[..8] != MAGIC {
+        return Err(JournalError::NotASegment { path: path.to_path_buf() });
+    }
+    let mut records = Vec::new();
+    let mut at = HEADER;
+    let mut torn_with_header = 0;
+    while at + RECORD_HEADER <= buf.len() {
+        let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
+        let end = at + padded(len);
+        if len == 0 || len > MAX_PAYLOAD || end > buf.len() {
+            torn_with_header = 1;
+            break;
+        }
+        let payload = at + RECORD_HEADER..at + RECORD_HEADER + len;
+        let mut check = crc32c::crc32c(&seq.to_le_bytes());
+        check = crc32c::crc32c_append(check, &buf[payload.clone()]);
+        if check != crc || rkyv::access::<ArchivedEvent, RkyvError>(&buf[payload.clone()]).is_err() {
+            torn_with_header = 1;
+            break;
+        }
+        records.push(Scanned { seq, payload });
+        at = end;
+    }
+    Ok((records, at, torn_with_header))
+}
+
+/// Appends events to the journal. Single writer: the journal stage.
+#[derive(Debug)]
+pub struct JournalWriter {
+    config: JournalConfig,
+    file: BufWriter<File>,
+    path: PathBuf,
+    segment_len: u64,
+    next_seq: u64,
+    last_sync: Instant,
+    dirty: bool,
+    scratch: AlignedVec<ALIGN>,
+    appended: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl JournalWriter {
+    /// Opens (or creates) the journal in `config.dir`, truncating a torn tail.
+    pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
+        fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
+        let segs = segments(&config.dir)?;
+        let mut recovery = Recovery { segments: segs.len(), ..Recovery::default() };
+        for (i, seg) in segs.iter().enumerate() {
+            let buf = load(seg)?;
+            let (records, valid_end, torn) = scan(&buf, seg)?;
+            recovery.records += records.len() as u64;
+            if let Some(last) = records.last() {
+                recovery.next_seq = last.seq + 1;
+            } else if i == 0 || recovery.next_seq == 0 {
+                recovery.next_seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+            }
+            if valid_end < buf.len() {
+                if i + 1 != segs.len() {
+                    // Damage inside an older segment is not a torn tail: refuse to guess.
+                    return Err(JournalError::Io {
+                        path: seg.clone(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("corrupt record at byte {valid_end} of a sealed segment"),
+                        ),
+                    });
+                }
+                recovery.truncated_bytes = (buf.len() - valid_end) as u64;
+                recovery.truncated_records = torn;
+                let f = OpenOptions::new().write(true).open(seg).map_err(io_err(seg))?;
+                f.set_len(valid_end as u64).map_err(io_err(seg))?;
+                f.sync_all().map_err(io_err(seg))?;
+            }
+        }
+        let (path, file, segment_len) = match segs.last() {
+            Some(last) => {
+                let mut f = OpenOptions::new().append(true).open(last).map_err(io_err(last))?;
+                let len = f.seek(SeekFrom::End(0)).map_err(io_err(last))?;
+                (last.clone(), f, len)
+            }
+            None => {
+                let (p, f) = Self::create_segment(&config.dir, recovery.next_seq)?;
+                (p, f, HEADER as u64)
+            }
+        };
+        let writer = Self {
+            file: BufWriter::with_capacity(1 << 16, file),
+            path,
+            segment_len,
+            next_seq: recovery.next_seq,
+            last_sync: Instant::now(),
+            dirty: false,
+            scratch: AlignedVec::with_capacity(512),
+            appended: 0,
+            errors: 0,
+            first_error: None,
+            config,
+        };
+        Ok((writer, recovery))
+    }
+
+    fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), JournalError> {
+        let path = dir.join(segment_name(first_seq));
+        let mut f = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
+        let mut header = [0u8; HEADER];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..].copy_from_slice(&first_seq.to_le_bytes());
+        f.write_all(&header).map_err(io_err(&path))?;
+        f.sync_all().map_err(io_err(&path))?;
+        // The new file's name must survive a crash too.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok((path, f))
+    }
+
+    /// Appends one event; returns its sequence.
+    pub fn append_event(&mut self, event: &Event) -> Result<u64, JournalError> {
+        self.scratch.clear();
+        let bytes = rkyv::api::high::to_bytes_in::<_, RkyvError>(event, std::mem::take(&mut self.scratch))
+            .map_err(|e| JournalError::Archive(e.to_string()))?;
+        let len = bytes.len();
+        let seq = self.next_seq;
+        if self.segment_len + padded(len) as u64 > self.config.segment_bytes && self.segment_len > HEADER as u64 {
+            self.roll(seq)?;
+        }
+        let mut crc = crc32c::crc32c(&seq.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &bytes);
+        let mut header = [0u8; RECORD_HEADER];
+        header[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        header[8..].copy_from_slice(&seq.to_le_bytes());
+        let pad = padded(len) - RECORD_HEADER - len;
+        let path = &self.path;
+        self.file.write_all(&header).map_err(io_err(path))?;
+        self.file.write_all(&bytes).map_err(io_err(path))?;
+        self.file.write_all(&[0u8; ALIGN][..pad]).map_err(io_err(path))?;
+        self.scratch = bytes;
+        self.segment_len += padded(len) as u64;
+        self.next_seq += 1;
+        self.appended += 1;
+        self.dirty = true;
+        match self.config.durability {
+            Durability::EveryRecord => self.sync()?,
+            Durability::EveryMs(ms) if self.last_sync.elapsed() >= Duration::from_millis(ms) => self.sync()?,
+            _ => {}
+        }
+        Ok(seq)
+    }
+
+    fn roll(&mut self, first_seq: u64) -> Result<(), JournalError> {
+        self.sync()?;
+        let (path, file) = Self::create_segment(&self.config.dir, first_seq)?;
+        self.file = BufWriter::with_capacity(1 << 16, file);
+        self.path = path;
+        self.segment_len = HEADER as u64;
+        Ok(())
+    }
+
+    /// Writes out the buffer and `fsync`s (unless the policy is to leave it to the OS, in
+    /// which case it only hands the bytes to the OS).
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.file.flush().map_err(io_err(&self.path))?;
+        if self.config.durability != Durability::Os && self.dirty {
+            self.file.get_ref().sync_data().map_err(io_err(&self.path))?;
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// The sequence the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Appends that failed (the journal is then unusable; see [`first_error`](Self::first_error)).
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    /// The first I/O error, if any.
+    pub fn first_error(&self) -> Option<&str> {
+        self.first_error.as_deref()
+    }
+}
+
+impl InputJournal for JournalWriter {
+    fn append(&mut self, _seq: i64, event: &Event, end_of_batch: bool) {
+        let result = self.append_event(event).and_then(|_| {
+            // Hand each batch to the OS promptly: a process crash then loses nothing.
+            if end_of_batch {
+                self.file.flush().map_err(io_err(&self.path))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = result {
+            self.errors += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.sync() {
+            self.errors += 1;
+            self.first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error.clone()
+    }
+}
+
+/// Reads every event of a journal, in order, validating each record.
+pub fn read_all(dir: &Path) -> Result<Vec<(u64, Event)>, JournalError> {
+    let mut out = Vec::new();
+    for seg in segments(dir)? {
+        let buf = load(&seg)?;
+        let (records, _, _) = scan(&buf, &seg)?;
+        for r in records {
+            let archived = rkyv::access::<ArchivedEvent, RkyvError>(&buf[r.payload]).map_err(|e| JournalError::Archive(e.to_string()))?;
+            let event: Event = rkyv::deserialize::<Event, RkyvError>(archived).map_err(|e| JournalError::Archive(e.to_string()))?;
+            out.push((r.seq, event));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
