@@ -29,3 +29,10 @@ else
   echo "(cargo-nextest not installed: using cargo test)"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# --- Deployment (deploy/, Dockerfile, cloudbuild.yaml) -------------------------------------
+# Offline: renders the Kustomize overlays and runs kubernetes-validate, yamllint, checkov and
+# the policy tests (needs kubectl and gcloud; installs the Python validators into a cached
+# virtualenv on first use). SAPPHIRE_SKIP_DEPLOY_CHECK=1 skips it. Its last line is pytest's.
+say "deployment"
+bash scripts/deploy-check.sh

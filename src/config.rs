@@ -299,17 +299,23 @@ impl FileConfig {
         if e.latency_sample_every == 0 {
             return Err(bad("engine.latency_sample_every", "must be at least 1"));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let engine_cores = match &e.engine_cores {
+        // Configured cores are positions in the set of CPUs this process may use (in a
+        // Kubernetes pod with exclusive CPUs that set is whatever the CPU manager assigned; on
+        // a plain machine it is every CPU, so positions equal CPU ids).
+        let allowed: Vec<usize> = core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+        let cpu = |position: usize| allowed.get(position).copied().unwrap_or(position);
+        let cores = allowed.len().max(1);
+        let engine_positions = match &e.engine_cores {
             Some(c) => c.clone(),
             // Default: the fused engine gets the last core to itself when there are two or more.
             None if layout == Layout::Fused && cores >= 2 => vec![cores - 1],
             None => Vec::new(),
         };
         // Keep the journal and edge threads off the engine's core(s).
-        let side_core = if engine_cores.is_empty() || engine_cores.contains(&0) { None } else { Some(0) };
-        let journal_core = e.journal_core.or(side_core);
-        let edge_core = e.edge_core.or(side_core);
+        let side_position = if engine_positions.is_empty() || engine_positions.contains(&0) { None } else { Some(0) };
+        let engine_cores: Vec<usize> = engine_positions.iter().map(|&p| cpu(p)).collect();
+        let journal_core = e.journal_core.or(side_position).map(cpu);
+        let edge_core = e.edge_core.or(side_position).map(cpu);
         let pipeline = PipelineConfig {
             layout,
             ring_capacity: e.ring_capacity,

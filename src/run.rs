@@ -177,6 +177,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     {
+        // Ctrl-C and SIGTERM (how Kubernetes stops a pod) both stop cleanly.
         let stop = Arc::clone(&stop);
         ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {
@@ -184,7 +185,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 std::process::exit(130);
             }
         })
-        .context("installing the Ctrl-C handler")?;
+        .context("installing the Ctrl-C / SIGTERM handler")?;
     }
 
     let (journal, recovery) =
