@@ -2,6 +2,7 @@
 
 mod config;
 mod feed_cmd;
+mod feed_serve;
 mod replay;
 mod run;
 
@@ -60,6 +61,26 @@ enum FeedCommand {
         #[arg(long)]
         book: bool,
     },
+    /// A local exchange: replays recordings (`<recv_ns> <json>` lines, gzip or plain) over
+    /// Binance's WebSocket (combined streams, SUBSCRIBE) and REST (depth, exchangeInfo) wire
+    /// format until stopped; prints the bound address.
+    Serve {
+        /// binance.
+        #[arg(long, default_value = "binance")]
+        venue: String,
+        /// spot (default) or usdm.
+        #[arg(long)]
+        market: Option<String>,
+        /// recorded (original timing) or fast (as fast as clients read).
+        #[arg(long, default_value = "recorded")]
+        pace: String,
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: String,
+        /// Recording files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +134,9 @@ fn main() -> ExitCode {
                 eprintln!("feed decode: {written} events, {skipped} lines skipped");
                 Ok(())
             })
+        }
+        Command::Feed(FeedCommand::Serve { venue, market, pace, bind, paths }) => {
+            feed_serve::serve(&venue, market.as_deref(), &pace, &bind, &paths)
         }
     };
     match result {

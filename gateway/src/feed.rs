@@ -63,6 +63,22 @@ pub struct FeedCounters {
     pub snapshots: u64,
     /// Depth updates older than the book, dropped while syncing.
     pub stale: u64,
+    /// Reconnects for any reason (drops, errors, stale feeds, planned).
+    pub reconnects: u64,
+    /// Reconnects because no message came for the stale timeout.
+    pub stale_reconnects: u64,
+    /// Reconnects planned before the venue's connection age limit.
+    pub planned_reconnects: u64,
+    /// Connection attempts that failed (refused, handshake, timeout).
+    pub connect_failures: u64,
+    /// REST depth snapshots requested (initial syncs and resyncs).
+    pub snapshot_requests: u64,
+    /// REST depth snapshot requests that failed.
+    pub snapshot_failures: u64,
+    /// Times an event waited for a free ring slot: the engine was behind.
+    pub ring_full_waits: u64,
+    /// Pings from the venue (answered with pongs).
+    pub pings: u64,
 }
 
 impl FeedCounters {

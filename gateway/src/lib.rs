@@ -10,6 +10,8 @@
 //! - [`feed`]: feed errors, counters and symbol tables shared by the venues.
 //! - [`binance`]: Binance spot and USD-M market data and book sync.
 //! - [`bybit`]: Bybit v5 public market data and book sync.
+//! - [`connection`]: feed clients over WebSocket: subscribe, reconnect, resync, publish into the ring.
+//! - [`local_exchange`]: a local Binance-speaking exchange replaying recordings, with fault injection.
 //! - [`synthetic`]: the seeded synthetic market.
 //!
 //! # Features
@@ -20,9 +22,13 @@
 pub mod binance;
 /// Bybit v5 public market data.
 pub mod bybit;
+/// Feed clients: WebSocket connections with backoff, staleness and snapshot resyncs.
+pub mod connection;
 /// What every feed adapter shares: errors, counters, symbol tables.
 pub mod feed;
 /// A zero-allocation JSON scanner for exchange frames.
 pub mod json;
+/// A local exchange speaking Binance's wire format, replaying recordings.
+pub mod local_exchange;
 /// The seeded synthetic market.
 pub mod synthetic;

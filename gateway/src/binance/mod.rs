@@ -110,9 +110,30 @@ impl BinanceFeed {
         self.books.get(instrument.index()).is_some_and(|b| !matches!(b.state, SyncState::AwaitingSnapshot { .. }))
     }
 
-    /// Forgets every book's sequence (after a reconnect): each needs a new snapshot.
-    pub fn reset_books(&mut self) {
-        for b in &mut self.books {
+    /// Forgets every book's sequence (after a reconnect): each needs a new snapshot. For
+    /// every book the core had in sequence it emits a marker whose previous id breaks the
+    /// core's continuity, so the core's book goes out of sync at once (and risk refuses
+    /// orders on it) instead of trading on a frozen book until the new snapshot.
+    pub fn reset_books(&mut self, recv_ns: u64, emit: &mut impl FnMut(Event)) {
+        for (i, b) in self.books.iter_mut().enumerate() {
+            let last = match b.state {
+                SyncState::Synced { last } => Some(last),
+                SyncState::Bracketing { lid } => Some(lid),
+                SyncState::AwaitingSnapshot { .. } => None,
+            };
+            if let Some(last) = last {
+                emit(Event::BookDelta(BookDelta {
+                    ts_event: recv_ns,
+                    ts_recv: recv_ns,
+                    instrument: InstrumentId(i as u32),
+                    flags: DELTA_LAST,
+                    first_update_id: last + 2,
+                    last_update_id: last + 2,
+                    prev_update_id: last + 1,
+                    ..BookDelta::default()
+                }));
+                self.counters.events += 1;
+            }
             b.state = SyncState::AwaitingSnapshot { requested: false };
             b.buffer.clear();
         }

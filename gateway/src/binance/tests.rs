@@ -186,3 +186,30 @@ fn a_bad_level_skips_the_whole_message() {
     assert!(matches!(o, FrameOutcome::Skipped(FeedError::Decimal { .. })));
     assert!(ev.is_empty());
 }
+
+#[test]
+fn a_reset_takes_the_core_book_out_of_sync_until_the_next_snapshot() {
+    let reg = registry("binance");
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &reg, "binance");
+    let mut book = OrderBook::default();
+    let inst = InstrumentId(0);
+    run(&mut feed, &depth(156, 160, None, "25.5"));
+    let mut out = Vec::new();
+    feed.on_snapshot(Some(inst), 9, SNAPSHOT.as_bytes(), &mut |e| out.push(e));
+    apply(&mut book, &out);
+    assert!(book.in_sync());
+    // A reconnect.
+    let mut out = Vec::new();
+    feed.reset_books(10, &mut |e| out.push(e));
+    apply(&mut book, &out);
+    assert!(!book.in_sync() && !feed.in_sync(inst), "out of sync at once");
+    assert_eq!(book.best_bid().unwrap().price, Price::parse("25.5").unwrap(), "the marker changes no level");
+    let (o, _) = run(&mut feed, &depth(161, 165, None, "25.6"));
+    assert_eq!(o, FrameOutcome::NeedSnapshot(inst));
+    let mut out = Vec::new();
+    feed.on_snapshot(Some(inst), 11, r#"{"lastUpdateId":163,"bids":[["25.0","1"]],"asks":[["30.0","3"]]}"#.as_bytes(), &mut |e| {
+        out.push(e)
+    });
+    apply(&mut book, &out);
+    assert!(book.in_sync());
+}
