@@ -1,8 +1,10 @@
 //! What every venue's feed adapter shares: the error type with a reason per skipped frame,
 //! the counters, and the symbol table that maps venue symbols to the core's instrument ids.
 
-use crate::json::JsonError;
+use crate::json::{JsonError, Levels};
+use sapphire_core::event::{BookDelta, Event, Side, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
 use sapphire_core::fixed::DecimalError;
+use sapphire_core::fixed::{Price, Quantity};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 use std::collections::HashMap;
 
@@ -156,4 +158,72 @@ pub(crate) fn price(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::
 #[inline]
 pub(crate) fn qty(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::fixed::Quantity, FeedError> {
     sapphire_core::fixed::Quantity::parse_unsigned_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+}
+
+/// One venue message's book levels, all parsed before any is emitted, so a bad level skips
+/// the whole message, never half of it. Reused across messages: no allocation once warm.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LevelBuffer {
+    levels: Vec<(Side, Price, Quantity)>,
+}
+
+impl LevelBuffer {
+    /// Room for `n` levels before it allocates.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self { levels: Vec::with_capacity(n) }
+    }
+
+    /// Forgets the levels (the next emit is a no-op marker carrying only ids).
+    pub(crate) fn clear(&mut self) {
+        self.levels.clear();
+    }
+
+    /// Parses a message's bids then asks.
+    pub(crate) fn collect(&mut self, bids: Levels<'_>, asks: Levels<'_>) -> Result<(), FeedError> {
+        self.levels.clear();
+        for (side, levels) in [(Side::Buy, bids), (Side::Sell, asks)] {
+            for level in levels {
+                let (p, q) = level?;
+                self.levels.push((side, price("price", p)?, qty("qty", q)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits the levels as one venue message with `(first, last, prev)` update ids; returns
+    /// how many events it emitted. An empty message still moves the sequence: a no-op level
+    /// carries its ids.
+    pub(crate) fn emit(
+        &self,
+        instrument: InstrumentId,
+        ts_event: u64,
+        recv_ns: u64,
+        ids: (u64, u64, u64),
+        snapshot: bool,
+        emit: &mut impl FnMut(Event),
+    ) -> u64 {
+        let (first_update_id, last_update_id, prev_update_id) = ids;
+        let delta =
+            BookDelta { ts_event, ts_recv: recv_ns, instrument, first_update_id, last_update_id, prev_update_id, ..BookDelta::default() };
+        let n = self.levels.len();
+        if n == 0 {
+            let flags = DELTA_LAST | if snapshot { DELTA_SNAPSHOT | DELTA_CLEAR } else { 0 };
+            emit(Event::BookDelta(BookDelta { flags, ..delta }));
+            return 1;
+        }
+        for (i, &(side, price, qty)) in self.levels.iter().enumerate() {
+            let mut flags = 0;
+            if snapshot {
+                flags |= DELTA_SNAPSHOT;
+                if i == 0 {
+                    flags |= DELTA_CLEAR;
+                }
+            }
+            if i + 1 == n {
+                flags |= DELTA_LAST;
+            }
+            emit(Event::BookDelta(BookDelta { side, price, qty, flags, ..delta }));
+        }
+        n as u64
+    }
 }

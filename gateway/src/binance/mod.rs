@@ -12,12 +12,11 @@
 
 pub mod market;
 
-use crate::feed::{price, qty, FeedCounters, FeedError, SymbolTable};
+use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};
 use crate::json::Levels;
 pub use market::BinanceMarket;
 use market::{parse_frame, BinanceDepth, BinanceFrame};
-use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
-use sapphire_core::fixed::{Price, Quantity};
+use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_LAST};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 
 /// Depth frames kept per symbol while waiting for a snapshot; past it the oldest are dropped
@@ -62,7 +61,7 @@ pub struct BinanceFeed {
     /// REST snapshots carry no symbol: in recordings they belong to the last depth symbol.
     last_depth_instrument: Option<InstrumentId>,
     /// Parsed levels of the frame being converted (reused: no allocation once warm).
-    levels: Vec<(Side, Price, Quantity)>,
+    levels: LevelBuffer,
     /// Counters.
     pub counters: FeedCounters,
 }
@@ -83,7 +82,7 @@ impl BinanceFeed {
                 .map(|_| BookSync { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new() })
                 .collect(),
             last_depth_instrument: None,
-            levels: Vec::with_capacity(2_048),
+            levels: LevelBuffer::with_capacity(2_048),
             counters: FeedCounters::default(),
         }
     }
@@ -238,55 +237,6 @@ impl BinanceFeed {
         }
     }
 
-    /// Parses every level first, so a bad level skips the whole frame, never half of it.
-    fn collect_levels(&mut self, bids: Levels<'_>, asks: Levels<'_>) -> Result<(), FeedError> {
-        self.levels.clear();
-        for (side, levels) in [(Side::Buy, bids), (Side::Sell, asks)] {
-            for level in levels {
-                let (p, q) = level?;
-                self.levels.push((side, price("price", p)?, qty("qty", q)?));
-            }
-        }
-        Ok(())
-    }
-
-    /// Emits the collected levels as one venue message.
-    fn emit_levels(
-        &mut self,
-        instrument: InstrumentId,
-        ts_event: u64,
-        recv_ns: u64,
-        ids: (u64, u64, u64),
-        snapshot: bool,
-        emit: &mut impl FnMut(Event),
-    ) {
-        let (first_update_id, last_update_id, prev_update_id) = ids;
-        let n = self.levels.len();
-        let mut delta =
-            BookDelta { ts_event, ts_recv: recv_ns, instrument, first_update_id, last_update_id, prev_update_id, ..BookDelta::default() };
-        if n == 0 {
-            // An empty message still moves the sequence: a no-op level carries its ids.
-            delta.flags = DELTA_LAST | if snapshot { DELTA_SNAPSHOT | DELTA_CLEAR } else { 0 };
-            emit(Event::BookDelta(delta));
-            self.counters.events += 1;
-            return;
-        }
-        for (i, &(side, price, qty)) in self.levels.iter().enumerate() {
-            let mut flags = 0;
-            if snapshot {
-                flags |= DELTA_SNAPSHOT;
-                if i == 0 {
-                    flags |= DELTA_CLEAR;
-                }
-            }
-            if i + 1 == n {
-                flags |= DELTA_LAST;
-            }
-            emit(Event::BookDelta(BookDelta { side, price, qty, flags, ..delta }));
-        }
-        self.counters.events += n as u64;
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn apply_snapshot(
         &mut self,
@@ -298,9 +248,9 @@ impl BinanceFeed {
         asks: Levels<'_>,
         emit: &mut impl FnMut(Event),
     ) -> Result<FrameOutcome, FeedError> {
-        self.collect_levels(bids, asks)?;
+        self.levels.collect(bids, asks)?;
         self.counters.snapshots += 1;
-        self.emit_levels(instrument, time_ms.map_or(recv_ns, ms), recv_ns, (lid, lid, 0), true, emit);
+        self.counters.events += self.levels.emit(instrument, time_ms.map_or(recv_ns, ms), recv_ns, (lid, lid, 0), true, emit);
         let Some(book) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
@@ -335,7 +285,7 @@ impl BinanceFeed {
     ) -> Result<FrameOutcome, FeedError> {
         let market = self.market;
         // Every level is checked before anything is buffered or emitted.
-        self.collect_levels(d.bids.clone(), d.asks.clone())?;
+        self.levels.collect(d.bids.clone(), d.asks.clone())?;
         let Some(book) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
@@ -382,7 +332,7 @@ impl BinanceFeed {
             }
         };
         let (first, last, time) = (d.first_id, d.last_id, d.time_ms);
-        self.emit_levels(instrument, ms(time), recv_ns, (first, last, prev), false, emit);
+        self.counters.events += self.levels.emit(instrument, ms(time), recv_ns, (first, last, prev), false, emit);
         if let Some(book) = self.books.get_mut(instrument.index()) {
             book.state = SyncState::Synced { last };
         }
@@ -404,7 +354,8 @@ impl BinanceFeed {
             BinanceMarket::UsdM => d.prev_id.unwrap_or(0),
         };
         self.levels.clear();
-        self.emit_levels(instrument, ms(d.time_ms), recv_ns, (d.first_id, d.last_id, venue_prev.max(1)), false, emit);
+        self.counters.events +=
+            self.levels.emit(instrument, ms(d.time_ms), recv_ns, (d.first_id, d.last_id, venue_prev.max(1)), false, emit);
         self.counters.gaps += 1;
         if let Some(book) = self.books.get_mut(instrument.index()) {
             book.buffer.clear();

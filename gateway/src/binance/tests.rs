@@ -2,7 +2,7 @@
 
 use super::*;
 use sapphire_core::book::OrderBook;
-use sapphire_core::fixed::Money;
+use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::{InstrumentSpec, MarketType};
 
 const SPOT_BOOK_TICKER: &str = r#"{"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000","a":"25.36520000","A":"40.66000000"}"#;

@@ -25,11 +25,10 @@
 pub mod market;
 
 use crate::binance::FrameOutcome;
-use crate::feed::{price, qty, FeedCounters, FeedError, SymbolTable};
-use crate::json::Levels;
+use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};
 use market::{parse_frame, BybitBook, BybitTicker, BybitTrades};
 pub use market::{BybitCategory, BybitFrame};
-use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
+use sapphire_core::event::{Event, Quote, Trade};
 use sapphire_core::fixed::{Price, Quantity};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 
@@ -90,7 +89,7 @@ pub struct BybitFeed {
     /// Last known ticker best bid/ask per instrument, indexed by [`InstrumentId`].
     tops: Vec<TopOfBook>,
     /// Parsed levels of the frame being converted (reused: no allocation once warm).
-    levels: Vec<(Side, Price, Quantity)>,
+    levels: LevelBuffer,
     /// Parsed trades of the frame being converted (reused, like `levels`).
     trades: Vec<Trade>,
     /// Counters.
@@ -111,7 +110,7 @@ impl BybitFeed {
             symbols: SymbolTable::for_venue(registry, venue),
             books: vec![SyncState::AwaitingSnapshot { requested: false }; registry.len()],
             tops: vec![TopOfBook::default(); registry.len()],
-            levels: Vec::with_capacity(2_048),
+            levels: LevelBuffer::with_capacity(2_048),
             trades: Vec::with_capacity(256),
             counters: FeedCounters::default(),
         }
@@ -242,67 +241,18 @@ impl BybitFeed {
         Ok(FrameOutcome::Applied)
     }
 
-    /// Parses every level first, so a bad level skips the whole frame, never half of it.
-    fn collect_levels(&mut self, bids: Levels<'_>, asks: Levels<'_>) -> Result<(), FeedError> {
-        self.levels.clear();
-        for (side, levels) in [(Side::Buy, bids), (Side::Sell, asks)] {
-            for level in levels {
-                let (p, q) = level?;
-                self.levels.push((side, price("price", p)?, qty("qty", q)?));
-            }
-        }
-        Ok(())
-    }
-
-    /// Emits the collected levels as one venue message.
-    fn emit_levels(
-        &mut self,
-        instrument: InstrumentId,
-        ts_event: u64,
-        recv_ns: u64,
-        ids: (u64, u64, u64),
-        snapshot: bool,
-        emit: &mut impl FnMut(Event),
-    ) {
-        let (first_update_id, last_update_id, prev_update_id) = ids;
-        let n = self.levels.len();
-        let mut delta =
-            BookDelta { ts_event, ts_recv: recv_ns, instrument, first_update_id, last_update_id, prev_update_id, ..BookDelta::default() };
-        if n == 0 {
-            // An empty message still moves the sequence: a no-op level carries its ids.
-            delta.flags = DELTA_LAST | if snapshot { DELTA_SNAPSHOT | DELTA_CLEAR } else { 0 };
-            emit(Event::BookDelta(delta));
-            self.counters.events += 1;
-            return;
-        }
-        for (i, &(side, price, qty)) in self.levels.iter().enumerate() {
-            let mut flags = 0;
-            if snapshot {
-                flags |= DELTA_SNAPSHOT;
-                if i == 0 {
-                    flags |= DELTA_CLEAR;
-                }
-            }
-            if i + 1 == n {
-                flags |= DELTA_LAST;
-            }
-            emit(Event::BookDelta(BookDelta { side, price, qty, flags, ..delta }));
-        }
-        self.counters.events += n as u64;
-    }
-
     fn on_book(&mut self, recv_ns: u64, b: BybitBook<'_>, emit: &mut impl FnMut(Event)) -> Result<FrameOutcome, FeedError> {
         let instrument = self.instrument(b.symbol)?;
         let (u, ts_event, resets) = (b.update_id, ms(b.time_ms()), b.resets());
         // Every level is checked before the sequence moves or anything is emitted.
-        self.collect_levels(b.bids, b.asks)?;
+        self.levels.collect(b.bids, b.asks)?;
         let Some(state) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
         if resets {
             *state = SyncState::Synced { last: u };
             self.counters.snapshots += 1;
-            self.emit_levels(instrument, ts_event, recv_ns, (u, u, 0), true, emit);
+            self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, 0), true, emit);
             return Ok(FrameOutcome::Applied);
         }
         match *state {
@@ -318,7 +268,7 @@ impl BybitFeed {
             }
             SyncState::Synced { last } if u - 1 == last => {
                 *state = SyncState::Synced { last: u };
-                self.emit_levels(instrument, ts_event, recv_ns, (u, u, last), false, emit);
+                self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, last), false, emit);
                 Ok(FrameOutcome::Applied)
             }
             SyncState::Synced { .. } => Ok(self.lose_sync(instrument, ts_event, recv_ns, u, emit)),
@@ -330,7 +280,7 @@ impl BybitFeed {
     /// the caller must resubscribe for a new snapshot.
     fn lose_sync(&mut self, instrument: InstrumentId, ts_event: u64, recv_ns: u64, u: u64, emit: &mut impl FnMut(Event)) -> FrameOutcome {
         self.levels.clear();
-        self.emit_levels(instrument, ts_event, recv_ns, (u, u, u.saturating_sub(1).max(1)), false, emit);
+        self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, u.saturating_sub(1).max(1)), false, emit);
         self.counters.gaps += 1;
         if let Some(state) = self.books.get_mut(instrument.index()) {
             *state = SyncState::AwaitingSnapshot { requested: true };

@@ -2,6 +2,7 @@
 
 use super::*;
 use sapphire_core::book::OrderBook;
+use sapphire_core::event::{Side, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
 use sapphire_core::fixed::Money;
 use sapphire_core::instrument::{InstrumentSpec, MarketType};
 
