@@ -164,16 +164,38 @@ fn latency_line(snaps: &[LatencySnapshot]) -> String {
 /// Runs until the duration passes or Ctrl-C.
 pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
-    let mut registry = InstrumentRegistry::new();
-    let synthetic = SyntheticConfig {
+    let mut synthetic = SyntheticConfig {
         seed: cfg.market.seed,
         instruments: synthetic_instruments(&cfg.market.symbols),
         depth: cfg.market.depth,
         timer_every_ns: cfg.market.timer_ms * 1_000_000,
     };
-    let market = SyntheticMarket::new(synthetic, &mut registry).context("building the synthetic market")?;
+    // The instruments (and so their ids) come from the configuration alone; the market itself
+    // is built after recovery, so it can start where the journal left the prices.
+    let mut registry = InstrumentRegistry::new();
+    SyntheticMarket::new(synthetic.clone(), &mut registry).context("building the synthetic market")?;
     let instruments: Vec<_> = registry.iter().cloned().collect();
     let symbols: Vec<&str> = instruments.iter().map(|i| i.symbol.as_str()).collect();
+
+    // Open the journal (a torn tail from a crash is cut here), then rebuild the engine from it.
+    let (journal, recovery) =
+        sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
+    let recovered_at = Instant::now();
+    let recovered = sapphire_persistence::recovery::recover(&cfg.journal.dir, &cfg.engine, &instruments, |n| {
+        if !opts.quiet {
+            eprintln!("recovering: {n} journaled events replayed");
+        }
+    })
+    .context("recovering from the input journal")?;
+    if recovered.events > 0 {
+        for (inst, sim) in instruments.iter().zip(synthetic.instruments.iter_mut()) {
+            if let Some(mid) = recovered.stages.book.book(inst.id).and_then(|b| b.mid()) {
+                sim.start_price = Price::from_raw(mid.raw - mid.raw % sim.tick.raw.max(1));
+            }
+        }
+    }
+    let mut market_registry = InstrumentRegistry::new();
+    let market = SyntheticMarket::new(synthetic, &mut market_registry).context("building the synthetic market")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -188,9 +210,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         .context("installing the Ctrl-C / SIGTERM handler")?;
     }
 
-    let (journal, recovery) =
-        sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
-    let mut pipeline = Pipeline::start(&cfg.pipeline, &cfg.engine, &instruments, Box::new(journal));
+    let recovered_events = recovered.events;
+    let orders_not_resent = recovered.orders_not_resent;
+    let mut pipeline = Pipeline::resume(&cfg.pipeline, recovered.stages, recovered.next_seq as i64, Box::new(journal));
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeStats::default());
     let edge_thread = {
@@ -235,6 +257,12 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             },
             cfg.journal.durability
         );
+        if recovered_events > 0 {
+            println!(
+                "recovered: {recovered_events} journaled events replayed in {:.2}s: books, positions, PnL, risk state and open orders rebuilt ({orders_not_resent} orders re-decided, none re-sent)",
+                recovered_at.elapsed().as_secs_f64()
+            );
+        }
     }
     let started = Instant::now();
     let stats = pipeline.stats();

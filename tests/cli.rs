@@ -92,3 +92,37 @@ fn ctrl_c_stops_cleanly_with_a_summary() {
     assert!(stdout.contains("summary:"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn kill_9_then_restart_recovers_from_the_journal() {
+    let dir = temp_dir("kill9");
+    let child = sapphire()
+        .args(["run", "--events-per-sec", "20000", "--wait", "yield", "--quiet", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sapphire starts");
+    std::thread::sleep(Duration::from_millis(2_000));
+    let killed = Command::new("kill").args(["-KILL", &child.id().to_string()]).status().expect("kill runs");
+    assert!(killed.success());
+    let _ = child.wait_with_output();
+    let out = sapphire()
+        .args(["run", "--duration", "1s", "--events-per-sec", "20000", "--wait", "yield", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .expect("sapphire runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let recovered: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("recovered: ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no recovery line:\n{stdout}"));
+    assert!(recovered > 10_000, "recovered {recovered} events");
+    // The same journal with other symbols is refused with a clear message, not misread.
+    let out =
+        sapphire().args(["run", "--duration", "1s", "--symbols", "DOGEUSDT", "--data-dir"]).arg(&dir).output().expect("sapphire runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("written for instruments"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -511,6 +511,11 @@ impl Engine {
         Self { stages: Stages::new(config, instruments), msg: StageMsg::default(), processed: 0 }
     }
 
+    /// An engine that carries on from `stages` (rebuilt by recovery).
+    pub fn from_stages(stages: Stages) -> Self {
+        Self { stages, msg: StageMsg::default(), processed: 0 }
+    }
+
     /// Runs one inbound event through book → aggregate → risk → route.
     #[inline]
     pub fn process(&mut self, seq: i64, event: &Event, outbound: &mut impl OrderSink, sink: &mut impl OutputSink) {

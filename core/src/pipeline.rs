@@ -260,6 +260,13 @@ const LATENCY_PUBLISH_EVERY: u32 = 4_096;
 impl Pipeline {
     /// Builds the rings and starts the threads.
     pub fn start(config: &PipelineConfig, engine: &EngineConfig, instruments: &[Instrument], journal: Box<dyn InputJournal>) -> Self {
+        Self::resume(config, Stages::new(engine, instruments), 0, journal)
+    }
+
+    /// Starts from stages rebuilt by recovery (the journal replayed through the engine):
+    /// inbound events are numbered from `first_seq`, so intent and client order ids carry on
+    /// from where the journal ended and none is ever issued twice.
+    pub fn resume(config: &PipelineConfig, stages: Stages, first_seq: i64, journal: Box<dyn InputJournal>) -> Self {
         let (producer, mut consumers) = ring::<Event>(config.ring_capacity, 2);
         let engine_consumer = consumers.pop().expect("two consumers");
         let journal_consumer = consumers.pop().expect("two consumers");
@@ -276,7 +283,6 @@ impl Pipeline {
             spawn("journal", config.journal_core, &pin_tx, move || journal_stage(journal_consumer, journal, wait, batch, &stats))
         };
 
-        let stages = Stages::new(engine, instruments);
         let mut latency = Vec::new();
         let mut recorder = |name: &'static str| {
             let (rec, reader) = StageLatency::new(name, LATENCY_PUBLISH_EVERY);
@@ -298,7 +304,7 @@ impl Pipeline {
                 ];
                 let stats = Arc::clone(&stats);
                 Worker::Fused(spawn("engine", core(0), &pin_tx, move || {
-                    fused_stage(engine_consumer, stages, recs, sampler, wait, batch, &stats, orders, outputs)
+                    fused_stage(engine_consumer, stages, first_seq, recs, sampler, wait, batch, &stats, orders, outputs)
                 }))
             }
             Layout::Split => {
@@ -313,7 +319,7 @@ impl Pipeline {
                 let book = {
                     let stats = Arc::clone(&stats);
                     spawn("book", core(0), &pin_tx, move || {
-                        book_stage(engine_consumer, book, to_agg, book_rec, sampler, wait, batch, &stats)
+                        book_stage(engine_consumer, book, first_seq, to_agg, book_rec, sampler, wait, batch, &stats)
                     })
                 };
                 let aggregate = {
@@ -444,6 +450,7 @@ fn journal_stage(
 fn fused_stage(
     mut consumer: Consumer<Event>,
     mut stages: Stages,
+    first_seq: i64,
     mut recs: [StageLatency; 6],
     mut sampler: Sampler,
     wait: WaitStrategy,
@@ -456,7 +463,7 @@ fn fused_stage(
     let mut idle = 0;
     loop {
         let polled = consumer.poll(batch, |event, seq, _| {
-            msg.reset(seq, event);
+            msg.reset(first_seq + seq, event);
             let s = &mut stages;
             let sampled = sampler.tick();
             if sampled {
@@ -527,6 +534,7 @@ fn forward(to: &mut Producer<StageMsg>, msg: &StageMsg, wait: WaitStrategy, mut 
 fn book_stage(
     mut consumer: Consumer<Event>,
     mut stage: BookStage,
+    first_seq: i64,
     mut to: Producer<StageMsg>,
     mut rec: StageLatency,
     mut sampler: Sampler,
@@ -537,7 +545,7 @@ fn book_stage(
     let mut idle = 0;
     loop {
         let polled = consumer.poll(batch, |event, seq, _| {
-            let mut msg = StageMsg { seq, event: *event, ..StageMsg::default() };
+            let mut msg = StageMsg { seq: first_seq + seq, event: *event, ..StageMsg::default() };
             if sampler.tick() {
                 let t = Instant::now();
                 stage.process(&mut msg);

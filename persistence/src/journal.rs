@@ -372,18 +372,27 @@ impl InputJournal for JournalWriter {
     }
 }
 
-/// Reads every event of a journal, in order, validating each record.
-pub fn read_all(dir: &Path) -> Result<Vec<(u64, Event)>, JournalError> {
-    let mut out = Vec::new();
+/// Hands every event of a journal to `f(seq, event)`, in order, one segment in memory at a
+/// time, validating each record.
+pub fn for_each(dir: &Path, mut f: impl FnMut(u64, &Event)) -> Result<u64, JournalError> {
+    let mut n = 0;
     for seg in segments(dir)? {
         let buf = load(&seg)?;
         let (records, _, _) = scan(&buf, &seg)?;
         for r in records {
             let archived = rkyv::access::<ArchivedEvent, RkyvError>(&buf[r.payload]).map_err(|e| JournalError::Archive(e.to_string()))?;
             let event: Event = rkyv::deserialize::<Event, RkyvError>(archived).map_err(|e| JournalError::Archive(e.to_string()))?;
-            out.push((r.seq, event));
+            f(r.seq, &event);
+            n += 1;
         }
     }
+    Ok(n)
+}
+
+/// Reads every event of a journal, in order, validating each record.
+pub fn read_all(dir: &Path) -> Result<Vec<(u64, Event)>, JournalError> {
+    let mut out = Vec::new();
+    for_each(dir, |seq, e| out.push((seq, *e)))?;
     Ok(out)
 }
 

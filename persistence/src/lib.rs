@@ -4,9 +4,9 @@
 //! # Layout
 //! - [`journal`]: the input journal — segment files of CRC-framed rkyv records, torn-tail
 //!   recovery, durability policies.
+//! - [`recovery`]: crash recovery — the journal replayed through the deterministic engine.
 //!
-//! The Postgres sink, the Redis publisher, the output journal and crash recovery land here
-//! next.
+//! The Postgres sink, the Redis publisher and the output journal land here next.
 //!
 //! # Features
 //! None.
@@ -14,3 +14,5 @@
 
 /// The input journal.
 pub mod journal;
+/// Crash recovery from the input journal.
+pub mod recovery;
