@@ -198,8 +198,8 @@ impl Aggregator {
             return true;
         }
         // full-size quantity = notional / mid, in quantity raw units.
-        let full_qty = i128::from(full_notional) * i128::from(Quantity::SCALE) / i128::from(m.mid.raw);
-        let scaled = full_qty * i128::from(strength_bps) * i128::from(confidence_bps) * i128::from(weight) / 1_000_000_000_000;
+        let full_qty = i128::from(full_size(full_notional, m.mid.raw));
+        let scaled = scale_bps(full_qty as i64, i64::from(strength_bps) * i64::from(confidence_bps), weight);
         let lot = state.lot.raw.max(1);
         let target = (scaled as i64) / lot * lot;
         let last = state.targets[agent.index()];
@@ -234,10 +234,49 @@ impl Aggregator {
     }
 }
 
+/// `notional × 10^8 / mid` (quantity raw units) without a 128-bit division: two exact 64-bit
+/// steps of 10^4 (a 128-bit division is a slow library call on the order path).
+#[inline]
+fn full_size(notional_raw: i64, mid_raw: i64) -> i64 {
+    if notional_raw < 0 || mid_raw <= 0 || notional_raw > i64::MAX / 10_000 {
+        return (i128::from(notional_raw) * i128::from(Quantity::SCALE) / i128::from(mid_raw.max(1))) as i64;
+    }
+    let head = notional_raw * 10_000;
+    let (q1, r1) = (head / mid_raw, head % mid_raw);
+    // r1 < mid_raw; r1 × 10^4 fits while mid_raw < 9.2e14 (prices under 922,337).
+    match r1.checked_mul(10_000) {
+        Some(r) => q1 * 10_000 + r / mid_raw,
+        None => (i128::from(notional_raw) * i128::from(Quantity::SCALE) / i128::from(mid_raw)) as i64,
+    }
+}
+
+/// `qty × strength·confidence (bps²) × weight (bps) / 10^12`, exactly; in 64 bits when the
+/// product fits (every realistic position), else in 128.
+#[inline]
+fn scale_bps(qty: i64, strength_confidence: i64, weight: i64) -> i128 {
+    match qty.checked_mul(strength_confidence).and_then(|v| v.checked_mul(weight)) {
+        Some(v) => i128::from(v / 1_000_000_000_000),
+        None => i128::from(qty) * i128::from(strength_confidence) * i128::from(weight) / 1_000_000_000_000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::instrument::{InstrumentRegistry, InstrumentSpec, MarketType};
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn full_size_is_the_exact_quotient(notional in 0i64..1_000_000_000_000_000, mid in 1i64..i64::MAX) {
+                let exact = (i128::from(notional) * i128::from(Quantity::SCALE) / i128::from(mid)) as i64;
+                prop_assert_eq!(full_size(notional, mid), exact);
+            }
+        }
+    }
 
     fn setup() -> Aggregator {
         let mut reg = InstrumentRegistry::new();
