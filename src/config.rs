@@ -46,6 +46,25 @@ pub struct FileConfig {
     pub run: RunSection,
     /// The input journal.
     pub journal: JournalSection,
+    /// The HTTP API.
+    pub api: ApiSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    pub bind: String,
+    /// A file holding the control bearer token (`SAPPHIRE_API_TOKEN` wins over it).
+    pub token_file: Option<PathBuf>,
+    /// From `SAPPHIRE_API_TOKEN`; never in a file we parse, never shown by `Debug`.
+    #[serde(skip)]
+    pub token: Option<sapphire_gateway::api::ApiToken>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:8080".into(), token_file: None, token: None }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +248,12 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_DATA_DIR") {
         cfg.run.data_dir = PathBuf::from(v);
     }
+    if let Some(v) = env("SAPPHIRE_HTTP_BIND") {
+        cfg.api.bind = v;
+    }
+    if let Some(v) = env("SAPPHIRE_API_TOKEN") {
+        cfg.api.token = sapphire_gateway::api::ApiToken::new(&v);
+    }
     Ok(())
 }
 
@@ -281,6 +306,7 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     pub status_every: std::time::Duration,
     pub journal: sapphire_persistence::journal::JournalConfig,
+    pub api: sapphire_gateway::api::ApiConfig,
 }
 
 impl FileConfig {
@@ -434,6 +460,21 @@ impl FileConfig {
         if self.run.status_every_ms == 0 {
             return Err(bad("run.status_every_ms", "must be at least 1"));
         }
+        let bind = self.api.bind.trim().parse().map_err(|_| {
+            bad("api.bind (--http-bind, SAPPHIRE_HTTP_BIND)", format!("{:?} is not an address like 127.0.0.1:8080", self.api.bind))
+        })?;
+        let token = match (&self.api.token, &self.api.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| bad("api.token_file", format!("cannot read {}: {e}", path.display())))?;
+                Some(
+                    sapphire_gateway::api::ApiToken::new(&text)
+                        .ok_or_else(|| bad("api.token_file", format!("{} is empty", path.display())))?,
+                )
+            }
+            (None, None) => None,
+        };
         Ok(RunConfig {
             pipeline,
             edge_core,
@@ -442,6 +483,7 @@ impl FileConfig {
             data_dir: self.run.data_dir.clone(),
             status_every: std::time::Duration::from_millis(self.run.status_every_ms),
             journal,
+            api: sapphire_gateway::api::ApiConfig { bind, token, core: edge_core },
         })
     }
 }
@@ -500,6 +542,8 @@ mod tests {
             ("[market]\nsource = \"binance\"\n", "market.source"),
             ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
+            ("[api]\nbind = \"localhost\"\n", "api.bind"),
+            ("[api]\ntoken_file = \"/nonexistent/sapphire-token\"\n", "api.token_file"),
         ];
         for (text, key) in cases {
             let cfg: FileConfig = toml::from_str(text).unwrap();
@@ -517,6 +561,26 @@ mod tests {
         let (a, b) = (file.resolve().unwrap(), FileConfig::default().resolve().unwrap());
         assert_eq!(a.engine, b.engine);
         assert_eq!(a.pipeline, b.pipeline);
+        assert_eq!((a.api.bind, a.api.token.is_none()), (b.api.bind, b.api.token.is_none()));
+        assert_eq!(b.api.bind.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn the_api_token_comes_from_the_environment_or_a_file_and_stays_hidden() {
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_API_TOKEN", "from-env-token"), ("SAPPHIRE_HTTP_BIND", "127.0.0.1:0")])).unwrap();
+        let run = cfg.resolve().unwrap();
+        assert!(run.api.token.as_ref().is_some_and(|t| t.matches("from-env-token")));
+        assert_eq!(run.api.bind.port(), 0);
+        for shown in [format!("{cfg:?}"), format!("{run:?}")] {
+            assert!(!shown.contains("from-env-token"), "{shown}");
+        }
+        let file = std::env::temp_dir().join(format!("sapphire-token-{}", std::process::id()));
+        std::fs::write(&file, "from-file-token\n").unwrap();
+        let cfg: FileConfig = toml::from_str(&format!("[api]\ntoken_file = {:?}\n", file.display().to_string())).unwrap();
+        let run = cfg.resolve().unwrap();
+        assert!(run.api.token.as_ref().is_some_and(|t| t.matches("from-file-token")));
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -112,6 +112,9 @@ struct RunArgs {
     /// Symbols to trade, comma-separated (overrides TRADING_SYMBOLS).
     #[arg(long)]
     symbols: Option<String>,
+    /// HTTP API address (health, readiness, metrics, dashboard, control); port 0 picks a free one.
+    #[arg(long)]
+    http_bind: Option<String>,
     /// Print only the final summary.
     #[arg(long)]
     quiet: bool,
@@ -178,6 +181,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(s) = args.symbols {
         file.market.symbols = s.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+    }
+    if let Some(b) = args.http_bind {
+        file.api.bind = b;
     }
     let duration = match args.duration.as_deref() {
         Some(d) => Some(

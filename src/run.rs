@@ -12,8 +12,9 @@ use sapphire_core::pipeline::{Pipeline, PipelineReport};
 use sapphire_core::ring::{Consumer, Poll};
 use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
+use sapphire_gateway::api::{ApiServer, EdgeState};
 use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,21 +25,6 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Only the final summary.
     pub quiet: bool,
-}
-
-/// What the edge has seen of the engine's outputs.
-#[derive(Debug, Default)]
-struct EdgeStats {
-    orders: AtomicU64,
-    cancels: AtomicU64,
-    fills: AtomicU64,
-    refusals: AtomicU64,
-    alerts: AtomicU64,
-    equity: AtomicI64,
-    capital: AtomicI64,
-    realized: AtomicI64,
-    unrealized: AtomicI64,
-    fees: AtomicI64,
 }
 
 fn synthetic_instruments(symbols: &[String]) -> Vec<SyntheticInstrument> {
@@ -90,28 +76,13 @@ fn market_loop(
     sent
 }
 
-/// The edge thread: reads engine outputs, keeps totals, reports guard alerts at once.
-fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, stats: &EdgeStats, registry: &InstrumentRegistry, quiet: bool) {
+/// The edge thread: reads engine outputs into the API's [`EdgeState`], reports guard alerts at once.
+fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, state: &EdgeState, quiet: bool) {
     let mut idle = 0;
     loop {
-        let polled = outputs.poll(4_096, |o, _, _| match o.output {
-            EngineOutput::Order(order) => {
-                if order.action == sapphire_core::order::OrderAction::New {
-                    stats.orders.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats.cancels.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            EngineOutput::Exec(r) => {
-                if r.last_qty.raw > 0 {
-                    stats.fills.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            EngineOutput::Risk(RiskOutput::Refusal(_)) => {
-                stats.refusals.fetch_add(1, Ordering::Relaxed);
-            }
-            EngineOutput::Risk(RiskOutput::Alert(a)) => {
-                stats.alerts.fetch_add(1, Ordering::Relaxed);
+        let polled = outputs.poll(4_096, |o, _, _| {
+            state.apply(o);
+            if let EngineOutput::Risk(RiskOutput::Alert(a)) = o.output {
                 if !quiet {
                     let what = match a.kind {
                         AlertKind::DrawdownWarning => format!("drawdown warning: {:.2}% from peak equity", a.value as f64 / 100.0),
@@ -128,13 +99,6 @@ fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, stats: &EdgeS
                     eprintln!("risk: {what}");
                 }
             }
-            EngineOutput::Pnl { total, .. } => {
-                stats.equity.store(total.equity.raw, Ordering::Relaxed);
-                stats.capital.store(total.capital.raw, Ordering::Relaxed);
-                stats.realized.store(total.realized.raw, Ordering::Relaxed);
-                stats.unrealized.store(total.unrealized.raw, Ordering::Relaxed);
-                stats.fees.store(total.fees.raw, Ordering::Relaxed);
-            }
         });
         match polled {
             Poll::Handled(_) => idle = 0,
@@ -142,7 +106,6 @@ fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, stats: &EdgeS
             Poll::Closed => break,
         }
     }
-    let _ = registry;
 }
 
 fn money(raw: i64) -> String {
@@ -212,16 +175,37 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
 
     let recovered_events = recovered.events;
     let orders_not_resent = recovered.orders_not_resent;
+    // The edge starts from the recovered risk state (totals, refusals, guards, open orders).
+    let recovered_risk = recovered.stages.risk.risk.clone();
     let mut pipeline = Pipeline::resume(&cfg.pipeline, recovered.stages, recovered.next_seq as i64, Box::new(journal));
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
-    let edge = Arc::new(EdgeStats::default());
+    let edge = Arc::new(EdgeState::new(
+        pipeline.stats(),
+        pipeline.latency().to_vec(),
+        symbols.iter().map(|s| s.to_string()).collect(),
+        cfg.engine.risk.leverage,
+    ));
+    edge.seed_from(&recovered_risk);
+    drop(recovered_risk);
+    // The synthetic market's books are always in sync; the core runs from here.
+    edge.set_core_running(true);
+    let api = match ApiServer::start(cfg.api.clone(), Arc::clone(&edge), pipeline.producer()) {
+        Ok(api) => api,
+        Err(e) => {
+            drop(outputs);
+            let _ = pipeline.shutdown();
+            return Err(e.into());
+        }
+    };
+    // Printed even with --quiet: with port 0 it is the only way to learn the port.
+    println!("api: http://{}", api.addr());
     let edge_thread = {
-        let (edge, registry, quiet, core) = (Arc::clone(&edge), registry.clone(), opts.quiet, cfg.edge_core);
+        let (edge, quiet, core) = (Arc::clone(&edge), opts.quiet, cfg.edge_core);
         std::thread::Builder::new()
             .name("sapphire-edge".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                edge_loop(outputs, &edge, &registry, quiet)
+                edge_loop(outputs, &edge, quiet)
             })
             .context("starting the edge thread")?
     };
@@ -295,11 +279,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64(),
                 rate,
                 processed,
-                edge.orders.load(Ordering::Relaxed),
-                edge.fills.load(Ordering::Relaxed),
-                edge.refusals.load(Ordering::Relaxed),
-                money(edge.equity.load(Ordering::Relaxed)),
-                money(edge.equity.load(Ordering::Relaxed) - edge.capital.load(Ordering::Relaxed)),
+                edge.orders(),
+                edge.fills(),
+                edge.refusals_total(),
+                money(edge.total().1.equity.raw),
+                money((edge.total().1.equity - edge.total().1.capital).raw),
                 pipeline.backlog(),
                 latency_line(&snaps),
             );
@@ -313,6 +297,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     stop.store(true, Ordering::SeqCst);
+    edge.set_core_running(false);
+    // The API holds an inbound producer: it stops before the ring closes.
+    api.shutdown();
     let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
     let report = pipeline.shutdown();
     edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
@@ -328,7 +315,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
 fn summary(
     cfg: &RunConfig,
     report: &PipelineReport,
-    edge: &EdgeStats,
+    edge: &EdgeState,
     stats: &sapphire_core::pipeline::PipelineStats,
     published: u64,
     ring_full: u64,
@@ -349,11 +336,11 @@ fn summary(
     );
     println!(
         "  orders {} (cancels {}), fills {}, refused {}, guard alerts {}, open orders {}",
-        edge.orders.load(Ordering::Relaxed),
-        edge.cancels.load(Ordering::Relaxed),
-        edge.fills.load(Ordering::Relaxed),
-        edge.refusals.load(Ordering::Relaxed),
-        edge.alerts.load(Ordering::Relaxed),
+        edge.orders(),
+        edge.cancels(),
+        edge.fills(),
+        edge.refusals_total(),
+        edge.alerts(),
         risk.open_orders()
     );
     println!(
@@ -420,9 +407,9 @@ fn summary(
         elapsed.as_secs_f64(),
         symbols.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","),
         processed,
-        edge.orders.load(Ordering::Relaxed),
-        edge.fills.load(Ordering::Relaxed),
-        edge.refusals.load(Ordering::Relaxed),
+        edge.orders(),
+        edge.fills(),
+        edge.refusals_total(),
         total.equity,
         total.capital,
         total.fees,

@@ -13,9 +13,12 @@ fn sapphire() -> Command {
         "SAPPHIRE_CONFIG",
         "SAPPHIRE_LAYOUT",
         "SAPPHIRE_DATA_DIR",
+        "SAPPHIRE_API_TOKEN",
     ] {
         c.env_remove(var);
     }
+    // Tests run in parallel: each process's API takes a free port, never the default 8080.
+    c.env("SAPPHIRE_HTTP_BIND", "127.0.0.1:0");
     c
 }
 
@@ -124,5 +127,91 @@ fn kill_9_then_restart_recovers_from_the_journal() {
         sapphire().args(["run", "--duration", "1s", "--symbols", "DOGEUSDT", "--data-dir"]).arg(&dir).output().expect("sapphire runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("written for instruments"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One HTTP/1.1 request on a fresh connection: status code and body.
+fn http(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the API accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    let status = raw.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status: {raw:?}"));
+    (status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn run_serves_the_http_api_and_a_kill_reaches_the_engine() {
+    use std::io::BufRead;
+    let dir = temp_dir("api");
+    let mut child = sapphire()
+        .args(["run", "--duration", "20s", "--events-per-sec", "20000", "--wait", "yield", "--http-bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("SAPPHIRE_API_TOKEN", "cli-test-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sapphire starts");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("api: http://").map(str::to_string))
+        .expect("an `api: http://ADDR` line");
+    let get = |path: &str| http(&addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get("/readyz").0, 200);
+    let (status, metrics) = get("/metrics");
+    assert!(status == 200 && metrics.contains("sapphire_events_total "), "{metrics}");
+    let kill = |token: &str| {
+        http(
+            &addr,
+            &format!(
+                "POST /api/kill HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+            ),
+        )
+    };
+    assert_eq!(kill("wrong").0, 403);
+    assert_eq!(kill("cli-test-token").0, 200);
+    // The kill goes through the ring, the risk stage and the edge: the dashboard shows it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get("/dashboard");
+        if body.contains("\"killed\":true") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the kill never showed: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("sapphire exits");
+    assert!(status.success(), "exit {status:?}");
+    assert!(rest.iter().any(|l| l.starts_with("summary:")), "{rest:?}");
+    assert!(std::net::TcpStream::connect(&addr).is_err(), "the API stopped with the process");
+    // The kill was journaled: a restart recovers it and the engine stays killed.
+    let out = sapphire()
+        .args(["run", "--duration", "1s", "--events-per-sec", "20000", "--wait", "yield", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("  orders 0 ("), "still killed after recovery, no new orders:\n{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_taken_http_address_exits_1_naming_it() {
+    let dir = temp_dir("api-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = sapphire().args(["run", "--duration", "5s", "--http-bind", &addr, "--data-dir"]).arg(&dir).output().expect("sapphire runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&addr) && !stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,7 @@
 
 use crate::aggregate::{AggregateConfig, Aggregator, IntentBatch, MAX_AGENTS};
 use crate::book::{DeltaOutcome, OrderBook};
-use crate::event::{Event, ExecReport, Quote, DELTA_LAST};
+use crate::event::{AgentId, Event, ExecReport, Quote, DELTA_LAST};
 use crate::instrument::{Instrument, InstrumentId};
 use crate::matching::{MatchingConfig, PaperMatcher};
 use crate::order::Order;
@@ -84,6 +84,9 @@ pub struct StageMsg {
     pub risk: RiskOutputBatch,
     /// Set by the risk stage at timers: portfolio totals.
     pub pnl: Option<PnlSummary>,
+    /// Set by the risk stage at timers: one agent's totals, agents in turn (one per timer
+    /// keeps this message, copied per hop in the split layout, small).
+    pub agent_pnl: Option<(AgentId, PnlSummary)>,
 }
 
 impl StageMsg {
@@ -97,6 +100,7 @@ impl StageMsg {
         self.orders.clear();
         self.risk.clear();
         self.pnl = None;
+        self.agent_pnl = None;
     }
 }
 
@@ -115,6 +119,16 @@ pub enum EngineOutput {
         ts_event: u64,
         /// Totals.
         total: PnlSummary,
+    },
+    /// One agent's totals at a timer; agents take turns, one per timer (margin and PnL per
+    /// agent for the edge: dashboard, metrics).
+    AgentPnl {
+        /// Event time.
+        ts_event: u64,
+        /// The agent.
+        agent: AgentId,
+        /// Its totals (`capital` is its margin budget).
+        summary: PnlSummary,
     },
 }
 
@@ -323,6 +337,8 @@ pub struct RiskStage {
     pub risk: RiskEngine,
     /// Paper reports received from the route stage, applied at the next sync point.
     pending: Vec<ExecReport>,
+    /// The agent whose totals the next timer reports.
+    next_agent: usize,
 }
 
 impl RiskStage {
@@ -358,7 +374,13 @@ impl RiskStage {
             Event::Timer(t) => {
                 self.risk.advance(t.ts_event);
                 self.risk.evaluate_guards(msg.seq, &mut msg.orders, &mut msg.risk);
-                msg.pnl = Some(self.risk.portfolio().total());
+                let portfolio = self.risk.portfolio();
+                msg.pnl = Some(portfolio.total());
+                if portfolio.agents() > 0 {
+                    let agent = AgentId((self.next_agent % portfolio.agents()) as u16);
+                    msg.agent_pnl = Some((agent, portfolio.agent_summary(agent)));
+                    self.next_agent = (self.next_agent + 1) % portfolio.agents();
+                }
             }
             _ => {}
         }
@@ -461,6 +483,9 @@ impl RouteStage {
         if let Some(total) = msg.pnl {
             sink.emit(Output { seq, output: EngineOutput::Pnl { ts_event: now, total } });
         }
+        if let Some((agent, summary)) = msg.agent_pnl {
+            sink.emit(Output { seq, output: EngineOutput::AgentPnl { ts_event: now, agent, summary } });
+        }
     }
 }
 
@@ -484,7 +509,11 @@ impl Stages {
         Self {
             book: BookStage::new(n, config.book_levels, config.aggregate.imbalance_levels),
             aggregate: AggregateStage { aggregator: Aggregator::new(config.aggregate.clone(), instruments) },
-            risk: RiskStage { risk: RiskEngine::new(config.risk.clone(), instruments, config.agents), pending: Vec::with_capacity(4_096) },
+            risk: RiskStage {
+                risk: RiskEngine::new(config.risk.clone(), instruments, config.agents),
+                pending: Vec::with_capacity(4_096),
+                next_agent: 0,
+            },
             route: RouteStage {
                 router: Router::new(config.order_id_epoch),
                 matcher: PaperMatcher::new(config.matching.clone(), n, config.book_levels),

@@ -1,11 +1,12 @@
 //! Sapphire's gateway: where the world meets the core.
 //!
 //! Market sources publish events into the core's inbound ring; venues take its orders.
-//! Today it has the synthetic market that `sapphire run` trades on by default; exchange
-//! feeds (Binance, Bybit), real venues, the HTTP API and the dashboard land here with their
-//! issues.
+//! Today it has the synthetic market that `sapphire run` trades on by default, exchange
+//! feeds (Binance, Bybit) and the HTTP API (probes, metrics, dashboard snapshot, control);
+//! real venues and the dashboard page land here with their issues.
 //!
 //! # Layout
+//! - [`api`]: the HTTP API (axum): `/healthz`, `/readyz`, `/metrics`, `/dashboard`, control.
 //! - [`json`]: a zero-allocation JSON scanner for exchange frames.
 //! - [`feed`]: feed errors, counters and symbol tables shared by the venues.
 //! - [`binance`]: Binance spot and USD-M market data and book sync.
@@ -18,6 +19,8 @@
 //! None.
 #![forbid(unsafe_code)]
 
+/// The HTTP API: probes, Prometheus metrics, the dashboard snapshot, operator control.
+pub mod api;
 /// Binance spot and USD-M futures market data.
 pub mod binance;
 /// Bybit v5 public market data.
