@@ -36,6 +36,21 @@ impl Source {
     }
 }
 
+/// The non-empty input lines as `(line number, recv_ns or 0, frame)`.
+fn frame_lines(input: impl BufRead) -> impl Iterator<Item = anyhow::Result<(usize, u64, String)>> {
+    input.lines().enumerate().filter_map(|(n, line)| {
+        let line_no = n + 1;
+        match line.with_context(|| format!("reading input line {line_no}")) {
+            Err(e) => Some(Err(e)),
+            Ok(line) if line.trim().is_empty() => None,
+            Ok(line) => {
+                let (recv, frame) = split_recv(line.trim());
+                Some(Ok((line_no, recv.unwrap_or(0), frame.to_string())))
+            }
+        }
+    })
+}
+
 /// Splits an optional `<recv_ns> ` prefix off a line.
 fn split_recv(line: &str) -> (Option<u64>, &str) {
     match line.split_once(' ') {
@@ -160,15 +175,9 @@ fn decode_bybit(
         json_str(out, symbol);
         let _ = write!(out, ",\"ts_event\":{ts}");
     };
-    for (n, line) in input.lines().enumerate() {
-        let line_no = n + 1;
-        let line = line.with_context(|| format!("reading input line {line_no}"))?;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (recv, frame) = split_recv(line);
-        let recv = recv.unwrap_or(0);
+    for line in frame_lines(input) {
+        let (line_no, recv, frame) = line?;
+        let frame = frame.as_str();
         let parsed = match parse_bybit(frame.as_bytes()) {
             Ok(f) => f,
             Err(e) => {
@@ -285,15 +294,9 @@ fn decode_binance(
     let mut last_depth_symbol: Option<String> = None;
     let (mut written, mut skipped) = (0u64, 0u64);
     let mut out = String::with_capacity(4_096);
-    for (n, line) in input.lines().enumerate() {
-        let line_no = n + 1;
-        let line = line.with_context(|| format!("reading input line {line_no}"))?;
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (recv, frame) = split_recv(line);
-        let recv = recv.unwrap_or(0);
+    for line in frame_lines(input) {
+        let (line_no, recv, frame) = line?;
+        let frame = frame.as_str();
         let parsed = match parse_frame(frame.as_bytes()) {
             Ok(f) => f,
             Err(e) => {
