@@ -4,7 +4,9 @@
 //!
 //! Per file it checks: no frame skipped; the book synced from the recorded REST snapshot;
 //! no sequence gap on these gap-free recordings; wherever a bookTicker carries the update
-//! id the book has just reached, the book's best bid and ask equal the ticker's.
+//! id the book has just reached, the book's best bid and ask equal the ticker's. Then every
+//! JSON fixture under `<data>/binance` and `<data>/bybit` that holds a stream message parses
+//! (Binance or Bybit adapter) to the kind its file name says.
 //! Ends with `feed conformance: N passed, M failed` and exits 1 on any failure.
 //!
 //! Usage: `cargo run --release --example feed_conformance -- <exchange data dir>`
@@ -123,6 +125,113 @@ fn check(path: &Path) -> Result<FileResult, String> {
     Ok(r)
 }
 
+/// What a fixture's name says it holds: `(name part, expected kind)`, first match wins;
+/// `None` marks files that are not market-data stream messages (REST listings, accounts).
+const BINANCE_KINDS: &[(&str, Option<&str>)] = &[
+    // User-data stream messages: not market data, and they mention trades.
+    ("execution_report", Some("other")),
+    ("order_update", Some("other")),
+    ("exchange_info", None),
+    ("order_response", None),
+    ("new_order", None),
+    ("trades_response", None),
+    ("agg_trades", None),
+    ("market_trades", None),
+    ("http_json_book_ticker", None),
+    ("market_book_ticker", None),
+    ("depth_response", Some("snapshot")),
+    ("market_depth", Some("snapshot")),
+    ("rest_spot_depth", Some("snapshot")),
+    ("partial_depth", Some("snapshot")),
+    ("book_ticker", Some("quote")),
+    ("bookTicker", Some("quote")),
+    ("ticker_book", Some("quote")),
+    ("agg_trade", Some("trade")),
+    ("aggTrade", Some("trade")),
+    ("trade", Some("trade")),
+    ("depth", Some("depth")),
+    ("kline", Some("other")),
+    ("liquidation", Some("other")),
+    ("mark_price", Some("other")),
+    ("ticker", Some("other")),
+];
+
+const BYBIT_KINDS: &[(&str, Option<&str>)] = &[
+    // NautilusTrader's fixture uses the topic `trade.linear.BTCUSDT`, which Bybit v5 does not
+    // send (it sends `publicTrade.BTCUSDT`): an unknown topic is ignored, as it should be.
+    ("ws_public_trade.json", Some("other")),
+    ("http_", None),
+    ("rest_", None),
+    ("orderbook", Some("book")),
+    ("public_trade", Some("trades")),
+    ("publicTrade", Some("trades")),
+    ("ws_trade", Some("trades")),
+    ("ticker", Some("ticker")),
+    ("subscription", Some("response")),
+    ("auth", Some("response")),
+    ("order_response", Some("response")),
+    ("kline", Some("other")),
+];
+
+fn expected(kinds: &[(&str, Option<&'static str>)], name: &str) -> Option<&'static str> {
+    kinds.iter().find(|(part, _)| name.contains(part)).and_then(|(_, kind)| *kind)
+}
+
+/// Every JSON fixture of `../shared/data/exchange/{binance,bybit}` parses to the kind its name
+/// says (stream messages only). Returns (checked, failed).
+fn check_fixtures(dir: &Path) -> (u64, u64) {
+    use sapphire_gateway::bybit::market::{parse_frame as parse_bybit, BybitFrame};
+    let (mut checked, mut failed) = (0u64, 0u64);
+    for venue in ["binance", "bybit"] {
+        let mut files: Vec<_> = ["docs", "nautilus", "nautilus_py_legacy"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(dir.join(venue).join(sub)).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for path in files {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let kinds = if venue == "binance" { BINANCE_KINDS } else { BYBIT_KINDS };
+            let Some(want) = expected(kinds, &name) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                failed += 1;
+                continue;
+            };
+            let got = if venue == "binance" {
+                match parse_frame(&bytes) {
+                    Ok(BinanceFrame::BookTicker(_)) => "quote".to_string(),
+                    Ok(BinanceFrame::Trade(_)) => "trade".to_string(),
+                    Ok(BinanceFrame::Depth(_)) => "depth".to_string(),
+                    Ok(BinanceFrame::Snapshot(_)) => "snapshot".to_string(),
+                    Ok(BinanceFrame::Response) | Ok(BinanceFrame::Other(_)) => "other".to_string(),
+                    Err(e) => format!("error: {e}"),
+                }
+            } else {
+                match parse_bybit(&bytes) {
+                    Ok(BybitFrame::Book(_)) => "book".to_string(),
+                    Ok(BybitFrame::Trades(t)) => match t.collect::<Result<Vec<_>, _>>() {
+                        Ok(v) if !v.is_empty() => "trades".to_string(),
+                        Ok(_) => "no trades".to_string(),
+                        Err(e) => format!("error: {e}"),
+                    },
+                    Ok(BybitFrame::Ticker(_)) => "ticker".to_string(),
+                    Ok(BybitFrame::Response(_)) => "response".to_string(),
+                    Ok(BybitFrame::Other(_)) => "other".to_string(),
+                    Err(e) => format!("error: {e}"),
+                }
+            };
+            checked += 1;
+            if got != want {
+                failed += 1;
+                println!("  {venue}/{name}: expected {want}, parsed as {got}");
+            }
+        }
+    }
+    (checked, failed)
+}
+
 fn main() -> ExitCode {
     let Some(dir) = std::env::args().nth(1) else {
         eprintln!("usage: feed_conformance <exchange data dir>");
@@ -170,6 +279,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    let (checked, wrong) = check_fixtures(Path::new(&dir));
+    println!("exchange JSON fixtures: {checked} stream messages parsed, {wrong} to the wrong kind");
+    record(checked > 0 && wrong == 0);
     eprintln!("feed conformance took {:.2} s", started.elapsed().as_secs_f64());
     println!("feed conformance: {passed} passed, {failed} failed");
     if failed == 0 && passed > 0 {
