@@ -56,8 +56,73 @@ pub fn parse_scaled(s: &str, decimals: u32) -> Result<i64, DecimalError> {
     parse_scaled_bytes(s.as_bytes(), decimals)
 }
 
+/// `10^n` for `n <= 18`.
+const POW10: [i64; 19] = {
+    let mut t = [1i64; 19];
+    let mut i = 1;
+    while i < 19 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
 /// [`parse_scaled`] over raw bytes (exchange frames are bytes; no UTF-8 check needed).
+///
+/// The common shape — up to 18 integer digits, an optional fraction — takes one pass with no
+/// overflow checks per digit; anything else goes the careful way.
+#[inline]
 pub fn parse_scaled_bytes(bytes: &[u8], decimals: u32) -> Result<i64, DecimalError> {
+    let (negative, digits) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let n = digits.len();
+    let mut i = 0;
+    let mut int_part: i64 = 0;
+    while i < n && digits[i].is_ascii_digit() {
+        if i == 18 {
+            // 19 digits may not fit: the careful way says so exactly.
+            return parse_scaled_careful(bytes, decimals);
+        }
+        int_part = int_part * 10 + i64::from(digits[i] - b'0');
+        i += 1;
+    }
+    if i == 0 || decimals > 18 {
+        return parse_scaled_careful(bytes, decimals);
+    }
+    let mut frac: i64 = 0;
+    let mut frac_digits: u32 = 0;
+    if i < n {
+        if digits[i] != b'.' {
+            return Err(DecimalError::InvalidChar(char::from(digits[i])));
+        }
+        i += 1;
+        if i == n {
+            return Err(DecimalError::Malformed);
+        }
+        while i < n {
+            let b = digits[i];
+            if !b.is_ascii_digit() {
+                return Err(DecimalError::InvalidChar(char::from(b)));
+            }
+            if frac_digits < decimals {
+                frac = frac * 10 + i64::from(b - b'0');
+                frac_digits += 1;
+            } else if b != b'0' {
+                return Err(DecimalError::TooPrecise(decimals));
+            }
+            i += 1;
+        }
+    }
+    let frac_scaled = frac * POW10[(decimals - frac_digits) as usize];
+    let magnitude =
+        int_part.checked_mul(POW10[decimals as usize]).and_then(|v| v.checked_add(frac_scaled)).ok_or(DecimalError::Overflow)?;
+    Ok(if negative { -magnitude } else { magnitude })
+}
+
+/// The careful parse: every digit checked for overflow; the reference for the fast path.
+fn parse_scaled_careful(bytes: &[u8], decimals: u32) -> Result<i64, DecimalError> {
     if bytes.is_empty() {
         return Err(DecimalError::Empty);
     }
@@ -431,6 +496,13 @@ mod tests {
                 let small = (p % 100_000_000_000_000, q % 10_000_000_000);
                 let wide = i128::from(small.0) * i128::from(small.1) / i128::from(QTY_SCALE);
                 prop_assert_eq!(notional(Price::from_raw(small.0), Quantity::from_raw(small.1)), Some(Money::from_raw(wide as i64)));
+            }
+
+            #[test]
+            fn fast_parse_agrees_with_the_careful_one(s in "-?[0-9]{0,21}(\\.[0-9]{0,12})?[0-9a.]?") {
+                for decimals in [8u32, 9] {
+                    prop_assert_eq!(parse_scaled_bytes(s.as_bytes(), decimals), parse_scaled_careful(s.as_bytes(), decimals), "{:?}", s);
+                }
             }
 
             #[test]
