@@ -121,11 +121,24 @@ pub struct MarketSection {
     pub symbols: Vec<String>,
     pub depth: usize,
     pub timer_ms: u64,
+    pub venue_market: String,
+    pub ws_url: String,
+    pub rest_url: String,
 }
 
 impl Default for MarketSection {
     fn default() -> Self {
-        Self { source: "synthetic".into(), seed: 7, events_per_sec: 100_000, symbols: Vec::new(), depth: 20, timer_ms: 100 }
+        Self {
+            source: "synthetic".into(),
+            seed: 7,
+            events_per_sec: 100_000,
+            symbols: Vec::new(),
+            depth: 20,
+            timer_ms: 100,
+            venue_market: "spot".into(),
+            ws_url: String::new(),
+            rest_url: String::new(),
+        }
     }
 }
 
@@ -301,6 +314,8 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 pub struct RunConfig {
     pub pipeline: PipelineConfig,
     pub edge_core: Option<usize>,
+    /// Most symbols taken from a venue when TRADING_SYMBOLS is empty.
+    pub max_symbols: usize,
     pub engine: EngineConfig,
     pub market: MarketSection,
     pub data_dir: PathBuf,
@@ -354,11 +369,14 @@ impl FileConfig {
         };
 
         let m = &self.market;
-        if m.source != "synthetic" {
-            return Err(bad(
-                "market.source",
-                format!("{:?}: only `synthetic` is available in this build (exchange feeds land with the feeds work)", m.source),
-            ));
+        if !matches!(m.source.as_str(), "synthetic" | "binance") {
+            return Err(bad("market.source", format!("{:?} is not synthetic or binance", m.source)));
+        }
+        if m.source == "binance" && !matches!(m.venue_market.as_str(), "spot" | "usdm") {
+            return Err(bad("market.venue_market", format!("{:?} is not spot or usdm", m.venue_market)));
+        }
+        if (m.ws_url.is_empty()) != (m.rest_url.is_empty()) {
+            return Err(bad("market.ws_url / market.rest_url", "give both endpoints or neither (neither: Binance's public endpoints)"));
         }
         if m.events_per_sec == 0 || m.events_per_sec > 50_000_000 {
             return Err(bad("market.events_per_sec", format!("{} is outside 1..=50000000", m.events_per_sec)));
@@ -478,6 +496,7 @@ impl FileConfig {
         Ok(RunConfig {
             pipeline,
             edge_core,
+            max_symbols: a.max_symbols_per_agent,
             engine,
             market: m.clone(),
             data_dir: self.run.data_dir.clone(),
@@ -539,7 +558,9 @@ mod tests {
             ("[engine]\nwait = \"nap\"\n", "engine.wait"),
             ("[risk]\nagent_budget_usd = \"1e3\"\n", "risk.agent_budget_usd"),
             ("[risk]\ndrawdown_halt_pct = 250\n", "risk.drawdown_halt_pct"),
-            ("[market]\nsource = \"binance\"\n", "market.source"),
+            ("[market]\nsource = \"kraken\"\n", "market.source"),
+            ("[market]\nsource = \"binance\"\nvenue_market = \"coin-m\"\n", "market.venue_market"),
+            ("[market]\nws_url = \"ws://127.0.0.1:1\"\n", "market.ws_url"),
             ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
             ("[api]\nbind = \"localhost\"\n", "api.bind"),

@@ -28,6 +28,8 @@ pub fn serve(venue: &str, market: Option<&str>, pace: &str, bind: &str, paths: &
     let (frames, snapshots, symbols) = (tape.frames.len(), tape.snapshots.len(), tape.symbols().join(","));
     let mut config = LocalExchangeConfig::new(market, pace);
     config.bind = bind;
+    // Recorded pace looks live: event times move to now (fast replays keep the recorded ones).
+    config.shift_times_to_now = pace == Pace::Recorded;
     serve_blocking(config, tape, |addr| {
         println!("feed serve: listening on {addr} (ws://{addr}/stream?streams=…, http://{addr}/api/v3/depth); {frames} frames, {snapshots} snapshots, symbols {symbols}");
         let _ = std::io::stdout().flush();

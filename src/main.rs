@@ -3,6 +3,7 @@
 mod config;
 mod feed_cmd;
 mod feed_serve;
+mod live_feed;
 mod replay;
 mod run;
 

@@ -133,10 +133,17 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         depth: cfg.market.depth,
         timer_every_ns: cfg.market.timer_ms * 1_000_000,
     };
-    // The instruments (and so their ids) come from the configuration alone; the market itself
-    // is built after recovery, so it can start where the journal left the prices.
+    // The instruments (and so their ids) come from the configuration, or from the venue's
+    // exchangeInfo; the synthetic market itself is built after recovery, so it can start where
+    // the journal left the prices.
     let mut registry = InstrumentRegistry::new();
-    SyntheticMarket::new(synthetic.clone(), &mut registry).context("building the synthetic market")?;
+    let binance = match cfg.market.source.as_str() {
+        "binance" => Some(crate::live_feed::BinanceSource::prepare(&cfg.market, cfg.max_symbols, &mut registry)?),
+        _ => {
+            SyntheticMarket::new(synthetic.clone(), &mut registry).context("building the synthetic market")?;
+            None
+        }
+    };
     let instruments: Vec<_> = registry.iter().cloned().collect();
     let symbols: Vec<&str> = instruments.iter().map(|i| i.symbol.as_str()).collect();
 
@@ -159,6 +166,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     let mut market_registry = InstrumentRegistry::new();
     let market = SyntheticMarket::new(synthetic, &mut market_registry).context("building the synthetic market")?;
+    let feed_counters = binance.as_ref().map(|b| b.counters());
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -213,23 +221,25 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let market_thread = {
         let (producer, stop, full, rate, core) =
             (pipeline.producer(), Arc::clone(&stop), Arc::clone(&ring_full), cfg.market.events_per_sec, cfg.edge_core);
+        let timer_ms = cfg.market.timer_ms;
         std::thread::Builder::new()
             .name("sapphire-market".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                market_loop(market, producer, rate, &stop, &full)
+                match binance {
+                    Some(source) => source.run(producer, timer_ms, &stop, &full),
+                    None => market_loop(market, producer, rate, &stop, &full),
+                }
             })
             .context("starting the market thread")?
     };
 
     if !opts.quiet {
-        println!(
-            "sapphire run: synthetic market {} at {} events/s, paper trading, {:?} layout, data dir {}",
-            symbols.join(","),
-            cfg.market.events_per_sec,
-            cfg.pipeline.layout,
-            cfg.data_dir.display()
-        );
+        let source = match cfg.market.source.as_str() {
+            "binance" => format!("binance {} feed from {} ({})", cfg.market.venue_market, cfg.market.ws_url, symbols.join(",")),
+            _ => format!("synthetic market {} at {} events/s", symbols.join(","), cfg.market.events_per_sec),
+        };
+        println!("sapphire run: {source}, paper trading, {:?} layout, data dir {}", cfg.pipeline.layout, cfg.data_dir.display());
         println!(
             "journal: {} ({} records from earlier runs{}), durability {:?}; Ctrl-C stops cleanly",
             cfg.journal.dir.display(),
@@ -305,6 +315,20 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
     summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    if let Some(c) = feed_counters {
+        let c = *c.borrow();
+        println!(
+            "  feed: {} frames, {} events, {} skipped, {} snapshots, {} gaps, {} reconnects ({} stale), {} connect failures",
+            c.frames,
+            c.events,
+            c.skipped(),
+            c.snapshots,
+            c.gaps,
+            c.reconnects,
+            c.stale_reconnects,
+            c.connect_failures
+        );
+    }
     if let Some(e) = report.journal.first_error() {
         anyhow::bail!("the input journal failed ({} appends lost): {e}", report.journal.errors());
     }

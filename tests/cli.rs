@@ -215,3 +215,43 @@ fn a_taken_http_address_exits_1_naming_it() {
     assert!(stderr.contains(&addr) && !stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn run_trades_a_binance_feed_served_by_the_local_exchange() {
+    use std::io::{BufRead, BufReader};
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway/tests/fixtures/binance_spot_btcusdt.txt");
+    let mut server = sapphire()
+        .args(["feed", "serve", "--pace", "recorded", "--bind", "127.0.0.1:0", fixture])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("serve prints its address");
+    let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    let dir = temp_dir("binance-feed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("feed.toml");
+    std::fs::write(
+        &config,
+        format!("[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n"),
+    )
+    .unwrap();
+    let out = sapphire()
+        .args(["run", "--duration", "3s", "--wait", "yield", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("sapphire runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let feed = stdout.lines().find(|l| l.trim_start().starts_with("feed:")).unwrap_or_else(|| panic!("no feed line:\n{stdout}"));
+    // The fixture's 71 frames: every one parsed, the book synced once from the REST snapshot.
+    assert!(feed.contains(" 0 skipped, 1 snapshots, 0 gaps"), "{feed}");
+    let events: u64 = feed.split(" frames, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(events > 50, "{feed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,8 @@
 //! A break marks the core's book out of sync (risk refuses orders on it), is counted, and
 //! asks the caller for a new snapshot.
 
+/// `exchangeInfo` into the instrument registry.
+pub mod instruments;
 pub mod market;
 
 use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};

@@ -105,6 +105,10 @@ pub struct LocalExchangeConfig {
     pub pong_timeout: Duration,
     /// A subscriber that cannot take a frame for this long is disconnected.
     pub slow_consumer_timeout: Duration,
+    /// Shift the frames' event and transaction times (`E`, `T`) so the first frame is "now":
+    /// an engine then sees a live feed (its stale-data guard runs on its own clock), not one
+    /// from the day it was recorded.
+    pub shift_times_to_now: bool,
 }
 
 impl LocalExchangeConfig {
@@ -118,8 +122,33 @@ impl LocalExchangeConfig {
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(60),
             slow_consumer_timeout: Duration::from_secs(5),
+            shift_times_to_now: false,
         }
     }
+}
+
+/// Adds `offset_ms` to every `"E":` and `"T":` millisecond time in a frame's text.
+fn shift_times(text: &str, offset_ms: u64) -> String {
+    let mut out = String::with_capacity(text.len() + 4);
+    let mut rest = text;
+    while let Some(at) = rest.find(['E', 'T']) {
+        let is_key = at >= 1 && rest[..at].ends_with('"') && rest[at + 1..].starts_with("\":");
+        if !is_key {
+            out.push_str(&rest[..=at]);
+            rest = &rest[at + 1..];
+            continue;
+        }
+        let digits_at = at + 3;
+        let len = rest[digits_at..].bytes().take_while(u8::is_ascii_digit).count();
+        out.push_str(&rest[..digits_at]);
+        match rest[digits_at..digits_at + len].parse::<u64>() {
+            Ok(t) if len > 0 => out.push_str(&(t + offset_ms).to_string()),
+            _ => out.push_str(&rest[digits_at..digits_at + len]),
+        }
+        rest = &rest[digits_at + len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What the exchange has done so far.
@@ -284,11 +313,26 @@ impl Market {
         let shared = Arc::clone(&self.shared);
         let faults = shared.config.faults;
         let first_recv = self.tape.frames.first().map_or(0, |f| f.recv_ns);
+        // Recorded receive times are close to the venue's E/T: shifting by now − first receive
+        // time makes the replayed frames look current.
+        let shift_ms = if shared.config.shift_times_to_now && first_recv > 0 {
+            (sapphire_core::latency::unix_nanos().saturating_sub(first_recv)) / 1_000_000
+        } else {
+            0
+        };
         let mut origin: Option<Instant> = None;
         let (mut sent, mut depth_sent) = (0u64, 0u64);
         let mut targets: Vec<mpsc::Sender<Outbound>> = Vec::new();
         let frames = std::mem::take(&mut self.tape.frames);
-        for frame in frames.into_iter().map(Arc::new) {
+        for frame in frames.into_iter() {
+            let frame = if shift_ms > 0 {
+                let mut f = frame;
+                f.combined = shift_times(f.combined.as_str(), shift_ms).into();
+                f.raw = shift_times(f.raw.as_str(), shift_ms).into();
+                Arc::new(f)
+            } else {
+                Arc::new(frame)
+            };
             // Nobody listening: wait, and keep the recorded pace relative to the pause.
             let waited_from = Instant::now();
             loop {
@@ -641,6 +685,22 @@ async fn stream_session(
     }
     lock(&shared.subscribers).retain(|s| s.id != id);
     shared.subscribed.notify_waiters();
+}
+
+#[cfg(test)]
+mod shift_tests {
+    use super::shift_times;
+
+    #[test]
+    fn shifts_event_and_transaction_times_only() {
+        let f =
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161600001,"s":"BTCUSDT","t":9,"T":1723161600000,"p":"1.0","q":"2"}}"#;
+        assert_eq!(
+            shift_times(f, 1_000),
+            r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161601001,"s":"BTCUSDT","t":9,"T":1723161601000,"p":"1.0","q":"2"}}"#
+        );
+        assert_eq!(shift_times(r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#, 5), r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#);
+    }
 }
 
 #[cfg(test)]

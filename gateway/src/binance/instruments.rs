@@ -1,0 +1,162 @@
+//! Binance `exchangeInfo` (`/api/v3/exchangeInfo`, `/fapi/v1/exchangeInfo`) into the core's
+//! instrument registry: tick size (`PRICE_FILTER`), lot size (`LOT_SIZE`) and minimum
+//! notional (`NOTIONAL` / `MIN_NOTIONAL`) of every symbol that is trading.
+
+use crate::feed::{price, qty, FeedError};
+use crate::json::{elements, fields, Value};
+use sapphire_core::fixed::{Money, Price, Quantity};
+use sapphire_core::instrument::{InstrumentId, InstrumentRegistry, InstrumentSpec, MarketType};
+
+/// One symbol of an `exchangeInfo` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinanceSymbol {
+    /// Symbol, e.g. `BTCUSDT`.
+    pub symbol: String,
+    /// `status == "TRADING"`.
+    pub trading: bool,
+    /// `PRICE_FILTER.tickSize`.
+    pub tick_size: Price,
+    /// `LOT_SIZE.stepSize`.
+    pub lot_size: Quantity,
+    /// `NOTIONAL.minNotional` or `MIN_NOTIONAL.minNotional` (zero when absent).
+    pub min_notional: Money,
+}
+
+fn text<'a>(v: &Value<'a>) -> Option<&'a [u8]> {
+    v.as_str_bytes()
+}
+
+/// Parses the symbols of an `exchangeInfo` body.
+pub fn parse_exchange_info(body: &[u8]) -> Result<Vec<BinanceSymbol>, FeedError> {
+    let mut out = Vec::new();
+    for field in fields(body)? {
+        let (key, value) = field?;
+        if key != b"symbols" {
+            continue;
+        }
+        let Value::Arr(list) = value else { return Err(FeedError::Field("symbols")) };
+        for item in elements(list)? {
+            let Value::Obj(obj) = item? else { return Err(FeedError::Field("symbols")) };
+            let (mut symbol, mut trading) = (None, false);
+            let (mut tick, mut lot, mut min_notional) = (None, None, Money::ZERO);
+            for f in fields(obj)? {
+                let (k, v) = f?;
+                match k {
+                    b"symbol" => symbol = v.as_plain_str().map(str::to_string),
+                    b"status" => trading = text(&v) == Some(b"TRADING"),
+                    b"filters" => {
+                        let Value::Arr(filters) = v else { return Err(FeedError::Field("filters")) };
+                        for filter in elements(filters)? {
+                            let Value::Obj(fo) = filter? else { continue };
+                            let (mut kind, mut tick_size, mut step, mut notional) = (None, None, None, None);
+                            for ff in fields(fo)? {
+                                let (fk, fv) = ff?;
+                                match fk {
+                                    b"filterType" => kind = text(&fv),
+                                    b"tickSize" => tick_size = text(&fv),
+                                    b"stepSize" => step = text(&fv),
+                                    b"minNotional" | b"notional" => notional = text(&fv),
+                                    _ => {}
+                                }
+                            }
+                            match kind {
+                                Some(b"PRICE_FILTER") => tick = tick_size.map(|t| price("tickSize", t)).transpose()?,
+                                Some(b"LOT_SIZE") => lot = step.map(|s| qty("stepSize", s)).transpose()?,
+                                Some(b"NOTIONAL" | b"MIN_NOTIONAL") => {
+                                    if let Some(n) = notional {
+                                        min_notional =
+                                            Money::parse_bytes(n).map_err(|error| FeedError::Decimal { field: "minNotional", error })?;
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(BinanceSymbol {
+                symbol: symbol.ok_or(FeedError::Field("symbol"))?,
+                trading,
+                tick_size: tick.ok_or(FeedError::Field("PRICE_FILTER"))?,
+                lot_size: lot.ok_or(FeedError::Field("LOT_SIZE"))?,
+                min_notional,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Registers `wanted` symbols (or, when empty, every trading symbol up to `cap`) in
+/// `registry` under `venue`; returns their ids, or an error naming a wanted symbol the venue
+/// does not list as trading.
+pub fn register(
+    symbols: &[BinanceSymbol],
+    wanted: &[String],
+    cap: usize,
+    venue: &str,
+    market: MarketType,
+    registry: &mut InstrumentRegistry,
+) -> Result<Vec<InstrumentId>, String> {
+    let chosen: Vec<&BinanceSymbol> = if wanted.is_empty() {
+        symbols.iter().filter(|s| s.trading).take(cap).collect()
+    } else {
+        wanted
+            .iter()
+            .map(|w| symbols.iter().find(|s| &s.symbol == w && s.trading).ok_or_else(|| format!("{w} is not a trading symbol on {venue}")))
+            .collect::<Result<_, _>>()?
+    };
+    chosen
+        .into_iter()
+        .map(|s| {
+            registry
+                .intern(InstrumentSpec {
+                    venue,
+                    symbol: &s.symbol,
+                    market,
+                    tick_size: s.tick_size,
+                    lot_size: s.lot_size,
+                    min_notional: s.min_notional,
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = r#"{"timezone":"UTC","serverTime":1565246363776,"rateLimits":[],"exchangeFilters":[],"symbols":[
+        {"symbol":"ETHBTC","status":"TRADING","baseAsset":"ETH","quoteAsset":"BTC","filters":[
+            {"filterType":"PRICE_FILTER","minPrice":"0.00000100","maxPrice":"100000.00000000","tickSize":"0.00000100"},
+            {"filterType":"LOT_SIZE","minQty":"0.00100000","maxQty":"100000.00000000","stepSize":"0.00100000"},
+            {"filterType":"MIN_NOTIONAL","minNotional":"0.00100000","applyToMarket":true,"avgPriceMins":5}]},
+        {"symbol":"BTCUSDT","status":"TRADING","filters":[
+            {"filterType":"PRICE_FILTER","tickSize":"0.01"},{"filterType":"LOT_SIZE","stepSize":"0.00001"},{"filterType":"NOTIONAL","minNotional":"5.00000000"}]},
+        {"symbol":"OLDUSDT","status":"BREAK","filters":[{"filterType":"PRICE_FILTER","tickSize":"0.1"},{"filterType":"LOT_SIZE","stepSize":"1"}]}]}"#;
+
+    #[test]
+    fn parses_filters_and_registers_what_is_trading() {
+        let symbols = parse_exchange_info(INFO.as_bytes()).unwrap();
+        assert_eq!(symbols.len(), 3);
+        assert_eq!(
+            symbols[1],
+            BinanceSymbol {
+                symbol: "BTCUSDT".into(),
+                trading: true,
+                tick_size: Price::parse("0.01").unwrap(),
+                lot_size: Quantity::parse("0.00001").unwrap(),
+                min_notional: Money::from_units(5)
+            }
+        );
+        let mut reg = InstrumentRegistry::new();
+        assert_eq!(register(&symbols, &[], 10, "binance", MarketType::Spot, &mut reg).unwrap().len(), 2, "every trading symbol");
+        let mut reg = InstrumentRegistry::new();
+        register(&symbols, &["BTCUSDT".into()], 10, "binance", MarketType::Spot, &mut reg).unwrap();
+        assert_eq!(reg.get(InstrumentId(0)).unwrap().price_precision, 2);
+        let err = register(&symbols, &["OLDUSDT".into()], 10, "binance", MarketType::Spot, &mut InstrumentRegistry::new()).unwrap_err();
+        assert!(err.contains("OLDUSDT"), "{err}");
+        assert!(parse_exchange_info(b"{\"symbols\":[{\"symbol\":\"X\"}]}").is_err(), "filters are required");
+    }
+}

@@ -1,0 +1,93 @@
+//! `market.source = "binance"`: the Binance feed client publishing into the engine's ring,
+//! with event-time timers beside it (the venue sends none).
+
+use crate::config::MarketSection;
+use anyhow::Context;
+use sapphire_core::event::{Event, Timer};
+use sapphire_core::instrument::{InstrumentRegistry, MarketType};
+use sapphire_core::latency::unix_nanos;
+use sapphire_core::ring::Producer;
+use sapphire_core::wait::WaitStrategy;
+use sapphire_gateway::binance::instruments::{parse_exchange_info, register};
+use sapphire_gateway::binance::{BinanceFeed, BinanceMarket};
+use sapphire_gateway::connection::{BinanceConnection, BinanceConnectionConfig, Shutdown};
+use sapphire_gateway::feed::FeedCounters;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A configured Binance feed, its instruments registered, not yet connected.
+pub struct BinanceSource {
+    connection: BinanceConnection,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl BinanceSource {
+    /// Reads the venue's exchangeInfo and registers the symbols to trade.
+    pub fn prepare(market: &MarketSection, cap: usize, registry: &mut InstrumentRegistry) -> anyhow::Result<Self> {
+        let (venue_market, venue, kind, info_path) = match market.venue_market.as_str() {
+            "usdm" => (BinanceMarket::UsdM, "binance-usdm", MarketType::LinearPerpetual, "/fapi/v1/exchangeInfo"),
+            _ => (BinanceMarket::Spot, "binance", MarketType::Spot, "/api/v3/exchangeInfo"),
+        };
+        let symbols: Vec<&str> = market.symbols.iter().map(String::as_str).collect();
+        let mut config = if market.ws_url.is_empty() {
+            BinanceConnectionConfig::binance(venue_market, &symbols)
+        } else {
+            BinanceConnectionConfig::new(market.ws_url.clone(), market.rest_url.clone(), venue_market, &symbols)
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the feed runtime")?;
+        let url = format!("{}{info_path}", config.rest_url.trim_end_matches('/'));
+        let body = runtime.block_on(sapphire_gateway::connection::http::get(&url)).with_context(|| format!("reading {url}"))?;
+        let listed = parse_exchange_info(&body).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        register(&listed, &market.symbols, cap, venue, kind, registry)
+            .map_err(|e| crate::config::refuse("market.symbols (TRADING_SYMBOLS)", e))?;
+        config.symbols = registry.iter().map(|i| i.symbol.clone()).collect();
+        let feed = BinanceFeed::new(venue_market, registry, venue);
+        Ok(Self { connection: BinanceConnection::new(config, feed), runtime })
+    }
+
+    /// The feed's live counters.
+    pub fn counters(&self) -> tokio::sync::watch::Receiver<FeedCounters> {
+        self.connection.counters()
+    }
+
+    /// Runs the feed and a timer until `stop`; returns the events published.
+    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> u64 {
+        let (tx, rx) = tokio::sync::broadcast::channel(1);
+        let counters = self.connection.counters();
+        let timers = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            // Timers on the wall clock, stamped as events: the engine's guards and PnL
+            // snapshots run as with the synthetic market, and replay sees the same timers.
+            let mut timer_producer = producer.clone();
+            let timers = &timers;
+            scope.spawn(move || {
+                let mut id = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(timer_ms.max(1)));
+                    let now = unix_nanos();
+                    if timer_producer
+                        .publish(WaitStrategy::Yield, Event::Timer(Timer { ts_event: now, ts_recv: now, timer_id: id, _pad: 0 }))
+                        .is_err()
+                    {
+                        full.fetch_add(1, Ordering::Relaxed);
+                    }
+                    id = id.wrapping_add(1);
+                    timers.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = tx.send(());
+            });
+            let mut sink = producer;
+            let outcome = self.runtime.block_on(self.connection.run(&mut sink, Shutdown::new(rx)));
+            if let Err(e) = outcome.result {
+                eprintln!("feed: stopped: {e}");
+            }
+        });
+        let events = counters.borrow().events;
+        events + timers.load(Ordering::Relaxed)
+    }
+}
