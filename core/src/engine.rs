@@ -525,6 +525,19 @@ impl Stages {
     }
 }
 
+impl Stages {
+    /// Runs one message through book → aggregate → risk → route on the calling thread; the
+    /// route stage's paper reports go straight back to the risk stage.
+    #[inline]
+    pub fn process(&mut self, msg: &mut StageMsg, outbound: &mut impl OrderSink, sink: &mut impl OutputSink) {
+        self.book.process(msg);
+        self.aggregate.process(msg);
+        self.risk.process(msg);
+        let risk = &mut self.risk;
+        self.route.process(msg, outbound, sink, |r| risk.take_feedback(r));
+    }
+}
+
 /// The fused engine: all four stages on the calling thread.
 #[derive(Clone, Debug)]
 pub struct Engine {
@@ -548,14 +561,8 @@ impl Engine {
     /// Runs one inbound event through book → aggregate → risk → route.
     #[inline]
     pub fn process(&mut self, seq: i64, event: &Event, outbound: &mut impl OrderSink, sink: &mut impl OutputSink) {
-        let msg = &mut self.msg;
-        msg.reset(seq, event);
-        let s = &mut self.stages;
-        s.book.process(msg);
-        s.aggregate.process(msg);
-        s.risk.process(msg);
-        let risk = &mut s.risk;
-        s.route.process(msg, outbound, sink, |r| risk.take_feedback(r));
+        self.msg.reset(seq, event);
+        self.stages.process(&mut self.msg, outbound, sink);
         self.processed += 1;
     }
 

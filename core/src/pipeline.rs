@@ -482,11 +482,7 @@ fn fused_stage(
                 recs[2].record((t3 - t2).as_nanos() as u64);
                 recs[3].record((t4 - t3).as_nanos() as u64);
             } else {
-                s.book.process(&mut msg);
-                s.aggregate.process(&mut msg);
-                s.risk.process(&mut msg);
-                let risk = &mut s.risk;
-                s.route.process(&msg, &mut orders, &mut outputs, |r| risk.take_feedback(r));
+                s.process(&mut msg, &mut orders, &mut outputs);
             }
             let [.., tick_to_order, end_to_end] = &mut recs;
             record_exit(&msg, sampled, tick_to_order, end_to_end);
@@ -502,22 +498,23 @@ fn fused_stage(
             }
             Poll::Empty => {
                 if idle == 0 {
-                    for r in &mut recs {
-                        r.maybe_publish();
-                    }
+                    recs.iter_mut().for_each(StageLatency::maybe_publish);
                 }
                 wait.idle(&mut idle);
             }
             Poll::Closed => break,
         }
     }
-    outputs.producer.close();
-    orders.producer.close();
-    for r in &mut recs {
-        r.publish();
-    }
+    close_exits(&outputs, &orders, &mut recs);
     let lat = recs.iter().map(StageLatency::snapshot).collect();
     (stages, lat)
+}
+
+/// The last stage is done: readers of its rings drain and stop; its histograms go out.
+fn close_exits(outputs: &RingOutputs, orders: &RingOrders, recs: &mut [StageLatency]) {
+    outputs.producer.close();
+    orders.producer.close();
+    recs.iter_mut().for_each(StageLatency::publish);
 }
 
 /// Publishes into a link, waiting while it is full; `while_full` runs between tries.
@@ -715,19 +712,13 @@ fn route_stage(
             }
             Poll::Empty => {
                 if idle == 0 {
-                    for r in &mut recs {
-                        r.maybe_publish();
-                    }
+                    recs.iter_mut().for_each(StageLatency::maybe_publish);
                 }
                 wait.idle(&mut idle);
             }
             Poll::Closed => break,
         }
     }
-    outputs.producer.close();
-    orders.producer.close();
-    for r in &mut recs {
-        r.publish();
-    }
+    close_exits(&outputs, &orders, &mut recs);
     (stage, recs.iter().map(StageLatency::snapshot).collect())
 }
