@@ -140,7 +140,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let binance = match cfg.market.source.as_str() {
         "binance" => Some(crate::live_feed::BinanceSource::prepare(&cfg.market, cfg.max_symbols, &mut registry)?),
         _ => {
-            SyntheticMarket::new(synthetic.clone(), &mut registry).context("building the synthetic market")?;
+            SyntheticMarket::register(&synthetic, &mut registry).context("registering the synthetic instruments")?;
             None
         }
     };

@@ -129,17 +129,10 @@ pub struct SyntheticMarket {
 impl SyntheticMarket {
     /// Registers the instruments in `registry` (venue `synthetic`) and builds the generator.
     pub fn new(config: SyntheticConfig, registry: &mut InstrumentRegistry) -> Result<Self, RegistryError> {
+        let ids = Self::register(&config, registry)?;
         let mut rng = Rng(config.seed);
         let mut sims = Vec::new();
-        for inst in &config.instruments {
-            let id = registry.intern(InstrumentSpec {
-                venue: "synthetic",
-                symbol: &inst.symbol,
-                market: MarketType::Spot,
-                tick_size: inst.tick,
-                lot_size: inst.lot,
-                min_notional: Money::from_units(5),
-            })?;
+        for (inst, id) in config.instruments.iter().zip(ids) {
             let tick = inst.tick.raw;
             let mid_ticks = inst.start_price.raw / tick;
             // About $2,000 of size per level.
@@ -164,6 +157,25 @@ impl SyntheticMarket {
             sims.push(sim);
         }
         Ok(Self { config, rng, sims, snapshots_sent: false, next_timer: 0, timer_id: 0, steps: 0 })
+    }
+
+    /// Registers the instruments of `config` (venue `synthetic`) without building a market:
+    /// their ids depend on the configuration alone.
+    pub fn register(config: &SyntheticConfig, registry: &mut InstrumentRegistry) -> Result<Vec<InstrumentId>, RegistryError> {
+        config
+            .instruments
+            .iter()
+            .map(|inst| {
+                registry.intern(InstrumentSpec {
+                    venue: "synthetic",
+                    symbol: &inst.symbol,
+                    market: MarketType::Spot,
+                    tick_size: inst.tick,
+                    lot_size: inst.lot,
+                    min_notional: Money::from_units(5),
+                })
+            })
+            .collect()
     }
 
     /// Steps taken.
