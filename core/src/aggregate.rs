@@ -149,20 +149,21 @@ impl Aggregator {
         }
     }
 
-    /// An agent's signal.
+    /// An agent's signal; false when it was ignored (unknown agent or instrument, or already
+    /// past its time-to-live).
     #[inline]
-    pub fn on_signal(&mut self, seq: i64, s: &Signal, out: &mut IntentBatch) {
+    pub fn on_signal(&mut self, seq: i64, s: &Signal, out: &mut IntentBatch) -> bool {
         let agent = s.agent.index();
         let valid_agent = (FIRST_EXTERNAL_AGENT as usize..MAX_AGENTS).contains(&agent);
         let Some(state) = self.instruments.get_mut(s.instrument.index()).filter(|_| valid_agent) else {
             self.ignored_signals += 1;
-            return;
+            return false;
         };
         let expires_at = s.ts_event.saturating_add(s.ttl_ns);
         // Event time is the latest market update we saw; a signal already dead is ignored.
         if expires_at <= state.last.ts_event {
             self.ignored_signals += 1;
-            return;
+            return false;
         }
         state.external[agent] = ExternalSignal { expires_at, active: true };
         self.propose(
@@ -174,6 +175,7 @@ impl Aggregator {
             ExecStyle::Aggressive,
             out,
         );
+        true
     }
 
     /// Turns a strength into a target and emits an intent if it moved enough.

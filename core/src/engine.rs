@@ -13,7 +13,7 @@
 
 use crate::aggregate::{AggregateConfig, Aggregator, IntentBatch, MAX_AGENTS};
 use crate::book::{DeltaOutcome, OrderBook};
-use crate::event::{AgentId, Event, ExecReport, Quote, DELTA_LAST};
+use crate::event::{AgentId, Event, ExecReport, Quote, Signal, DELTA_LAST};
 use crate::instrument::{Instrument, InstrumentId};
 use crate::matching::{MatchingConfig, PaperMatcher};
 use crate::order::Order;
@@ -87,6 +87,8 @@ pub struct StageMsg {
     /// Set by the risk stage at timers: one agent's totals, agents in turn (one per timer
     /// keeps this message, copied per hop in the split layout, small).
     pub agent_pnl: Option<(AgentId, PnlSummary)>,
+    /// Set by the aggregate stage for an inbound agent signal: whether it was taken.
+    pub signal_taken: Option<bool>,
 }
 
 impl StageMsg {
@@ -101,6 +103,7 @@ impl StageMsg {
         self.risk.clear();
         self.pnl = None;
         self.agent_pnl = None;
+        self.signal_taken = None;
     }
 }
 
@@ -119,6 +122,13 @@ pub enum EngineOutput {
         ts_event: u64,
         /// Totals.
         total: PnlSummary,
+    },
+    /// An agent's signal as the engine saw it (for the edge: signal history, attribution).
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// False when it was ignored (unknown agent or instrument, or past its time-to-live).
+        taken: bool,
     },
     /// One agent's totals at a timer; agents take turns, one per timer (margin and PnL per
     /// agent for the edge: dashboard, metrics).
@@ -325,7 +335,7 @@ impl AggregateStage {
             }
         }
         if let Event::Signal(s) = &msg.event {
-            self.aggregator.on_signal(msg.seq, s, &mut msg.intents);
+            msg.signal_taken = Some(self.aggregator.on_signal(msg.seq, s, &mut msg.intents));
         }
     }
 }
@@ -485,6 +495,9 @@ impl RouteStage {
         }
         if let Some((agent, summary)) = msg.agent_pnl {
             sink.emit(Output { seq, output: EngineOutput::AgentPnl { ts_event: now, agent, summary } });
+        }
+        if let (Some(taken), Event::Signal(signal)) = (msg.signal_taken, &msg.event) {
+            sink.emit(Output { seq, output: EngineOutput::Signal { signal: *signal, taken } });
         }
     }
 }

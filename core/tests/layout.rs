@@ -39,6 +39,6 @@ fn hot_path_layouts() {
     // Messages between split stages and outputs stay small enough to copy cheaply.
     // Split stages copy this per hop: 904 bytes is 15 cache lines, about 20 ns. (840 → 904
     // for one agent's PnL at timers, for the API's per-agent margin.)
-    assert_eq!(size_of::<StageMsg>(), 904, "StageMsg");
+    assert_eq!(size_of::<StageMsg>(), 912, "StageMsg");
     assert!(size_of::<Output>() <= 128, "Output is {}", size_of::<Output>());
 }

@@ -209,6 +209,7 @@ impl EdgeState {
                     cell.store(ts_event, &summary);
                 }
             }
+            EngineOutput::Signal { .. } => {}
         }
     }
 
