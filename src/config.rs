@@ -321,6 +321,8 @@ pub struct RunConfig {
     pub data_dir: PathBuf,
     pub status_every: std::time::Duration,
     pub journal: sapphire_persistence::journal::JournalConfig,
+    /// The output journal: same segment size and durability, beside the input journal.
+    pub output_journal: sapphire_persistence::journal::JournalConfig,
     pub api: sapphire_gateway::api::ApiConfig,
 }
 
@@ -501,6 +503,10 @@ impl FileConfig {
             market: m.clone(),
             data_dir: self.run.data_dir.clone(),
             status_every: std::time::Duration::from_millis(self.run.status_every_ms),
+            output_journal: sapphire_persistence::journal::JournalConfig {
+                dir: self.run.data_dir.join("journal").join("output"),
+                ..journal.clone()
+            },
             journal,
             api: sapphire_gateway::api::ApiConfig { bind, token, core: edge_core },
         })

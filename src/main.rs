@@ -3,9 +3,13 @@
 mod config;
 mod feed_cmd;
 mod feed_serve;
+mod journal_cmd;
 mod live_feed;
+mod migrate_cmd;
 mod replay;
 mod run;
+mod sink_cmd;
+mod venue_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +30,16 @@ enum Command {
     /// Exchange feed tools.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// Venue tools (request signing).
+    #[command(subcommand)]
+    Venue(venue_cmd::VenueCommand),
+    /// Journal tools.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Apply the Postgres schema migrations (on purpose; `run` never migrates). Idempotent.
+    Migrate(migrate_cmd::MigrateArgs),
+    /// Follow an output journal into Postgres (the sink role), exactly once across restarts.
+    Sink(sink_cmd::SinkArgs),
     /// Replay recorded frames (`<recv_ns> <json>` lines, gzip or plain; several files are
     /// merged by time) through the engine as fast as possible, deterministically.
     Replay {
@@ -44,6 +58,25 @@ enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Prints a journal's records (input: events; output: orders, fills, refusals, alerts,
+    /// PnL, signals) as JSON lines or CSV; decimals are exact strings.
+    Dump {
+        /// The journal directory, e.g. data/journal/input or data/journal/output.
+        dir: PathBuf,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// First record sequence.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
     },
 }
 
@@ -139,6 +172,17 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Journal(JournalCommand::Dump { dir, format, from, limit }) => {
+            journal_cmd::Format::parse(&format).map_err(|e| config::refuse("--format", e.to_string())).and_then(|format| {
+                let opts = journal_cmd::DumpOptions { dir, format, from, limit };
+                let n = journal_cmd::dump(&opts, std::io::BufWriter::new(std::io::stdout().lock()))?;
+                eprintln!("journal dump: {n} records");
+                Ok(())
+            })
+        }
+        Command::Venue(cmd) => venue_cmd::run(cmd),
+        Command::Migrate(args) => migrate_cmd::run(args),
+        Command::Sink(args) => sink_cmd::run(args),
         Command::Feed(FeedCommand::Serve { venue, market, pace, bind, paths }) => {
             feed_serve::serve(&venue, market.as_deref(), &pace, &bind, &paths)
         }

@@ -3,7 +3,7 @@
 use crate::config::RunConfig;
 use anyhow::Context;
 use sapphire_core::affinity::PinOutcome;
-use sapphire_core::engine::EngineOutput;
+use sapphire_core::engine::{EngineOutput, Output};
 use sapphire_core::event::{Event, RejectReason};
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::InstrumentRegistry;
@@ -14,6 +14,7 @@ use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
 use sapphire_gateway::api::{ApiServer, EdgeState};
 use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
+use sapphire_persistence::journal::JournalWriter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,11 +77,37 @@ fn market_loop(
     sent
 }
 
-/// The edge thread: reads engine outputs into the API's [`EdgeState`], reports guard alerts at once.
-fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, state: &EdgeState, quiet: bool) {
+/// What the edge thread did, for the summary.
+#[derive(Debug, Default)]
+struct EdgeReport {
+    /// Outputs appended to the output journal.
+    journaled: u64,
+    /// The output journal's first error (appending stops there; the next start rewrites the
+    /// missing outputs from the input journal).
+    error: Option<String>,
+}
+
+/// The edge thread: appends engine outputs to the output journal (which the Postgres sink and
+/// other tailers read), applies them to the API's [`EdgeState`], reports guard alerts at once.
+fn edge_loop(
+    mut outputs: Consumer<sapphire_core::engine::Output>,
+    state: &EdgeState,
+    mut journal: JournalWriter<Output>,
+    quiet: bool,
+) -> EdgeReport {
     let mut idle = 0;
+    let mut report = EdgeReport::default();
     loop {
         let polled = outputs.poll(4_096, |o, _, _| {
+            if report.error.is_none() {
+                match journal.append_record(o) {
+                    Ok(_) => report.journaled += 1,
+                    Err(e) => {
+                        eprintln!("error: the output journal failed ({e}); outputs are no longer journaled in this run (the next start rewrites them from the input journal)");
+                        report.error = Some(e.to_string());
+                    }
+                }
+            }
             state.apply(o);
             if let EngineOutput::Risk(RiskOutput::Alert(a)) = o.output {
                 if !quiet {
@@ -102,10 +129,25 @@ fn edge_loop(mut outputs: Consumer<sapphire_core::engine::Output>, state: &EdgeS
         });
         match polled {
             Poll::Handled(_) => idle = 0,
-            Poll::Empty => WaitStrategy::Sleep(Duration::from_micros(500)).idle(&mut idle),
+            Poll::Empty => {
+                // Between bursts: hand the records to the OS so tailers see them promptly.
+                if report.error.is_none() {
+                    if let Err(e) = journal.flush_idle() {
+                        eprintln!("error: the output journal failed ({e})");
+                        report.error = Some(e.to_string());
+                    }
+                }
+                WaitStrategy::Sleep(Duration::from_micros(500)).idle(&mut idle)
+            }
             Poll::Closed => break,
         }
     }
+    if report.error.is_none() {
+        if let Err(e) = journal.sync() {
+            report.error = Some(e.to_string());
+        }
+    }
+    report
 }
 
 fn money(raw: i64) -> String {
@@ -150,12 +192,20 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     // Open the journal (a torn tail from a crash is cut here), then rebuild the engine from it.
     let (journal, recovery) =
         sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
+    let (mut output_journal, output_recovery) =
+        JournalWriter::<Output>::open(cfg.output_journal.clone()).context("opening the output journal")?;
     let recovered_at = Instant::now();
-    let recovered = sapphire_persistence::recovery::recover(&cfg.journal.dir, &cfg.engine, &instruments, |n| {
-        if !opts.quiet {
-            eprintln!("recovering: {n} journaled events replayed");
-        }
-    })
+    let recovered = sapphire_persistence::recovery::recover(
+        &cfg.journal.dir,
+        &cfg.engine,
+        &instruments,
+        Some((&cfg.output_journal.dir, &mut output_journal)),
+        |n| {
+            if !opts.quiet {
+                eprintln!("recovering: {n} journaled events replayed");
+            }
+        },
+    )
     .context("recovering from the input journal")?;
     if recovered.events > 0 {
         for (inst, sim) in instruments.iter().zip(synthetic.instruments.iter_mut()) {
@@ -183,6 +233,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
 
     let recovered_events = recovered.events;
     let orders_not_resent = recovered.orders_not_resent;
+    let outputs_regenerated = recovered.outputs_regenerated;
     // The edge starts from the recovered risk state (totals, refusals, guards, open orders).
     let recovered_risk = recovered.stages.risk.risk.clone();
     let mut pipeline = Pipeline::resume(&cfg.pipeline, recovered.stages, recovered.next_seq as i64, Box::new(journal));
@@ -213,7 +264,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             .name("sapphire-edge".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                edge_loop(outputs, &edge, quiet)
+                edge_loop(outputs, &edge, output_journal, quiet)
             })
             .context("starting the edge thread")?
     };
@@ -257,6 +308,17 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 recovered_at.elapsed().as_secs_f64()
             );
         }
+        println!(
+            "output journal: {} ({} records{}{})",
+            cfg.output_journal.dir.display(),
+            output_recovery.records + outputs_regenerated,
+            if output_recovery.truncated_bytes > 0 {
+                format!(", torn tail of {} bytes truncated", output_recovery.truncated_bytes)
+            } else {
+                String::new()
+            },
+            if outputs_regenerated > 0 { format!(", {outputs_regenerated} outputs a crash kept from it rewritten") } else { String::new() }
+        );
     }
     let started = Instant::now();
     let stats = pipeline.stats();
@@ -312,9 +374,13 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     api.shutdown();
     let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
     let report = pipeline.shutdown();
-    edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
+    let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
     summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    match &edge_report.error {
+        None => println!("  output journal: {} outputs appended", edge_report.journaled),
+        Some(e) => println!("  output journal: {} outputs appended, then it failed: {e}", edge_report.journaled),
+    }
     if let Some(c) = feed_counters {
         let c = *c.borrow();
         println!(

@@ -6,7 +6,7 @@ mod common;
 use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output};
 use sapphire_core::journal::InputJournal;
 use sapphire_core::order::{Order, OrderAction};
-use sapphire_persistence::journal::{segments, JournalConfig, JournalWriter};
+use sapphire_persistence::journal::{for_each_record, segments, JournalConfig, JournalWriter};
 use sapphire_persistence::recovery::{check_instruments, recover, RecoveryError};
 use std::io::Write;
 
@@ -22,7 +22,7 @@ fn recovered_state_equals_the_uninterrupted_run() {
     let mut live = Engine::new(&config, &instruments);
     let mut live_out: Vec<Output> = Vec::new();
     {
-        let (mut journal, _) = JournalWriter::open(JournalConfig::new(&dir)).unwrap();
+        let (mut journal, _) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&dir)).unwrap();
         for (seq, e) in events[..crash_at].iter().enumerate() {
             journal.append(seq as i64, e, true);
             live.process(seq as i64, e, &mut Vec::<Order>::new(), &mut live_out);
@@ -37,10 +37,10 @@ fn recovered_state_equals_the_uninterrupted_run() {
     assert!(positions_open, "the crash happens with open paper positions");
 
     // Restart: open (truncating the torn tail), then recover.
-    let (_, report) = JournalWriter::open(JournalConfig::new(&dir)).unwrap();
+    let (_, report) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&dir)).unwrap();
     assert_eq!(report.records, crash_at as u64);
     assert!(report.truncated_bytes > 0);
-    let recovered = recover(&dir, &config, &instruments, |_| {}).unwrap();
+    let recovered = recover(&dir, &config, &instruments, None, |_| {}).unwrap();
     assert_eq!(recovered.events, crash_at as u64);
     assert_eq!(recovered.next_seq, crash_at as u64);
     assert!(recovered.orders_not_resent > 0);
@@ -77,4 +77,50 @@ fn recovered_state_equals_the_uninterrupted_run() {
     let err = check_instruments(&dir, &instruments[..1]).unwrap_err();
     assert!(matches!(err, RecoveryError::Instruments { .. }), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn recovery_writes_the_outputs_a_crash_kept_from_the_output_journal() {
+    let root = std::env::temp_dir().join(format!("sapphire-recovery-outputs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (input, output) = (root.join("input"), root.join("output"));
+    let (instruments, events) = common::scripted_events(5, 20_000);
+    let config = EngineConfig::default();
+    let mut live = Engine::new(&config, &instruments);
+    let mut live_out: Vec<Output> = Vec::new();
+    {
+        let (mut journal, _) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&input)).unwrap();
+        for (seq, e) in events.iter().enumerate() {
+            journal.append(seq as i64, e, true);
+            live.process(seq as i64, e, &mut Vec::<Order>::new(), &mut live_out);
+        }
+        journal.flush();
+    }
+    // The crash came while the edge was writing the outputs of one event: find an event with
+    // several outputs well before the end, and keep only the first of them.
+    let cut =
+        (live_out.len() * 2 / 3..live_out.len() - 1).find(|&i| live_out[i].seq == live_out[i + 1].seq).expect("an event with two outputs");
+    assert!(live_out.len() - cut > 20, "outputs are missing after the crash");
+    {
+        let (mut out, _) = JournalWriter::<Output>::open(JournalConfig::new(&output)).unwrap();
+        for o in &live_out[..=cut] {
+            out.append_record(o).unwrap();
+        }
+        out.sync().unwrap();
+    }
+    let (mut out, _) = JournalWriter::<Output>::open(JournalConfig::new(&output)).unwrap();
+    let recovered = recover(&input, &config, &instruments, Some((&output, &mut out)), |_| {}).unwrap();
+    assert_eq!(recovered.outputs_regenerated as usize, live_out.len() - cut - 1);
+    drop(out);
+    let mut journaled = Vec::new();
+    for_each_record::<Output>(&output, |seq, o| journaled.push((seq, *o))).unwrap();
+    assert!(journaled.iter().enumerate().all(|(i, (seq, _))| *seq == i as u64), "record sequences stay dense");
+    assert!(
+        journaled.iter().map(|(_, o)| *o).eq(live_out.iter().copied()),
+        "the output journal equals the uninterrupted run's outputs, each once"
+    );
+    // Recovering again adds nothing.
+    let (mut out, _) = JournalWriter::<Output>::open(JournalConfig::new(&output)).unwrap();
+    assert_eq!(recover(&input, &config, &instruments, Some((&output, &mut out)), |_| {}).unwrap().outputs_regenerated, 0);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -12,6 +12,7 @@
 //! pure function of the inbound sequence.
 
 use crate::aggregate::{AggregateConfig, Aggregator, IntentBatch, MAX_AGENTS};
+use crate::board::{MarketBoard, Top};
 use crate::book::{DeltaOutcome, OrderBook};
 use crate::event::{AgentId, Event, ExecReport, Quote, Signal, DELTA_LAST};
 use crate::instrument::{Instrument, InstrumentId};
@@ -21,6 +22,7 @@ use crate::portfolio::PnlSummary;
 use crate::risk::{OrderBatch, RiskConfig, RiskEngine, RiskOutput, RiskOutputBatch};
 use crate::router::Router;
 use crate::strategy::MarketView;
+use std::sync::Arc;
 
 /// Where approved orders go.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +110,8 @@ impl StageMsg {
 }
 
 /// What the engine emits, in order, for the edge (journal, sinks, dashboard).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineOutput {
     /// An order or cancel sent to a venue.
@@ -149,6 +153,8 @@ impl Default for EngineOutput {
 }
 
 /// An engine output with the inbound sequence that caused it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Output {
     /// Inbound sequence.
@@ -200,7 +206,11 @@ pub struct BookCounters {
 pub struct BookStage {
     books: Vec<OrderBook>,
     quotes: Vec<Quote>,
+    last_trade: Vec<crate::fixed::Price>,
     imbalance_levels: usize,
+    /// Where each instrument's top is published for readers off the hot path (agents, the
+    /// tick publisher); none in replays and tests.
+    board: Option<Arc<MarketBoard>>,
     /// Counters.
     pub counters: BookCounters,
 }
@@ -211,9 +221,39 @@ impl BookStage {
         Self {
             books: (0..instruments).map(|_| OrderBook::with_capacity(levels)).collect(),
             quotes: vec![Quote::default(); instruments],
+            last_trade: vec![crate::fixed::Price::default(); instruments],
             imbalance_levels,
+            board: None,
             counters: BookCounters::default(),
         }
+    }
+
+    /// Publishes every market update's top of book to `board` from now on.
+    pub fn attach_board(&mut self, board: Arc<MarketBoard>) {
+        self.board = Some(board);
+    }
+
+    fn publish_top(&self, board: &MarketBoard, instrument: InstrumentId, ts: u64) {
+        let i = instrument.index();
+        let book = &self.books[i];
+        let q = &self.quotes[i];
+        let (bid, ask) = match (book.best_bid(), book.best_ask()) {
+            (Some(b), Some(a)) => ((b.price, b.qty), (a.price, a.qty)),
+            _ => ((q.bid_price, q.bid_qty), (q.ask_price, q.ask_qty)),
+        };
+        board.publish(
+            instrument,
+            &Top {
+                bid: bid.0,
+                bid_qty: bid.1,
+                ask: ask.0,
+                ask_qty: ask.1,
+                last_trade: self.last_trade[i],
+                ts_event: ts,
+                updates: 0,
+                in_sync: book.in_sync(),
+            },
+        );
     }
 
     /// The L2 book of an instrument.
@@ -309,12 +349,16 @@ impl BookStage {
                     return;
                 };
                 book.touch(t.ts_event);
+                self.last_trade[t.instrument.index()] = t.price;
                 (t.instrument, t.ts_event, true)
             }
             _ => return,
         };
         msg.market_update = Some(instrument);
         msg.market = self.view(instrument, ts, settled);
+        if let Some(board) = &self.board {
+            self.publish_top(board, instrument, ts);
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`wait`]: wait strategies.
 //! - [`affinity`]: thread pinning that degrades to a warning.
 //! - [`latency`]: per-stage latency histograms.
+//! - [`board`]: each instrument's top of book, published lock-free for readers off the hot path.
 //! - [`book`]: the L2 order book.
 //! - [`strategy`]: the in-core strategies and the market view they read.
 //! - [`aggregate`]: signal aggregation into per-agent intents.
@@ -32,6 +33,7 @@
 
 pub mod affinity;
 pub mod aggregate;
+pub mod board;
 pub mod book;
 pub mod engine;
 pub mod event;

@@ -38,6 +38,8 @@ pub struct Intent {
 }
 
 /// What an [`Order`] asks the venue to do.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OrderAction {
@@ -49,6 +51,8 @@ pub enum OrderAction {
 }
 
 /// Limit or market.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OrderType {
@@ -60,6 +64,8 @@ pub enum OrderType {
 }
 
 /// How long an order lives.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TimeInForce {
@@ -73,6 +79,8 @@ pub enum TimeInForce {
 }
 
 /// An order or cancel leaving the engine, risk-approved.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Order {

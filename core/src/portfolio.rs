@@ -58,6 +58,8 @@ impl Position {
 }
 
 /// Totals of one agent (or of everything).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PnlSummary {
     /// Realized PnL before fees.

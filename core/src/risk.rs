@@ -78,6 +78,8 @@ impl Default for RiskConfig {
 }
 
 /// A refused intent.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RiskRefusal {
@@ -100,6 +102,8 @@ pub struct RiskRefusal {
 }
 
 /// A guard changed state.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AlertKind {
@@ -123,6 +127,8 @@ pub enum AlertKind {
 }
 
 /// A guard event.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RiskAlert {
@@ -137,6 +143,8 @@ pub struct RiskAlert {
 }
 
 /// What the risk stage reports besides orders.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RiskOutput {
     /// An intent was refused.

@@ -1,8 +1,11 @@
-//! The input journal: every inbound event, appended in order to segment files, each record
-//! framed with its length, sequence number and a CRC32C, the event itself an rkyv archive.
+//! The journals: the input journal (every inbound event) and the output journal (every engine
+//! output), appended in order to segment files, each record framed with its length, sequence
+//! number and a CRC32C, the record itself an rkyv archive. A [`Record`] type names the kind;
+//! its magic keeps an input journal from being read as an output journal.
 //!
 //! ```text
-//! segment  = header record*            header = b"SAPJRNL1" first_seq:u64le   (16 bytes)
+//! segment  = header record*            header = magic first_seq:u64le   (16 bytes)
+//!                                      magic  = b"SAPJRNL1" (events) | b"SAPOUTJ1" (outputs)
 //! record   = len:u32le crc:u32le seq:u64le payload[len] pad   (pad to 16 bytes)
 //! crc      = CRC32C(seq bytes ++ payload)
 //! ```
@@ -23,20 +26,53 @@
 
 use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
+use sapphire_core::engine::{ArchivedOutput, Output};
 use sapphire_core::event::{ArchivedEvent, Event};
 use sapphire_core::journal::InputJournal;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const MAGIC: &[u8; 8] = b"SAPJRNL1";
 const HEADER: usize = 16;
 const RECORD_HEADER: usize = 16;
 /// Records and the payloads in them start on this boundary (rkyv archives need alignment).
-const ALIGN: usize = 16;
-/// No event archive comes near this; a larger length is corruption.
+pub const ALIGN: usize = 16;
+/// No record archive comes near this; a larger length is corruption.
 const MAX_PAYLOAD: usize = 4_096;
+
+/// A kind of journal record: fixed-size engine types archived with rkyv.
+pub trait Record: Sized {
+    /// The segment magic of journals of this kind.
+    const MAGIC: &'static [u8; 8];
+    /// Archives `self` into `scratch` (cleared by the caller), returning the buffer.
+    fn encode(&self, scratch: AlignedVec<ALIGN>) -> Result<AlignedVec<ALIGN>, JournalError>;
+    /// True when `bytes` hold a valid archive of this kind (bytes from disk are checked).
+    fn validate(bytes: &[u8]) -> bool;
+    /// Reads a validated archive.
+    fn decode(bytes: &[u8]) -> Result<Self, JournalError>;
+}
+
+macro_rules! record {
+    ($ty:ty, $archived:ty, $magic:expr) => {
+        impl Record for $ty {
+            const MAGIC: &'static [u8; 8] = $magic;
+            fn encode(&self, scratch: AlignedVec<ALIGN>) -> Result<AlignedVec<ALIGN>, JournalError> {
+                rkyv::api::high::to_bytes_in::<_, RkyvError>(self, scratch).map_err(|e| JournalError::Archive(e.to_string()))
+            }
+            fn validate(bytes: &[u8]) -> bool {
+                rkyv::access::<$archived, RkyvError>(bytes).is_ok()
+            }
+            fn decode(bytes: &[u8]) -> Result<Self, JournalError> {
+                let archived = rkyv::access::<$archived, RkyvError>(bytes).map_err(|e| JournalError::Archive(e.to_string()))?;
+                rkyv::deserialize::<$ty, RkyvError>(archived).map_err(|e| JournalError::Archive(e.to_string()))
+            }
+        }
+    };
+}
+record!(Event, ArchivedEvent, b"SAPJRNL1");
+record!(Output, ArchivedOutput, b"SAPOUTJ1");
 
 /// When appended records are forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,9 +121,17 @@ pub enum JournalError {
         /// The file.
         path: PathBuf,
     },
-    /// An event could not be archived (never expected for fixed-size events).
-    #[error("archiving an event: {0}")]
+    /// A record could not be archived or read (never expected for fixed-size records).
+    #[error("archiving a record: {0}")]
     Archive(String),
+    /// A reader found damage where records must be whole (not a tail still being written).
+    #[error("journal {path}: corrupt record at byte {offset}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -142,39 +186,71 @@ struct Scanned {
     payload: std::ops::Range<usize>,
 }
 
-/// Walks a segment's records; returns them and the offset where validity ends.
-fn scan(buf: &[u8], path: &Path) -> Result<(Vec<Scanned>, usize, u64), JournalError> {
-    if buf.len() < HEADER || &buf[..8] != MAGIC {
+/// What [`next_record`] found at an offset.
+enum Next {
+    /// A valid record; the next one starts at `end`.
+    Record(Scanned, usize),
+    /// Not enough bytes for the record its header announces (or for a header).
+    Short,
+    /// A complete record that fails its checks.
+    Bad,
+}
+
+/// Reads the record at `at`, checking its length, CRC and archive.
+fn next_record<R: Record>(buf: &[u8], at: usize) -> Next {
+    if at + RECORD_HEADER > buf.len() {
+        return Next::Short;
+    }
+    let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
+    let seq = u64::from_le_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
+    if len == 0 || len > MAX_PAYLOAD {
+        return Next::Bad;
+    }
+    let end = at + padded(len);
+    if end > buf.len() {
+        return Next::Short;
+    }
+    let payload = at + RECORD_HEADER..at + RECORD_HEADER + len;
+    let mut check = crc32c::crc32c(&seq.to_le_bytes());
+    check = crc32c::crc32c_append(check, &buf[payload.clone()]);
+    if check != crc || !R::validate(&buf[payload.clone()]) {
+        return Next::Bad;
+    }
+    Next::Record(Scanned { seq, payload }, end)
+}
+
+fn check_header<R: Record>(buf: &[u8], path: &Path) -> Result<(), JournalError> {
+    if buf.len() < HEADER || &buf[..8] != R::MAGIC {
         return Err(JournalError::NotASegment { path: path.to_path_buf() });
     }
+    Ok(())
+}
+
+/// Walks a segment's records; returns them and the offset where validity ends.
+fn scan<R: Record>(buf: &[u8], path: &Path) -> Result<(Vec<Scanned>, usize, u64), JournalError> {
+    check_header::<R>(buf, path)?;
     let mut records = Vec::new();
     let mut at = HEADER;
     let mut torn_with_header = 0;
     while at + RECORD_HEADER <= buf.len() {
-        let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(buf[at + 4..at + 8].try_into().expect("4 bytes"));
-        let seq = u64::from_le_bytes(buf[at + 8..at + 16].try_into().expect("8 bytes"));
-        let end = at + padded(len);
-        if len == 0 || len > MAX_PAYLOAD || end > buf.len() {
-            torn_with_header = 1;
-            break;
+        match next_record::<R>(buf, at) {
+            Next::Record(r, end) => {
+                records.push(r);
+                at = end;
+            }
+            Next::Short | Next::Bad => {
+                torn_with_header = 1;
+                break;
+            }
         }
-        let payload = at + RECORD_HEADER..at + RECORD_HEADER + len;
-        let mut check = crc32c::crc32c(&seq.to_le_bytes());
-        check = crc32c::crc32c_append(check, &buf[payload.clone()]);
-        if check != crc || rkyv::access::<ArchivedEvent, RkyvError>(&buf[payload.clone()]).is_err() {
-            torn_with_header = 1;
-            break;
-        }
-        records.push(Scanned { seq, payload });
-        at = end;
     }
     Ok((records, at, torn_with_header))
 }
 
-/// Appends events to the journal. Single writer: the journal stage.
+/// Appends records to a journal. Single writer (the input journal's is the journal stage).
 #[derive(Debug)]
-pub struct JournalWriter {
+pub struct JournalWriter<R: Record = Event> {
     config: JournalConfig,
     file: BufWriter<File>,
     path: PathBuf,
@@ -186,9 +262,10 @@ pub struct JournalWriter {
     appended: u64,
     errors: u64,
     first_error: Option<String>,
+    kind: PhantomData<fn(&R)>,
 }
 
-impl JournalWriter {
+impl<R: Record> JournalWriter<R> {
     /// Opens (or creates) the journal in `config.dir`, truncating a torn tail.
     pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
         fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
@@ -196,7 +273,7 @@ impl JournalWriter {
         let mut recovery = Recovery { segments: segs.len(), ..Recovery::default() };
         for (i, seg) in segs.iter().enumerate() {
             let buf = load(seg)?;
-            let (records, valid_end, torn) = scan(&buf, seg)?;
+            let (records, valid_end, torn) = scan::<R>(&buf, seg)?;
             recovery.records += records.len() as u64;
             if let Some(last) = records.last() {
                 recovery.next_seq = last.seq + 1;
@@ -244,6 +321,7 @@ impl JournalWriter {
             errors: 0,
             first_error: None,
             config,
+            kind: PhantomData,
         };
         Ok((writer, recovery))
     }
@@ -252,7 +330,7 @@ impl JournalWriter {
         let path = dir.join(segment_name(first_seq));
         let mut f = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
         let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(MAGIC);
+        header[..8].copy_from_slice(R::MAGIC);
         header[8..].copy_from_slice(&first_seq.to_le_bytes());
         f.write_all(&header).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
@@ -263,11 +341,10 @@ impl JournalWriter {
         Ok((path, f))
     }
 
-    /// Appends one event; returns its sequence.
-    pub fn append_event(&mut self, event: &Event) -> Result<u64, JournalError> {
+    /// Appends one record; returns its sequence.
+    pub fn append_record(&mut self, record: &R) -> Result<u64, JournalError> {
         self.scratch.clear();
-        let bytes = rkyv::api::high::to_bytes_in::<_, RkyvError>(event, std::mem::take(&mut self.scratch))
-            .map_err(|e| JournalError::Archive(e.to_string()))?;
+        let bytes = record.encode(std::mem::take(&mut self.scratch))?;
         let len = bytes.len();
         let seq = self.next_seq;
         if self.segment_len + padded(len) as u64 > self.config.segment_bytes && self.segment_len > HEADER as u64 {
@@ -318,6 +395,20 @@ impl JournalWriter {
         Ok(())
     }
 
+    /// Hands buffered records to the OS (so tailers see them) and, if the durability policy
+    /// is due, `fsync`s: for a writer that goes idle between bursts.
+    pub fn flush_idle(&mut self) -> Result<(), JournalError> {
+        if !self.dirty {
+            return Ok(());
+        }
+        match self.config.durability {
+            Durability::EveryMs(ms) if self.last_sync.elapsed() < Duration::from_millis(ms) => {
+                self.file.flush().map_err(io_err(&self.path))
+            }
+            _ => self.sync(),
+        }
+    }
+
     /// The sequence the next append gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -334,7 +425,14 @@ impl JournalWriter {
     }
 }
 
-impl InputJournal for JournalWriter {
+impl JournalWriter<Event> {
+    /// Appends one event; returns its sequence.
+    pub fn append_event(&mut self, event: &Event) -> Result<u64, JournalError> {
+        self.append_record(event)
+    }
+}
+
+impl InputJournal for JournalWriter<Event> {
     fn append(&mut self, _seq: i64, event: &Event, end_of_batch: bool) {
         let result = self.append_event(event).and_then(|_| {
             // Hand each batch to the OS promptly: a process crash then loses nothing.
@@ -374,19 +472,164 @@ impl InputJournal for JournalWriter {
 
 /// Hands every event of a journal to `f(seq, event)`, in order, one segment in memory at a
 /// time, validating each record.
-pub fn for_each(dir: &Path, mut f: impl FnMut(u64, &Event)) -> Result<u64, JournalError> {
+pub fn for_each(dir: &Path, f: impl FnMut(u64, &Event)) -> Result<u64, JournalError> {
+    for_each_record(dir, f)
+}
+
+/// Hands every record of a journal to `f(seq, record)`, in order, one segment in memory at a
+/// time, validating each record.
+pub fn for_each_record<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R)) -> Result<u64, JournalError> {
     let mut n = 0;
     for seg in segments(dir)? {
         let buf = load(&seg)?;
-        let (records, _, _) = scan(&buf, &seg)?;
+        let (records, _, _) = scan::<R>(&buf, &seg)?;
         for r in records {
-            let archived = rkyv::access::<ArchivedEvent, RkyvError>(&buf[r.payload]).map_err(|e| JournalError::Archive(e.to_string()))?;
-            let event: Event = rkyv::deserialize::<Event, RkyvError>(archived).map_err(|e| JournalError::Archive(e.to_string()))?;
-            f(r.seq, &event);
+            f(r.seq, &R::decode(&buf[r.payload])?);
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// Follows a journal as its writer appends to it, across segment rolls: the reader side of
+/// the output journal for the Postgres sink and other tailers. It reads only what the writer
+/// has handed to the OS; a record still being written (short) is simply not there yet.
+#[derive(Debug)]
+pub struct Tail {
+    dir: PathBuf,
+    /// The segment being read and its bytes so far (whole records are consumed from `pos`).
+    path: Option<PathBuf>,
+    buf: AlignedVec<ALIGN>,
+    pos: usize,
+    next_seq: u64,
+    scratch: Vec<u8>,
+}
+
+impl Tail {
+    /// A reader that hands out records from `from_seq` on (the next sequence wanted; records
+    /// start at 0 and are dense). The directory may not exist yet.
+    pub fn open(dir: &Path, from_seq: u64) -> Result<Tail, JournalError> {
+        Ok(Tail { dir: dir.to_path_buf(), path: None, buf: AlignedVec::new(), pos: HEADER, next_seq: from_seq, scratch: Vec::new() })
+    }
+
+    /// The sequence the next record handed out will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The segment holding `seq`: the last one whose first sequence is at most `seq`.
+    fn find_segment(&self, seq: u64) -> Result<Option<PathBuf>, JournalError> {
+        let segs = segments(&self.dir)?;
+        Ok(segs.iter().rev().find(|p| segment_first_seq(p).is_some_and(|first| first <= seq)).or(segs.first()).cloned())
+    }
+
+    /// Reads the current segment from the first byte not yet consumed as a whole record (so a
+    /// torn tail that the writer truncated and wrote over after a restart is read afresh).
+    fn refill(&mut self) -> Result<(), JournalError> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let keep = self.pos.min(self.buf.len());
+        self.buf.resize(keep, 0);
+        let mut f = File::open(path).map_err(io_err(path))?;
+        f.seek(SeekFrom::Start(keep as u64)).map_err(io_err(path))?;
+        self.scratch.clear();
+        io::Read::read_to_end(&mut f, &mut self.scratch).map_err(io_err(path))?;
+        self.buf.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+
+    /// Hands up to `max` new records to `f(seq, record)`; `Ok(0)` means nothing new yet.
+    pub fn poll<R: Record>(&mut self, max: usize, mut f: impl FnMut(u64, &R)) -> Result<usize, JournalError> {
+        if self.path.is_none() {
+            match self.find_segment(self.next_seq)? {
+                Some(p) => {
+                    self.path = Some(p);
+                    self.buf.clear();
+                    self.pos = HEADER;
+                }
+                None => return Ok(0),
+            }
+        }
+        let mut handed = 0;
+        let mut refilled = false;
+        while handed < max {
+            if self.buf.len() < HEADER {
+                self.refill()?;
+                if self.buf.len() < HEADER {
+                    return Ok(handed);
+                }
+            }
+            let path = self.path.clone().expect("a segment is open");
+            check_header::<R>(&self.buf, &path)?;
+            match next_record::<R>(&self.buf, self.pos) {
+                Next::Record(r, end) => {
+                    self.pos = end;
+                    if r.seq < self.next_seq {
+                        continue;
+                    }
+                    f(r.seq, &R::decode(&self.buf[r.payload])?);
+                    self.next_seq = r.seq + 1;
+                    handed += 1;
+                }
+                Next::Short | Next::Bad if !refilled => {
+                    self.refill()?;
+                    refilled = true;
+                }
+                outcome => {
+                    // Nothing more here now. A later segment means this one is sealed: move on
+                    // if it ended cleanly, refuse if it ends in damage.
+                    let next = segment_after(&self.dir, &path)?;
+                    match (next, outcome) {
+                        (Some(next), Next::Short) if self.pos == self.buf.len() => {
+                            self.path = Some(next);
+                            self.buf.clear();
+                            self.pos = HEADER;
+                            refilled = false;
+                        }
+                        (Some(_), _) => return Err(JournalError::Corrupt { path, offset: self.pos as u64 }),
+                        // The tail is being written (or torn, until the writer reopens and
+                        // truncates it): try again at the next poll.
+                        (None, _) => return Ok(handed),
+                    }
+                }
+            }
+        }
+        Ok(handed)
+    }
+}
+
+/// The last record of a journal (with its sequence), if any: reads only the last segment
+/// that holds a record.
+pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalError> {
+    for seg in segments(dir)?.iter().rev() {
+        let buf = load(seg)?;
+        let (records, _, _) = scan::<R>(&buf, seg)?;
+        if let Some(r) = records.last() {
+            return Ok(Some((r.seq, R::decode(&buf[r.payload.clone()])?)));
+        }
+    }
+    Ok(None)
+}
+
+/// Hands the records of the last segments to `f`, newest first, until `f` returns false.
+pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> bool) -> Result<(), JournalError> {
+    for seg in segments(dir)?.iter().rev() {
+        let buf = load(seg)?;
+        let (records, _, _) = scan::<R>(&buf, seg)?;
+        for r in records.iter().rev() {
+            if !f(r.seq, &R::decode(&buf[r.payload.clone()])?) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn segment_first_seq(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+fn segment_after(dir: &Path, current: &Path) -> Result<Option<PathBuf>, JournalError> {
+    Ok(segments(dir)?.into_iter().find(|p| p.as_path() > current))
 }
 
 /// Reads every event of a journal, in order, validating each record.

@@ -4,15 +4,26 @@
 //! # Layout
 //! - [`journal`]: the input journal — segment files of CRC-framed rkyv records, torn-tail
 //!   recovery, durability policies.
-//! - [`recovery`]: crash recovery — the journal replayed through the deterministic engine.
-//!
-//! The Postgres sink, the Redis publisher and the output journal land here next.
+//!   The output journal (every engine output) uses the same format with its own magic;
+//!   [`journal::Tail`] follows a journal as it grows.
+//! - [`recovery`]: crash recovery — the journal replayed through the deterministic engine,
+//!   and the output journal completed with what a crash kept from it.
+//! - [`text`]: records as named fields (JSON lines, CSV) for dumps and the edge.
+//! - [`bus`]: the Redis publisher (documented channels) and remote agents' signal ingress.
+//! - [`pg`]: the Postgres sink — migrations, the schema check, the journal-tailing writer
+//!   (exactly once through a cursor committed with the rows).
 //!
 //! # Features
 //! None.
 #![forbid(unsafe_code)]
 
+/// The Redis bus: ticks and outputs out, remote agents' signals in.
+pub mod bus;
 /// The input journal.
 pub mod journal;
+/// The Postgres sink: migrations, schema check, the journal-tailing writer.
+pub mod pg;
 /// Crash recovery from the input journal.
 pub mod recovery;
+/// Journal records as named fields, JSON and CSV.
+pub mod text;

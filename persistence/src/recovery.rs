@@ -10,7 +10,7 @@
 //! Journal records name instruments by id, so a journal can only be recovered with the same
 //! instruments in the same order: the list is kept beside the segments and checked.
 
-use crate::journal::{for_each, JournalError};
+use crate::journal::{for_each, for_each_backwards, JournalError, JournalWriter};
 use sapphire_core::engine::{Engine, EngineConfig, Output, OutputSink, Stages};
 use sapphire_core::instrument::Instrument;
 use sapphire_core::order::Order;
@@ -56,6 +56,8 @@ pub struct Recovered {
     pub next_seq: u64,
     /// Orders the replay re-decided (not sent again).
     pub orders_not_resent: u64,
+    /// Outputs the replay wrote to the output journal because a crash had kept them from it.
+    pub outputs_regenerated: u64,
 }
 
 fn listing(instruments: &[Instrument]) -> String {
@@ -80,30 +82,81 @@ pub fn check_instruments(dir: &Path, instruments: &[Instrument]) -> Result<(), R
     }
 }
 
-/// Counts outputs of the replay, sends nothing.
-struct Discard {
+/// Counts outputs of the replay, sends nothing to venues; writes to the output journal the
+/// outputs it is missing (those a crash kept from being written).
+struct Replayed<'a> {
     orders: u64,
+    journal: Option<&'a mut JournalWriter<Output>>,
+    /// Outputs of inbound events before this sequence are in the output journal already...
+    written_before: i64,
+    /// ...and this many outputs of the event at `written_before` itself.
+    written_at: usize,
+    seen_at: usize,
+    regenerated: u64,
+    error: Option<JournalError>,
 }
 
-impl OutputSink for Discard {
+impl OutputSink for Replayed<'_> {
     fn emit(&mut self, out: Output) {
         if matches!(out.output, sapphire_core::engine::EngineOutput::Order(_)) {
             self.orders += 1;
         }
+        let Some(journal) = self.journal.as_deref_mut() else { return };
+        if out.seq < self.written_before || self.error.is_some() {
+            return;
+        }
+        if out.seq == self.written_before && self.seen_at < self.written_at {
+            self.seen_at += 1;
+            return;
+        }
+        match journal.append_record(&out) {
+            Ok(_) => self.regenerated += 1,
+            Err(e) => self.error = Some(e),
+        }
     }
 }
 
+/// Where the output journal in `dir` ends: the inbound sequence of its last output and how
+/// many outputs of that inbound event it holds (`(-1, 0)` when it is empty).
+pub fn output_journal_end(dir: &Path) -> Result<(i64, usize), JournalError> {
+    let mut last: Option<i64> = None;
+    let mut count = 0;
+    for_each_backwards::<Output>(dir, |_, o| match last {
+        None => {
+            last = Some(o.seq);
+            count = 1;
+            true
+        }
+        Some(seq) if seq == o.seq => {
+            count += 1;
+            true
+        }
+        Some(_) => false,
+    })?;
+    Ok((last.unwrap_or(-1), count))
+}
+
 /// Replays the journal in `dir` through a fresh engine; `progress(events)` is called every
-/// million events.
+/// million events. With an output journal (opened, so its torn tail is already cut), the
+/// outputs it lacks — those of the last events before a crash — are written to it: the engine
+/// is deterministic, so they are the outputs the crashed run made.
 pub fn recover(
     dir: &Path,
     config: &EngineConfig,
     instruments: &[Instrument],
+    outputs: Option<(&Path, &mut JournalWriter<Output>)>,
     mut progress: impl FnMut(u64),
 ) -> Result<Recovered, RecoveryError> {
     check_instruments(dir, instruments)?;
     let mut engine = Engine::new(config, instruments);
-    let mut discard = Discard { orders: 0 };
+    let (written_before, written_at, journal) = match outputs {
+        Some((out_dir, writer)) => {
+            let (seq, count) = output_journal_end(out_dir)?;
+            (seq, count, Some(writer))
+        }
+        None => (i64::MAX, 0, None),
+    };
+    let mut discard = Replayed { orders: 0, journal, written_before, written_at, seen_at: 0, regenerated: 0, error: None };
     let mut outbound: Vec<Order> = Vec::new();
     let mut next_seq = 0u64;
     let events = for_each(dir, |seq, event| {
@@ -115,5 +168,11 @@ pub fn recover(
             progress(seq + 1);
         }
     })?;
-    Ok(Recovered { stages: engine.stages, events, next_seq, orders_not_resent: discard.orders })
+    if let Some(e) = discard.error {
+        return Err(e.into());
+    }
+    if let Some(j) = discard.journal {
+        j.sync()?;
+    }
+    Ok(Recovered { stages: engine.stages, events, next_seq, orders_not_resent: discard.orders, outputs_regenerated: discard.regenerated })
 }

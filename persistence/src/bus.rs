@@ -1,0 +1,405 @@
+//! The Redis bus: fan-out of market data and engine outputs, and signal ingress for remote
+//! agents (the platform this replaces ran its agents through Redis; remote agents still can).
+//!
+//! # Channels (`<prefix>` is `sapphire` by default)
+//! | channel | what | delivery |
+//! |---|---|---|
+//! | `<prefix>:ticks:<SYMBOL>` | top of book: `{"symbol","bid","bid_qty","ask","ask_qty","last_trade","ts_event","in_sync"}` | conflated per symbol: at most one per tick interval, the latest; dropped (and counted) while Redis is down |
+//! | `<prefix>:fills` | fills (`kind` `fill`) | every one, in order |
+//! | `<prefix>:orders` | orders and cancels sent (`kind` `order`) and other execution reports | every one, in order |
+//! | `<prefix>:signals` | agent signals as the engine saw them (`taken`) | every one, in order |
+//! | `<prefix>:pnl` | portfolio and per-agent PnL snapshots (`pnl`, `agent_pnl`) | every one, in order |
+//! | `<prefix>:risk` | refusals and guard alerts (`risk_refusal`, `risk_alert`) | every one, in order |
+//! | `<prefix>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
+//!
+//! Output messages are the output journal's records as JSON (see [`crate::text`]): decimals
+//! are exact strings, `journal_seq` orders them.
+//!
+//! # When Redis is down
+//! The publisher reads outputs from the output journal on disk, so nothing needs buffering in
+//! memory: it holds at most one batch, retries it after reconnecting (with capped, jittered
+//! backoff), then carries on from its place in the journal — fills are never dropped. Ticks
+//! are conflatable: while Redis is down they are dropped and counted. Redis pub/sub keeps no
+//! history: a subscriber sees what is published while it is subscribed, and a publisher that
+//! restarts begins at the journal's end (the Postgres sink is the durable record).
+
+use crate::journal::{JournalError, Tail};
+use crate::text::{output_fields, to_json, Names};
+use futures_util::StreamExt;
+use sapphire_core::board::MarketBoard;
+use sapphire_core::engine::{EngineOutput, Output};
+use sapphire_core::event::{AgentId, Event, Signal};
+use sapphire_core::instrument::InstrumentId;
+use sapphire_core::ring::Producer;
+use sapphire_core::risk::RiskOutput;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Bus settings.
+#[derive(Clone)]
+pub struct BusConfig {
+    /// `redis://host:port/db` (credentials in the URL are never logged).
+    pub url: String,
+    /// Channel prefix.
+    pub prefix: String,
+    /// Conflation interval of tick messages.
+    pub tick_interval: Duration,
+    /// Outputs published per round trip.
+    pub batch: usize,
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("tick_interval", &self.tick_interval)
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl BusConfig {
+    /// Defaults for `url`: prefix `sapphire`, ticks every 100 ms, batches of 256.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), prefix: "sapphire".into(), tick_interval: Duration::from_millis(100), batch: 256 }
+    }
+}
+
+/// A Redis URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Counters of the bus, readable from any thread (for `/metrics` and `/readyz`).
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Connected to Redis now.
+    pub connected: AtomicBool,
+    /// Tick messages published.
+    pub ticks: AtomicU64,
+    /// Tick updates dropped while Redis was unreachable.
+    pub ticks_dropped: AtomicU64,
+    /// Output messages published.
+    pub outputs: AtomicU64,
+    /// Output journal sequence published up to (the next one to publish).
+    pub cursor: AtomicU64,
+    /// Connections made after the first.
+    pub reconnects: AtomicU64,
+    /// Failed connects and publishes.
+    pub errors: AtomicU64,
+    /// Remote signals taken into the ring.
+    pub signals_in: AtomicU64,
+    /// Remote signals refused (malformed, unknown symbol, out of range).
+    pub signals_refused: AtomicU64,
+    /// The last error, for `/readyz`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl BusStats {
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Relaxed);
+        let text = format!("{what}: {e}");
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        // Logged once per change of state, not once per retry.
+        if last.as_deref() != Some(text.as_str()) {
+            eprintln!("redis: {text}");
+        }
+        *last = Some(text);
+    }
+}
+
+/// Errors that end the bus (Redis being down is not one: it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The URL does not parse.
+    #[error("REDIS_URL {url}: {reason}")]
+    Url {
+        /// The URL, redacted.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The output journal could not be read.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// The channel an output goes to.
+pub fn channel_of(o: &Output) -> &'static str {
+    match o.output {
+        EngineOutput::Exec(r) if r.last_qty.raw > 0 => "fills",
+        EngineOutput::Order(_) | EngineOutput::Exec(_) => "orders",
+        EngineOutput::Signal { .. } => "signals",
+        EngineOutput::Pnl { .. } | EngineOutput::AgentPnl { .. } => "pnl",
+        EngineOutput::Risk(RiskOutput::Refusal(_) | RiskOutput::Alert(_)) => "risk",
+    }
+}
+
+fn tick_json(symbol: &str, t: &sapphire_core::board::Top) -> String {
+    let mut out = String::with_capacity(192);
+    out.push_str("{\"symbol\":");
+    crate::text::json_str(&mut out, symbol);
+    let _ = write!(
+        out,
+        ",\"bid\":\"{}\",\"bid_qty\":\"{}\",\"ask\":\"{}\",\"ask_qty\":\"{}\",\"last_trade\":\"{}\",\"ts_event\":{},\"in_sync\":{}}}",
+        t.bid, t.bid_qty, t.ask, t.ask_qty, t.last_trade, t.ts_event, t.in_sync
+    );
+    out
+}
+
+async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64 << attempt.min(6);
+    // Jitter from the clock's low bits: enough to keep reconnecting processes apart.
+    let jitter =
+        u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())) % (base / 2 + 1);
+    Duration::from_millis((base + jitter).min(5_000))
+}
+
+/// Publishes ticks from `board` and outputs from the output journal in `output_dir` (from
+/// `from_seq` on) until `stop` is set. Redis being down is retried; only a bad URL or an
+/// unreadable journal ends it.
+pub async fn run_publisher(
+    config: BusConfig,
+    output_dir: PathBuf,
+    from_seq: u64,
+    board: Arc<MarketBoard>,
+    names: Vec<String>,
+    stats: Arc<BusStats>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let text_names = Names(names.clone());
+    let mut tail = Tail::open(&output_dir, from_seq)?;
+    stats.cursor.store(from_seq, Relaxed);
+    let mut pending: Vec<(u64, &'static str, String)> = Vec::new();
+    let mut seen_updates = vec![0u64; board.len()];
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut attempt = 0u32;
+    let mut ever_connected = false;
+    let mut next_tick = tokio::time::Instant::now();
+    let mut next_connect = tokio::time::Instant::now();
+    while !stop.load(Relaxed) {
+        if conn.is_none() && tokio::time::Instant::now() >= next_connect {
+            match connect(&client).await {
+                Ok(c) => {
+                    if ever_connected {
+                        stats.reconnects.fetch_add(1, Relaxed);
+                    }
+                    ever_connected = true;
+                    attempt = 0;
+                    stats.connected.store(true, Relaxed);
+                    *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    stats.fail("connect", &e);
+                    next_connect = tokio::time::Instant::now() + backoff(attempt);
+                    attempt += 1;
+                }
+            }
+        }
+        // Ticks: the latest top of each symbol that changed, once per interval.
+        if tokio::time::Instant::now() >= next_tick {
+            next_tick = tokio::time::Instant::now() + config.tick_interval;
+            let mut pipe = redis::pipe();
+            let mut count = 0u64;
+            for (i, seen) in seen_updates.iter_mut().enumerate() {
+                let Some(top) = board.read(InstrumentId(i as u32)) else { continue };
+                if top.updates == *seen {
+                    continue;
+                }
+                *seen = top.updates;
+                let symbol = names.get(i).map_or("?", String::as_str);
+                pipe.publish(format!("{}:ticks:{symbol}", config.prefix), tick_json(symbol, &top)).ignore();
+                count += 1;
+            }
+            if count > 0 {
+                match conn.as_mut() {
+                    Some(c) => match pipe.query_async::<()>(c).await {
+                        Ok(()) => {
+                            stats.ticks.fetch_add(count, Relaxed);
+                        }
+                        Err(e) => {
+                            stats.ticks_dropped.fetch_add(count, Relaxed);
+                            stats.fail("publishing ticks", &e);
+                            stats.connected.store(false, Relaxed);
+                            conn = None;
+                        }
+                    },
+                    None => {
+                        stats.ticks_dropped.fetch_add(count, Relaxed);
+                    }
+                }
+            }
+        }
+        // Outputs: one batch at a time, kept until Redis has taken it.
+        if pending.is_empty() {
+            tail.poll::<Output>(config.batch, |seq, o| {
+                let mut json = String::with_capacity(256);
+                to_json(&mut json, seq, &output_fields(o, &text_names));
+                pending.push((seq, channel_of(o), json));
+            })?;
+        }
+        if let (false, Some(c)) = (pending.is_empty(), conn.as_mut()) {
+            let mut pipe = redis::pipe();
+            for (_, channel, json) in &pending {
+                pipe.publish(format!("{}:{channel}", config.prefix), json).ignore();
+            }
+            match pipe.query_async::<()>(c).await {
+                Ok(()) => {
+                    stats.outputs.fetch_add(pending.len() as u64, Relaxed);
+                    stats.cursor.store(pending.last().map_or(0, |p| p.0 + 1), Relaxed);
+                    pending.clear();
+                    continue;
+                }
+                Err(e) => {
+                    stats.fail("publishing outputs", &e);
+                    stats.connected.store(false, Relaxed);
+                    conn = None;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stats.connected.store(false, Relaxed);
+    Ok(())
+}
+
+/// Why a remote signal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignalRefusal {
+    /// Not the documented JSON object.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// No such symbol in this engine.
+    #[error("unknown symbol {0:?}")]
+    UnknownSymbol(String),
+    /// A value out of its range.
+    #[error("{0}")]
+    OutOfRange(&'static str),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteSignal {
+    agent: u16,
+    symbol: String,
+    strength_bps: i32,
+    confidence_bps: u16,
+    ttl_ms: u64,
+    #[serde(default)]
+    signal_id: u64,
+}
+
+/// Parses and checks a remote agent's signal; `now` stamps it (ns).
+pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result<Signal, SignalRefusal> {
+    let r: RemoteSignal = serde_json::from_slice(payload).map_err(|e| SignalRefusal::Malformed(e.to_string()))?;
+    let instrument = names.iter().position(|n| *n == r.symbol).ok_or_else(|| SignalRefusal::UnknownSymbol(r.symbol.clone()))?;
+    if !(-10_000..=10_000).contains(&r.strength_bps) {
+        return Err(SignalRefusal::OutOfRange("strength_bps must be within -10000..=10000"));
+    }
+    if r.confidence_bps > 10_000 {
+        return Err(SignalRefusal::OutOfRange("confidence_bps must be within 0..=10000"));
+    }
+    if usize::from(r.agent) < usize::from(sapphire_core::aggregate::FIRST_EXTERNAL_AGENT)
+        || usize::from(r.agent) >= sapphire_core::aggregate::MAX_AGENTS
+    {
+        return Err(SignalRefusal::OutOfRange("agent is not an external agent id"));
+    }
+    if r.ttl_ms == 0 || r.ttl_ms > 3_600_000 {
+        return Err(SignalRefusal::OutOfRange("ttl_ms must be within 1..=3600000"));
+    }
+    Ok(Signal {
+        ts_event: now,
+        ts_recv: now,
+        instrument: InstrumentId(instrument as u32),
+        agent: AgentId(r.agent),
+        strength_bps: r.strength_bps,
+        confidence_bps: r.confidence_bps,
+        ttl_ns: r.ttl_ms * 1_000_000,
+        signal_id: r.signal_id,
+        ..Signal::default()
+    })
+}
+
+/// Takes remote agents' signals from `<prefix>:signals:in` into the inbound ring until
+/// `stop` is set; resubscribes after Redis comes back.
+pub async fn run_signal_ingress(
+    config: BusConfig,
+    names: Vec<String>,
+    mut producer: Producer<Event>,
+    clock: fn() -> u64,
+    stats: Arc<BusStats>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let channel = format!("{}:signals:in", config.prefix);
+    let mut attempt = 0u32;
+    while !stop.load(Relaxed) {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                stats.fail("subscribing for remote signals", &e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            stats.fail("subscribing for remote signals", &e);
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            continue;
+        }
+        attempt = 0;
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            let msg = match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(m)) => m,
+            };
+            match parse_remote_signal(msg.get_payload_bytes(), &names, clock()) {
+                Ok(signal) => {
+                    // Never wait on a full ring from here: a refused signal is counted.
+                    if producer.try_publish(Event::Signal(signal)).is_ok() {
+                        stats.signals_in.fetch_add(1, Relaxed);
+                    } else {
+                        stats.signals_refused.fetch_add(1, Relaxed);
+                    }
+                }
+                Err(e) => {
+                    let n = stats.signals_refused.fetch_add(1, Relaxed) + 1;
+                    // Hostile or broken publishers must not flood the log: the first ten,
+                    // then one in a thousand (the counter has them all).
+                    if n <= 10 || n % 1_000 == 0 {
+                        eprintln!("redis: remote signal refused ({n} so far): {e}");
+                    }
+                }
+            }
+        }
+        stats.fail("remote signal subscription", &"connection closed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
