@@ -48,6 +48,37 @@ pub struct FileConfig {
     pub journal: JournalSection,
     /// The HTTP API.
     pub api: ApiSection,
+    /// The Redis bus (off unless a URL is given).
+    pub redis: RedisSection,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://…`; REDIS_URL wins. None: no Redis.
+    pub url: Option<String>,
+    pub prefix: String,
+    pub tick_interval_ms: u64,
+    /// Take remote agents' signals from `<prefix>:signals:in`.
+    pub signal_ingress: bool,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self { url: None, prefix: "sapphire".into(), tick_interval_ms: 100, signal_ingress: true }
+    }
+}
+
+impl std::fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("RedisSection")
+            .field("url", &self.url.as_deref().map(sapphire_persistence::bus::redact))
+            .field("prefix", &self.prefix)
+            .field("tick_interval_ms", &self.tick_interval_ms)
+            .field("signal_ingress", &self.signal_ingress)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +298,9 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_API_TOKEN") {
         cfg.api.token = sapphire_gateway::api::ApiToken::new(&v);
     }
+    if let Some(v) = env("REDIS_URL") {
+        cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
+    }
     Ok(())
 }
 
@@ -324,6 +358,10 @@ pub struct RunConfig {
     /// The output journal: same segment size and durability, beside the input journal.
     pub output_journal: sapphire_persistence::journal::JournalConfig,
     pub api: sapphire_gateway::api::ApiConfig,
+    /// The Redis bus, when configured.
+    pub redis: Option<sapphire_persistence::bus::BusConfig>,
+    /// Take remote agents' signals from Redis.
+    pub redis_signal_ingress: bool,
 }
 
 impl FileConfig {
@@ -508,6 +546,32 @@ impl FileConfig {
                 ..journal.clone()
             },
             journal,
+            redis: match &self.redis.url {
+                None => None,
+                Some(url) => {
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                        return Err(bad(
+                            "redis.url (REDIS_URL)",
+                            format!("{:?} is not a redis:// URL", sapphire_persistence::bus::redact(url)),
+                        ));
+                    }
+                    if !(1..=60_000).contains(&self.redis.tick_interval_ms) {
+                        return Err(bad("redis.tick_interval_ms", format!("{} is outside 1..=60000", self.redis.tick_interval_ms)));
+                    }
+                    if self.redis.prefix.is_empty() || self.redis.prefix.contains([' ', '*', '?', '[']) {
+                        return Err(bad(
+                            "redis.prefix",
+                            format!("{:?} must be non-empty, without spaces or glob characters", self.redis.prefix),
+                        ));
+                    }
+                    Some(sapphire_persistence::bus::BusConfig {
+                        prefix: self.redis.prefix.clone(),
+                        tick_interval: std::time::Duration::from_millis(self.redis.tick_interval_ms),
+                        ..sapphire_persistence::bus::BusConfig::new(url.clone())
+                    })
+                }
+            },
+            redis_signal_ingress: self.redis.signal_ingress,
             api: sapphire_gateway::api::ApiConfig { bind, token, core: edge_core },
         })
     }
@@ -571,6 +635,8 @@ mod tests {
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
             ("[api]\nbind = \"localhost\"\n", "api.bind"),
             ("[api]\ntoken_file = \"/nonexistent/sapphire-token\"\n", "api.token_file"),
+            ("[redis]\nurl = \"http://127.0.0.1:6379\"\n", "redis.url"),
+            ("[redis]\nurl = \"redis://127.0.0.1\"\nprefix = \"a b\"\n", "redis.prefix"),
         ];
         for (text, key) in cases {
             let cfg: FileConfig = toml::from_str(text).unwrap();

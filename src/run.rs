@@ -3,6 +3,7 @@
 use crate::config::RunConfig;
 use anyhow::Context;
 use sapphire_core::affinity::PinOutcome;
+use sapphire_core::board::MarketBoard;
 use sapphire_core::engine::{EngineOutput, Output};
 use sapphire_core::event::{Event, RejectReason};
 use sapphire_core::fixed::{Money, Price, Quantity};
@@ -14,6 +15,7 @@ use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
 use sapphire_gateway::api::{ApiServer, EdgeState};
 use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
+use sapphire_persistence::bus::BusStats;
 use sapphire_persistence::journal::JournalWriter;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -236,7 +238,12 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let outputs_regenerated = recovered.outputs_regenerated;
     // The edge starts from the recovered risk state (totals, refusals, guards, open orders).
     let recovered_risk = recovered.stages.risk.risk.clone();
-    let mut pipeline = Pipeline::resume(&cfg.pipeline, recovered.stages, recovered.next_seq as i64, Box::new(journal));
+    // Each instrument's top of book, for readers off the hot path (agents, the Redis ticks).
+    let board = Arc::new(MarketBoard::new(instruments.len()));
+    let mut stages = recovered.stages;
+    stages.book.attach_board(Arc::clone(&board));
+    let outputs_from = output_journal.next_seq();
+    let mut pipeline = Pipeline::resume(&cfg.pipeline, stages, recovered.next_seq as i64, Box::new(journal));
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeState::new(
         pipeline.stats(),
@@ -258,6 +265,52 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     };
     // Printed even with --quiet: with port 0 it is the only way to learn the port.
     println!("api: http://{}", api.addr());
+    // Async services beside the engine, off its cores: the Redis bus (and the sink, agents).
+    let services = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sapphire-services")
+        .enable_all()
+        .build()
+        .context("starting the services runtime")?;
+    let mut service_tasks = Vec::new();
+    let bus_stats = Arc::new(BusStats::default());
+    if let Some(bus) = &cfg.redis {
+        let names: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
+        service_tasks.push((
+            "redis publisher",
+            services.spawn(
+                sapphire_persistence::bus::run_publisher(
+                    bus.clone(),
+                    cfg.output_journal.dir.clone(),
+                    outputs_from,
+                    Arc::clone(&board),
+                    names.clone(),
+                    Arc::clone(&bus_stats),
+                    Arc::clone(&stop),
+                )
+                .map_err_to_string(),
+            ),
+        ));
+        if cfg.redis_signal_ingress {
+            service_tasks.push((
+                "redis signal ingress",
+                services.spawn(
+                    sapphire_persistence::bus::run_signal_ingress(
+                        bus.clone(),
+                        names,
+                        pipeline.producer(),
+                        unix_nanos,
+                        Arc::clone(&bus_stats),
+                        Arc::clone(&stop),
+                    )
+                    .map_err_to_string(),
+                ),
+            ));
+        }
+        if !opts.quiet {
+            println!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
+        }
+    }
     let edge_thread = {
         let (edge, quiet, core) = (Arc::clone(&edge), opts.quiet, cfg.edge_core);
         std::thread::Builder::new()
@@ -370,13 +423,33 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::SeqCst);
     edge.set_core_running(false);
-    // The API holds an inbound producer: it stops before the ring closes.
+    // The API and the signal ingress hold inbound producers: they stop before the ring closes.
     api.shutdown();
+    for (name, task) in service_tasks {
+        match services.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: {name} stopped: {e}"),
+            Err(e) => eprintln!("warning: {name} failed: {e}"),
+        }
+    }
+    services.shutdown_timeout(Duration::from_secs(2));
     let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
     let report = pipeline.shutdown();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
     summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    if cfg.redis.is_some() {
+        println!(
+            "  redis: {} ticks and {} outputs published ({} ticks dropped while unreachable), {} remote signals in ({} refused), {} reconnects, {} errors",
+            bus_stats.ticks.load(Ordering::Relaxed),
+            bus_stats.outputs.load(Ordering::Relaxed),
+            bus_stats.ticks_dropped.load(Ordering::Relaxed),
+            bus_stats.signals_in.load(Ordering::Relaxed),
+            bus_stats.signals_refused.load(Ordering::Relaxed),
+            bus_stats.reconnects.load(Ordering::Relaxed),
+            bus_stats.errors.load(Ordering::Relaxed),
+        );
+    }
     match &edge_report.error {
         None => println!("  output journal: {} outputs appended", edge_report.journaled),
         Some(e) => println!("  output journal: {} outputs appended, then it failed: {e}", edge_report.journaled),
@@ -509,4 +582,15 @@ fn summary(
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     println!("  run summary written to {}", path.display());
     Ok(())
+}
+
+/// Futures of services whose errors are reported as text at shutdown.
+trait ErrToString<T> {
+    fn map_err_to_string(self) -> impl std::future::Future<Output = Result<T, String>> + Send;
+}
+
+impl<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>> + Send> ErrToString<T> for F {
+    fn map_err_to_string(self) -> impl std::future::Future<Output = Result<T, String>> + Send {
+        async move { self.await.map_err(|e| e.to_string()) }
+    }
 }
