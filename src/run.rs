@@ -300,6 +300,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                         names,
                         pipeline.producer(),
                         unix_nanos,
+                        cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec()),
                         Arc::clone(&bus_stats),
                         Arc::clone(&stop),
                     )

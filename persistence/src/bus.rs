@@ -10,6 +10,8 @@
 //! | `<prefix>:signals` | agent signals as the engine saw them (`taken`) | every one, in order |
 //! | `<prefix>:pnl` | portfolio and per-agent PnL snapshots (`pnl`, `agent_pnl`) | every one, in order |
 //! | `<prefix>:risk` | refusals and guard alerts (`risk_refusal`, `risk_alert`) | every one, in order |
+//! | `<prefix>:outputs` | every output as bytes: `journal_seq:u64le` then the rkyv archive of the `Output` (validated by readers) — for Sapphire's own processes (the gateway role) | every one, in order |
+//! | `<prefix>:control:in` | **ingress**: operator control from a gateway: `ts_ns:u64le`, the rkyv archive of an `Event::Control`, then HMAC-SHA256 over both with the API token as key; the core takes it only with a valid MAC, a time within 30 s of its clock and a time later than the last one taken | each valid one becomes a `Control` event in the inbound ring (journaled, replayable) |
 //! | `<prefix>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
 //!
 //! Output messages are the output journal's records as JSON (see [`crate::text`]): decimals
@@ -23,7 +25,7 @@
 //! history: a subscriber sees what is published while it is subscribed, and a publisher that
 //! restarts begins at the journal's end (the Postgres sink is the durable record).
 
-use crate::journal::{JournalError, Tail};
+use crate::journal::{JournalError, Record, Tail};
 use crate::text::{output_fields, to_json, Names};
 use futures_util::StreamExt;
 use sapphire_core::board::MarketBoard;
@@ -98,6 +100,10 @@ pub struct BusStats {
     pub signals_in: AtomicU64,
     /// Remote signals refused (malformed, unknown symbol, out of range).
     pub signals_refused: AtomicU64,
+    /// Signed operator controls taken into the ring.
+    pub controls_in: AtomicU64,
+    /// Control messages refused (bad signature, stale, replayed, malformed).
+    pub controls_refused: AtomicU64,
     /// The last error, for `/readyz`.
     pub last_error: Mutex<Option<String>>,
 }
@@ -185,7 +191,7 @@ pub async fn run_publisher(
     let text_names = Names(names.clone());
     let mut tail = Tail::open(&output_dir, from_seq)?;
     stats.cursor.store(from_seq, Relaxed);
-    let mut pending: Vec<(u64, &'static str, String)> = Vec::new();
+    let mut pending: Vec<(u64, &'static str, String, Vec<u8>)> = Vec::new();
     let mut seen_updates = vec![0u64; board.len()];
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut attempt = 0u32;
@@ -248,16 +254,25 @@ pub async fn run_publisher(
         }
         // Outputs: one batch at a time, kept until Redis has taken it.
         if pending.is_empty() {
+            let mut failed = None;
             tail.poll::<Output>(config.batch, |seq, o| {
                 let mut json = String::with_capacity(256);
                 to_json(&mut json, seq, &output_fields(o, &text_names));
-                pending.push((seq, channel_of(o), json));
+                match encode_output_message(seq, o) {
+                    Ok(bin) => pending.push((seq, channel_of(o), json, bin)),
+                    Err(e) => failed = Some(e),
+                }
             })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
         }
         if let (false, Some(c)) = (pending.is_empty(), conn.as_mut()) {
             let mut pipe = redis::pipe();
-            for (_, channel, json) in &pending {
+            let outputs_channel = format!("{}:outputs", config.prefix);
+            for (_, channel, json, bin) in &pending {
                 pipe.publish(format!("{}:{channel}", config.prefix), json).ignore();
+                pipe.publish(&outputs_channel, bin.as_slice()).ignore();
             }
             match pipe.query_async::<()>(c).await {
                 Ok(()) => {
@@ -277,6 +292,150 @@ pub async fn run_publisher(
     }
     stats.connected.store(false, Relaxed);
     Ok(())
+}
+
+/// The `<prefix>:outputs` message for an output: its journal sequence, then its archive.
+pub fn encode_output_message(seq: u64, o: &Output) -> Result<Vec<u8>, JournalError> {
+    let archive = o.encode(rkyv::util::AlignedVec::new())?;
+    let mut out = Vec::with_capacity(8 + archive.len());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&archive);
+    Ok(out)
+}
+
+/// Reads a `<prefix>:outputs` message, validating the archive (the bytes came over the network).
+pub fn decode_output_message(payload: &[u8]) -> Result<(u64, Output), String> {
+    if payload.len() < 9 {
+        return Err(format!("{} bytes is too short", payload.len()));
+    }
+    let seq = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len() - 8);
+    aligned.extend_from_slice(&payload[8..]);
+    if !Output::validate(&aligned) {
+        return Err("not a valid output archive".into());
+    }
+    Output::decode(&aligned).map(|o| (seq, o)).map_err(|e| e.to_string())
+}
+
+/// Follows `<prefix>:outputs` (the gateway role's view of a core) until `stop`, handing each
+/// output to `f`; resubscribes after Redis comes back. Pub/sub keeps nothing while a
+/// subscriber is away: jumps in the sequence are counted in `gaps`.
+pub async fn run_output_subscriber(
+    config: BusConfig,
+    stats: Arc<BusStats>,
+    gaps: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    mut f: impl FnMut(u64, &Output) + Send,
+) -> Result<(), BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let channel = format!("{}:outputs", config.prefix);
+    let mut attempt = 0u32;
+    let mut next: Option<u64> = None;
+    while !stop.load(Relaxed) {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                stats.connected.store(false, Relaxed);
+                stats.fail("subscribing to outputs", &e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(&channel).await {
+            stats.fail("subscribing to outputs", &e);
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            continue;
+        }
+        attempt = 0;
+        stats.connected.store(true, Relaxed);
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            let msg = match msg {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(m)) => m,
+            };
+            match decode_output_message(msg.get_payload_bytes()) {
+                Ok((seq, o)) => {
+                    if next.is_some_and(|n| seq > n) {
+                        gaps.fetch_add(1, Relaxed);
+                    }
+                    next = Some(seq + 1);
+                    stats.outputs.fetch_add(1, Relaxed);
+                    stats.cursor.store(seq + 1, Relaxed);
+                    f(seq, &o);
+                }
+                Err(e) => stats.fail("an output message", &e),
+            }
+        }
+        stats.connected.store(false, Relaxed);
+        stats.fail("output subscription", &"connection closed");
+    }
+    Ok(())
+}
+
+/// Signs an operator's control event for `<prefix>:control:in` with the API token.
+pub fn sign_control(event: &Event, ts_ns: u64, token: &[u8]) -> Result<Vec<u8>, JournalError> {
+    let archive = event.encode(rkyv::util::AlignedVec::new())?;
+    let mut out = Vec::with_capacity(8 + archive.len() + 32);
+    out.extend_from_slice(&ts_ns.to_le_bytes());
+    out.extend_from_slice(&archive);
+    let mac = control_mac(token, &out);
+    out.extend_from_slice(&mac);
+    Ok(out)
+}
+
+fn control_mac(token: &[u8], bytes: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token).expect("HMAC takes keys of any length");
+    mac.update(bytes);
+    mac.finalize().into_bytes().into()
+}
+
+/// Why a control message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlRefusal {
+    /// Too short or not a control event.
+    #[error("malformed control message")]
+    Malformed,
+    /// The MAC does not match the token.
+    #[error("bad signature")]
+    BadSignature,
+    /// Older than the last taken, or too far from this clock.
+    #[error("stale or replayed (ts {0})")]
+    Stale(u64),
+}
+
+/// Verifies a signed control message: the MAC (constant time), then freshness against `now`
+/// and `last` (the time of the last one taken), then the event itself.
+pub fn verify_control(payload: &[u8], token: &[u8], now: u64, last: u64) -> Result<(u64, Event), ControlRefusal> {
+    use hmac::Mac;
+    if payload.len() < 8 + 32 + 1 {
+        return Err(ControlRefusal::Malformed);
+    }
+    let (body, mac) = payload.split_at(payload.len() - 32);
+    let mut check = hmac::Hmac::<sha2::Sha256>::new_from_slice(token).expect("HMAC takes keys of any length");
+    check.update(body);
+    check.verify_slice(mac).map_err(|_| ControlRefusal::BadSignature)?;
+    let ts = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    if ts <= last || ts.abs_diff(now) > 30_000_000_000 {
+        return Err(ControlRefusal::Stale(ts));
+    }
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len() - 8);
+    aligned.extend_from_slice(&body[8..]);
+    if !Event::validate(&aligned) {
+        return Err(ControlRefusal::Malformed);
+    }
+    match Event::decode(&aligned) {
+        Ok(e @ Event::Control(_)) => Ok((ts, e)),
+        _ => Err(ControlRefusal::Malformed),
+    }
 }
 
 /// Why a remote signal was refused.
@@ -336,18 +495,22 @@ pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result
     })
 }
 
-/// Takes remote agents' signals from `<prefix>:signals:in` into the inbound ring until
-/// `stop` is set; resubscribes after Redis comes back.
+/// Takes remote agents' signals from `<prefix>:signals:in` — and, with an API token, signed
+/// operator control from `<prefix>:control:in` — into the inbound ring until `stop` is set;
+/// resubscribes after Redis comes back.
 pub async fn run_signal_ingress(
     config: BusConfig,
     names: Vec<String>,
     mut producer: Producer<Event>,
     clock: fn() -> u64,
+    control_token: Option<Vec<u8>>,
     stats: Arc<BusStats>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), BusError> {
     let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
     let channel = format!("{}:signals:in", config.prefix);
+    let control_channel = format!("{}:control:in", config.prefix);
+    let mut last_control = 0u64;
     let mut attempt = 0u32;
     while !stop.load(Relaxed) {
         let mut pubsub = match client.get_async_pubsub().await {
@@ -359,7 +522,11 @@ pub async fn run_signal_ingress(
                 continue;
             }
         };
-        if let Err(e) = pubsub.subscribe(&channel).await {
+        let subscribed = match pubsub.subscribe(&channel).await {
+            Ok(()) if control_token.is_some() => pubsub.subscribe(&control_channel).await,
+            other => other,
+        };
+        if let Err(e) = subscribed {
             stats.fail("subscribing for remote signals", &e);
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
@@ -377,6 +544,26 @@ pub async fn run_signal_ingress(
                 Ok(None) => break,
                 Ok(Some(m)) => m,
             };
+            if msg.get_channel_name() == control_channel {
+                let Some(token) = &control_token else { continue };
+                match verify_control(msg.get_payload_bytes(), token, clock(), last_control) {
+                    Ok((ts, event)) => {
+                        last_control = ts;
+                        if producer.try_publish(event).is_ok() {
+                            stats.controls_in.fetch_add(1, Relaxed);
+                            eprintln!("redis: operator control taken: {event:?}");
+                        } else {
+                            stats.controls_refused.fetch_add(1, Relaxed);
+                            eprintln!("redis: operator control refused: the inbound ring is full");
+                        }
+                    }
+                    Err(e) => {
+                        stats.controls_refused.fetch_add(1, Relaxed);
+                        eprintln!("redis: operator control refused: {e}");
+                    }
+                }
+                continue;
+            }
             match parse_remote_signal(msg.get_payload_bytes(), &names, clock()) {
                 Ok(signal) => {
                     // Never wait on a full ring from here: a refused signal is counted.

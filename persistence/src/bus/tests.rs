@@ -66,6 +66,8 @@ async fn collect(stream: &mut redis::aio::PubSubStream, n: usize, within: Durati
     let deadline = tokio::time::Instant::now() + within;
     while got.len() < n {
         match tokio::time::timeout_at(deadline, stream.next()).await {
+            // The binary channel is checked by its own test.
+            Ok(Some(m)) if m.get_channel_name().ends_with(":outputs") => {}
             Ok(Some(m)) => got.push((m.get_channel_name().to_string(), serde_json::from_slice(m.get_payload_bytes()).unwrap())),
             _ => break,
         }
@@ -292,7 +294,7 @@ async fn remote_signals_enter_the_ring_and_bad_ones_are_counted() {
     let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(64, 1);
     let (stats, stop) = (Arc::new(BusStats::default()), Arc::new(AtomicBool::new(false)));
     let config = BusConfig { prefix: prefix.clone(), ..BusConfig::new(REDIS) };
-    let task = tokio::spawn(run_signal_ingress(config, names(), producer, || 123, Arc::clone(&stats), Arc::clone(&stop)));
+    let task = tokio::spawn(run_signal_ingress(config, names(), producer, || 123, None, Arc::clone(&stats), Arc::clone(&stop)));
     let client = redis::Client::open(REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let channel = format!("{prefix}:signals:in");
@@ -342,4 +344,132 @@ async fn remote_signals_enter_the_ring_and_bad_ones_are_counted() {
     });
     let s = seen[&4];
     assert_eq!((s.instrument, s.strength_bps, s.confidence_bps, s.ttl_ns, s.ts_event), (InstrumentId(0), 5_000, 9_000, 2_000_000_000, 123));
+}
+
+#[test]
+fn output_messages_round_trip_and_garbage_is_refused() {
+    for (i, o) in sample_outputs().iter().enumerate() {
+        let bytes = encode_output_message(i as u64 + 40, o).unwrap();
+        assert_eq!(decode_output_message(&bytes).unwrap(), (i as u64 + 40, *o));
+    }
+    assert!(decode_output_message(b"short").is_err());
+    let mut bytes = encode_output_message(1, &sample_outputs()[1]).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    bytes.truncate(n - 1);
+    assert!(decode_output_message(&bytes).is_err(), "a damaged archive is refused, not trusted");
+}
+
+fn control(kind: sapphire_core::event::ControlKind) -> Event {
+    Event::Control(sapphire_core::event::Control { kind, ..Default::default() })
+}
+
+#[test]
+fn control_messages_need_the_token_and_are_fresh_once() {
+    use sapphire_core::event::ControlKind;
+    let now = 1_000_000_000_000u64;
+    let msg = sign_control(&control(ControlKind::Kill), now, b"token-1").unwrap();
+    let (ts, e) = verify_control(&msg, b"token-1", now + 5, 0).unwrap();
+    assert_eq!((ts, e), (now, control(ControlKind::Kill)));
+    assert_eq!(verify_control(&msg, b"token-2", now, 0), Err(ControlRefusal::BadSignature));
+    assert_eq!(verify_control(&msg, b"token-1", now, now), Err(ControlRefusal::Stale(now)), "a replay is refused");
+    assert_eq!(verify_control(&msg, b"token-1", now + 31_000_000_000, 0), Err(ControlRefusal::Stale(now)));
+    let mut tampered = msg.clone();
+    tampered[9] ^= 1;
+    assert_eq!(verify_control(&tampered, b"token-1", now, 0), Err(ControlRefusal::BadSignature));
+    assert_eq!(verify_control(b"tiny", b"token-1", now, 0), Err(ControlRefusal::Malformed));
+    // Only control events travel this way, even when signed.
+    let quote = sign_control(&Event::Quote(Default::default()), now, b"token-1").unwrap();
+    assert_eq!(verify_control(&quote, b"token-1", now, 0), Err(ControlRefusal::Malformed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_control_reaches_the_ring_and_outputs_reach_a_subscriber() {
+    use sapphire_core::event::ControlKind;
+    let prefix = unique("control");
+    let dir = std::env::temp_dir().join(&prefix);
+    let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(64, 1);
+    let (stats, stop) = (Arc::new(BusStats::default()), Arc::new(AtomicBool::new(false)));
+    let config = BusConfig { prefix: prefix.clone(), ..BusConfig::new(REDIS) };
+    fn clock() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+    let ingress = tokio::spawn(run_signal_ingress(
+        config.clone(),
+        names(),
+        producer,
+        clock,
+        Some(b"tok".to_vec()),
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    ));
+    // A gateway's view: the outputs channel.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let sub = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(run_output_subscriber(
+            config.clone(),
+            Arc::new(BusStats::default()),
+            Arc::clone(&gaps),
+            Arc::clone(&stop),
+            move |seq, o| seen.lock().unwrap().push((seq, *o)),
+        ))
+    };
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{prefix}:control:in");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // A bad signature first (also the probe that the subscription is up), then a good one.
+    loop {
+        let bad = sign_control(&control(ControlKind::Kill), clock(), b"wrong").unwrap();
+        let receivers: i64 = redis::cmd("PUBLISH").arg(&channel).arg(bad).query_async(&mut conn).await.unwrap();
+        if receivers > 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let good = sign_control(&control(ControlKind::Halt), clock(), b"tok").unwrap();
+    let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(good.clone()).query_async(&mut conn).await.unwrap();
+    // The same message again is a replay.
+    let _: i64 = redis::cmd("PUBLISH").arg(&channel).arg(good).query_async(&mut conn).await.unwrap();
+    while (stats.controls_in.load(Relaxed) < 1 || stats.controls_refused.load(Relaxed) < 2) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.controls_in.load(Relaxed), 1);
+    assert!(stats.controls_refused.load(Relaxed) >= 2, "the wrong signature and the replay are refused");
+    let mut events = Vec::new();
+    consumers[0].poll(64, |e, _, _| events.push(*e));
+    assert_eq!(events, [control(ControlKind::Halt)]);
+
+    // Outputs published by a core reach the subscriber exactly.
+    while tokio::time::Instant::now() < deadline {
+        let receivers: i64 = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{prefix}:outputs"))
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await
+            .map(|v| match v.get(1) {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            })
+            .unwrap();
+        if receivers > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    write_outputs(&dir, &sample_outputs());
+    let publisher = start(config, dir.clone(), Arc::new(MarketBoard::new(2)), Arc::new(BusStats::default()), Arc::clone(&stop));
+    while seen.lock().unwrap().len() < 5 && tokio::time::Instant::now() < deadline + Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Relaxed);
+    for t in [ingress, sub, publisher] {
+        t.await.unwrap().unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, sample_outputs().into_iter().enumerate().map(|(i, o)| (i as u64, o)).collect::<Vec<_>>());
+    assert_eq!(gaps.load(Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
