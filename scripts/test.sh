@@ -11,8 +11,10 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# The suite needs no database yet; Postgres and Redis checks arrive with the persistence
-# work and this script will start them when they are absent.
+# Real servers for the persistence tests: PostgreSQL and Redis are started (and installed
+# from Debian's packages) when absent; exports DATABASE_URL and REDIS_URL.
+say "services"
+source scripts/services.sh
 
 say "format"
 cargo fmt --all -- --check
