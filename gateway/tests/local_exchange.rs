@@ -248,8 +248,9 @@ async fn unreachable_exchange_backs_off_and_counts_failures() {
 }
 
 #[tokio::test]
-async fn tls_endpoints_are_a_terminal_error_in_this_build() {
-    let config = BinanceConnectionConfig::binance(BinanceMarket::Spot, &["BTCUSDT"]);
+async fn a_url_that_cannot_work_is_a_terminal_error_not_a_retry_loop() {
+    // (TLS endpoints work: see tests/tls.rs.)
+    let config = BinanceConnectionConfig::new("ftp://127.0.0.1:1", "http://127.0.0.1:1", BinanceMarket::Spot, &["BTCUSDT"]);
     let feed = BinanceFeed::new(BinanceMarket::Spot, &InstrumentRegistry::new(), "binance");
     let (mut producer, _consumers) = ring::<Event>(64, 1);
     let (_stop, stop_rx) = broadcast::channel(1);

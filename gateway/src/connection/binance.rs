@@ -5,6 +5,7 @@
 //! 24-hour connection limit. Every reconnect, gap, resync and skipped frame is counted in
 //! [`FeedCounters`], which a [`watch`] channel publishes while the client runs.
 
+use super::tls::{self, Endpoint, Transport};
 use super::{http, publish_all, Backoff, ConnectionError, EventSink, Shutdown};
 use crate::binance::{BinanceFeed, BinanceMarket, FrameOutcome};
 use crate::feed::FeedCounters;
@@ -14,14 +15,13 @@ use sapphire_core::instrument::InstrumentId;
 use sapphire_core::latency::unix_nanos;
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<Transport>;
 
 /// How the client tells the venue which streams it wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,16 +376,14 @@ impl BinanceConnection {
 }
 
 async fn connect(url: &str, timeout: Duration) -> Result<Ws, ConnectionError> {
-    if url.starts_with("wss://") {
-        return Err(ConnectionError::TlsUnsupported { url: url.to_string() });
-    }
-    if !url.starts_with("ws://") {
-        return Err(ConnectionError::BadUrl { url: url.to_string(), reason: "not ws:// or wss://" });
-    }
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async_with_config(url, None, true)).await {
+    let endpoint = Endpoint::parse(url, ("ws", "wss"))?;
+    let started = tokio::time::Instant::now();
+    let transport = tls::connect(&endpoint, url, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    match tokio::time::timeout(left, tokio_tungstenite::client_async_with_config(url, transport, None)).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(ConnectionError::Connect { url: url.to_string(), reason: e.to_string() }),
-        Err(_) => Err(ConnectionError::Timeout("connect")),
+        Err(_) => Err(ConnectionError::Timeout("websocket handshake")),
     }
 }
 

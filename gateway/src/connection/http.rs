@@ -1,55 +1,30 @@
-//! A minimal HTTP/1.1 GET over a tokio `TcpStream`, for REST depth snapshots from `http://`
-//! endpoints (the local exchange). One request per connection (`Connection: close`); the body
-//! is framed by `Content-Length`, chunked encoding, or the end of the stream.
-//!
-//! Why not hyper/reqwest: real venues need TLS anyway, and that arrives with the rustls work
-//! for both the WebSocket and REST sides; until then this keeps the build small on shared
-//! 2-core machines and the code path fully under test.
+//! A minimal HTTP/1.1 GET for REST depth snapshots and exchange information, over plain TCP
+//! (`http://`, the local exchange) or TLS (`https://`, real venues). One request per
+//! connection (`Connection: close`); the body is framed by `Content-Length`, chunked encoding,
+//! or the end of the stream. Snapshots are rare (start and resync), so connection reuse buys
+//! nothing here; the order path uses a pooled client (see `venue`).
 
+use super::tls::{self, Endpoint};
 use super::ConnectionError;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+/// TCP connect plus TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest response accepted (a 5,000-level depth snapshot is about 250 KB).
 const MAX_RESPONSE: usize = 16 << 20;
 
-/// An `http://host:port/path?query` URL, split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// `host:port` (port 80 added when absent).
-    pub authority: String,
-    /// Path and query, starting with `/`.
-    pub target: String,
-}
-
-impl HttpUrl {
-    /// Splits a URL; `https://` is refused until TLS lands.
-    pub fn parse(url: &str) -> Result<Self, ConnectionError> {
-        if url.starts_with("https://") {
-            return Err(ConnectionError::TlsUnsupported { url: url.to_string() });
-        }
-        let rest = url.strip_prefix("http://").ok_or(ConnectionError::BadUrl { url: url.to_string(), reason: "not http://" })?;
-        let (authority, target) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err(ConnectionError::BadUrl { url: url.to_string(), reason: "no host" });
-        }
-        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
-        Ok(Self { authority, target: target.to_string() })
-    }
-}
-
-/// GETs `url` and returns the body of a 200 response.
+/// GETs `url` (`http://` or `https://`) and returns the body of a 200 response.
 pub async fn get(url: &str) -> Result<Vec<u8>, ConnectionError> {
-    let u = HttpUrl::parse(url)?;
+    let u = Endpoint::parse(url, ("http", "https"))?;
     let io = |e: std::io::Error| ConnectionError::Io { url: url.to_string(), reason: e.to_string() };
-    let mut stream = TcpStream::connect(u.authority.as_str()).await.map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
+    let mut stream = tls::connect(&u, url, CONNECT_TIMEOUT).await?;
+    // Host names the port only when it is not the scheme's default.
+    let host = if u.port == if u.tls { 443 } else { 80 } { u.host.clone() } else { u.authority() };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: sapphire\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-        u.target, u.authority
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: sapphire\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        u.target
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut raw = Vec::with_capacity(64 * 1024);
@@ -153,17 +128,6 @@ fn dechunk(mut body: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            HttpUrl::parse("http://127.0.0.1:8080/api/v3/depth?symbol=BTCUSDT").unwrap(),
-            HttpUrl { authority: "127.0.0.1:8080".into(), target: "/api/v3/depth?symbol=BTCUSDT".into() }
-        );
-        assert_eq!(HttpUrl::parse("http://localhost").unwrap().authority, "localhost:80");
-        assert!(HttpUrl::parse("https://api.binance.com/api/v3/depth").unwrap_err().is_terminal());
-        assert!(HttpUrl::parse("ftp://x").is_err());
-    }
 
     #[test]
     fn framing() {

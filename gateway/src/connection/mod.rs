@@ -2,13 +2,12 @@
 //! jittered exponential backoff, graceful shutdown, the event sink (the core's inbound ring)
 //! and a minimal HTTP/1.1 client for REST snapshots.
 //!
-//! The HTTP client speaks plain `http://` only (the local exchange, test rigs). Real venues
-//! need TLS for both `wss://` and `https://`; that comes with the `rustls` work
-//! (tokio-tungstenite's `rustls-tls-webpki-roots` feature plus a TLS HTTP client) in a later
-//! increment, and until then a TLS URL is a terminal [`ConnectionError::TlsUnsupported`].
+//! Both clients run over [`tls::Transport`]: plain TCP for `ws://`/`http://` (the local
+//! exchange, test rigs) and rustls for `wss://`/`https://` (real venues).
 
 pub mod binance;
 pub mod http;
+pub mod tls;
 
 use sapphire_core::event::Event;
 use sapphire_core::ring::Producer;
@@ -29,11 +28,13 @@ pub enum ConnectionError {
         /// What was wrong.
         reason: &'static str,
     },
-    /// `wss://` or `https://`: this build has no TLS yet.
-    #[error("{url}: TLS endpoints need the rustls build (not in this increment)")]
-    TlsUnsupported {
+    /// The TLS handshake (or the TLS configuration) failed: certificate, name, protocol.
+    #[error("TLS with {url}: {reason}")]
+    Tls {
         /// The URL.
         url: String,
+        /// The underlying error.
+        reason: String,
     },
     /// TCP connect or WebSocket handshake failed.
     #[error("connecting to {url}: {reason}")]
@@ -79,10 +80,11 @@ pub enum ConnectionError {
 }
 
 impl ConnectionError {
-    /// True when retrying cannot help (bad configuration, missing TLS, the engine gone);
-    /// everything else is retried with backoff.
+    /// True when retrying cannot help (bad configuration, the engine gone); everything else,
+    /// TLS failures included (a venue's certificate rotation or a middlebox), is retried with
+    /// backoff and logged.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, ConnectionError::BadUrl { .. } | ConnectionError::TlsUnsupported { .. } | ConnectionError::RingClosed)
+        matches!(self, ConnectionError::BadUrl { .. } | ConnectionError::RingClosed)
     }
 }
 
@@ -230,7 +232,7 @@ mod tests {
 
     #[test]
     fn terminal_errors_are_configuration_problems() {
-        assert!(ConnectionError::TlsUnsupported { url: "wss://x".into() }.is_terminal());
+        assert!(!ConnectionError::Tls { url: "wss://x".into(), reason: "expired".into() }.is_terminal());
         assert!(ConnectionError::BadUrl { url: "x".into(), reason: "no scheme" }.is_terminal());
         assert!(!ConnectionError::Timeout("connect").is_terminal());
         assert!(!ConnectionError::WebSocket("reset".into()).is_terminal());
