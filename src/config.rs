@@ -50,6 +50,37 @@ pub struct FileConfig {
     pub api: ApiSection,
     /// The Redis bus (off unless a URL is given).
     pub redis: RedisSection,
+    /// The Postgres sink (off unless a URL is given).
+    pub database: DatabaseSection,
+    /// The daily report.
+    pub report: crate::report::ReportSection,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// `postgres://…`; DATABASE_URL wins. None: no sink.
+    pub url: Option<String>,
+    /// `unnest` or `copy`.
+    pub batch_method: String,
+    /// Most output records per transaction.
+    pub batch: usize,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self { url: None, batch_method: "unnest".into(), batch: 1_000 }
+    }
+}
+
+impl std::fmt::Debug for DatabaseSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSection")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("batch_method", &self.batch_method)
+            .field("batch", &self.batch)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -301,6 +332,9 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
     }
+    if let Some(v) = env("DATABASE_URL") {
+        cfg.database.url = Some(v).filter(|v| !v.trim().is_empty());
+    }
     Ok(())
 }
 
@@ -362,6 +396,10 @@ pub struct RunConfig {
     pub redis: Option<sapphire_persistence::bus::BusConfig>,
     /// Take remote agents' signals from Redis.
     pub redis_signal_ingress: bool,
+    /// The Postgres sink, when configured.
+    pub sink: Option<sapphire_persistence::pg::SinkConfig>,
+    /// The daily report.
+    pub report: crate::report::ReportSection,
 }
 
 impl FileConfig {
@@ -572,6 +610,24 @@ impl FileConfig {
                 }
             },
             redis_signal_ingress: self.redis.signal_ingress,
+            report: {
+                self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;
+                self.report.clone()
+            },
+            sink: match &self.database.url {
+                None => None,
+                Some(url) => {
+                    let mut sink = sapphire_persistence::pg::SinkConfig::from_url(url)
+                        .map_err(|e| bad("database.url (DATABASE_URL)", format!("not a usable postgres:// URL: {e}")))?;
+                    sink.method = self.database.batch_method.parse().map_err(|e: String| bad("database.batch_method", e))?;
+                    if !(1..=100_000).contains(&self.database.batch) {
+                        return Err(bad("database.batch", format!("{} is outside 1..=100000", self.database.batch)));
+                    }
+                    sink.batch_max = self.database.batch;
+                    sink.leverage = self.risk.leverage.max(1);
+                    Some(sink)
+                }
+            },
             api: sapphire_gateway::api::ApiConfig { bind, token, core: edge_core },
         })
     }
@@ -636,6 +692,8 @@ mod tests {
             ("[api]\nbind = \"localhost\"\n", "api.bind"),
             ("[api]\ntoken_file = \"/nonexistent/sapphire-token\"\n", "api.token_file"),
             ("[redis]\nurl = \"http://127.0.0.1:6379\"\n", "redis.url"),
+            ("[database]\nurl = \"mysql://x\"\n", "database.url"),
+            ("[database]\nurl = \"postgres://127.0.0.1/x\"\nbatch_method = \"telepathy\"\n", "database.batch_method"),
             ("[redis]\nurl = \"redis://127.0.0.1\"\nprefix = \"a b\"\n", "redis.prefix"),
         ];
         for (text, key) in cases {

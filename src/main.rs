@@ -1,5 +1,7 @@
 //! `sapphire`: the command line. Parses configuration, wires the parts, starts the process.
 
+mod bench_cmd;
+mod charts;
 mod config;
 mod feed_cmd;
 mod feed_serve;
@@ -7,8 +9,10 @@ mod journal_cmd;
 mod live_feed;
 mod migrate_cmd;
 mod replay;
+mod report;
 mod run;
 mod sink_cmd;
+mod sweep;
 mod venue_cmd;
 
 use clap::{Parser, Subcommand};
@@ -40,25 +44,16 @@ enum Command {
     Migrate(migrate_cmd::MigrateArgs),
     /// Follow an output journal into Postgres (the sink role), exactly once across restarts.
     Sink(sink_cmd::SinkArgs),
-    /// Replay recorded frames (`<recv_ns> <json>` lines, gzip or plain; several files are
-    /// merged by time) through the engine as fast as possible, deterministically.
-    Replay {
-        /// Recording files.
-        #[arg(required = true)]
-        paths: Vec<std::path::PathBuf>,
-        /// binance (only Binance recordings in this build).
-        #[arg(long, default_value = "binance")]
-        venue: String,
-        /// spot or usdm; default: usdm when a file name says so, else spot.
-        #[arg(long)]
-        market: Option<String>,
-        /// Configuration file (the engine, risk and paper sections apply).
-        #[arg(long, env = "SAPPHIRE_CONFIG")]
-        config: Option<std::path::PathBuf>,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    /// The latency lab: one-hop and engine comparisons, feed parsing, journal appends and
+    /// loopback end to end; writes report.md, report.json, .hgrm files and PNG plots.
+    Bench(bench_cmd::BenchArgs),
+    /// A strategy report from an output journal: PNG charts, index.html and summary.md,
+    /// optionally sent to Telegram.
+    Report(report::ReportArgs),
+    /// Replay recordings (`<recv_ns> <json>` lines, gzip or plain; several files are merged
+    /// by time) or an input journal through the engine, deterministically, as fast as possible
+    /// or at recorded pace; `--set` overrides and sweeps configuration keys.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,7 +153,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
-        Command::Replay { paths, venue, market, config, json } => replay_command(paths, venue, market, config, json),
+        Command::Replay(args) => replay::command(args),
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {
                 let (written, skipped) = feed_cmd::decode(
@@ -183,6 +178,8 @@ fn main() -> ExitCode {
         Command::Venue(cmd) => venue_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Sink(args) => sink_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
+        Command::Report(args) => report::run(args),
         Command::Feed(FeedCommand::Serve { venue, market, pace, bind, paths }) => {
             feed_serve::serve(&venue, market.as_deref(), &pace, &bind, &paths)
         }
@@ -239,54 +236,4 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     };
     let cfg = file.resolve()?;
     run::run(cfg, run::RunOptions { duration, quiet: args.quiet })
-}
-
-fn replay_command(paths: Vec<PathBuf>, venue: String, market: Option<String>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
-    if venue != "binance" {
-        return Err(config::refuse("--venue", format!("{venue:?}: replay reads Binance recordings in this build")));
-    }
-    let market = match market.as_deref() {
-        Some("spot") => sapphire_gateway::binance::BinanceMarket::Spot,
-        Some("usdm") => sapphire_gateway::binance::BinanceMarket::UsdM,
-        Some(m) => return Err(config::refuse("--market", format!("{m:?}: spot or usdm"))),
-        None if paths.iter().any(|p| p.to_string_lossy().contains("usdm")) => sapphire_gateway::binance::BinanceMarket::UsdM,
-        None => sapphire_gateway::binance::BinanceMarket::Spot,
-    };
-    let mut file = match &config {
-        Some(path) => config::load_file(path)?,
-        None => config::FileConfig::default(),
-    };
-    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
-    let cfg = file.resolve()?;
-    let summary = replay::replay(&paths, market, &cfg.engine, !json)?;
-    if json {
-        println!("{}", summary.to_json());
-    } else {
-        let s = &summary;
-        println!(
-            "replay: {} files, {} lines, {} events in {:.2}s ({:.0} events/s), {} skipped, {} gaps",
-            s.files,
-            s.lines,
-            s.events,
-            s.elapsed_s,
-            s.events as f64 / s.elapsed_s.max(1e-9),
-            s.skipped,
-            s.gaps
-        );
-        println!("  orders {} (cancels {}), fills {}, refused {}, turnover {:.2}", s.orders, s.cancels, s.fills, s.refusals, s.turnover);
-        println!(
-            "  equity {:.2} on capital {:.2}: pnl {:.2} (realized {:.2}, unrealized {:.2}), fees {:.2}, max drawdown {:.2}%",
-            s.equity,
-            s.capital,
-            s.equity - s.capital,
-            s.realized,
-            s.unrealized,
-            s.fees,
-            s.max_drawdown_bps as f64 / 100.0
-        );
-        for (agent, pnl, fees) in &s.per_agent {
-            println!("  agent {agent}: pnl {pnl:.2}, fees {fees:.2}");
-        }
-    }
-    Ok(())
 }

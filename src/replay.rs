@@ -1,20 +1,28 @@
 //! `sapphire replay`: recorded exchange frames through the same engine as live, as fast as
 //! possible, deterministically; a summary at the end.
 //!
-//! Input files hold `<recv_ns> <json>` lines, gzip or plain; several files are merged by
-//! receive time. Instruments are learned from the frames (tick and lot inferred from the
-//! decimals actually used). Timers are generated every 100 ms of receive time, so the
-//! engine's guards and PnL snapshots run as they would live.
+//! Two inputs:
+//! - Binance recordings: `<recv_ns> <json>` lines, gzip or plain; several files are merged by
+//!   receive time. Instruments are learned from the frames (tick and lot inferred from the
+//!   decimals actually used). Timers are generated every 100 ms of receive time, so the
+//!   engine's guards and PnL snapshots run as they would live.
+//! - An input journal (`<data dir>/journal/input`): the exact events a run saw, timers included.
+//!
+//! As fast as possible or at a multiple of recorded pace (`--pace`); `--out DIR` keeps every
+//! engine output in an output journal (`sapphire journal dump DIR`, `sapphire report
+//! --journal DIR`). Figures are defined in [`crate::report::metrics`]; fill models in
+//! `docs/fill-models.md`.
 
+use crate::report::metrics::Metrics;
 use anyhow::Context;
-use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output, OutputSink};
+use sapphire_core::engine::{Engine, EngineConfig, Output, OutputSink};
 use sapphire_core::event::{Event, Timer};
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::{InstrumentRegistry, InstrumentSpec, MarketType};
-use sapphire_core::order::{Order, OrderAction};
-use sapphire_core::risk::RiskOutput;
+use sapphire_core::order::Order;
 use sapphire_gateway::binance::market::{parse_frame, BinanceFrame};
 use sapphire_gateway::binance::{BinanceFeed, BinanceMarket};
+use sapphire_persistence::journal::JournalWriter;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,16 +31,20 @@ use std::time::Instant;
 /// Timer period in receive time.
 const TIMER_NS: u64 = 100_000_000;
 
-fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
+fn open(path: &Path) -> anyhow::Result<Box<dyn BufRead + Send>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::with_capacity(1 << 16, file);
     let gz = reader.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b])).unwrap_or(false);
-    Ok(if gz { Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(reader))) } else { Box::new(reader) as Box<dyn BufRead> })
+    Ok(if gz {
+        Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(reader)))
+    } else {
+        Box::new(reader) as Box<dyn BufRead + Send>
+    })
 }
 
 /// One recording, read line by line.
 struct Source {
-    lines: std::io::Lines<Box<dyn BufRead>>,
+    reader: Box<dyn BufRead + Send>,
     path: PathBuf,
     line_no: u64,
 }
@@ -43,7 +55,18 @@ struct Pending {
     recv: u64,
     file: usize,
     line_no: u64,
-    frame: String,
+    /// The whole line (its buffer is reused for the file's next line).
+    line: Vec<u8>,
+    /// Where the frame starts in `line`.
+    start: usize,
+}
+
+impl Pending {
+    fn frame(&self) -> &[u8] {
+        let f = &self.line[self.start..];
+        let end = f.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        &f[..end]
+    }
 }
 
 impl Ord for Pending {
@@ -58,17 +81,26 @@ impl PartialOrd for Pending {
     }
 }
 
-fn next_line(src: &mut Source, file: usize, skipped: &mut u64) -> anyhow::Result<Option<Pending>> {
-    for line in src.lines.by_ref() {
-        let line = line.with_context(|| format!("reading {}", src.path.display()))?;
+/// The next `<recv_ns> <frame>` line of `src`, read into `buf` (bytes: a line that is not
+/// UTF-8 is a bad frame, counted by the feed, not an I/O error).
+fn next_line(src: &mut Source, file: usize, skipped: &mut u64, mut buf: Vec<u8>) -> anyhow::Result<Option<Pending>> {
+    loop {
+        buf.clear();
+        let n = src.reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {}", src.path.display()))?;
+        if n == 0 {
+            return Ok(None);
+        }
         src.line_no += 1;
-        match line.split_once(' ').and_then(|(t, f)| t.parse::<u64>().ok().map(|t| (t, f))) {
-            Some((recv, frame)) => return Ok(Some(Pending { recv, file, line_no: src.line_no, frame: frame.to_string() })),
-            None if line.trim().is_empty() => {}
+        let parsed = buf.iter().position(|&c| c == b' ').and_then(|sp| {
+            let t = std::str::from_utf8(&buf[..sp]).ok()?.parse::<u64>().ok()?;
+            Some((t, sp + 1))
+        });
+        match parsed {
+            Some((recv, start)) => return Ok(Some(Pending { recv, file, line_no: src.line_no, line: buf, start })),
+            None if buf.iter().all(u8::is_ascii_whitespace) => {}
             None => *skipped += 1,
         }
     }
-    Ok(None)
 }
 
 /// Decimals actually used by a decimal string (`"61659.80000000"` uses 1).
@@ -88,9 +120,10 @@ fn learn_instruments(paths: &[PathBuf], venue: &str, market: MarketType) -> anyh
     let mut seen: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     let mut depth_symbol = vec![None; paths.len()];
     for (file, path) in paths.iter().enumerate() {
-        for line in open(path)?.lines().take(20_000) {
-            let line = line?;
-            let Some((_, frame)) = line.split_once(' ') else { continue };
+        for line in open(path)?.split(b'\n').take(20_000) {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            let Some(sp) = line.iter().position(|&c| c == b' ') else { continue };
+            let frame = &line[sp + 1..];
             let mut note = |symbol: &str, prices: &[&[u8]], qtys: &[&[u8]]| {
                 let e = seen.entry(symbol.to_string()).or_insert((0, 0));
                 for p in prices {
@@ -100,7 +133,7 @@ fn learn_instruments(paths: &[PathBuf], venue: &str, market: MarketType) -> anyh
                     e.1 = e.1.max(used_decimals(q));
                 }
             };
-            match parse_frame(frame.as_bytes()) {
+            match parse_frame(frame) {
                 Ok(BinanceFrame::BookTicker(t)) => note(t.symbol, &[t.bid.0, t.ask.0], &[t.bid.1, t.ask.1]),
                 Ok(BinanceFrame::Trade(t)) => note(t.symbol, &[t.price], &[t.qty]),
                 Ok(BinanceFrame::Depth(d)) => {
@@ -137,91 +170,375 @@ fn learn_instruments(paths: &[PathBuf], venue: &str, market: MarketType) -> anyh
     Ok((registry, depth_symbol))
 }
 
-/// Totals the outputs of a replay.
-#[derive(Default)]
-struct Tally {
-    orders: u64,
-    cancels: u64,
-    fills: u64,
-    refusals: u64,
-    notional_traded: i128,
+/// What to replay.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Binance recordings (`<recv_ns> <json>` lines), merged by receive time.
+    Recordings {
+        /// The files.
+        paths: Vec<PathBuf>,
+        /// Spot or USD-M.
+        market: BinanceMarket,
+    },
+    /// An input journal directory (`<data dir>/journal/input`), with its `instruments.txt`.
+    Journal(PathBuf),
 }
 
-impl OutputSink for Tally {
+/// How to replay.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    /// Recorded pace multiplier (1.0 = as recorded, 10.0 = ten times faster); `None`: as fast
+    /// as possible.
+    pub pace: Option<f64>,
+    /// A progress line on stderr.
+    pub progress: bool,
+    /// Keep every engine output in an output journal in this (new) directory.
+    pub out: Option<PathBuf>,
+}
+
+/// Parses `--pace`: `max` (as fast as possible), or `1x`, `10x`, `0.5x`.
+pub fn parse_pace(s: &str) -> anyhow::Result<Option<f64>> {
+    if s == "max" || s == "fast" {
+        return Ok(None);
+    }
+    let f = s.strip_suffix('x').unwrap_or(s).parse::<f64>().ok().filter(|f| f.is_finite() && *f > 0.0);
+    f.map(Some).ok_or_else(|| anyhow::anyhow!("{s:?} is not a pace like 1x, 10x or max"))
+}
+
+/// Engine outputs go to the figures and, with `--out`, to an output journal.
+struct Sink {
+    metrics: Metrics,
+    journal: Option<JournalWriter<Output>>,
+    error: Option<sapphire_persistence::journal::JournalError>,
+}
+
+impl OutputSink for Sink {
     fn emit(&mut self, out: Output) {
-        match out.output {
-            EngineOutput::Order(Order { action: OrderAction::New, .. }) => self.orders += 1,
-            EngineOutput::Order(_) => self.cancels += 1,
-            EngineOutput::Exec(r) if r.last_qty.raw > 0 => {
-                self.fills += 1;
-                self.notional_traded += i128::from(sapphire_core::fixed::notional(r.price, r.last_qty).map_or(0, |m| m.raw));
+        self.metrics.add(&out);
+        if let (Some(j), None) = (self.journal.as_mut(), self.error.as_ref()) {
+            if let Err(e) = j.append_record(&out) {
+                self.error = Some(e);
             }
-            EngineOutput::Risk(RiskOutput::Refusal(_)) => self.refusals += 1,
-            _ => {}
         }
     }
 }
 
-/// What a replay produced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplaySummary {
-    pub files: usize,
-    pub lines: u64,
-    pub events: u64,
-    pub skipped: u64,
-    pub gaps: u64,
-    pub elapsed_s: f64,
-    pub orders: u64,
-    pub cancels: u64,
-    pub fills: u64,
-    pub refusals: u64,
-    pub equity: Money,
-    pub capital: Money,
-    pub realized: Money,
-    pub unrealized: Money,
-    pub fees: Money,
-    pub turnover: Money,
-    pub max_drawdown_bps: i64,
-    pub per_agent: Vec<(u16, Money, Money)>,
-}
+/// Paper routing sends nothing out; anything that would go to an external venue is counted.
+#[derive(Default)]
+struct Outbound(u64);
 
-impl ReplaySummary {
-    /// The summary as one JSON object (money as decimal strings).
-    pub fn to_json(&self) -> String {
-        let agents = self
-            .per_agent
-            .iter()
-            .map(|(a, pnl, fees)| format!("{{\"agent\":{a},\"pnl\":\"{pnl:.2}\",\"fees\":\"{fees:.2}\"}}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        format!(
-            "{{\"files\":{},\"lines\":{},\"events\":{},\"skipped\":{},\"gaps\":{},\"elapsed_s\":{:.3},\"events_per_sec\":{:.0},\"orders\":{},\"cancels\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{:.2}\",\"capital\":\"{:.2}\",\"pnl\":\"{:.2}\",\"realized\":\"{:.2}\",\"unrealized\":\"{:.2}\",\"fees\":\"{:.2}\",\"turnover\":\"{:.2}\",\"max_drawdown_pct\":{:.2},\"agents\":[{}]}}",
-            self.files,
-            self.lines,
-            self.events,
-            self.skipped,
-            self.gaps,
-            self.elapsed_s,
-            self.events as f64 / self.elapsed_s.max(1e-9),
-            self.orders,
-            self.cancels,
-            self.fills,
-            self.refusals,
-            self.equity,
-            self.capital,
-            self.equity - self.capital,
-            self.realized,
-            self.unrealized,
-            self.fees,
-            self.turnover,
-            self.max_drawdown_bps as f64 / 100.0,
-            agents
-        )
+impl sapphire_core::engine::OrderSink for Outbound {
+    fn send(&mut self, _order: Order) -> Result<(), Order> {
+        self.0 += 1;
+        Ok(())
     }
 }
 
-/// Replays `paths` (Binance `market` recordings) through an engine built from `config`.
-pub fn replay(paths: &[PathBuf], market: BinanceMarket, config: &EngineConfig, progress: bool) -> anyhow::Result<ReplaySummary> {
+/// Sleeps to keep event time at `speed` × wall time (never for less than a millisecond).
+struct Pacer {
+    speed: Option<f64>,
+    origin: Option<(u64, Instant)>,
+}
+
+impl Pacer {
+    fn wait(&mut self, ts: u64) {
+        let Some(speed) = self.speed else { return };
+        let (t0, w0) = *self.origin.get_or_insert((ts, Instant::now()));
+        let due = std::time::Duration::from_secs_f64(ts.saturating_sub(t0) as f64 / 1e9 / speed);
+        let now = w0.elapsed();
+        if due > now + std::time::Duration::from_millis(1) {
+            std::thread::sleep(due - now);
+        }
+    }
+}
+
+/// A progress line on stderr, refreshed at most every 250 ms.
+struct Progress {
+    on: bool,
+    started: Instant,
+    last: Instant,
+    total: Option<u64>,
+}
+
+impl Progress {
+    fn tick(&mut self, done: u64, events: u64) {
+        // Reading the clock costs ~30 ns: only every 4096 units.
+        if !self.on || done % 4096 != 0 || self.last.elapsed().as_millis() < 250 {
+            return;
+        }
+        self.last = Instant::now();
+        let rate = events as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        match self.total {
+            Some(t) if t > 0 => {
+                let frac = (done as f64 / t as f64).min(1.0);
+                let bar: String = (0..30).map(|i| if (i as f64) < frac * 30.0 { '#' } else { '.' }).collect();
+                eprint!("\rreplay [{bar}] {:5.1}%  {events} events, {rate:.0}/s   ", frac * 100.0);
+            }
+            _ => eprint!("\rreplay: {done} lines, {events} events, {rate:.0}/s   "),
+        }
+    }
+
+    fn finish(&self, done: u64, events: u64) {
+        if self.on {
+            eprintln!("\rreplay: {done} read, {events} events{:40}", "");
+        }
+    }
+}
+
+/// One agent's figures in a summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentLine {
+    /// Agent id.
+    pub agent: u16,
+    /// Equity − budget at the end.
+    pub pnl: Money,
+    /// Fees paid.
+    pub fees: Money,
+    /// Fills.
+    pub fills: u64,
+    /// Turnover.
+    pub turnover: Money,
+    /// Hit rate of its reducing fills.
+    pub hit_rate: Option<f64>,
+}
+
+/// What a replay produced. Every field but `elapsed_s` is a function of the input and the
+/// configuration (deterministic). Definitions: `crate::report::metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplaySummary {
+    /// Input files (or 1 for a journal).
+    pub files: usize,
+    /// Lines (records) read.
+    pub lines: u64,
+    /// Events through the engine (timers included).
+    pub events: u64,
+    /// Unparseable lines and frames.
+    pub skipped: u64,
+    /// Sequence gaps in depth streams.
+    pub gaps: u64,
+    /// Wall time.
+    pub elapsed_s: f64,
+    /// New orders.
+    pub orders: u64,
+    /// Cancels.
+    pub cancels: u64,
+    /// Fills.
+    pub fills: u64,
+    /// Risk refusals.
+    pub refusals: u64,
+    /// Guard alerts.
+    pub alerts: u64,
+    /// Final equity.
+    pub equity: Money,
+    /// Capital (sum of agent budgets).
+    pub capital: Money,
+    /// Realized PnL before fees.
+    pub realized: Money,
+    /// Unrealized PnL at the last marks.
+    pub unrealized: Money,
+    /// Fees.
+    pub fees: Money,
+    /// Sum of fill notionals.
+    pub turnover: Money,
+    /// Largest fall from peak equity (money).
+    pub max_drawdown: Money,
+    /// The same in percent of the peak.
+    pub max_drawdown_pct: f64,
+    /// Annualised Sharpe ratio of per-minute equity returns.
+    pub sharpe: Option<f64>,
+    /// Annualised Sortino ratio of per-minute equity returns.
+    pub sortino: Option<f64>,
+    /// Share of position-reducing fills that gained.
+    pub hit_rate: Option<f64>,
+    /// Per agent that traded.
+    pub per_agent: Vec<AgentLine>,
+    /// Outputs written with `--out`.
+    pub outputs_written: u64,
+}
+
+impl ReplaySummary {
+    /// PnL: equity − capital.
+    pub fn pnl(&self) -> Money {
+        self.equity - self.capital
+    }
+
+    /// The summary as one JSON object (money as exact decimal strings; undefined ratios null).
+    pub fn to_json(&self) -> String {
+        let agents: Vec<_> = self
+            .per_agent
+            .iter()
+            .map(|a| {
+                serde_json::json!({"agent": a.agent, "pnl": a.pnl.to_string(), "fees": a.fees.to_string(), "fills": a.fills,
+                    "turnover": a.turnover.to_string(), "hit_rate": a.hit_rate})
+            })
+            .collect();
+        serde_json::json!({
+            "files": self.files, "lines": self.lines, "events": self.events, "skipped": self.skipped, "gaps": self.gaps,
+            "elapsed_s": self.elapsed_s, "events_per_sec": (self.events as f64 / self.elapsed_s.max(1e-9)).round(),
+            "orders": self.orders, "cancels": self.cancels, "fills": self.fills, "refusals": self.refusals, "alerts": self.alerts,
+            "equity": self.equity.to_string(), "capital": self.capital.to_string(), "pnl": self.pnl().to_string(),
+            "realized": self.realized.to_string(), "unrealized": self.unrealized.to_string(), "fees": self.fees.to_string(),
+            "turnover": self.turnover.to_string(), "max_drawdown": self.max_drawdown.to_string(),
+            "max_drawdown_pct": self.max_drawdown_pct, "sharpe": self.sharpe, "sortino": self.sortino,
+            "hit_rate": self.hit_rate, "agents": agents, "outputs_written": self.outputs_written,
+        })
+        .to_string()
+    }
+
+    /// The summary for people.
+    pub fn to_text(&self) -> String {
+        let s = self;
+        let ratio = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{x:.2}"));
+        let mut t = format!(
+            "replay: {} files, {} lines, {} events in {:.2}s ({:.0} events/s), {} skipped, {} gaps\n",
+            s.files,
+            s.lines,
+            s.events,
+            s.elapsed_s,
+            s.events as f64 / s.elapsed_s.max(1e-9),
+            s.skipped,
+            s.gaps
+        );
+        t += &format!(
+            "  orders {} (cancels {}), fills {}, refused {}, alerts {}, turnover {:.2}\n",
+            s.orders, s.cancels, s.fills, s.refusals, s.alerts, s.turnover
+        );
+        t += &format!(
+            "  equity {:.2} on capital {:.2}: pnl {:.2} (realized {:.2}, unrealized {:.2}), fees {:.2}\n",
+            s.equity,
+            s.capital,
+            s.pnl(),
+            s.realized,
+            s.unrealized,
+            s.fees
+        );
+        t += &format!(
+            "  max drawdown {:.2} ({:.3}%), sharpe {}, sortino {}, hit rate {}\n",
+            s.max_drawdown,
+            s.max_drawdown_pct,
+            ratio(s.sharpe),
+            ratio(s.sortino),
+            s.hit_rate.map_or("n/a".into(), |h| format!("{:.1}%", h * 100.0))
+        );
+        for a in &s.per_agent {
+            t += &format!(
+                "  agent {}: pnl {:.2}, fees {:.2}, fills {}, turnover {:.2}, hit rate {}\n",
+                a.agent,
+                a.pnl,
+                a.fees,
+                a.fills,
+                a.turnover,
+                a.hit_rate.map_or("n/a".into(), |h| format!("{:.1}%", h * 100.0))
+            );
+        }
+        if s.outputs_written > 0 {
+            t += &format!("  {} outputs journaled\n", s.outputs_written);
+        }
+        t
+    }
+}
+
+/// Counts from reading the input.
+#[derive(Default)]
+struct ReadCounts {
+    /// The instruments, in id order.
+    instruments: Vec<sapphire_core::instrument::Instrument>,
+    files: usize,
+    lines: u64,
+    events: u64,
+    skipped: u64,
+    gaps: u64,
+}
+
+/// Replays `input` through an engine built from `config`.
+pub fn replay(input: &Input, config: &EngineConfig, opts: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
+    let journal = match &opts.out {
+        Some(dir) => {
+            if dir.exists() {
+                let segs = sapphire_persistence::journal::segments(dir).with_context(|| format!("reading --out {}", dir.display()))?;
+                anyhow::ensure!(segs.is_empty(), "--out {} already holds a journal: give a new directory", dir.display());
+            }
+            let mut jc = sapphire_persistence::journal::JournalConfig::new(dir);
+            jc.durability = sapphire_persistence::journal::Durability::Os;
+            Some(JournalWriter::<Output>::open(jc).with_context(|| format!("opening the output journal {}", dir.display()))?.0)
+        }
+        None => None,
+    };
+    let mut sink = Sink { metrics: Metrics::new(false), journal, error: None };
+    let started = Instant::now();
+    let (engine, counts) = match input {
+        Input::Recordings { paths, market } => replay_recordings(paths, *market, config, opts, &mut sink)?,
+        Input::Journal(dir) => replay_journal(dir, config, opts, &mut sink)?,
+    };
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let mut outputs_written = 0;
+    if let Some(mut j) = sink.journal.take() {
+        if let Some(e) = sink.error.take() {
+            return Err(anyhow::Error::new(e).context("writing the output journal"));
+        }
+        j.sync().context("syncing the output journal")?;
+        if let Some(dir) = &opts.out {
+            // `journal dump` names instruments from this list.
+            sapphire_persistence::recovery::check_instruments(dir, &counts.instruments)
+                .context("writing the output journal's instruments")?;
+        }
+        outputs_written = j.next_seq();
+    }
+    let m = &sink.metrics;
+    let risk = &engine.stages.risk.risk;
+    let pf = risk.portfolio();
+    let total = pf.total();
+    let per_agent = (0..pf.agents())
+        .map(|a| (a as u16, pf.agent_summary(sapphire_core::event::AgentId(a as u16))))
+        .filter(|(_, s)| s.fees.raw != 0 || s.realized.raw != 0 || s.unrealized.raw != 0)
+        .map(|(a, s)| {
+            let f = m.agents.get(&a).cloned().unwrap_or_default();
+            AgentLine {
+                agent: a,
+                pnl: s.equity - s.capital,
+                fees: s.fees,
+                fills: f.fills,
+                turnover: f.turnover,
+                hit_rate: (f.closes > 0).then(|| f.wins as f64 / f.closes as f64),
+            }
+        })
+        .collect();
+    let (max_drawdown, max_drawdown_pct) = m.max_drawdown();
+    Ok(ReplaySummary {
+        files: counts.files,
+        lines: counts.lines,
+        events: counts.events,
+        skipped: counts.skipped,
+        gaps: counts.gaps,
+        elapsed_s,
+        orders: m.orders,
+        cancels: m.cancels,
+        fills: m.fills,
+        refusals: m.refusals,
+        alerts: m.alerts,
+        equity: total.equity,
+        capital: total.capital,
+        realized: total.realized,
+        unrealized: total.unrealized,
+        fees: total.fees,
+        turnover: m.turnover(),
+        max_drawdown,
+        max_drawdown_pct,
+        sharpe: m.sharpe(),
+        sortino: m.sortino(),
+        hit_rate: m.hit_rate(),
+        per_agent,
+        outputs_written,
+    })
+}
+
+fn replay_recordings(
+    paths: &[PathBuf],
+    market: BinanceMarket,
+    config: &EngineConfig,
+    opts: &ReplayOptions,
+    sink: &mut Sink,
+) -> anyhow::Result<(Engine, ReadCounts)> {
     let (venue, kind) = match market {
         BinanceMarket::Spot => ("binance", MarketType::Spot),
         BinanceMarket::UsdM => ("binance-usdm", MarketType::LinearPerpetual),
@@ -229,104 +546,412 @@ pub fn replay(paths: &[PathBuf], market: BinanceMarket, config: &EngineConfig, p
     let (registry, depth_symbol) = learn_instruments(paths, venue, kind)?;
     let snapshot_target: Vec<_> = depth_symbol.iter().map(|s| s.as_deref().and_then(|s| registry.lookup(venue, s))).collect();
     let instruments: Vec<_> = registry.iter().cloned().collect();
-    let total_bytes: u64 = paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    let mut feed = BinanceFeed::new(market, &registry, venue);
     let mut engine = Engine::new(config, &instruments);
-    let mut tally = Tally::default();
-    let mut outbound: Vec<Order> = Vec::new();
+    let mut outbound = Outbound::default();
     let mut sources = Vec::new();
     for p in paths {
-        sources.push(Source { lines: open(p)?.lines(), path: p.clone(), line_no: 0 });
+        sources.push(Source { reader: open(p)?, path: p.clone(), line_no: 0 });
     }
-    let (mut skipped, mut lines, mut seq) = (0u64, 0u64, 0i64);
+    let mut progress = Progress { on: opts.progress, started: Instant::now(), last: Instant::now(), total: None };
+    let mut pacer = Pacer { speed: opts.pace, origin: None };
+    let mut events = 0u64;
+    // Decoding (gunzip, JSON, book sync) runs on a second thread and hands the engine batches
+    // of events in input order: the engine sees exactly the sequence a one-thread replay
+    // would, so the result is the same; the two threads overlap.
+    let (producer, consumer) = batches();
+    let counts = std::thread::scope(|scope| {
+        let decoder = scope.spawn(|| decode(sources, &registry, market, venue, &snapshot_target, producer));
+        consumer.each(|seq, e| {
+            if opts.pace.is_some() {
+                pacer.wait(ts_recv(e));
+            }
+            engine.process(seq, e, &mut outbound, sink);
+            events += 1;
+            progress.tick(events, events);
+        });
+        decoder.join().map_err(|_| anyhow::anyhow!("the replay's decoder thread panicked"))?
+    })?;
+    progress.finish(counts.lines, events);
+    anyhow::ensure!(events == counts.events, "replay: {} events decoded, {events} processed", counts.events);
+    Ok((engine, ReadCounts { files: paths.len(), instruments, ..counts }))
+}
+
+/// Events per batch handed from the decoder to the engine, and batches in flight.
+const BATCH: usize = 4096;
+const BATCHES: usize = 8;
+
+/// The reading side of a two-thread replay: collects events into batches and sends them.
+struct Producer {
+    batch: Vec<(i64, Event)>,
+    full: std::sync::mpsc::SyncSender<Vec<(i64, Event)>>,
+    empty: std::sync::mpsc::Receiver<Vec<(i64, Event)>>,
+    /// Events sent.
+    sent: u64,
+    /// The engine side is gone (it never stops early unless it panicked).
+    closed: bool,
+}
+
+impl Producer {
+    /// Queues `e` as inbound event `seq` (the engine's sequence: client order ids derive from it).
+    fn push(&mut self, seq: i64, e: Event) {
+        self.batch.push((seq, e));
+        if self.batch.len() >= BATCH {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let fresh = self.empty.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let batch = std::mem::replace(&mut self.batch, fresh);
+        self.sent += batch.len() as u64;
+        self.closed |= self.full.send(batch).is_err();
+    }
+
+    /// Events pushed so far: the next event's sequence in a replay of recordings.
+    fn sent_or_queued(&self) -> i64 {
+        (self.sent + self.batch.len() as u64) as i64
+    }
+
+    /// Sends what is left; returns the number of events sent.
+    fn finish(mut self) -> u64 {
+        if !self.batch.is_empty() {
+            self.send();
+        }
+        self.sent
+    }
+}
+
+/// The engine side: takes batches in order and returns their buffers for reuse.
+struct Consumer {
+    full: std::sync::mpsc::Receiver<Vec<(i64, Event)>>,
+    empty: std::sync::mpsc::SyncSender<Vec<(i64, Event)>>,
+}
+
+impl Consumer {
+    /// Calls `f` on every event, in order, until the producer is done.
+    fn each(self, mut f: impl FnMut(i64, &Event)) {
+        for mut batch in self.full {
+            batch.iter().for_each(|(seq, e)| f(*seq, e));
+            batch.clear();
+            // The producer may have finished: then the buffer is simply dropped.
+            let _ = self.empty.try_send(batch);
+        }
+    }
+}
+
+fn batches() -> (Producer, Consumer) {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<(i64, Event)>>(BATCHES);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<(i64, Event)>>(BATCHES + 2);
+    (
+        Producer { batch: Vec::with_capacity(BATCH), full: full_tx, empty: empty_rx, sent: 0, closed: false },
+        Consumer { full: full_rx, empty: empty_tx },
+    )
+}
+
+/// The decoder thread: merges the files by receive time, generates timers, parses frames into
+/// events, and sends them in batches.
+fn decode(
+    mut sources: Vec<Source>,
+    registry: &InstrumentRegistry,
+    market: BinanceMarket,
+    venue: &str,
+    snapshot_target: &[Option<sapphire_core::instrument::InstrumentId>],
+    mut out: Producer,
+) -> anyhow::Result<ReadCounts> {
+    let mut feed = BinanceFeed::new(market, registry, venue);
+    let (mut skipped, mut lines) = (0u64, 0u64);
     let mut heap = BinaryHeap::new();
     for (i, s) in sources.iter_mut().enumerate() {
-        if let Some(p) = next_line(s, i, &mut skipped)? {
+        if let Some(p) = next_line(s, i, &mut skipped, Vec::new())? {
             heap.push(p);
         }
     }
-    let started = Instant::now();
     let mut next_timer = 0u64;
     let mut timer_id = 0u32;
-    let mut peak = engine.stages.risk.risk.portfolio().total().equity;
-    let mut max_dd = 0i64;
-    let mut last_progress = Instant::now();
-    let mut events = 0u64;
     while let Some(p) = heap.pop() {
         lines += 1;
         if p.recv >= next_timer {
             if next_timer > 0 {
-                let t = Event::Timer(Timer { ts_event: p.recv, ts_recv: p.recv, timer_id, _pad: 0 });
+                out.push(out.sent_or_queued(), Event::Timer(Timer { ts_event: p.recv, ts_recv: p.recv, timer_id, _pad: 0 }));
                 timer_id = timer_id.wrapping_add(1);
-                engine.process(seq, &t, &mut outbound, &mut tally);
-                seq += 1;
-                events += 1;
-                let eq = engine.stages.risk.risk.portfolio().total().equity;
-                peak = peak.max(eq);
-                if peak.raw > 0 {
-                    max_dd = max_dd.max(sapphire_core::fixed::ratio_bps(peak - eq, peak));
-                }
             }
             next_timer = p.recv - p.recv % TIMER_NS + TIMER_NS;
         }
-        let mut to_engine = |e: Event| {
-            engine.process(seq, &e, &mut outbound, &mut tally);
-            seq += 1;
-            events += 1;
-        };
-        if p.frame.starts_with("{\"lastUpdateId\"") {
-            feed.on_snapshot(snapshot_target[p.file], p.recv, p.frame.as_bytes(), &mut to_engine);
+        let frame = p.frame();
+        if frame.starts_with(b"{\"lastUpdateId\"") {
+            feed.on_snapshot(snapshot_target[p.file], p.recv, frame, &mut |e| out.push(out.sent_or_queued(), e));
         } else {
-            feed.on_frame(p.recv, p.frame.as_bytes(), &mut to_engine);
+            feed.on_frame(p.recv, frame, &mut |e| out.push(out.sent_or_queued(), e));
         }
-        if let Some(n) = next_line(&mut sources[p.file], p.file, &mut skipped)? {
+        anyhow::ensure!(!out.closed, "the replay's engine stopped");
+        let file = p.file;
+        if let Some(n) = next_line(&mut sources[file], file, &mut skipped, p.line)? {
             heap.push(n);
         }
-        if progress && last_progress.elapsed().as_millis() >= 500 {
-            last_progress = Instant::now();
-            eprint!(
-                "\rreplay: {lines} lines, {events} events, {:.0} events/s   ",
-                events as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            );
-        }
     }
-    if progress {
-        eprintln!("\rreplay: {lines} lines, {events} events ({} bytes of input)              ", total_bytes);
-    }
-    let elapsed_s = started.elapsed().as_secs_f64();
-    let risk = &engine.stages.risk.risk;
-    let pf = risk.portfolio();
-    let total = pf.total();
-    let per_agent = (0..pf.agents())
-        .map(|a| (a as u16, pf.agent_summary(sapphire_core::event::AgentId(a as u16))))
-        .filter(|(_, s)| s.fees.raw != 0 || s.realized.raw != 0 || s.unrealized.raw != 0)
-        .map(|(a, s)| (a, s.equity - s.capital, s.fees))
-        .collect();
-    Ok(ReplaySummary {
-        files: paths.len(),
+    let events = out.finish();
+    Ok(ReadCounts {
+        instruments: Vec::new(),
+        files: sources.len(),
         lines,
         events,
         skipped: skipped + feed.counters.skipped(),
         gaps: feed.counters.gaps,
-        elapsed_s,
-        orders: tally.orders,
-        cancels: tally.cancels,
-        fills: tally.fills,
-        refusals: tally.refusals,
-        equity: total.equity,
-        capital: total.capital,
-        realized: total.realized,
-        unrealized: total.unrealized,
-        fees: total.fees,
-        turnover: Money::from_raw(i64::try_from(tally.notional_traded).unwrap_or(i64::MAX)),
-        max_drawdown_bps: max_dd,
-        per_agent,
     })
+}
+
+/// Receive time of an inbound event.
+fn ts_recv(e: &Event) -> u64 {
+    match e {
+        Event::Quote(x) => x.ts_recv,
+        Event::Trade(x) => x.ts_recv,
+        Event::BookDelta(x) => x.ts_recv,
+        Event::Signal(x) => x.ts_recv,
+        Event::ExecReport(x) => x.ts_recv,
+        Event::Timer(x) => x.ts_recv,
+        Event::Control(x) => x.ts_recv,
+    }
+}
+
+/// The instruments of an input journal, in id order, from its `instruments.txt`: the synthetic
+/// market's from its definitions; other venues' tick and lot inferred from the journal's
+/// prices and quantities (the largest power of ten dividing every value seen).
+fn journal_instruments(dir: &Path) -> anyhow::Result<Vec<sapphire_core::instrument::Instrument>> {
+    let list_path = dir.join("instruments.txt");
+    let list =
+        std::fs::read_to_string(&list_path).with_context(|| format!("reading {} (the journal's instruments)", list_path.display()))?;
+    let names: Vec<(String, String)> = list
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split_once(' ')
+                .map(|(v, s)| (v.to_string(), s.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{}: bad line {l:?}", list_path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!names.is_empty(), "{} lists no instruments", list_path.display());
+    // Powers of ten (as exponents) dividing every price and quantity seen, per instrument.
+    let mut tick_exp = vec![Price::DECIMALS; names.len()];
+    let mut lot_exp = vec![Quantity::DECIMALS; names.len()];
+    if names.iter().any(|(v, _)| v != "synthetic") {
+        let note = |exp: &mut u32, raw: i64| {
+            while *exp > 0 && raw % 10i64.pow(*exp) != 0 {
+                *exp -= 1;
+            }
+        };
+        sapphire_persistence::journal::for_each(dir, |_, e| {
+            let (i, p, q) = match e {
+                Event::Quote(x) => (x.instrument.0 as usize, x.bid_price.raw, x.bid_qty.raw),
+                Event::Trade(x) => (x.instrument.0 as usize, x.price.raw, x.qty.raw),
+                Event::BookDelta(x) => (x.instrument.0 as usize, x.price.raw, x.qty.raw),
+                _ => return,
+            };
+            if i < tick_exp.len() {
+                note(&mut tick_exp[i], p);
+                note(&mut lot_exp[i], q);
+            }
+        })
+        .with_context(|| format!("reading input journal {}", dir.display()))?;
+    }
+    let known = sapphire_gateway::synthetic::default_instruments();
+    let mut registry = InstrumentRegistry::new();
+    for (i, (venue, symbol)) in names.iter().enumerate() {
+        let (tick, lot, market) = match known.iter().find(|k| venue == "synthetic" && &k.symbol == symbol) {
+            Some(k) => (k.tick, k.lot, MarketType::Spot),
+            // run.rs's default for a synthetic symbol it does not know.
+            None if venue == "synthetic" => {
+                (Price::from_raw(Price::SCALE / 100), Quantity::from_raw(Quantity::SCALE / 1_000), MarketType::Spot)
+            }
+            None => (
+                Price::from_raw(10i64.pow(tick_exp[i])),
+                Quantity::from_raw(10i64.pow(lot_exp[i])),
+                if venue.contains("usdm") { MarketType::LinearPerpetual } else { MarketType::Spot },
+            ),
+        };
+        registry.intern(InstrumentSpec { venue, symbol, market, tick_size: tick, lot_size: lot, min_notional: Money::from_units(5) })?;
+    }
+    Ok(registry.iter().cloned().collect())
+}
+
+fn replay_journal(dir: &Path, config: &EngineConfig, opts: &ReplayOptions, sink: &mut Sink) -> anyhow::Result<(Engine, ReadCounts)> {
+    anyhow::ensure!(dir.is_dir(), "{} is not an input journal directory", dir.display());
+    let instruments = journal_instruments(dir)?;
+    let mut engine = Engine::new(config, &instruments);
+    let mut outbound = Outbound::default();
+    let total = sapphire_persistence::journal::last_record::<Event>(dir).ok().flatten().map(|(s, _)| s + 1);
+    let mut progress = Progress { on: opts.progress, started: Instant::now(), last: Instant::now(), total };
+    let mut pacer = Pacer { speed: opts.pace, origin: None };
+    let mut events = 0u64;
+    // Reading and validating records runs on a second thread, as decoding does for recordings.
+    // The engine's sequence is the journal's own (ids continue as they did live).
+    let (mut producer, consumer) = batches();
+    let n = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let n = sapphire_persistence::journal::for_each(dir, |seq, e| producer.push(seq as i64, *e));
+            producer.finish();
+            n
+        });
+        consumer.each(|seq, e| {
+            if opts.pace.is_some() {
+                pacer.wait(ts_recv(e));
+            }
+            engine.process(seq, e, &mut outbound, sink);
+            events += 1;
+            progress.tick(events, events);
+        });
+        reader.join().map_err(|_| anyhow::anyhow!("the replay's reader thread panicked"))
+    })?
+    .with_context(|| format!("reading input journal {}", dir.display()))?;
+    progress.finish(n, events);
+    Ok((engine, ReadCounts { files: 1, lines: n, events, instruments, ..ReadCounts::default() }))
+}
+
+/// `sapphire replay` flags.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Recording files (`<recv_ns> <json>` lines, gzip or plain; merged by time), or one input
+    /// journal directory (e.g. data/journal/input).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// binance (only Binance recordings in this build).
+    #[arg(long, default_value = "binance")]
+    pub venue: String,
+    /// spot or usdm; default: usdm when a file name says so, else spot.
+    #[arg(long)]
+    pub market: Option<String>,
+    /// Configuration file (the engine, risk and paper sections apply).
+    #[arg(long, env = "SAPPHIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the summary (or the sweep's rows) as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// max (as fast as possible) or a multiple of recorded pace: 1x, 10x, 0.5x.
+    #[arg(long, default_value = "max")]
+    pub pace: String,
+    /// A progress bar on stderr even when stderr is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+    /// Keep every engine output in an output journal in this new directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Order latency of the paper venue, µs of event time (overrides paper.latency_us).
+    #[arg(long)]
+    pub latency_us: Option<u64>,
+    /// Extra market-data latency, µs, on top of the recording's own (see docs/fill-models.md).
+    #[arg(long, default_value_t = 0)]
+    pub feed_latency_us: u64,
+    /// Override a configuration key: `--set paper.taker_fee_bps=5`; a comma list
+    /// (`--set paper.taker_fee_bps=5,10,20`) sweeps it; several lists make a grid.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Parallel runs of a sweep (default: the number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+/// Runs `sapphire replay`.
+pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
+    use crate::config::refuse;
+    if args.venue != "binance" {
+        return Err(refuse("--venue", format!("{:?}: replay reads Binance recordings in this build", args.venue)));
+    }
+    let pace = parse_pace(&args.pace).map_err(|e| refuse("--pace", e))?;
+    let settings = crate::sweep::parse_sets(&args.set)?;
+    if let Some(0) = args.jobs {
+        return Err(refuse("--jobs", "at least 1"));
+    }
+    let journal_dirs = args.paths.iter().filter(|p| p.is_dir()).count();
+    let input = if journal_dirs > 0 {
+        if args.paths.len() != 1 {
+            return Err(refuse("PATH", "give one input journal directory, or recording files"));
+        }
+        Input::Journal(args.paths[0].clone())
+    } else {
+        let market = match args.market.as_deref() {
+            Some("spot") => BinanceMarket::Spot,
+            Some("usdm") => BinanceMarket::UsdM,
+            Some(m) => return Err(refuse("--market", format!("{m:?}: spot or usdm"))),
+            None if args.paths.iter().any(|p| p.to_string_lossy().contains("usdm")) => BinanceMarket::UsdM,
+            None => BinanceMarket::Spot,
+        };
+        Input::Recordings { paths: args.paths.clone(), market }
+    };
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    if let Some(l) = args.latency_us {
+        overrides.push(("paper.latency_us".into(), l.to_string()));
+    }
+    if settings.iter().any(|s| s.values.len() > 1) {
+        if args.out.is_some() {
+            return Err(refuse("--out", "not with a sweep (each run would need its own journal)"));
+        }
+        let exe = std::env::current_exe().context("finding the current executable for the sweep's runs")?;
+        let mut child: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        child.extend(["--venue".into(), args.venue.clone(), "--pace".into(), args.pace.clone()]);
+        child.extend(["--feed-latency-us".into(), args.feed_latency_us.to_string()]);
+        if let Some(m) = &args.market {
+            child.extend(["--market".into(), m.clone()]);
+        }
+        if let Some(l) = args.latency_us {
+            child.extend(["--latency-us".into(), l.to_string()]);
+        }
+        let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let progress = args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let rows = crate::sweep::run_grid(&exe, &child, args.config.as_deref(), &settings, jobs, progress)?;
+        if args.json {
+            println!("{}", crate::sweep::rows_json(&rows));
+        } else {
+            print!("{}", crate::sweep::table(&rows));
+        }
+        let failed = rows.iter().filter(|r| r.result.is_err()).count();
+        anyhow::ensure!(failed == 0, "{failed} of {} sweep runs failed", rows.len());
+        return Ok(());
+    }
+    overrides.extend(settings.into_iter().map(|s| (s.key, s.values.into_iter().next().unwrap_or_default())));
+    let doc = crate::sweep::document(args.config.as_deref(), &overrides)?;
+    let mut file = crate::sweep::file_config(&doc)?;
+    crate::config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+    let mut engine = file.resolve()?.engine;
+    // A constant extra feed delay moves what the venue holds when our order lands by the same
+    // amount: the paper venue's order latency grows by it (docs/fill-models.md).
+    engine.matching.latency_ns = engine.matching.latency_ns.saturating_add(args.feed_latency_us.saturating_mul(1_000));
+    let opts =
+        ReplayOptions { pace, progress: args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr()), out: args.out.clone() };
+    let summary = replay(&input, &engine, &opts)?;
+    if args.json {
+        println!("{}", summary.to_json());
+    } else {
+        print!("{}", summary.to_text());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_lines_are_counted_not_fatal() {
+        let dir = std::env::temp_dir().join(format!("sapphire-replay-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = r#"1000 {"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"100.0","q":"0.1","T":1,"m":true}}"#;
+        let mut bytes = format!("{good}\ngarbage\n\n2000 not json\n").into_bytes();
+        bytes.extend_from_slice(b"3000 {\"stream\":\"\xff\xfe\"}\r\n");
+        bytes.extend_from_slice(good.replace("1000 ", "4000 ").as_bytes());
+        let path = dir.join("bad.txt");
+        std::fs::write(&path, bytes).unwrap();
+        let input = Input::Recordings { paths: vec![path], market: BinanceMarket::Spot };
+        let s = replay(&input, &EngineConfig::default(), &ReplayOptions::default()).unwrap();
+        assert_eq!(s.lines, 4, "the lines with a receive time");
+        assert_eq!(s.skipped, 3, "garbage, not json, not UTF-8");
+        assert_eq!(s.events, 2);
+        let missing = replay(
+            &Input::Recordings { paths: vec![dir.join("nope.gz")], market: BinanceMarket::Spot },
+            &EngineConfig::default(),
+            &ReplayOptions::default(),
+        );
+        assert!(format!("{:#}", missing.unwrap_err()).contains("nope.gz"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn decimals_used() {
@@ -370,15 +995,17 @@ mod tests {
         std::fs::write(&pa, a).unwrap();
         std::fs::write(&pb, b).unwrap();
         let config = EngineConfig::default();
-        let one = replay(&[pa.clone(), pb.clone()], BinanceMarket::Spot, &config, false).unwrap();
-        let two = replay(&[pa.clone(), pb.clone()], BinanceMarket::Spot, &config, false).unwrap();
+        let both = Input::Recordings { paths: vec![pa.clone(), pb.clone()], market: BinanceMarket::Spot };
+        let opts = ReplayOptions::default();
+        let one = replay(&both, &config, &opts).unwrap();
+        let two = replay(&both, &config, &opts).unwrap();
         assert_eq!(one.gaps, 0, "merged by time, the two halves form one gap-free sequence");
         assert_eq!(one.skipped, 0);
         assert!(one.events > 6_000, "{}", one.events);
         let strip = |s: &ReplaySummary| ReplaySummary { elapsed_s: 0.0, ..s.clone() };
         assert_eq!(strip(&one), strip(&two), "replays are deterministic");
         // One file alone has gaps (every other update is in the other file).
-        let half = replay(&[pa], BinanceMarket::Spot, &config, false).unwrap();
+        let half = replay(&Input::Recordings { paths: vec![pa], market: BinanceMarket::Spot }, &config, &opts).unwrap();
         assert!(half.gaps > 0);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -13,10 +13,11 @@ use sapphire_core::pipeline::{Pipeline, PipelineReport};
 use sapphire_core::ring::{Consumer, Poll};
 use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
-use sapphire_gateway::api::{ApiServer, EdgeState};
+use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
 use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
 use sapphire_persistence::bus::BusStats;
 use sapphire_persistence::journal::JournalWriter;
+use sapphire_persistence::pg;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,6 +96,7 @@ fn edge_loop(
     mut outputs: Consumer<sapphire_core::engine::Output>,
     state: &EdgeState,
     mut journal: JournalWriter<Output>,
+    head: &AtomicU64,
     quiet: bool,
 ) -> EdgeReport {
     let mut idle = 0;
@@ -129,6 +131,7 @@ fn edge_loop(
                 }
             }
         });
+        head.store(journal.next_seq(), Ordering::Relaxed);
         match polled {
             Poll::Handled(_) => idle = 0,
             Poll::Empty => {
@@ -191,6 +194,32 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let instruments: Vec<_> = registry.iter().cloned().collect();
     let symbols: Vec<&str> = instruments.iter().map(|i| i.symbol.as_str()).collect();
 
+    // Async services beside the engine, off its cores: the Postgres sink, the Redis bus.
+    let services = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sapphire-services")
+        .enable_all()
+        .build()
+        .context("starting the services runtime")?;
+    // The database is checked before anything trades: a schema this build cannot write is a
+    // refusal to start (run `sapphire migrate`), never an implicit migration. An unreachable
+    // database is not: the engine never waits for it, and the sink catches up later.
+    if let Some(sink) = &cfg.sink {
+        let target = sink.target();
+        match services.block_on(pg::connect_pool(&sink.connect, 1, Duration::from_secs(5))) {
+            Ok(pool) => {
+                services
+                    .block_on(pg::check_schema(&pool))
+                    .with_context(|| format!("the database at {target} (DATABASE_URL) cannot take this build's rows"))?;
+                services.block_on(pg::upsert_instruments(&pool, &instruments)).context("recording the instruments in Postgres")?;
+                services.block_on(pool.close());
+            }
+            Err(e) => eprintln!(
+                "warning: Postgres at {target} is unreachable ({e}); trading starts anyway and the sink catches up when it answers"
+            ),
+        }
+    }
+
     // Open the journal (a torn tail from a crash is cut here), then rebuild the engine from it.
     let (journal, recovery) =
         sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
@@ -252,6 +281,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         cfg.engine.risk.leverage,
     ));
     edge.seed_from(&recovered_risk);
+    edge.attach_board(Arc::clone(&board));
     drop(recovered_risk);
     // The synthetic market's books are always in sync; the core runs from here.
     edge.set_core_running(true);
@@ -265,60 +295,100 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     };
     // Printed even with --quiet: with port 0 it is the only way to learn the port.
     println!("api: http://{}", api.addr());
-    // Async services beside the engine, off its cores: the Redis bus (and the sink, agents).
-    let services = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sapphire-services")
-        .enable_all()
-        .build()
-        .context("starting the services runtime")?;
     let mut service_tasks = Vec::new();
+    // The daily report, on its own thread (a failure is printed; trading goes on).
+    let report_stop = Arc::new(AtomicBool::new(false));
+    let daily = crate::report::spawn_daily(cfg.data_dir.clone(), &cfg.report, Arc::clone(&report_stop))?;
     let bus_stats = Arc::new(BusStats::default());
+    let sink_stats = pg::SinkStats::new();
+    let output_head = Arc::new(AtomicU64::new(outputs_from));
+    // The sink stops after the edge has journaled the last output, once it has written
+    // everything (or 10 s have passed: the rest waits in the journal for the next start).
+    let sink_stop = Arc::new(AtomicBool::new(false));
+    let mut sink_task = None;
+    if let Some(sink) = &cfg.sink {
+        let source = pg::JournalSource::new(&cfg.output_journal.dir).context("opening the output journal for the sink")?;
+        let (stop, stats, head) = (Arc::clone(&sink_stop), Arc::clone(&sink_stats), Arc::clone(&output_head));
+        let drained = async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // A database that is down now is not waited for.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while stats.healthy() && stats.cursor() < head.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        sink_task = Some(services.spawn(as_text(pg::run_sink(sink.clone(), source, Arc::clone(&sink_stats), drained))));
+        if !opts.quiet {
+            println!("postgres: sink to {} ({:?} batches of up to {})", sink.target(), sink.method, sink.batch_max);
+        }
+    }
     if let Some(bus) = &cfg.redis {
         let names: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
         service_tasks.push((
             "redis publisher",
-            services.spawn(
-                sapphire_persistence::bus::run_publisher(
-                    bus.clone(),
-                    cfg.output_journal.dir.clone(),
-                    outputs_from,
-                    Arc::clone(&board),
-                    names.clone(),
-                    Arc::clone(&bus_stats),
-                    Arc::clone(&stop),
-                )
-                .map_err_to_string(),
-            ),
+            services.spawn(as_text(sapphire_persistence::bus::run_publisher(
+                bus.clone(),
+                cfg.output_journal.dir.clone(),
+                outputs_from,
+                Arc::clone(&board),
+                names.clone(),
+                Arc::clone(&bus_stats),
+                Arc::clone(&stop),
+            ))),
         ));
         if cfg.redis_signal_ingress {
             service_tasks.push((
                 "redis signal ingress",
-                services.spawn(
-                    sapphire_persistence::bus::run_signal_ingress(
-                        bus.clone(),
-                        names,
-                        pipeline.producer(),
-                        unix_nanos,
-                        cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec()),
-                        Arc::clone(&bus_stats),
-                        Arc::clone(&stop),
-                    )
-                    .map_err_to_string(),
-                ),
+                services.spawn(as_text(sapphire_persistence::bus::run_signal_ingress(
+                    bus.clone(),
+                    names,
+                    pipeline.producer(),
+                    unix_nanos,
+                    cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec()),
+                    Arc::clone(&bus_stats),
+                    Arc::clone(&stop),
+                ))),
             ));
         }
         if !opts.quiet {
             println!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
         }
     }
+    // Readiness and metrics of the services: /readyz fails while a configured Postgres or
+    // Redis does not answer (the engine trades on regardless; readiness tells the operator).
+    if cfg.sink.is_some() {
+        let stats = Arc::clone(&sink_stats);
+        let metrics = Arc::clone(&sink_stats);
+        edge.add_source(Arc::new(FnSource::new(
+            "postgres_sink",
+            move || if stats.healthy() { Ok(()) } else { Err(stats.last_error().unwrap_or_else(|| "not connected yet".into())) },
+            move |out: &mut String| write_sink_metrics(&metrics, out),
+        )));
+    }
+    if cfg.redis.is_some() {
+        let stats = Arc::clone(&bus_stats);
+        let metrics = Arc::clone(&bus_stats);
+        edge.add_source(Arc::new(FnSource::new(
+            "redis",
+            move || {
+                if stats.connected.load(Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err(stats.last_error.lock().map(|e| e.clone()).unwrap_or_default().unwrap_or_else(|| "not connected yet".into()))
+                }
+            },
+            move |out: &mut String| write_bus_metrics(&metrics, out),
+        )));
+    }
     let edge_thread = {
-        let (edge, quiet, core) = (Arc::clone(&edge), opts.quiet, cfg.edge_core);
+        let (edge, quiet, core, head) = (Arc::clone(&edge), opts.quiet, cfg.edge_core, Arc::clone(&output_head));
         std::thread::Builder::new()
             .name("sapphire-edge".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                edge_loop(outputs, &edge, output_journal, quiet)
+                edge_loop(outputs, &edge, output_journal, &head, quiet)
             })
             .context("starting the edge thread")?
     };
@@ -393,6 +463,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 }
             }
         }
+        sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
         let now = Instant::now();
         let processed = stats.processed.load(Ordering::Relaxed);
         let rate = (processed - last_processed) as f64 / now.duration_since(last_tick).as_secs_f64().max(1e-9);
@@ -433,12 +504,36 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             Err(e) => eprintln!("warning: {name} failed: {e}"),
         }
     }
-    services.shutdown_timeout(Duration::from_secs(2));
     let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
     let report = pipeline.shutdown();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
+    sink_stop.store(true, Ordering::Relaxed);
+    if let Some(task) = sink_task {
+        match services.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: the postgres sink stopped: {e}"),
+            Err(e) => eprintln!("warning: the postgres sink failed: {e}"),
+        }
+    }
+    services.shutdown_timeout(Duration::from_secs(2));
+    report_stop.store(true, Ordering::Relaxed);
+    if let Some(h) = daily {
+        let _ = h.join();
+    }
     summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    if cfg.sink.is_some() {
+        sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
+        println!(
+            "  postgres: {} rows in {} batches, cursor {} (lag {} outputs, caught up by the next start), {} errors, {} skipped",
+            sink_stats.rows_total(),
+            sink_stats.batches(),
+            sink_stats.cursor(),
+            sink_stats.lag(),
+            sink_stats.errors(),
+            sink_stats.skipped()
+        );
+    }
     if cfg.redis.is_some() {
         println!(
             "  redis: {} ticks and {} outputs published ({} ticks dropped while unreachable), {} remote signals in ({} refused), {} reconnects, {} errors",
@@ -585,13 +680,48 @@ fn summary(
     Ok(())
 }
 
-/// Futures of services whose errors are reported as text at shutdown.
-trait ErrToString<T> {
-    fn map_err_to_string(self) -> impl std::future::Future<Output = Result<T, String>> + Send;
+fn write_sink_metrics(s: &pg::SinkStats, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP sapphire_sink_rows_total Rows the Postgres sink committed, by table.\n# TYPE sapphire_sink_rows_total counter"
+    );
+    for (table, n) in s.rows_by_table() {
+        let _ = writeln!(out, "sapphire_sink_rows_total{{table=\"{table}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sapphire_sink_lag_records Output journal records not yet in Postgres.\n# TYPE sapphire_sink_lag_records gauge\nsapphire_sink_lag_records {}\n# HELP sapphire_sink_cursor Next output journal record the sink writes.\n# TYPE sapphire_sink_cursor gauge\nsapphire_sink_cursor {}\n# HELP sapphire_sink_batches_total Transactions committed.\n# TYPE sapphire_sink_batches_total counter\nsapphire_sink_batches_total {}\n# HELP sapphire_sink_errors_total Failed connects and transactions.\n# TYPE sapphire_sink_errors_total counter\nsapphire_sink_errors_total {}\n# HELP sapphire_sink_retries_total Batches retried.\n# TYPE sapphire_sink_retries_total counter\nsapphire_sink_retries_total {}\n# HELP sapphire_sink_skipped_total Records that cannot be stored (counted, logged).\n# TYPE sapphire_sink_skipped_total counter\nsapphire_sink_skipped_total {}\n# HELP sapphire_sink_up 1 while the last write succeeded.\n# TYPE sapphire_sink_up gauge\nsapphire_sink_up {}",
+        s.lag(),
+        s.cursor(),
+        s.batches(),
+        s.errors(),
+        s.retries(),
+        s.skipped(),
+        u8::from(s.healthy())
+    );
 }
 
-impl<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>> + Send> ErrToString<T> for F {
-    fn map_err_to_string(self) -> impl std::future::Future<Output = Result<T, String>> + Send {
-        async move { self.await.map_err(|e| e.to_string()) }
-    }
+fn write_bus_metrics(s: &BusStats, out: &mut String) {
+    use std::fmt::Write as _;
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP sapphire_redis_up 1 while connected to Redis.\n# TYPE sapphire_redis_up gauge\nsapphire_redis_up {}\n# HELP sapphire_redis_published_total Messages published, by kind.\n# TYPE sapphire_redis_published_total counter\nsapphire_redis_published_total{{kind=\"tick\"}} {}\nsapphire_redis_published_total{{kind=\"output\"}} {}\n# HELP sapphire_redis_ticks_dropped_total Tick updates dropped while Redis was unreachable (conflatable).\n# TYPE sapphire_redis_ticks_dropped_total counter\nsapphire_redis_ticks_dropped_total {}\n# HELP sapphire_redis_ingress_total Remote messages taken or refused, by kind.\n# TYPE sapphire_redis_ingress_total counter\nsapphire_redis_ingress_total{{kind=\"signal\",outcome=\"taken\"}} {}\nsapphire_redis_ingress_total{{kind=\"signal\",outcome=\"refused\"}} {}\nsapphire_redis_ingress_total{{kind=\"control\",outcome=\"taken\"}} {}\nsapphire_redis_ingress_total{{kind=\"control\",outcome=\"refused\"}} {}\n# HELP sapphire_redis_reconnects_total Reconnections.\n# TYPE sapphire_redis_reconnects_total counter\nsapphire_redis_reconnects_total {}\n# HELP sapphire_redis_errors_total Failed connects and publishes.\n# TYPE sapphire_redis_errors_total counter\nsapphire_redis_errors_total {}",
+        u8::from(s.connected.load(Ordering::Relaxed)),
+        r(&s.ticks),
+        r(&s.outputs),
+        r(&s.ticks_dropped),
+        r(&s.signals_in),
+        r(&s.signals_refused),
+        r(&s.controls_in),
+        r(&s.controls_refused),
+        r(&s.reconnects),
+        r(&s.errors)
+    );
+}
+
+/// A service's result with its error as text (reported at shutdown).
+async fn as_text<T, E: std::fmt::Display>(service: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
+    service.await.map_err(|e| e.to_string())
 }

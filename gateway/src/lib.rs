@@ -14,6 +14,7 @@
 //! - [`connection`]: feed clients over WebSocket: subscribe, reconnect, resync, publish into the ring.
 //! - [`local_exchange`]: a local Binance-speaking exchange replaying recordings, with fault injection.
 //! - [`synthetic`]: the seeded synthetic market.
+//! - [`venue`]: order routing to Binance and Bybit: signing, credentials, execution clients, the order gateway.
 //!
 //! # Features
 //! None.
@@ -35,3 +36,5 @@ pub mod json;
 pub mod local_exchange;
 /// The seeded synthetic market.
 pub mod synthetic;
+/// Order routing to real venues: signing, credentials, Binance/Bybit execution, the order gateway.
+pub mod venue;

@@ -6,6 +6,7 @@
 //! for the sake of a dozen families; the text format is small, stable and tested here.
 //! The old platform's names are kept as they were.
 
+use super::server::{ServerStats, WsDrop, WsRefusal};
 use super::EdgeState;
 use sapphire_core::event::RejectReason;
 use std::fmt::Write;
@@ -25,8 +26,9 @@ fn money(m: sapphire_core::fixed::Money) -> f64 {
     m.raw as f64 / 1e9
 }
 
-/// Renders every metric. `ring_backlog` is the inbound ring's backlog now.
-pub(super) fn render(s: &EdgeState, ring_backlog: i64) -> String {
+/// Renders every metric, then each [`HealthSource`](super::HealthSource)'s. `ring_backlog` is
+/// the inbound ring's backlog now.
+pub(super) fn render(s: &EdgeState, server: &ServerStats, ring_backlog: i64) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let o = &mut out;
     let p = s.pipeline();
@@ -94,6 +96,42 @@ pub(super) fn render(s: &EdgeState, ring_backlog: i64) -> String {
     family(o, "sapphire_stage_latency_samples", "gauge", "Samples behind each stage's percentiles.");
     for l in &latency {
         let _ = writeln!(o, "sapphire_stage_latency_samples{{stage=\"{}\"}} {}", escape(l.name), l.count);
+    }
+    let (taken, ignored) = s.signals();
+    family(
+        o,
+        "sapphire_signals_total",
+        "counter",
+        "Agent signals the engine saw, taken or ignored (unknown agent or instrument, expired).",
+    );
+    let _ = writeln!(o, "sapphire_signals_total{{outcome=\"taken\"}} {taken}");
+    let _ = writeln!(o, "sapphire_signals_total{{outcome=\"ignored\"}} {ignored}");
+
+    family(o, "sapphire_http_connections", "gauge", "HTTP connections being served.");
+    let _ = writeln!(o, "sapphire_http_connections {}", load(&server.http_open));
+    family(o, "sapphire_http_connections_total", "counter", "HTTP connections accepted and served.");
+    let _ = writeln!(o, "sapphire_http_connections_total {}", load(&server.http_accepted));
+    family(o, "sapphire_http_connections_refused_total", "counter", "HTTP connections refused at the connection cap.");
+    let _ = writeln!(o, "sapphire_http_connections_refused_total {}", load(&server.http_refused));
+    family(o, "sapphire_http_header_timeouts_total", "counter", "Connections cut because request headers did not arrive in time.");
+    let _ = writeln!(o, "sapphire_http_header_timeouts_total {}", load(&server.header_timeouts));
+    family(o, "sapphire_ws_clients", "gauge", "Dashboard WebSocket clients connected.");
+    let _ = writeln!(o, "sapphire_ws_clients {}", load(&server.ws_clients));
+    family(o, "sapphire_ws_clients_accepted_total", "counter", "Dashboard WebSocket clients accepted.");
+    let _ = writeln!(o, "sapphire_ws_clients_accepted_total {}", load(&server.ws_accepted));
+    family(o, "sapphire_ws_clients_dropped_total", "counter", "WebSocket clients the server dropped, by reason.");
+    for why in WsDrop::ALL {
+        let _ = writeln!(o, "sapphire_ws_clients_dropped_total{{reason=\"{}\"}} {}", why.label(), load(&server.ws_dropped[why as usize]));
+    }
+    family(o, "sapphire_ws_clients_refused_total", "counter", "WebSocket upgrades refused, by reason.");
+    for why in WsRefusal::ALL {
+        let _ = writeln!(o, "sapphire_ws_clients_refused_total{{reason=\"{}\"}} {}", why.label(), load(&server.ws_refused[why as usize]));
+    }
+    family(o, "sapphire_ws_messages_total", "counter", "WebSocket messages sent to dashboard clients.");
+    let _ = writeln!(o, "sapphire_ws_messages_total {}", load(&server.ws_messages));
+
+    for source in s.sources() {
+        source.write_metrics(o);
     }
     out
 }

@@ -1,35 +1,58 @@
-//! The HTTP API: health and readiness probes, Prometheus metrics, a dashboard snapshot and
-//! operator control.
+//! The HTTP API: the live dashboard page and its WebSocket stream, health and readiness
+//! probes, Prometheus metrics, a dashboard snapshot, paged recent history, and operator
+//! control.
 //!
 //! The server runs on its own thread with a single-threaded tokio runtime, so it never takes
-//! a core from the engine. It reads [`EdgeState`] (atomics the edge thread keeps from the
-//! engine's outputs) and the pipeline's own counters; it writes only by publishing
-//! [`Control`](sapphire_core::event::Control) events into the inbound ring, never waiting
-//! (a full ring is a 503), so the engine journals every operator action and a replay
+//! a core from the engine. It reads [`EdgeState`] (atomics and short histories the edge thread
+//! keeps from the engine's outputs) and the pipeline's own counters; it writes only by
+//! publishing [`Control`](sapphire_core::event::Control) events into the inbound ring, never
+//! waiting (a full ring is a 503), so the engine journals every operator action and a replay
 //! reproduces it.
 //!
 //! | route | |
 //! |---|---|
+//! | `GET /` | the dashboard page (assets embedded in the binary, strict CSP) |
+//! | `GET /ws` | WebSocket: a `snapshot` every tick, plus `equity`, `positions`, `fills`, `orders`, `signals` and `risk` messages with what the client has not seen |
 //! | `GET /healthz` | 200 while the process serves |
-//! | `GET /readyz` | 200 when the core runs, books are in sync and the journal is healthy; 503 otherwise; the JSON body names each check |
+//! | `GET /readyz` | 200 when the core runs, books are in sync, the journal is healthy and every [`HealthSource`] is ready; 503 otherwise; the JSON body names each check |
 //! | `GET /metrics` | Prometheus text format |
-//! | `GET /dashboard` | JSON snapshot: equity, PnL, fees, per-agent PnL and margin, risk state, orders |
+//! | `GET /dashboard` | JSON snapshot: equity, PnL, fees, per-agent PnL and margin, risk state, orders, positions, latency, feeds |
+//! | `GET /api/orders`, `/api/trades`, `/api/signals`, `/api/risk` | recent history, newest first, paged with `?limit=&before=` |
 //! | `POST /api/kill`, `/api/halt`, `/api/resume` | bearer token; a Control event |
 //! | `POST /api/agents/{id}/pause`, `/api/agents/{id}/resume` | bearer token; a Control event |
 //! | `POST /api/limits` | bearer token; JSON `{"limit": "max_order_usd", "value": "500"}`; a Control event |
+//!
+//! # Limits
+//! Connections are capped ([`ApiLimits::max_connections`]; past it a connection gets a 503
+//! and is closed at once), request headers must arrive within
+//! [`ApiLimits::header_read_timeout`] (a slowloris client is cut, and an idle keep-alive
+//! connection too), bodies are capped at [`BODY_LIMIT`], requests at [`REQUEST_TIMEOUT`].
+//! WebSocket clients are capped separately ([`ApiLimits::ws_max_clients`]); each one's
+//! state is a set of cursors, never a queue, and one that stops reading is dropped (see
+//! [`ws`](self::ws)).
 
+mod assets;
 mod control;
+mod health;
+mod history;
 mod metrics;
+mod page;
 mod routes;
+mod server;
 mod state;
 #[cfg(test)]
 mod tests;
+mod view;
+mod ws;
 
-pub use state::{AgentMargin, EdgeState, RiskFlags};
+pub use health::{FnSource, HealthSource};
+pub use state::{
+    AgentMargin, EdgeState, PositionView, RiskFlags, EQUITY_HISTORY, EQUITY_POINT_EVERY_NS, FILL_HISTORY, ORDER_HISTORY, RISK_HISTORY,
+    SIGNAL_HISTORY,
+};
 
 use sapphire_core::event::Event;
 use sapphire_core::ring::Producer;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,6 +63,10 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Most records one page of `/api/orders` and the like returns (a larger `limit` is capped).
+pub const MAX_PAGE: usize = 500;
+/// Records a page returns when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
 
 /// The control bearer token. Its `Debug` never shows it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -61,6 +88,11 @@ impl ApiToken {
         }
         std::hint::black_box(diff) == 0
     }
+
+    /// The token's bytes, as a key (signing control messages between processes); never log.
+    pub fn secret_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 impl std::fmt::Debug for ApiToken {
@@ -78,6 +110,47 @@ pub struct ApiConfig {
     pub token: Option<ApiToken>,
     /// Core to pin the server thread to.
     pub core: Option<usize>,
+}
+
+/// How much the server takes on: connections, header timing, WebSocket clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// HTTP connections served at once (upgraded WebSockets not counted: they have their own
+    /// cap). One more is answered with a 503 and closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (from the connection or the end of the
+    /// previous response); past it the connection is closed.
+    pub header_read_timeout: Duration,
+    /// WebSocket clients at once; one more gets a 503.
+    pub ws_max_clients: usize,
+    /// How often a WebSocket client gets a snapshot and what it has not seen.
+    pub ws_tick: Duration,
+    /// How often the server pings a WebSocket client to measure how far behind it reads.
+    pub ws_ping_every: Duration,
+    /// A ping unanswered for this long means the client reads that far behind, or not at
+    /// all: it is dropped (reason `slow`).
+    pub ws_max_lag: Duration,
+    /// Longest one tick's messages may take to write; past it the client is dropped
+    /// (reason `stalled`).
+    pub ws_send_timeout: Duration,
+    /// Most records of one kind in one message; a client that missed more gets the newest
+    /// ones and a `skipped` count.
+    pub ws_max_items: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            ws_max_clients: 64,
+            ws_tick: Duration::from_millis(250),
+            ws_ping_every: Duration::from_secs(5),
+            ws_max_lag: Duration::from_secs(15),
+            ws_send_timeout: Duration::from_secs(5),
+            ws_max_items: 200,
+        }
+    }
 }
 
 /// API errors.
@@ -104,6 +177,11 @@ struct ApiContext {
     /// contended by other HTTP requests, never by the engine.
     inbound: Mutex<Producer<Event>>,
     token: Option<ApiToken>,
+    limits: ApiLimits,
+    /// The server's own counters (connections, WebSocket clients).
+    stats: server::ServerStats,
+    /// Turns true when the server stops (WebSocket clients close on it).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A running API server. Stop it with [`ApiServer::shutdown`] before the pipeline shuts
@@ -117,15 +195,32 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Binds (synchronously, so a taken address is an error here) and starts serving on a
-    /// thread of its own.
+    /// thread of its own, with the default [`ApiLimits`].
     pub fn start(config: ApiConfig, state: Arc<EdgeState>, inbound: Producer<Event>) -> Result<Self, ApiError> {
+        Self::start_with_limits(config, ApiLimits::default(), state, inbound)
+    }
+
+    /// [`start`](Self::start) with these limits.
+    pub fn start_with_limits(
+        config: ApiConfig,
+        limits: ApiLimits,
+        state: Arc<EdgeState>,
+        inbound: Producer<Event>,
+    ) -> Result<Self, ApiError> {
         let bind = |source| ApiError::Bind { addr: config.bind, source };
         let listener = std::net::TcpListener::bind(config.bind).map_err(bind)?;
         listener.set_nonblocking(true).map_err(bind)?;
         let addr = listener.local_addr().map_err(bind)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ApiError::Runtime)?;
-        let ctx = Arc::new(ApiContext { state, inbound: Mutex::new(inbound), token: config.token });
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(ApiContext {
+            state,
+            inbound: Mutex::new(inbound),
+            token: config.token,
+            limits,
+            stats: server::ServerStats::default(),
+            stopping: stopped.clone(),
+        });
         let core = config.core;
         let thread = std::thread::Builder::new()
             .name("sapphire-api".into())
@@ -136,16 +231,7 @@ impl ApiServer {
                         Ok(l) => l,
                         Err(e) => return eprintln!("api: {e}"),
                     };
-                    let mut signal = stopped.clone();
-                    let server = axum::serve(listener, routes::router(ctx))
-                        .with_graceful_shutdown(async move {
-                            let _ = signal.wait_for(|s| *s).await;
-                        })
-                        .into_future();
-                    let server = tokio::spawn(server);
-                    let _ = stopped.wait_for(|s| *s).await;
-                    // Requests in flight get a grace period; a client that holds on is cut.
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+                    server::serve(listener, ctx, stopped).await;
                 });
             })
             .map_err(ApiError::Runtime)?;

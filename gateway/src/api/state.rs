@@ -1,22 +1,29 @@
 //! [`EdgeState`]: what the edge knows about the running engine, kept in atomics.
 //!
 //! The edge thread is the only writer ([`EdgeState::apply`], one engine output at a time);
-//! HTTP handlers read. Nothing here locks or allocates on the write side, and the engine
-//! never sees this type: it writes its outputs into a bounded ring that the edge drains
-//! (ARCHITECTURE.md rule 7). Values are individually consistent, not a transaction: a
-//! dashboard may see equity from one timer and fees from the next, which is fine for a view.
+//! HTTP handlers read. Counters and totals are atomics; the recent orders, fills, signals,
+//! risk events, equity points and the positions sit in preallocated rings behind short
+//! mutexes (see [`history`](super::history)): the write side never allocates and holds a lock
+//! only for the copy of one record, and the engine never sees this type: it writes its
+//! outputs into a bounded ring that the edge drains (ARCHITECTURE.md rule 7). Values are
+//! individually consistent, not a transaction: a dashboard may see equity from one timer and
+//! fees from the next, which is fine for a view.
 
+use super::health::HealthSource;
+use super::history::History;
 use sapphire_core::aggregate::MAX_AGENTS;
+use sapphire_core::board::{MarketBoard, Top};
 use sapphire_core::engine::{EngineOutput, Output};
-use sapphire_core::event::{ExecKind, RejectReason};
-use sapphire_core::fixed::Money;
+use sapphire_core::event::{AgentId, ExecKind, ExecReport, RejectReason, Signal};
+use sapphire_core::fixed::{Money, Price, Quantity};
+use sapphire_core::instrument::InstrumentId;
 use sapphire_core::latency::{LatencyReader, LatencySnapshot};
-use sapphire_core::order::OrderAction;
+use sapphire_core::order::{Order, OrderAction};
 use sapphire_core::pipeline::PipelineStats;
-use sapphire_core::portfolio::PnlSummary;
+use sapphire_core::portfolio::{PnlSummary, Position};
 use sapphire_core::risk::{AlertKind, RiskAlert, RiskEngine, RiskOutput};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 const R: Ordering = Ordering::Relaxed;
 
@@ -97,6 +104,91 @@ pub struct RiskFlags {
     pub stopped_by: Option<AlertKind>,
 }
 
+/// Orders kept for `/api/orders` and the dashboard.
+pub const ORDER_HISTORY: usize = 2_048;
+/// Fills kept for `/api/trades`.
+pub const FILL_HISTORY: usize = 2_048;
+/// Signals kept for `/api/signals`.
+pub const SIGNAL_HISTORY: usize = 2_048;
+/// Refusals and guard alerts kept for `/api/risk`.
+pub const RISK_HISTORY: usize = 1_024;
+/// Equity points kept (one per [`EQUITY_POINT_EVERY_NS`] of event time: about 68 minutes).
+pub const EQUITY_HISTORY: usize = 4_096;
+/// Event time between two kept equity points (PnL arrives at every timer, 10 per second by
+/// default; the chart needs one a second).
+pub const EQUITY_POINT_EVERY_NS: u64 = 1_000_000_000;
+/// How many of the newest orders an execution report is matched against for its status.
+const ORDER_STATUS_SCAN: usize = 512;
+
+/// An order as sent, with what its execution reports said since.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OrderRecord {
+    /// Inbound sequence that caused it.
+    pub(crate) seq: i64,
+    pub(crate) order: Order,
+    /// The last report's kind (`None`: no report yet).
+    pub(crate) status: Option<ExecKind>,
+    /// Quantity filled so far.
+    pub(crate) filled: Quantity,
+    /// Why, when rejected or cancelled by the venue.
+    pub(crate) reason: RejectReason,
+}
+
+/// A fill.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FillRecord {
+    pub(crate) seq: i64,
+    pub(crate) report: ExecReport,
+}
+
+/// A signal as the engine saw it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SignalRecord {
+    pub(crate) seq: i64,
+    pub(crate) signal: Signal,
+    /// False when the engine ignored it (unknown agent or instrument, expired).
+    pub(crate) taken: bool,
+}
+
+/// A refusal or guard alert.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RiskRecord {
+    pub(crate) seq: i64,
+    pub(crate) risk: RiskOutput,
+}
+
+/// Portfolio totals at one timer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EquityPoint {
+    pub(crate) ts_event: u64,
+    pub(crate) total: PnlSummary,
+}
+
+/// One agent's position in one instrument, as the edge has tracked it from fills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PositionView {
+    /// The agent.
+    pub agent: AgentId,
+    /// The instrument (registry index).
+    pub instrument: InstrumentId,
+    /// Quantity, average price, realized PnL and fees.
+    pub position: Position,
+    /// The instrument's mid from the market board when one is attached, otherwise our last
+    /// fill price (or the mark at recovery); zero when none is known.
+    pub mark: Price,
+}
+
+/// The registered [`HealthSource`]s (their `Debug` lists the names).
+#[derive(Default)]
+struct Sources(RwLock<Vec<Arc<dyn HealthSource>>>);
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sources = self.0.read().unwrap_or_else(|e| e.into_inner());
+        f.debug_list().entries(sources.iter().map(|s| s.name().to_string())).finish()
+    }
+}
+
 /// What the edge knows about the engine, for the HTTP API. See the module docs.
 #[derive(Debug)]
 pub struct EdgeState {
@@ -126,12 +218,33 @@ pub struct EdgeState {
     paused: AtomicU32,
     /// `AlertKind as u8 + 1` of what last stopped trading; 0 none.
     stopped_by: AtomicU8,
+    signals_taken: AtomicU64,
+    signals_ignored: AtomicU64,
+    orders_history: History<OrderRecord>,
+    fills_history: History<FillRecord>,
+    signals_history: History<SignalRecord>,
+    risk_history: History<RiskRecord>,
+    equity_history: History<EquityPoint>,
+    /// Event time of the last kept equity point (edge thread only).
+    last_equity_point: AtomicU64,
+    /// `positions[agent * instruments + instrument]`, applied from fills.
+    positions: Mutex<Box<[Position]>>,
+    /// Per instrument: last fill price (raw).
+    last_price: Box<[AtomicI64]>,
+    /// Bumped on every change of `positions`, so a stream sends them only when they moved.
+    positions_version: AtomicU64,
+    sources: Sources,
+    /// Tops of book, when the run attached the book stage's board.
+    board: OnceLock<Arc<MarketBoard>>,
+    /// Wall-clock start (ns), telling a reconnecting page that ids restarted.
+    instance: u64,
 }
 
 impl EdgeState {
     /// A state for a pipeline with these counters and latency readers, trading `symbols`
     /// (registry order) at `leverage`. Books start in sync; the core starts not running.
     pub fn new(pipeline: Arc<PipelineStats>, latency: Vec<LatencyReader>, symbols: Vec<String>, leverage: i64) -> Self {
+        let instruments = symbols.len();
         Self {
             pipeline,
             latency,
@@ -154,6 +267,20 @@ impl EdgeState {
             ladder: AtomicU8::new(0),
             paused: AtomicU32::new(0),
             stopped_by: AtomicU8::new(0),
+            signals_taken: AtomicU64::new(0),
+            signals_ignored: AtomicU64::new(0),
+            orders_history: History::new(ORDER_HISTORY),
+            fills_history: History::new(FILL_HISTORY),
+            signals_history: History::new(SIGNAL_HISTORY),
+            risk_history: History::new(RISK_HISTORY),
+            equity_history: History::new(EQUITY_HISTORY),
+            last_equity_point: AtomicU64::new(0),
+            positions: Mutex::new(vec![Position::default(); MAX_AGENTS * instruments].into_boxed_slice()),
+            last_price: (0..instruments).map(|_| AtomicI64::new(0)).collect(),
+            positions_version: AtomicU64::new(0),
+            sources: Sources::default(),
+            board: OnceLock::new(),
+            instance: sapphire_core::latency::unix_nanos(),
         }
     }
 
@@ -173,10 +300,29 @@ impl EdgeState {
         self.drawdown_halted.store(s.drawdown_halted, R);
         self.ladder.store(s.ladder, R);
         self.open_orders.store(risk.open_orders() as i64, R);
+        let instruments = self.symbols.len();
+        let mut positions = self.lock_positions();
+        for a in 0..pf.agents().min(MAX_AGENTS) {
+            for i in 0..instruments.min(pf.instruments()) {
+                positions[a * instruments + i] = pf.position(AgentId(a as u16), InstrumentId(i as u32));
+            }
+        }
+        drop(positions);
+        for (i, last) in self.last_price.iter().enumerate() {
+            last.store(pf.mark_of(InstrumentId(i as u32)).raw, R);
+        }
+        self.positions_version.fetch_add(1, R);
     }
 
-    /// Takes one engine output (edge thread only). Never locks, never allocates.
+    fn lock_positions(&self) -> std::sync::MutexGuard<'_, Box<[Position]>> {
+        // Positions are plain values: a panic elsewhere cannot leave one half-written.
+        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one engine output (edge thread only). Never allocates; holds a history's lock
+    /// only for the copy of one record.
     pub fn apply(&self, out: &Output) {
+        let seq = out.seq;
         match out.output {
             EngineOutput::Order(o) => {
                 if o.action == OrderAction::New {
@@ -185,32 +331,80 @@ impl EdgeState {
                 } else {
                     self.cancels.fetch_add(1, R);
                 }
+                self.orders_history.push(OrderRecord { seq, order: o, ..OrderRecord::default() });
             }
             EngineOutput::Exec(r) => {
                 if r.last_qty.raw > 0 {
                     self.fills.fetch_add(1, R);
+                    self.on_fill(&r);
+                    self.fills_history.push(FillRecord { seq, report: r });
                 }
                 if matches!(r.kind, ExecKind::Fill | ExecKind::Canceled | ExecKind::Rejected) {
                     self.open_orders.fetch_sub(1, R);
                 }
+                // The order's status: a late ack never hides a fill.
+                self.orders_history.update_recent(ORDER_STATUS_SCAN, |rec| {
+                    let hit = rec.order.client_order_id == r.client_order_id && rec.order.action == OrderAction::New;
+                    if hit {
+                        if r.kind != ExecKind::Ack || rec.status.is_none() {
+                            rec.status = Some(r.kind);
+                        }
+                        rec.filled += r.last_qty;
+                        if r.reason != RejectReason::None {
+                            rec.reason = r.reason;
+                        }
+                    }
+                    hit
+                });
             }
-            EngineOutput::Risk(RiskOutput::Refusal(r)) => {
-                if let Some(cell) = self.refusals.get(r.reason as usize) {
-                    cell.fetch_add(1, R);
+            EngineOutput::Risk(risk) => {
+                match risk {
+                    RiskOutput::Refusal(r) => {
+                        if let Some(cell) = self.refusals.get(r.reason as usize) {
+                            cell.fetch_add(1, R);
+                        }
+                    }
+                    RiskOutput::Alert(a) => self.on_alert(&a),
                 }
+                self.risk_history.push(RiskRecord { seq, risk });
             }
-            EngineOutput::Risk(RiskOutput::Alert(a)) => self.on_alert(&a),
             EngineOutput::Pnl { ts_event, total } => {
                 self.total.store(ts_event, &total);
                 self.peak_equity.fetch_max(total.equity.raw, R);
+                let last = self.last_equity_point.load(R);
+                if last == 0 || ts_event >= last.saturating_add(EQUITY_POINT_EVERY_NS) || ts_event < last {
+                    self.last_equity_point.store(ts_event.max(1), R);
+                    self.equity_history.push(EquityPoint { ts_event, total });
+                }
             }
             EngineOutput::AgentPnl { ts_event, agent, summary } => {
                 if let Some(cell) = self.agents.get(agent.index()) {
                     cell.store(ts_event, &summary);
                 }
             }
-            EngineOutput::Signal { .. } => {}
+            EngineOutput::Signal { signal, taken } => {
+                if taken {
+                    self.signals_taken.fetch_add(1, R);
+                } else {
+                    self.signals_ignored.fetch_add(1, R);
+                }
+                self.signals_history.push(SignalRecord { seq, signal, taken });
+            }
         }
+    }
+
+    fn on_fill(&self, r: &ExecReport) {
+        let instruments = self.symbols.len();
+        if r.agent.index() >= MAX_AGENTS || r.instrument.index() >= instruments {
+            return;
+        }
+        if let Some(last) = self.last_price.get(r.instrument.index()) {
+            last.store(r.price.raw, R);
+        }
+        let mut positions = self.lock_positions();
+        positions[r.agent.index() * instruments + r.instrument.index()].apply_fill(r.side, r.last_qty, r.price, r.fee);
+        drop(positions);
+        self.positions_version.fetch_add(1, R);
     }
 
     fn on_alert(&self, a: &RiskAlert) {
@@ -270,7 +464,19 @@ impl EdgeState {
 
     /// Symbols whose books are out of sync.
     pub fn books_out_of_sync(&self) -> Vec<&str> {
-        self.symbols.iter().zip(self.books_in_sync.iter()).filter(|(_, f)| !f.load(Ordering::Acquire)).map(|(s, _)| s.as_str()).collect()
+        // With the book stage's board attached, its view counts too: a book that has not had
+        // its first update yet, or that the feed marked out of sync (a gap, a reconnect,
+        // waiting for a snapshot), is not ready to trade on.
+        let board = self.board.get();
+        self.symbols
+            .iter()
+            .zip(self.books_in_sync.iter())
+            .enumerate()
+            .filter(|(i, (_, f))| {
+                !f.load(Ordering::Acquire) || board.is_some_and(|b| !b.read(InstrumentId(*i as u32)).is_some_and(|t| t.in_sync))
+            })
+            .map(|(_, (s, _))| s.as_str())
+            .collect()
     }
 
     /// The pipeline's live counters.
@@ -351,6 +557,93 @@ impl EdgeState {
     pub fn margin(&self, s: &PnlSummary) -> AgentMargin {
         let used = Money::from_raw(s.gross_exposure.raw / self.leverage);
         AgentMargin { budget: s.capital, used, remaining: Money::from_raw(s.capital.raw.saturating_sub(used.raw)) }
+    }
+
+    /// Registers a part's readiness check and metrics (see [`HealthSource`]).
+    pub fn add_source(&self, source: Arc<dyn HealthSource>) {
+        self.sources.0.write().unwrap_or_else(|e| e.into_inner()).push(source);
+    }
+
+    /// The registered sources, in registration order.
+    pub fn sources(&self) -> Vec<Arc<dyn HealthSource>> {
+        self.sources.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Attaches the book stage's market board (tops of book for marks and the feed view);
+    /// the first one attached stays.
+    pub fn attach_board(&self, board: Arc<MarketBoard>) {
+        let _ = self.board.set(board);
+    }
+
+    /// An instrument's latest top of book, when a board is attached and has published it.
+    pub fn top(&self, instrument: InstrumentId) -> Option<Top> {
+        self.board.get().and_then(|b| b.read(instrument))
+    }
+
+    /// Traded symbols, in registry order (index = instrument id).
+    pub fn symbols(&self) -> &[String] {
+        &self.symbols
+    }
+
+    /// Whether each symbol's book is in sync, in registry order.
+    pub fn books_in_sync(&self) -> impl Iterator<Item = (&str, bool)> + '_ {
+        self.symbols.iter().zip(self.books_in_sync.iter()).map(|(s, f)| (s.as_str(), f.load(Ordering::Acquire)))
+    }
+
+    /// Signals the engine took and ignored.
+    pub fn signals(&self) -> (u64, u64) {
+        (self.signals_taken.load(R), self.signals_ignored.load(R))
+    }
+
+    /// Positions that are open or have traded, agent by agent.
+    pub fn positions(&self) -> Vec<PositionView> {
+        let instruments = self.symbols.len().max(1);
+        // Only the live entries are copied under the lock (the table is agents × instruments,
+        // mostly flat with a venue's whole symbol list).
+        let live: Vec<(usize, Position)> =
+            self.lock_positions().iter().enumerate().filter(|(_, p)| p.qty.raw != 0 || p.traded.raw != 0).map(|(i, p)| (i, *p)).collect();
+        live.into_iter()
+            .map(|(i, position)| {
+                let instrument = InstrumentId((i % instruments) as u32);
+                let last_fill = Price::from_raw(self.last_price.get(instrument.index()).map_or(0, |a| a.load(R)));
+                PositionView {
+                    agent: AgentId((i / instruments) as u16),
+                    instrument,
+                    position,
+                    mark: self.top(instrument).and_then(|t| t.mid()).unwrap_or(last_fill),
+                }
+            })
+            .collect()
+    }
+
+    /// Changes with every change of [`positions`](Self::positions).
+    pub fn positions_version(&self) -> u64 {
+        self.positions_version.load(R)
+    }
+
+    /// When this state was made (wall clock, ns): record ids restart with it.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    pub(crate) fn orders_history(&self) -> &History<OrderRecord> {
+        &self.orders_history
+    }
+
+    pub(crate) fn fills_history(&self) -> &History<FillRecord> {
+        &self.fills_history
+    }
+
+    pub(crate) fn signals_history(&self) -> &History<SignalRecord> {
+        &self.signals_history
+    }
+
+    pub(crate) fn risk_history(&self) -> &History<RiskRecord> {
+        &self.risk_history
+    }
+
+    pub(crate) fn equity_history(&self) -> &History<EquityPoint> {
+        &self.equity_history
     }
 
     /// Guard flags.

@@ -9,6 +9,7 @@ use sapphire_core::pipeline::PipelineStats;
 use sapphire_core::portfolio::PnlSummary;
 use sapphire_core::ring::{ring, Consumer, Poll};
 use sapphire_core::risk::{AlertKind, RiskAlert, RiskOutput, RiskRefusal, ALL_AGENTS};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cret-token";
@@ -22,14 +23,22 @@ struct Harness {
 
 impl Harness {
     fn start(token: Option<&str>) -> Self {
+        Self::start_with(token, ApiLimits::default())
+    }
+
+    fn start_with(token: Option<&str>, limits: ApiLimits) -> Self {
+        Self::start_full(token, limits, vec!["BTCUSDT".into(), "ETHUSDT".into()])
+    }
+
+    fn start_full(token: Option<&str>, limits: ApiLimits, symbols: Vec<String>) -> Self {
         let (producer, mut consumers) = ring::<Event>(1_024, 1);
         let (mut rec, reader) = StageLatency::new("risk", 1);
         rec.record(120);
         rec.publish();
-        let state = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), vec![reader], vec!["BTCUSDT".into(), "ETHUSDT".into()], 1));
+        let state = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), vec![reader], symbols, 1));
         state.set_core_running(true);
         let config = ApiConfig { bind: "127.0.0.1:0".parse().unwrap(), token: token.and_then(ApiToken::new), core: None };
-        let server = ApiServer::start(config, Arc::clone(&state), producer).expect("the API starts");
+        let server = ApiServer::start_with_limits(config, limits, Arc::clone(&state), producer).expect("the API starts");
         Self { server: Some(server), state, engine: consumers.pop().unwrap() }
     }
 
@@ -70,12 +79,18 @@ async fn send(addr: SocketAddr, request: &str) -> (u16, String) {
 }
 
 async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String) {
+    let (status, _, body) = read_full_response(stream).await;
+    (status, body)
+}
+
+/// Status, head (status line and headers, lower-cased names) and body of a response read to EOF.
+async fn read_full_response(stream: &mut tokio::net::TcpStream) -> (u16, String, String) {
     let mut raw = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("responds in time");
     let text = String::from_utf8_lossy(&raw).to_string();
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    (status, head, body)
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -300,4 +315,533 @@ async fn shutdown_stops_serving() {
     let server = h.server.take().unwrap();
     tokio::task::spawn_blocking(move || server.shutdown()).await.unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "nothing listens after shutdown");
+}
+
+// ---------------------------------------------------------------------------------------------
+// History, the page, the stream, the limits.
+
+fn fill_report(coid: u64, agent: u16, instrument: u32, side: sapphire_core::event::Side, qty: &str, price: &str) -> Output {
+    let report = sapphire_core::event::ExecReport {
+        ts_event: 1_700_000_000_000_000_000 + coid,
+        agent: AgentId(agent),
+        instrument: sapphire_core::instrument::InstrumentId(instrument),
+        kind: sapphire_core::event::ExecKind::Fill,
+        side,
+        liquidity: sapphire_core::event::Liquidity::Taker,
+        client_order_id: coid,
+        price: sapphire_core::fixed::Price::parse(price).unwrap(),
+        last_qty: sapphire_core::fixed::Quantity::parse(qty).unwrap(),
+        fee: Money::parse("0.01").unwrap(),
+        ..Default::default()
+    };
+    Output { seq: coid as i64, output: EngineOutput::Exec(report) }
+}
+
+fn buy(coid: u64) -> Output {
+    fill_report(coid, 0, 0, sapphire_core::event::Side::Buy, "0.001", "50000.5")
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u64> {
+    v["items"].as_array().unwrap().iter().map(|i| i["id"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn trades_page_back_with_a_cursor_and_cap_the_limit() {
+    let h = Harness::start(None);
+    for coid in 1..=250 {
+        h.state.apply(&buy(coid));
+    }
+    let (status, body) = h.get("/api/trades?limit=100").await;
+    assert_eq!(status, 200, "{body}");
+    let page = json(&body);
+    assert_eq!(ids(&page), (151..=250).rev().collect::<Vec<_>>(), "newest first");
+    assert_eq!((page["next_before"].as_u64(), page["latest"].as_u64()), (Some(151), Some(250)));
+    let first = &page["items"][0];
+    assert_eq!(
+        (first["symbol"].as_str(), first["side"].as_str(), first["qty"].as_str(), first["price"].as_str(), first["fee"].as_str()),
+        (Some("BTCUSDT"), Some("buy"), Some("0.001"), Some("50000.5"), Some("0.01"))
+    );
+    assert_eq!(first["client_order_id"], "250", "64-bit ids are strings");
+
+    let page = json(&h.get("/api/trades?limit=100&before=151").await.1);
+    assert_eq!(ids(&page), (51..=150).rev().collect::<Vec<_>>());
+    let page = json(&h.get("/api/trades?before=51&limit=100").await.1);
+    assert_eq!(ids(&page), (1..=50).rev().collect::<Vec<_>>());
+    assert!(page["next_before"].is_null(), "the last page says so");
+
+    let page = json(&h.get("/api/trades?limit=100000").await.1);
+    assert_eq!((page["limit"].as_u64(), ids(&page).len()), (Some(MAX_PAGE as u64), 250), "a huge limit is capped, not refused");
+    let page = json(&h.get("/api/trades").await.1);
+    assert_eq!(ids(&page).len(), DEFAULT_PAGE);
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_records_only() {
+    let h = Harness::start(None);
+    let n = FILL_HISTORY as u64 + 10;
+    for coid in 1..=n {
+        h.state.apply(&buy(coid));
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let path = match before {
+            Some(b) => format!("/api/trades?limit=500&before={b}"),
+            None => "/api/trades?limit=500".to_string(),
+        };
+        let page = json(&h.get(&path).await.1);
+        seen.extend(ids(&page));
+        match page["next_before"].as_u64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), FILL_HISTORY);
+    assert_eq!((seen.first().copied(), seen.last().copied()), (Some(n), Some(11)));
+}
+
+#[tokio::test]
+async fn orders_signals_and_risk_are_recorded() {
+    let h = Harness::start(None);
+    let order = sapphire_core::order::Order {
+        client_order_id: 77,
+        agent: AgentId(1),
+        instrument: sapphire_core::instrument::InstrumentId(1),
+        side: sapphire_core::event::Side::Sell,
+        price: sapphire_core::fixed::Price::parse("3000.25").unwrap(),
+        qty: sapphire_core::fixed::Quantity::parse("0.5").unwrap(),
+        ..Default::default()
+    };
+    h.state.apply(&Output { seq: 3, output: EngineOutput::Order(order) });
+    let mut partial = fill_report(77, 1, 1, sapphire_core::event::Side::Sell, "0.2", "3000.25");
+    if let EngineOutput::Exec(r) = &mut partial.output {
+        r.kind = sapphire_core::event::ExecKind::PartialFill;
+    }
+    h.state.apply(&partial);
+    let signal = sapphire_core::event::Signal {
+        agent: AgentId(0),
+        instrument: sapphire_core::instrument::InstrumentId(0),
+        strength_bps: -2_500,
+        confidence_bps: 8_000,
+        ttl_ns: 30_000_000_000,
+        signal_id: u64::MAX,
+        ..Default::default()
+    };
+    h.state.apply(&out(EngineOutput::Signal { signal, taken: true }));
+    h.state.apply(&out(EngineOutput::Signal { signal, taken: false }));
+    let refusal = RiskRefusal { reason: RejectReason::PriceBand, ..RiskRefusal::default() };
+    h.state.apply(&out(EngineOutput::Risk(RiskOutput::Refusal(refusal))));
+    h.state.apply(&out(EngineOutput::Risk(RiskOutput::Alert(RiskAlert {
+        kind: AlertKind::Killed,
+        agent: ALL_AGENTS,
+        ..RiskAlert::default()
+    }))));
+
+    let orders = json(&h.get("/api/orders").await.1);
+    let o = &orders["items"][0];
+    assert_eq!(
+        (o["symbol"].as_str(), o["side"].as_str(), o["status"].as_str(), o["filled"].as_str(), o["qty"].as_str(), o["agent"].as_str()),
+        (Some("ETHUSDT"), Some("sell"), Some("partially_filled"), Some("0.2"), Some("0.5"), Some("imbalance"))
+    );
+    let signals = json(&h.get("/api/signals").await.1);
+    let s = &signals["items"];
+    assert_eq!((s[0]["taken"].as_bool(), s[1]["taken"].as_bool()), (Some(false), Some(true)), "newest first");
+    assert_eq!((s[0]["strength_bps"].as_i64(), s[0]["ttl_ms"].as_u64()), (Some(-2_500), Some(30_000)));
+    assert_eq!(s[0]["signal_id"], u64::MAX.to_string());
+    let risk = json(&h.get("/api/risk").await.1);
+    assert_eq!((risk["items"][0]["kind"].as_str(), risk["items"][0]["alert"].as_str()), (Some("alert"), Some("killed")));
+    assert_eq!((risk["items"][1]["kind"].as_str(), risk["items"][1]["reason"].as_str()), (Some("refusal"), Some("price_band")));
+
+    let metrics = h.get("/metrics").await.1;
+    assert!(metrics.lines().any(|l| l == "sapphire_signals_total{outcome=\"ignored\"} 1"), "{metrics}");
+    // The partial fill moved agent 1's ETHUSDT position.
+    let dash = json(&h.get("/dashboard").await.1);
+    let p = &dash["positions"][0];
+    assert_eq!((p["agent_id"].as_u64(), p["symbol"].as_str(), p["qty"].as_str()), (Some(1), Some("ETHUSDT"), Some("-0.2")));
+}
+
+#[tokio::test]
+async fn bad_page_parameters_get_400_naming_them() {
+    let h = Harness::start(None);
+    for (query, needle) in [
+        ("limit=0", "limit"),
+        ("limit=ten", "limit"),
+        ("limit=-5", "limit"),
+        ("before=0", "before"),
+        ("before=1.5", "before"),
+        ("limit=1&limit=2", "twice"),
+        ("offset=3", "unknown parameter \"offset\""),
+        ("limit", "limit"),
+    ] {
+        for route in ["/api/orders", "/api/trades", "/api/signals", "/api/risk"] {
+            let (status, body) = h.get(&format!("{route}?{query}")).await;
+            assert_eq!(status, 400, "{route}?{query}: {body}");
+            assert!(json(&body)["error"].as_str().unwrap().contains(needle), "{route}?{query}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn health_sources_join_readyz_and_metrics() {
+    let h = Harness::start(None);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = Arc::clone(&failing);
+    h.state.add_source(Arc::new(FnSource::new(
+        "redis",
+        move || if f.load(std::sync::atomic::Ordering::Relaxed) { Err("connection refused".into()) } else { Ok(()) },
+        |out: &mut String| out.push_str("# TYPE sapphire_redis_published_total counter\nsapphire_redis_published_total 12"),
+    )));
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let v = json(&body);
+    assert_eq!(v["failing"], serde_json::json!(["redis"]));
+    assert_eq!((v["checks"][3]["name"].as_str(), v["checks"][3]["detail"].as_str()), (Some("redis"), Some("connection refused")));
+    failing.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(h.get("/readyz").await.0, 200);
+    let metrics = h.get("/metrics").await.1;
+    assert!(metrics.ends_with("sapphire_redis_published_total 12\n"), "{metrics}");
+    assert!(format!("{:?}", h.state).contains("redis"), "Debug names the sources");
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_with_csp_and_cache_headers() {
+    let h = Harness::start(None);
+    let get = |path: &str, extra: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n");
+        let addr = h.addr();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(req.as_bytes()).await.unwrap();
+            let (status, head, body) = read_full_response(&mut stream).await;
+            (status, head.to_ascii_lowercase(), body)
+        }
+    };
+    let (status, head, body) = get("/", "").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'"), "{head}");
+    assert!(head.contains("cache-control: no-cache") && head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(body.contains("/assets/app.js") && body.contains("id=\"equity-chart\""), "{body}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).expect("an etag").to_string();
+    let (status, _, body) = get("/", &format!("If-None-Match: {etag}\r\n")).await;
+    assert_eq!((status, body.as_str()), (304, ""), "revalidation");
+
+    let (status, head, body) = get("/assets/app.js", "").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(body.contains("new WebSocket"));
+    let (status, head, _) = get("/assets/vendor/uplot-1.6.32/uPlot.iife.min.js", "").await;
+    assert_eq!(status, 200);
+    assert!(head.contains("cache-control: public, max-age=31536000, immutable"), "{head}");
+    let (status, head, _) = get("/assets/app.css", "").await;
+    assert!(status == 200 && head.contains("content-type: text/css"), "{head}");
+    assert_eq!(get("/assets/../Cargo.toml", "").await.0, 404);
+    assert_eq!(get("/assets/nope.js", "").await.0, 404);
+}
+
+// --- the stream ---
+
+type Client = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_connect(addr: SocketAddr) -> Client {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.expect("the handshake succeeds");
+    client
+}
+
+/// The next text message, as JSON.
+async fn next_json(client: &mut Client) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(5), client.next())
+            .await
+            .expect("a message in time")
+            .expect("the stream is open")
+            .expect("a valid frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            return json(t.as_str());
+        }
+    }
+}
+
+/// Reads until a message of `kind` arrives.
+async fn next_of(client: &mut Client, kind: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let v = next_json(client).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
+    panic!("no {kind} message");
+}
+
+fn fast_limits() -> ApiLimits {
+    ApiLimits { ws_tick: Duration::from_millis(20), ws_max_items: 50, ..ApiLimits::default() }
+}
+
+async fn metric(h: &Harness, line_prefix: &str) -> Option<f64> {
+    let body = h.get("/metrics").await.1;
+    body.lines().find_map(|l| l.strip_prefix(line_prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+async fn wait_for_metric(h: &Harness, line_prefix: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(h, line_prefix).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{line_prefix}: {got:?}, wanted {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_stream_says_hello_then_sends_snapshots_and_what_is_new() {
+    let h = Harness::start_with(None, fast_limits());
+    let t0 = 1_700_000_000_000_000_000u64;
+    for i in 0..5u64 {
+        let equity = 2_000 + i as i64;
+        h.state.apply(&out(EngineOutput::Pnl { ts_event: t0 + i * EQUITY_POINT_EVERY_NS, total: summary(equity, 2_000, 10) }));
+        // Timers between points are not kept.
+        h.state
+            .apply(&out(EngineOutput::Pnl { ts_event: t0 + i * EQUITY_POINT_EVERY_NS + 100_000_000, total: summary(equity, 2_000, 10) }));
+    }
+    for coid in 1..=120 {
+        h.state.apply(&buy(coid));
+    }
+    let mut c = ws_connect(h.addr()).await;
+    let hello = next_json(&mut c).await;
+    assert_eq!(hello["type"], "hello");
+    assert_eq!(hello["symbols"], serde_json::json!(["BTCUSDT", "ETHUSDT"]));
+    assert!(hello["instance"].as_str().is_some_and(|i| !i.is_empty()));
+
+    let snapshot = next_of(&mut c, "snapshot").await;
+    for key in ["equity", "pnl", "risk", "agents", "orders", "latency", "feeds", "drawdown_pct"] {
+        assert!(snapshot.get(key).is_some(), "snapshot lacks {key}: {snapshot}");
+    }
+    assert!(snapshot.get("positions").is_none(), "positions come in their own message");
+    assert_eq!(snapshot["latency"][0]["stage"], "risk");
+
+    let positions = next_of(&mut c, "positions").await;
+    assert_eq!((positions["items"][0]["symbol"].as_str(), positions["items"][0]["qty"].as_str()), (Some("BTCUSDT"), Some("0.12")));
+    let equity = next_of(&mut c, "equity").await;
+    let points = equity["points"].as_array().unwrap();
+    assert_eq!(points.len(), 5, "one point a second of event time: {equity}");
+    assert_eq!(points[4], serde_json::json!([(t0 + 4 * EQUITY_POINT_EVERY_NS) / 1_000_000, 2004.0, 4.0, 0.0, 0.0, 1.0]));
+    let fills = next_of(&mut c, "fills").await;
+    assert_eq!(ids(&fills), (71..=120).collect::<Vec<_>>(), "the newest max_items, oldest first");
+    assert_eq!((fills["skipped"].as_u64(), fills["latest"].as_u64()), (Some(70), Some(120)));
+
+    // Later ticks carry only what is new.
+    h.state.apply(&buy(121));
+    let fills = next_of(&mut c, "fills").await;
+    assert_eq!((ids(&fills), fills["skipped"].as_u64()), (vec![121], Some(0)));
+    assert_eq!(metric(&h, "sapphire_ws_clients ").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_ws_client_that_stops_reading_is_dropped_while_the_state_keeps_updating() {
+    let limits = ApiLimits { ws_ping_every: Duration::from_millis(100), ws_max_lag: Duration::from_secs(1), ..fast_limits() };
+    let h = Harness::start_with(None, limits);
+
+    // The edge keeps applying outputs the whole time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (state, stop) = (Arc::clone(&h.state), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut coid = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                coid += 1;
+                state.apply(&buy(coid));
+                if coid % 64 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            coid
+        })
+    };
+
+    // A client that completes the handshake and then never reads again.
+    let mut stalled = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    stalled
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    stalled.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // A client that keeps reading, on a task of its own: the newest fill id it has seen.
+    let mut good = ws_connect(h.addr()).await;
+    let _ = next_of(&mut good, "fills").await;
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(Ok(msg)) = good.next().await {
+                if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                    let v = json(t.as_str());
+                    if v["type"] == "fills" {
+                        seen.store(v["latest"].as_u64().unwrap(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    wait_for_metric(&h, "sapphire_ws_clients_dropped_total{reason=\"slow\"} ", 1.0).await;
+    wait_for_metric(&h, "sapphire_ws_clients ", 1.0).await;
+    // The reader that keeps up still gets new fills after the drop.
+    let after_drop = seen.load(std::sync::atomic::Ordering::Relaxed);
+    let applied_at_drop = h.state.fills();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while seen.load(std::sync::atomic::Ordering::Relaxed) <= after_drop {
+        assert!(std::time::Instant::now() < deadline, "the reading client got nothing new after the drop");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let applied = writer.join().unwrap();
+    assert!(applied > applied_at_drop, "the edge kept applying outputs ({applied})");
+    assert_eq!(metric(&h, "sapphire_ws_clients_dropped_total{reason=\"slow\"} ").await, Some(1.0), "only the stalled client");
+    reader.abort();
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn ws_clients_are_capped_and_counted() {
+    let h = Harness::start_with(None, ApiLimits { ws_max_clients: 2, ..fast_limits() });
+    let a = ws_connect(h.addr()).await;
+    let _b = ws_connect(h.addr()).await;
+    let stream = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    match tokio_tungstenite::client_async(format!("ws://{}/ws", h.addr()), stream).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("a third client was not refused: {:?}", other.map(|_| ())),
+    }
+    assert_eq!(metric(&h, "sapphire_ws_clients_refused_total{reason=\"capacity\"} ").await, Some(1.0));
+    drop(a);
+    wait_for_metric(&h, "sapphire_ws_clients ", 1.0).await;
+    let _c = ws_connect(h.addr()).await;
+    assert_eq!(metric(&h, "sapphire_ws_clients_dropped_total{reason=\"slow\"} ").await, Some(0.0), "leaving is not a drop");
+}
+
+#[tokio::test]
+async fn ws_needs_a_handshake_and_our_origin() {
+    let h = Harness::start(None);
+    let (status, body) = h.get("/ws").await;
+    assert_eq!(status, 426, "{body}");
+    let req = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:9\r\nOrigin: http://evil.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let (status, body) = send(h.addr(), &req.replace("Connection: Upgrade", "Connection: Upgrade, close")).await;
+    assert_eq!(status, 403, "{body}");
+    let req = req.replace("http://evil.example", "http://127.0.0.1:9");
+    let mut stream = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101", "the page's own origin is welcome");
+    assert_eq!(metric(&h, "sapphire_ws_clients_refused_total{reason=\"origin\"} ").await, Some(1.0));
+}
+
+// --- connection limits ---
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_and_does_not_block_others() {
+    let h = Harness::start_with(None, ApiLimits { header_read_timeout: Duration::from_secs(2), ..ApiLimits::default() });
+    let mut slow = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = std::time::Instant::now();
+    let mut cut_after = None;
+    for byte in request {
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        // Everyone else is served meanwhile, without waiting for the slow client to be cut.
+        let t = std::time::Instant::now();
+        assert_eq!(h.get("/healthz").await.0, 200);
+        assert!(t.elapsed() < Duration::from_secs(2), "a request waited {:?}", t.elapsed());
+        let mut probe = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut probe)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => panic!("the slow client got a response: {:?}", String::from_utf8_lossy(&probe[..n])),
+            Err(_) => {} // nothing yet: one byte a second
+        }
+    }
+    let cut_after = cut_after.expect("the slow client was cut before it finished its headers");
+    assert!(cut_after >= Duration::from_millis(1_500) && cut_after < Duration::from_secs(6), "cut after {cut_after:?}");
+    assert!(metric(&h, "sapphire_http_header_timeouts_total ").await >= Some(1.0));
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_get_a_503_at_once() {
+    let h = Harness::start_with(None, ApiLimits { max_connections: 3, ..ApiLimits::default() });
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        s.write_all(b"GET /hea").await.unwrap(); // a request in progress holds its connection
+        idle.push(s);
+    }
+    // Connections are accepted in the order they arrived: the three above hold every place.
+    let mut extra = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    let (status, body) = read_response(&mut extra).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("too many connections"), "{body}");
+    drop(idle.pop());
+    // The freed place is taken by the next request.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = h.get("/healthz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cap never freed a place");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = h.get("/metrics").await.1;
+    assert!(refused.lines().any(|l| l.starts_with("sapphire_http_connections_refused_total ") && !l.ends_with(" 0")), "{refused}");
+}
+
+#[tokio::test]
+async fn the_market_board_marks_positions_and_shows_each_book() {
+    let h = Harness::start(None);
+    h.state.apply(&buy(1));
+    let dash = json(&h.get("/dashboard").await.1);
+    assert_eq!(dash["positions"][0]["mark"], "50000.5", "without a board: our last fill");
+    assert!(dash["feeds"]["books"][0].get("bid").is_none());
+
+    let board = Arc::new(sapphire_core::board::MarketBoard::new(2));
+    h.state.attach_board(Arc::clone(&board));
+    let top = sapphire_core::board::Top {
+        bid: sapphire_core::fixed::Price::parse("50100").unwrap(),
+        ask: sapphire_core::fixed::Price::parse("50110").unwrap(),
+        ts_event: 9,
+        in_sync: true,
+        ..Default::default()
+    };
+    board.publish(sapphire_core::instrument::InstrumentId(0), &top);
+    let dash = json(&h.get("/dashboard").await.1);
+    let p = &dash["positions"][0];
+    assert_eq!((p["mark"].as_str(), p["unrealized"].as_str()), (Some("50105"), Some("0.10")), "marked to the mid: 0.001 × 104.5");
+    let book = &dash["feeds"]["books"][0];
+    assert_eq!((book["bid"].as_str(), book["ask"].as_str(), book["updates"].as_u64()), (Some("50100"), Some("50110"), Some(1)));
+    assert!((book["spread_bps"].as_f64().unwrap() - 1.9958).abs() < 1e-3, "{book}");
+}
+
+#[tokio::test]
+async fn a_long_symbol_list_shows_the_books_out_of_sync_first_and_counts_them_all() {
+    let symbols: Vec<String> = (0..40).map(|i| format!("SYM{i}USDT")).collect();
+    let h = Harness::start_full(None, ApiLimits::default(), symbols);
+    h.state.set_book_in_sync(37, false);
+    h.state.set_book_in_sync(5, false);
+    let feeds = json(&h.get("/dashboard").await.1)["feeds"].clone();
+    assert_eq!((feeds["books_total"].as_u64(), feeds["books_in_sync"].as_u64()), (Some(40), Some(38)));
+    let books = feeds["books"].as_array().unwrap();
+    assert!(books.len() < 40, "a snapshot does not list a venue's whole symbol list");
+    let shown: Vec<(&str, bool)> = books.iter().take(3).map(|b| (b["symbol"].as_str().unwrap(), b["in_sync"].as_bool().unwrap())).collect();
+    assert_eq!(shown, [("SYM5USDT", false), ("SYM37USDT", false), ("SYM0USDT", true)]);
 }

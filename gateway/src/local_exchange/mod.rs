@@ -9,6 +9,9 @@
 //! - REST: `GET /api/v3/depth` and `/fapi/v1/depth` (`symbol`, `limit`) from the exchange's
 //!   own book ([`book`]), `GET /api/v3/exchangeInfo` and `/fapi/v1/exchangeInfo` generated for
 //!   the symbols served, `ping` and `time`.
+//! - Orders ([`orders`]): Binance's signed order REST (spot and USD-M), listen-key user-data
+//!   streams, and Bybit v5's order endpoints, checked and answered as the venues do, with
+//!   fault injection for the execution client's tests.
 //! - Replay ([`Market`]): one tape for every connection, as one market moves for everyone.
 //!   It plays at the recorded pace or as fast as the slowest subscriber reads ([`Pace`]), only
 //!   while someone is subscribed (a replay nobody hears is lost), and each frame goes to the
@@ -19,8 +22,10 @@
 //! # Layout
 //! - [`tape`]: recordings loaded into memory, frames tagged with their stream.
 //! - [`book`]: the exchange's book per symbol, served as the REST snapshot.
+//! - [`orders`]: Binance's signed order endpoints (new, cancel, query, open orders, cancel-all).
 
 pub mod book;
+pub mod orders;
 pub mod tape;
 
 use crate::binance::BinanceMarket;
@@ -197,6 +202,8 @@ struct Shared {
     symbols: Vec<String>,
     /// Price and quantity decimals seen per symbol (for exchangeInfo's filters).
     decimals: HashMap<String, (usize, usize)>,
+    /// The order endpoints' state.
+    desk: orders::OrderDesk,
 }
 
 impl Shared {
@@ -247,6 +254,7 @@ impl LocalExchange {
             stats,
             symbols,
             decimals: dec,
+            desk: orders::OrderDesk::default(),
         });
         let (shutdown, _) = broadcast::channel(1);
         let mut tasks = tokio::task::JoinSet::new();
@@ -268,6 +276,11 @@ impl LocalExchange {
     /// `http://<addr>`.
     pub fn rest_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The order desk: credentials, faults, balances, the orders it holds.
+    pub fn orders(&self) -> orders::OrderDeskHandle {
+        orders::OrderDeskHandle { shared: Arc::clone(&self.shared) }
     }
 
     /// Live statistics.
@@ -475,7 +488,13 @@ async fn handle(mut stream: TcpStream, id: u64, shared: Arc<Shared>, mut shutdow
         }
         let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, None).await;
         shared.bump(|s| s.connections += 1);
-        stream_session(ws, id, &target, &shared, shutdown).await;
+        if orders::is_user_stream(&shared, &target) {
+            orders::user_session(ws, &shared, shutdown).await;
+        } else {
+            stream_session(ws, id, &target, &shared, shutdown).await;
+        }
+    } else if orders::is_order_path(target.split('?').next().unwrap_or("")) {
+        orders::serve(&mut stream, method, &target, &head, rest, &shared, shutdown).await;
     } else {
         let (status, body) =
             if method == "GET" { rest_response(&shared, &target) } else { (405, r#"{"code":-1,"msg":"GET only"}"#.to_string()) };

@@ -1,0 +1,325 @@
+//! `GET /ws`: the dashboard's live stream.
+//!
+//! Every message is a JSON object with a `type`:
+//!
+//! | type | when | body |
+//! |---|---|---|
+//! | `hello` | once, first | `instance` (changes when the process restarts: ids restart), `symbols`, `tick_ms`, `max_items` |
+//! | `snapshot` | every tick | the `/dashboard` body without `positions`: totals, risk, agents and margin, counters, latency, feeds |
+//! | `positions` | when a fill moved them | `items`: every open or traded position |
+//! | `equity` | new points | `points`: `[t_ms, equity, pnl, realized, unrealized, fees]` rows (one a second of event time) |
+//! | `fills`, `orders`, `signals`, `risk` | new records | `items` oldest first (as `/api/trades` etc. render them), `latest`, `skipped` |
+//!
+//! # Slow clients never slow the core
+//! The engine never sees a client: it writes outputs to a bounded ring the edge drains into
+//! [`EdgeState`](super::EdgeState). A client's own state is five cursors (the last id of each
+//! history it was sent) and a positions version, never a queue: each tick it gets the latest
+//! snapshot and the records past its cursors, at most [`ApiLimits::ws_max_items`] of a kind
+//! (the newest, with a `skipped` count). Writes are bounded by tungstenite's write buffer;
+//! a tick whose writes take longer than [`ApiLimits::ws_send_timeout`] drops the client
+//! (`stalled`). The server pings every [`ApiLimits::ws_ping_every`]; a client reads the ping
+//! only after everything sent before it, so an answer later than [`ApiLimits::ws_max_lag`]
+//! (or none) means it reads that far behind, and it is dropped (`slow`). Drops are counted in
+//! `sapphire_ws_clients_dropped_total{reason}`.
+//!
+//! Upgrades from a page of another origin are refused (403), as are clients past
+//! [`ApiLimits::ws_max_clients`] (503); both are counted in
+//! `sapphire_ws_clients_refused_total{reason}`.
+
+use super::routes::{error, Ctx};
+use super::server::{stopped, WsDrop, WsRefusal};
+use super::state::EQUITY_HISTORY;
+use super::{view, ApiContext, ApiLimits};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+const R: Ordering = Ordering::Relaxed;
+
+/// Largest message a client may send (it has nothing to say; this bounds what it can make us
+/// buffer).
+const MAX_INCOMING: usize = 4 * 1024;
+/// Hard cap on what one client's unsent output may hold.
+const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Whether a header holds `token` in its comma-separated list (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A browser's `Origin` must be the page we served: `http(s)://` + our `Host`.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true; // not a browser: nothing to protect it from
+    };
+    let (Ok(origin), Some(host)) = (origin.to_str(), headers.get(header::HOST).and_then(|h| h.to_str().ok())) else {
+        return false;
+    };
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
+}
+
+/// Holds one of the [`ApiLimits::ws_max_clients`] places until dropped.
+struct ClientSlot(Arc<ApiContext>);
+
+impl ClientSlot {
+    fn take(ctx: &Arc<ApiContext>) -> Option<Self> {
+        let max = ctx.limits.ws_max_clients as u64;
+        ctx.stats.ws_clients.fetch_update(R, R, |n| (n < max).then_some(n + 1)).ok().map(|_| Self(Arc::clone(ctx)))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.stats.ws_clients.fetch_sub(1, R);
+    }
+}
+
+/// `GET /ws`: checks the handshake, the origin and the cap, answers 101 and serves the client
+/// on a task of its own.
+pub(super) async fn upgrade(State(ctx): Ctx, mut req: Request) -> Response {
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
+    let handshake = has_token(headers, header::UPGRADE, "websocket")
+        && has_token(headers, header::CONNECTION, "upgrade")
+        && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = key.filter(|_| handshake) else {
+        let mut r = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "/ws is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket, Sec-WebSocket-Version: 13)",
+        );
+        r.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+        return r;
+    };
+    if !same_origin(headers) {
+        ctx.stats.refused(WsRefusal::Origin);
+        return error(StatusCode::FORBIDDEN, "a WebSocket from a page of another origin is refused");
+    }
+    let Some(slot) = ClientSlot::take(&ctx) else {
+        ctx.stats.refused(WsRefusal::Capacity);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} dashboard clients are connected, the most this server takes; retry later", ctx.limits.ws_max_clients),
+        );
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
+    };
+    ctx.stats.ws_accepted.fetch_add(1, R);
+    let accept = tungstenite::handshake::derive_accept_key(&key);
+    tokio::spawn(async move {
+        let slot = slot;
+        let Ok(upgraded) = on_upgrade.await else {
+            slot.0.stats.dropped(WsDrop::Error);
+            return;
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_INCOMING))
+            .max_frame_size(Some(MAX_INCOMING))
+            .max_write_buffer_size(MAX_WRITE_BUFFER);
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        if let End::Dropped(why) = serve(&slot.0, socket).await {
+            slot.0.stats.dropped(why);
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "building the upgrade response"))
+}
+
+/// How a client's stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed or went away.
+    Gone,
+    /// The server is stopping.
+    Stopping,
+    /// The server dropped it.
+    Dropped(WsDrop),
+}
+
+fn read_error(e: &tungstenite::Error) -> End {
+    use tungstenite::Error as E;
+    match e {
+        E::Capacity(_) | E::Protocol(_) | E::Utf8(_) | E::AttackAttempt => End::Dropped(WsDrop::Protocol),
+        // Reset, closed, broken pipe: the client went away.
+        _ => End::Gone,
+    }
+}
+
+fn write_error(e: &tungstenite::Error) -> End {
+    match e {
+        tungstenite::Error::WriteBufferFull(_) => End::Dropped(WsDrop::Stalled),
+        _ => End::Gone,
+    }
+}
+
+/// Writes `messages` and flushes, within the send timeout.
+async fn send(socket: &mut Socket, messages: Vec<Message>, limit: Duration) -> Result<(), End> {
+    let write = async {
+        for m in messages {
+            socket.feed(m).await?;
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(write_error(&e)),
+        Err(_) => Err(End::Dropped(WsDrop::Stalled)),
+    }
+}
+
+/// What a client has been sent.
+#[derive(Debug, Default)]
+struct Cursors {
+    orders: u64,
+    fills: u64,
+    signals: u64,
+    risk: u64,
+    equity: u64,
+    /// Positions version last sent (`None`: never).
+    positions: Option<u64>,
+}
+
+/// `{"type": kind, "items": [...], "latest": id, "skipped": n}` for records past `after`;
+/// `None` when there are none.
+fn records<T: Copy + Default>(
+    ctx: &ApiContext,
+    kind: &str,
+    history: &super::history::History<T>,
+    after: &mut u64,
+    max: usize,
+    render: fn(&super::EdgeState, u64, &T) -> Value,
+) -> Option<Message> {
+    let mut out = Vec::new();
+    let skipped = history.since(*after, max, &mut out);
+    let (last, _) = out.last()?;
+    *after = *last;
+    let items: Vec<Value> = out.iter().map(|(id, r)| render(&ctx.state, *id, r)).collect();
+    Some(Message::text(json!({ "type": kind, "items": items, "latest": *after, "skipped": skipped }).to_string()))
+}
+
+/// One tick's messages for a client at `cursors`, advancing them.
+fn tick_messages(ctx: &ApiContext, cursors: &mut Cursors) -> Vec<Message> {
+    let s = &ctx.state;
+    let max = ctx.limits.ws_max_items.max(1);
+    let mut messages = Vec::with_capacity(7);
+    let mut snapshot = view::snapshot(ctx, false);
+    snapshot["type"] = Value::from("snapshot");
+    messages.push(Message::text(snapshot.to_string()));
+    let version = s.positions_version();
+    if cursors.positions != Some(version) {
+        cursors.positions = Some(version);
+        messages.push(Message::text(json!({ "type": "positions", "items": view::positions(s) }).to_string()));
+    }
+    // The first equity message carries the whole history, so the chart starts full.
+    let equity_max = if cursors.equity == 0 { EQUITY_HISTORY } else { max };
+    let mut points = Vec::new();
+    let skipped = s.equity_history().since(cursors.equity, equity_max, &mut points);
+    if let Some((last, _)) = points.last() {
+        cursors.equity = *last;
+        messages.push(Message::text(format!(
+            "{{\"type\":\"equity\",\"latest\":{last},\"skipped\":{skipped},\"points\":{}}}",
+            view::equity_points(&points)
+        )));
+    }
+    messages.extend(records(ctx, "fills", s.fills_history(), &mut cursors.fills, max, view::fill));
+    messages.extend(records(ctx, "orders", s.orders_history(), &mut cursors.orders, max, view::order));
+    messages.extend(records(ctx, "signals", s.signals_history(), &mut cursors.signals, max, view::signal));
+    messages.extend(records(ctx, "risk", s.risk_history(), &mut cursors.risk, max, view::risk));
+    messages
+}
+
+fn hello(ctx: &ApiContext) -> Message {
+    let l: &ApiLimits = &ctx.limits;
+    Message::text(
+        json!({
+            "type": "hello",
+            "instance": ctx.state.instance().to_string(),
+            "symbols": ctx.state.symbols(),
+            "tick_ms": l.ws_tick.as_millis() as u64,
+            "max_items": l.ws_max_items,
+        })
+        .to_string(),
+    )
+}
+
+/// Serves one client until it leaves, the server stops, or it is dropped.
+async fn serve(ctx: &Arc<ApiContext>, mut socket: Socket) -> End {
+    let limits = ctx.limits;
+    let mut stopping = ctx.stopping.clone();
+    let mut tick = tokio::time::interval(limits.ws_tick);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut ping = tokio::time::interval_at(Instant::now() + limits.ws_ping_every, limits.ws_ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // The ping awaiting its pong: payload and when it went out.
+    let mut awaiting: Option<([u8; 8], Instant)> = None;
+    let mut pings: u64 = 0;
+    let mut cursors = Cursors::default();
+    if let Err(end) = send(&mut socket, vec![hello(ctx)], limits.ws_send_timeout).await {
+        return end;
+    }
+    let lagging = |awaiting: &Option<([u8; 8], Instant)>| awaiting.is_some_and(|(_, at)| at.elapsed() > limits.ws_max_lag);
+    let end = loop {
+        tokio::select! {
+            _ = stopped(&mut stopping) => break End::Stopping,
+            incoming = socket.next() => match incoming {
+                None | Some(Ok(Message::Close(_))) => break End::Gone,
+                Some(Ok(Message::Pong(payload))) => {
+                    if awaiting.is_some_and(|(p, _)| payload.as_ref() == p) {
+                        awaiting = None;
+                    }
+                }
+                // Pings are answered by tungstenite; anything else from the client is ignored.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break read_error(&e),
+            },
+            _ = tick.tick() => {
+                if lagging(&awaiting) {
+                    break End::Dropped(WsDrop::Slow);
+                }
+                let messages = tick_messages(ctx, &mut cursors);
+                let n = messages.len() as u64;
+                if let Err(end) = send(&mut socket, messages, limits.ws_send_timeout).await {
+                    break end;
+                }
+                ctx.stats.ws_messages.fetch_add(n, R);
+            }
+            _ = ping.tick() => {
+                if lagging(&awaiting) {
+                    break End::Dropped(WsDrop::Slow);
+                }
+                if awaiting.is_none() {
+                    pings += 1;
+                    let payload = pings.to_be_bytes();
+                    awaiting = Some((payload, Instant::now()));
+                    if let Err(end) = send(&mut socket, vec![Message::Ping(payload.to_vec().into())], limits.ws_send_timeout).await {
+                        break end;
+                    }
+                }
+            }
+        }
+    };
+    if matches!(end, End::Stopping | End::Gone) {
+        // A polite close, if the socket still takes one; never waits long.
+        let _ = tokio::time::timeout(Duration::from_millis(200), socket.close(None)).await;
+    }
+    end
+}

@@ -1,0 +1,115 @@
+//! `sapphire sink`: the deployment's sink role — tails an output journal into Postgres until
+//! stopped, exactly once across restarts (the cursor commits with the rows).
+
+use crate::config;
+use anyhow::Context;
+use sapphire_persistence::pg::{self, BatchMethod, JournalSource, SinkConfig, SinkStats};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `sapphire sink` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SinkArgs {
+    /// The output journal directory to follow, e.g. data/journal/output.
+    #[arg(long)]
+    pub journal: PathBuf,
+    /// Postgres URL (default: DATABASE_URL).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Batch method: unnest (multi-row insert over arrays) or copy (binary COPY).
+    #[arg(long, default_value = "unnest")]
+    pub method: String,
+    /// Most journal records per transaction.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// The cursor's name in sink_cursor (one per journal followed).
+    #[arg(long, default_value = "output")]
+    pub name: String,
+    /// The risk configuration's leverage (agent_margin.margin_used = exposure / leverage).
+    #[arg(long, default_value_t = 1)]
+    pub leverage: i64,
+    /// Stop by itself after this long (e.g. 10s, 2m); default: until Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+/// Runs the sink until Ctrl-C (or `--duration`), printing its counters every 10 s and at the end.
+pub fn run(args: SinkArgs) -> anyhow::Result<()> {
+    let url =
+        args.database_url.ok_or_else(|| config::refuse("--database-url", "no database given: set DATABASE_URL or pass --database-url"))?;
+    let mut sink = SinkConfig::from_url(&url).map_err(|e| config::refuse("DATABASE_URL", e))?;
+    sink.method = args.method.parse::<BatchMethod>().map_err(|e| config::refuse("--method", e))?;
+    if args.batch == 0 {
+        return Err(config::refuse("--batch", "must be at least 1"));
+    }
+    sink.batch_max = args.batch;
+    sink.name = args.name;
+    sink.leverage = args.leverage.max(1);
+    let duration = match args.duration.as_deref() {
+        Some(d) => Some(
+            config::parse_duration(d)
+                .ok_or_else(|| config::refuse("--duration", format!("{d:?} is not a duration like 10s, 500ms, 2m or 1h")))?,
+        ),
+        None => None,
+    };
+    let source = JournalSource::new(&args.journal).with_context(|| format!("opening {}", args.journal.display()))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let ctrl = stop_tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = ctrl.send(true);
+    })
+    .context("installing the Ctrl-C handler")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().context("starting the sink runtime")?;
+    runtime.block_on(async move {
+        // Refuse a schema this build cannot write; an unreachable database is the sink's to retry.
+        let target = sink.target();
+        match pg::connect_pool(&sink.connect, 1, Duration::from_secs(5)).await {
+            Ok(pool) => {
+                pg::check_schema(&pool).await?;
+                pool.close().await;
+            }
+            Err(e) => eprintln!("sink: {e}; the sink will keep trying"),
+        }
+        let stats = SinkStats::new();
+        let name = sink.name.clone();
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        let task = tokio::spawn(pg::run_sink(sink, source, stats.clone(), stop));
+        eprintln!("sink {name}: following {} into {target}", args.journal.display());
+        let started = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => eprintln!("{}", status(&stats)),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if duration.is_some_and(|d| started.elapsed() >= d) {
+                let _ = stop_tx.send(true);
+            }
+            if *stop_tx.borrow() || task.is_finished() {
+                break;
+            }
+        }
+        task.await.context("sink task")??;
+        println!("{}", status(&stats));
+        Ok(())
+    })
+}
+
+fn status(s: &SinkStats) -> String {
+    let rows: Vec<String> = s.rows_by_table().iter().map(|(t, n)| format!("{t}={n}")).collect();
+    format!(
+        "sink: cursor {} lag {} batches {} rows [{}] skipped {} errors {} retries {}{}",
+        s.cursor(),
+        s.lag(),
+        s.batches(),
+        rows.join(" "),
+        s.skipped(),
+        s.errors(),
+        s.retries(),
+        s.last_error().map(|e| format!(" last error: {e}")).unwrap_or_default()
+    )
+}
