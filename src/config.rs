@@ -54,6 +54,25 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     /// The daily report.
     pub report: crate::report::ReportSection,
+    /// Real order routing (used when ENABLE_PAPER_TRADING=false).
+    pub venue: VenueSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VenueSection {
+    /// binance-spot | binance-usdm | bybit-spot | bybit-linear.
+    pub market: String,
+    /// REST base; empty: the venue's production endpoint.
+    pub rest_url: String,
+    /// Binance user-data WebSocket base; empty: production.
+    pub user_stream_url: String,
+}
+
+impl Default for VenueSection {
+    fn default() -> Self {
+        Self { market: "binance-spot".into(), rest_url: String::new(), user_stream_url: String::new() }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -400,6 +419,8 @@ pub struct RunConfig {
     pub sink: Option<sapphire_persistence::pg::SinkConfig>,
     /// The daily report.
     pub report: crate::report::ReportSection,
+    /// Real order routing; `None` when paper trading.
+    pub routing: Option<sapphire_gateway::venue::routing::RoutingConfig>,
 }
 
 impl FileConfig {
@@ -512,9 +533,42 @@ impl FileConfig {
         }
 
         let p = &self.paper;
-        if !p.enabled {
-            return Err(bad("paper.enabled (ENABLE_PAPER_TRADING)", "real order routing is not available in this build yet; set ENABLE_PAPER_TRADING=true (venue adapters land with the order-routing work)"));
-        }
+        let routing = if p.enabled {
+            None
+        } else {
+            use sapphire_gateway::venue::routing::{RoutingConfig, VenueMarket};
+            if m.source != "binance" {
+                return Err(bad(
+                    "paper.enabled (ENABLE_PAPER_TRADING)",
+                    "false routes real orders, which needs a live market (`[market] source = \"binance\"`), not the synthetic one",
+                ));
+            }
+            let market = VenueMarket::parse(&self.venue.market).ok_or_else(|| {
+                bad("venue.market", format!("{:?} is not binance-spot, binance-usdm, bybit-spot or bybit-linear", self.venue.market))
+            })?;
+            let venue = match market {
+                VenueMarket::BinanceSpot | VenueMarket::BinanceUsdM => sapphire_gateway::venue::credentials::Venue::Binance,
+                VenueMarket::BybitSpot | VenueMarket::BybitLinear => sapphire_gateway::venue::credentials::Venue::Bybit,
+            };
+            let credentials = sapphire_gateway::venue::credentials::credentials_from_env(venue)
+                .map_err(|e| bad("paper.enabled (ENABLE_PAPER_TRADING=false)", e))?;
+            let url = |key: &str, v: &str| -> anyhow::Result<Option<String>> {
+                match v.trim() {
+                    "" => Ok(None),
+                    v if v.starts_with("http://") || v.starts_with("https://") || v.starts_with("ws://") || v.starts_with("wss://") => {
+                        Ok(Some(v.trim_end_matches('/').to_string()))
+                    }
+                    v => Err(bad(key, format!("{v:?} is not an http(s):// or ws(s):// URL"))),
+                }
+            };
+            Some(RoutingConfig {
+                market,
+                rest_url: url("venue.rest_url", &self.venue.rest_url)?,
+                user_stream_url: url("venue.user_stream_url", &self.venue.user_stream_url)?,
+                credentials,
+                gateway: Default::default(),
+            })
+        };
         // Each agent spreads its budget over the instruments it covers.
         let symbols = if m.symbols.is_empty() { sapphire_gateway::synthetic::default_instruments().len() } else { m.symbols.len() };
         let covered = symbols.min(a.max_symbols_per_agent).max(1) as i64;
@@ -533,7 +587,7 @@ impl FileConfig {
             },
             risk,
             matching: MatchingConfig { latency_ns: p.latency_us * 1_000, taker_fee_bps: p.taker_fee_bps, maker_fee_bps: p.maker_fee_bps },
-            venue: VenueMode::Paper,
+            venue: if routing.is_some() { VenueMode::External } else { VenueMode::Paper },
             order_id_epoch: e.order_id_epoch,
             ..EngineConfig::default()
         };
@@ -610,6 +664,7 @@ impl FileConfig {
                 }
             },
             redis_signal_ingress: self.redis.signal_ingress,
+            routing,
             report: {
                 self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;
                 self.report.clone()
@@ -689,6 +744,7 @@ mod tests {
             ("[market]\nws_url = \"ws://127.0.0.1:1\"\n", "market.ws_url"),
             ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
+            ("[paper]\nenabled = false\n[market]\nsource = \"binance\"\n[venue]\nmarket = \"kraken\"\n", "venue.market"),
             ("[api]\nbind = \"localhost\"\n", "api.bind"),
             ("[api]\ntoken_file = \"/nonexistent/sapphire-token\"\n", "api.token_file"),
             ("[redis]\nurl = \"http://127.0.0.1:6379\"\n", "redis.url"),

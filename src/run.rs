@@ -273,6 +273,21 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     stages.book.attach_board(Arc::clone(&board));
     let outputs_from = output_journal.next_seq();
     let mut pipeline = Pipeline::resume(&cfg.pipeline, stages, recovered.next_seq as i64, Box::new(journal));
+    // Real order routing: the engine's outbound orders go to the venue on a thread of their
+    // own; execution reports come back into the inbound ring (journaled, replayable).
+    let routing = match &cfg.routing {
+        Some(r) => {
+            let outbound = pipeline.take_outbound().expect("the outbound queue is taken once");
+            match sapphire_gateway::venue::routing::start_routing(r.clone(), &instruments, outbound, pipeline.producer()) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = pipeline.shutdown();
+                    return Err(anyhow::anyhow!("starting order routing to {:?}: {e}", r.market));
+                }
+            }
+        }
+        None => None,
+    };
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeState::new(
         pipeline.stats(),
@@ -414,7 +429,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             "binance" => format!("binance {} feed from {} ({})", cfg.market.venue_market, cfg.market.ws_url, symbols.join(",")),
             _ => format!("synthetic market {} at {} events/s", symbols.join(","), cfg.market.events_per_sec),
         };
-        println!("sapphire run: {source}, paper trading, {:?} layout, data dir {}", cfg.pipeline.layout, cfg.data_dir.display());
+        let venue = match &cfg.routing {
+            Some(r) => format!("REAL ORDERS to {:?} at {}", r.market, r.rest_url.as_deref().unwrap_or(r.market.default_rest_url())),
+            None => "paper trading".to_string(),
+        };
+        println!("sapphire run: {source}, {venue}, {:?} layout, data dir {}", cfg.pipeline.layout, cfg.data_dir.display());
         println!(
             "journal: {} ({} records from earlier runs{}), durability {:?}; Ctrl-C stops cleanly",
             cfg.journal.dir.display(),
@@ -505,6 +524,13 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
+    // Routing publishes reports into the ring: it stops before the ring closes (it may wait
+    // for a request in flight, up to its timeout).
+    let routing_stats = routing.map(|r| {
+        let stats = (Arc::clone(&r.stats), cfg.routing.as_ref().map(|c| format!("{:?}", c.market)).unwrap_or_default());
+        r.stop();
+        stats
+    });
     let report = pipeline.shutdown();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
@@ -544,6 +570,20 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             bus_stats.signals_refused.load(Ordering::Relaxed),
             bus_stats.reconnects.load(Ordering::Relaxed),
             bus_stats.errors.load(Ordering::Relaxed),
+        );
+    }
+    if let Some((s, market)) = &routing_stats {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        println!(
+            "  venue {market}: {} orders, {} acked, {} rejected, {} filtered before sending, {} fills, {} canceled, {} unknown ({} resolved by query)",
+            r(&s.orders),
+            r(&s.acked),
+            r(&s.rejected),
+            r(&s.filtered),
+            r(&s.fills),
+            r(&s.canceled),
+            r(&s.unknown),
+            r(&s.resolved)
         );
     }
     match &edge_report.error {

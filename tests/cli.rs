@@ -216,8 +216,8 @@ fn a_taken_http_address_exits_1_naming_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn run_trades_a_binance_feed_served_by_the_local_exchange() {
+/// `sapphire feed serve` on the project's Binance fixture: the child and its address.
+fn local_exchange() -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway/tests/fixtures/binance_spot_btcusdt.txt");
     let mut server = sapphire()
@@ -229,6 +229,12 @@ fn run_trades_a_binance_feed_served_by_the_local_exchange() {
     let mut line = String::new();
     BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("serve prints its address");
     let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    (server, addr)
+}
+
+#[test]
+fn run_trades_a_binance_feed_served_by_the_local_exchange() {
+    let (mut server, addr) = local_exchange();
     let dir = temp_dir("binance-feed");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("feed.toml");
@@ -253,5 +259,73 @@ fn run_trades_a_binance_feed_served_by_the_local_exchange() {
     assert!(feed.contains(" 0 skipped, 1 snapshots, 0 gaps"), "{feed}");
     let events: u64 = feed.split(" frames, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(events > 50, "{feed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// PUBLISH over a raw RESP connection to the Redis the test script provides.
+fn redis_publish(channel: &str, payload: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect("127.0.0.1:6379")?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let cmd = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n", channel.len(), payload.len());
+    c.write_all(cmd.as_bytes())?;
+    let mut reply = [0u8; 64];
+    let _ = c.read(&mut reply)?;
+    Ok(())
+}
+
+#[test]
+fn real_routing_needs_credentials_and_sends_signed_orders_to_the_venue() {
+    let (mut server, addr) = local_exchange();
+    let dir = temp_dir("real-routing");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("live.toml");
+    let prefix = format!("sapphire-cli-{}", std::process::id());
+    // A budget that makes the fixture's 0.01 BTC lot reachable; a remote agent's signal over
+    // Redis is what trades (the fixture is too short for the in-core strategies).
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n\n[venue]\nmarket = \"binance-spot\"\nrest_url = \"http://{addr}\"\nuser_stream_url = \"ws://{addr}\"\n\n[risk]\nagent_budget_usd = \"5000\"\nmax_position_usd = \"5000\"\nmax_order_usd = \"5000\"\n\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |creds: &[(&str, &str)]| {
+        let mut cmd = sapphire();
+        cmd.args(["run", "--duration", "4s", "--wait", "yield", "--config"]).arg(&config).arg("--data-dir").arg(dir.join("data"));
+        cmd.env("ENABLE_PAPER_TRADING", "false").env_remove("BINANCE_API_KEY").env_remove("BINANCE_API_SECRET").env_remove("REDIS_URL");
+        for (k, v) in creds {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sapphire runs")
+    };
+    // No credentials: a clear refusal before anything starts, exit 2.
+    let refused = run(&[]).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("BINANCE_API_KEY") && stderr.contains("ENABLE_PAPER_TRADING"), "{stderr}");
+    // The local exchange's keys: a remote signal becomes a signed order, acknowledged and filled.
+    let child = run(&[("BINANCE_API_KEY", "sapphire-local-key"), ("BINANCE_API_SECRET", "sapphire-local-secret")]);
+    let signal = r#"{"agent":5,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        redis_publish(&format!("{prefix}:signals:in"), signal).expect("the Redis the test script provides");
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("REAL ORDERS to BinanceSpot"), "{stdout}");
+    assert!(!stdout.contains("sapphire-local-secret") && !stderr.contains("sapphire-local-secret"), "the secret is never printed");
+    let venue = stdout.lines().find(|l| l.trim_start().starts_with("venue ")).unwrap_or_else(|| panic!("no venue line:\n{stdout}"));
+    // "venue X: N orders, A acked, R rejected, F filtered before sending, K fills, ..."
+    let numbers: Vec<u64> = venue.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    let (orders, acked, fills) = (numbers[0], numbers[1], numbers[4]);
+    assert!(orders > 0 && acked > 0, "the venue acknowledged signed orders: {venue}");
+    assert!(fills > 0, "the venue's fill came back into the engine: {venue}\n{stdout}");
+    let summary = stdout.lines().find(|l| l.trim_start().starts_with("orders ")).unwrap();
+    assert!(!summary.contains("fills 0,"), "the engine booked the venue's fill: {summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
