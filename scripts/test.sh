@@ -32,6 +32,11 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# The latency lab as a smoke run: every case runs and the report is written (it asserts
+# nothing about time; a debug build on a busy CI box says nothing about speed).
+say "bench smoke"
+cargo run --locked --quiet --bin sapphire -- bench --quick --out target/bench-smoke
+
 # --- Deployment (deploy/, Dockerfile, cloudbuild.yaml) -------------------------------------
 # Offline: renders the Kustomize overlays and runs kubernetes-validate, yamllint, checkov and
 # the policy tests (needs kubectl and gcloud; installs the Python validators into a cached

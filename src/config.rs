@@ -672,6 +672,9 @@ impl FileConfig {
             sink: match &self.database.url {
                 None => None,
                 Some(url) => {
+                    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                        return Err(bad("database.url (DATABASE_URL)", "not a postgres:// URL"));
+                    }
                     let mut sink = sapphire_persistence::pg::SinkConfig::from_url(url)
                         .map_err(|e| bad("database.url (DATABASE_URL)", format!("not a usable postgres:// URL: {e}")))?;
                     sink.method = self.database.batch_method.parse().map_err(|e: String| bad("database.batch_method", e))?;
