@@ -32,6 +32,12 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# The dashboard in a real headless Chromium against a running `sapphire run` (installs
+# Debian's chromium and the pinned playwright-core when absent; SAPPHIRE_SKIP_BROWSER_TEST=1
+# skips it). Screenshots: target/browser/.
+say "browser"
+bash scripts/browser-test.sh
+
 # The latency lab as a smoke run: every case runs and the report is written (it asserts
 # nothing about time; a debug build on a busy CI box says nothing about speed).
 say "bench smoke"

@@ -5,6 +5,7 @@ mod charts;
 mod config;
 mod feed_cmd;
 mod feed_serve;
+mod gateway_cmd;
 mod journal_cmd;
 mod live_feed;
 mod migrate_cmd;
@@ -31,6 +32,12 @@ struct Cli {
 enum Command {
     /// Run the engine: market source → engine → paper venue, with a status line every second.
     Run(RunArgs),
+    /// The engine as the deployment's core role: the same as `run` (feeds, journals, API,
+    /// and the Redis bus and Postgres sink when REDIS_URL / DATABASE_URL are set).
+    Core(RunArgs),
+    /// The API and dashboard fed by a core through Redis (REDIS_URL); operator control is
+    /// forwarded to the cores signed with SAPPHIRE_API_TOKEN.
+    Gateway(gateway_cmd::GatewayArgs),
     /// Exchange feed tools.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -152,7 +159,8 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run_command(args),
+        Command::Run(args) | Command::Core(args) => run_command(args),
+        Command::Gateway(args) => gateway_cmd::run(args),
         Command::Replay(args) => replay::command(args),
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {

@@ -195,9 +195,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let symbols: Vec<&str> = instruments.iter().map(|i| i.symbol.as_str()).collect();
 
     // Async services beside the engine, off its cores: the Postgres sink, the Redis bus.
+    let services_core = cfg.edge_core;
     let services = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("sapphire-services")
+        // Beside the edge and journal threads, off the engine's core(s).
+        .on_thread_start(move || {
+            let _ = sapphire_core::affinity::pin_current_thread(services_core);
+        })
         .enable_all()
         .build()
         .context("starting the services runtime")?;

@@ -14,6 +14,9 @@
 //! | `<prefix>:control:in` | **ingress**: operator control from a gateway: `ts_ns:u64le`, the rkyv archive of an `Event::Control`, then HMAC-SHA256 over both with the API token as key; the core takes it only with a valid MAC, a time within 30 s of its clock and a time later than the last one taken | each valid one becomes a `Control` event in the inbound ring (journaled, replayable) |
 //! | `<prefix>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
 //!
+//! Key `<prefix>:instruments` holds the publishing core's instrument symbols, one per line in
+//! id order (set on every connect), so other processes (the gateway role) name ids as it does.
+//!
 //! Output messages are the output journal's records as JSON (see [`crate::text`]): decimals
 //! are exact strings, `journal_seq` orders them.
 //!
@@ -209,6 +212,11 @@ pub async fn run_publisher(
                     attempt = 0;
                     stats.connected.store(true, Relaxed);
                     *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    let mut c = c;
+                    let key = format!("{}:instruments", config.prefix);
+                    if let Err(e) = redis::cmd("SET").arg(&key).arg(names.join("\n")).query_async::<()>(&mut c).await {
+                        stats.fail("recording the instruments", &e);
+                    }
                     conn = Some(c);
                 }
                 Err(e) => {
@@ -378,6 +386,36 @@ pub async fn run_output_subscriber(
         stats.fail("output subscription", &"connection closed");
     }
     Ok(())
+}
+
+/// The instrument symbols a core recorded under `<prefix>:instruments` (id order); waits,
+/// retrying, until one has (or `stop`).
+pub async fn read_instruments(config: &BusConfig, stop: &AtomicBool) -> Result<Option<Vec<String>>, BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let key = format!("{}:instruments", config.prefix);
+    let mut attempt = 0u32;
+    while !stop.load(Relaxed) {
+        if let Ok(mut c) = connect(&client).await {
+            if let Ok(Some(text)) = redis::cmd("GET").arg(&key).query_async::<Option<String>>(&mut c).await {
+                return Ok(Some(text.lines().map(str::to_string).collect()));
+            }
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = (attempt + 1).min(4);
+    }
+    Ok(None)
+}
+
+/// Publishes a signed control message on `<prefix>:control:in`; returns how many cores took
+/// delivery (subscribers).
+pub async fn publish_control(conn: &mut redis::aio::MultiplexedConnection, config: &BusConfig, signed: &[u8]) -> redis::RedisResult<i64> {
+    redis::cmd("PUBLISH").arg(format!("{}:control:in", config.prefix)).arg(signed).query_async(conn).await
+}
+
+/// A multiplexed connection with this module's timeouts.
+pub async fn connection(config: &BusConfig) -> Result<redis::aio::MultiplexedConnection, String> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("REDIS_URL {}: {e}", redact(&config.url)))?;
+    connect(&client).await.map_err(|e| format!("redis {}: {e}", redact(&config.url)))
 }
 
 /// Signs an operator's control event for `<prefix>:control:in` with the API token.

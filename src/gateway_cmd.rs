@@ -1,0 +1,175 @@
+//! `sapphire gateway`: the API and dashboard as a process of its own, fed by a core through
+//! Redis — the deployment's gateway role, scaled horizontally apart from the engine.
+//!
+//! It reads the core's instrument list (`<prefix>:instruments`) and every output from
+//! `<prefix>:outputs` (validated rkyv records) into the same [`EdgeState`] that `sapphire run`
+//! serves, so `/`, `/ws`, `/dashboard`, `/api/*` and `/metrics` answer the same way. Operator
+//! control (`POST /api/kill` …) is checked against the same bearer token, then forwarded to the
+//! cores on `<prefix>:control:in`, signed with that token (HMAC-SHA256, fresh within 30 s,
+//! taken once); the core journals it like any control. Pub/sub keeps nothing while the
+//! gateway is away: its history starts when it connects, and sequence jumps are counted.
+//!
+//! Not served from here: stage latency and the engine's own counters (events/s, ring
+//! backlog) — they live in the core process (`/metrics` of the core pod).
+
+use crate::config;
+use anyhow::Context;
+use sapphire_core::event::Event;
+use sapphire_core::latency::unix_nanos;
+use sapphire_core::pipeline::PipelineStats;
+use sapphire_core::ring::Poll;
+use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
+use sapphire_persistence::bus::{self, BusStats};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `sapphire gateway` arguments.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// Configuration file (TOML): `[redis]`, `[api]` and `[risk] leverage` apply.
+    #[arg(long, env = "SAPPHIRE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// HTTP API address (port 0 picks a free one).
+    #[arg(long)]
+    pub http_bind: Option<String>,
+    /// Stop by itself after this long (e.g. 10s); default: until Ctrl-C or SIGTERM.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+/// Runs the gateway until stopped.
+pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut file = match &args.config {
+        Some(path) => config::load_file(path)?,
+        None => config::FileConfig::default(),
+    };
+    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+    if let Some(b) = args.http_bind {
+        file.api.bind = b;
+    }
+    let duration = match args.duration.as_deref() {
+        Some(d) => {
+            Some(config::parse_duration(d).ok_or_else(|| config::refuse("--duration", format!("{d:?} is not a duration like 10s")))?)
+        }
+        None => None,
+    };
+    let cfg = file.resolve()?;
+    let bus = cfg
+        .redis
+        .clone()
+        .ok_or_else(|| config::refuse("REDIS_URL", "the gateway reads a core through Redis: set REDIS_URL (or [redis] url)"))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        })
+        .context("installing the Ctrl-C / SIGTERM handler")?;
+    }
+    if let Some(d) = duration {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
+    println!("gateway: waiting for a core's instrument list on {} (prefix {:?})", bus::redact(&bus.url), bus.prefix);
+    let Some(symbols) = runtime.block_on(bus::read_instruments(&bus, &stop))? else {
+        return Ok(());
+    };
+    println!("gateway: instruments {}", symbols.join(","));
+
+    let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), symbols, cfg.engine.risk.leverage));
+    edge.set_core_running(true);
+    let stats = Arc::new(BusStats::default());
+    let gaps = Arc::new(AtomicU64::new(0));
+    {
+        let (ready, metrics, gaps) = (Arc::clone(&stats), Arc::clone(&stats), Arc::clone(&gaps));
+        edge.add_source(Arc::new(FnSource::new(
+            "redis",
+            move || if ready.connected.load(Ordering::Relaxed) { Ok(()) } else { Err("not subscribed to the core's outputs".into()) },
+            move |out: &mut String| {
+                use std::fmt::Write as _;
+                let _ = write!(
+                    out,
+                    "# HELP sapphire_gateway_outputs_total Outputs received from the core.\n# TYPE sapphire_gateway_outputs_total counter\nsapphire_gateway_outputs_total {}\n# HELP sapphire_gateway_output_gaps_total Jumps in the outputs' sequence (missed while disconnected).\n# TYPE sapphire_gateway_output_gaps_total counter\nsapphire_gateway_output_gaps_total {}\n# HELP sapphire_redis_up 1 while subscribed.\n# TYPE sapphire_redis_up gauge\nsapphire_redis_up {}",
+                    metrics.outputs.load(Ordering::Relaxed),
+                    gaps.load(Ordering::Relaxed),
+                    u8::from(metrics.connected.load(Ordering::Relaxed))
+                );
+            },
+        )));
+    }
+    // Control from the API lands in a local ring; a forwarder signs it for the cores.
+    let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(1_024, 1);
+    let mut control = consumers.remove(0);
+    let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
+    println!("api: http://{}", api.addr());
+    let subscriber = {
+        let edge = Arc::clone(&edge);
+        runtime.spawn(bus::run_output_subscriber(bus.clone(), Arc::clone(&stats), Arc::clone(&gaps), Arc::clone(&stop), move |_, o| {
+            edge.apply(o)
+        }))
+    };
+    let token = cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec());
+    let forwarder = {
+        let (bus, stop) = (bus.clone(), Arc::clone(&stop));
+        runtime.spawn(async move {
+            let mut conn = None;
+            let mut last_ts = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut pending = Vec::new();
+                let _ = control.poll(64, |e, _, _| pending.push(*e));
+                for event in pending {
+                    let Some(token) = &token else { continue };
+                    // Strictly increasing times: the cores take each message once.
+                    last_ts = unix_nanos().max(last_ts + 1);
+                    let signed = match bus::sign_control(&event, last_ts, token) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("gateway: cannot sign a control event: {e}");
+                            continue;
+                        }
+                    };
+                    if conn.is_none() {
+                        conn = bus::connection(&bus).await.map_err(|e| eprintln!("gateway: {e}")).ok();
+                    }
+                    match conn.as_mut() {
+                        Some(c) => match bus::publish_control(c, &bus, &signed).await {
+                            Ok(n) => eprintln!("gateway: operator control forwarded to {n} core(s): {event:?}"),
+                            Err(e) => {
+                                eprintln!("gateway: forwarding operator control failed: {e}");
+                                conn = None;
+                            }
+                        },
+                        None => eprintln!("gateway: operator control NOT forwarded: Redis unreachable"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Nothing accepted by the API is left behind silently.
+            if let Poll::Handled(n) = control.poll(1_024, |_, _, _| {}) {
+                eprintln!("gateway: {n} control event(s) arrived while stopping and were not forwarded");
+            }
+        })
+    };
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    api.shutdown();
+    let _ = runtime.block_on(subscriber);
+    let _ = runtime.block_on(forwarder);
+    println!(
+        "gateway: {} outputs received, {} sequence gaps, {} errors",
+        stats.outputs.load(Ordering::Relaxed),
+        gaps.load(Ordering::Relaxed),
+        stats.errors.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
