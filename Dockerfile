@@ -14,7 +14,12 @@
 # The image runs with a read-only root filesystem: everything Sapphire writes (journals, run
 # state) goes under SAPPHIRE_DATA_DIR, which Kubernetes mounts as a PVC or an emptyDir.
 
-FROM docker.io/library/rust:1.95-bookworm AS builder
+# The base images, overridable with --build-arg for a registry mirror or locally built
+# equivalents (docs/runbook.md, "The image"); the defaults are the images this file is for.
+ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
@@ -59,13 +64,14 @@ RUN set -eux; \
     install -D -m 0755 target/release/sapphire /out/usr/local/bin/sapphire; \
     install -d -m 0750 /out/var/lib/sapphire
 
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="sapphire" \
       org.opencontainers.image.description="Sapphire: a low-latency crypto trading engine" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/usr/local/bin/sapphire /usr/local/bin/sapphire
 # The data directory exists and belongs to the runtime user, so the image also works under
-# `docker run` without a volume; in Kubernetes a volume is mounted over it.
+# `docker run` without a volume (but not with --read-only: then it must be a volume, as it is
+# in Kubernetes, where one is mounted over it).
 COPY --from=builder --chown=65532:65532 /out/var/lib/sapphire /var/lib/sapphire
 ENV SAPPHIRE_DATA_DIR=/var/lib/sapphire
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.

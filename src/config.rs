@@ -286,6 +286,9 @@ pub struct AgentsSection {
     pub momentum_sample_ms: u64,
     pub imbalance_threshold_bps: i32,
     pub weights_bps: Vec<i32>,
+    /// The agents runtime (`[agents.runtime]`: roster, providers, arbitrator; see
+    /// agents/src/config.rs).
+    pub runtime: sapphire_agents::AgentsConfig,
 }
 
 impl Default for AgentsSection {
@@ -297,6 +300,7 @@ impl Default for AgentsSection {
             momentum_sample_ms: 100,
             imbalance_threshold_bps: 1_500,
             weights_bps: Vec::new(),
+            runtime: sapphire_agents::AgentsConfig::default(),
         }
     }
 }
@@ -351,6 +355,9 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
     }
+    cfg.agents.runtime.max_symbols_per_agent = cfg.agents.max_symbols_per_agent;
+    cfg.agents.runtime.cache_ttl_seconds = cfg.agents.cache_ttl_seconds;
+    cfg.agents.runtime.apply_env(|k| env(k)).map_err(|e| ConfigError(e.to_string()))?;
     if let Some(v) = env("DATABASE_URL") {
         cfg.database.url = Some(v).filter(|v| !v.trim().is_empty());
     }
@@ -421,6 +428,8 @@ pub struct RunConfig {
     pub report: crate::report::ReportSection,
     /// Real order routing; `None` when paper trading.
     pub routing: Option<sapphire_gateway::venue::routing::RoutingConfig>,
+    /// The agents runtime.
+    pub agents: sapphire_agents::AgentsConfig,
 }
 
 impl FileConfig {
@@ -664,6 +673,16 @@ impl FileConfig {
                 }
             },
             redis_signal_ingress: self.redis.signal_ingress,
+            agents: {
+                let mut agents = a.runtime.clone();
+                agents.max_symbols_per_agent = a.max_symbols_per_agent;
+                agents.cache_ttl_seconds = a.cache_ttl_seconds;
+                agents.validate().map_err(|e| ConfigError(e.to_string()))?;
+                if agents.transcript_path.is_none() {
+                    agents.transcript_path = Some(self.run.data_dir.join("agents-transcript.jsonl"));
+                }
+                agents
+            },
             routing,
             report: {
                 self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;

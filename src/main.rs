@@ -1,5 +1,7 @@
 //! `sapphire`: the command line. Parses configuration, wires the parts, starts the process.
 
+mod agents_bridge;
+mod agents_cmd;
 mod bench_cmd;
 mod charts;
 mod config;
@@ -38,6 +40,9 @@ enum Command {
     /// The API and dashboard fed by a core through Redis (REDIS_URL); operator control is
     /// forwarded to the cores signed with SAPPHIRE_API_TOKEN.
     Gateway(gateway_cmd::GatewayArgs),
+    /// The agents runtime as a process of its own, fed by a core through Redis (REDIS_URL):
+    /// ticks in, signals out on `<prefix>:signals:in`.
+    Agents(agents_cmd::AgentsArgs),
     /// Exchange feed tools.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -161,6 +166,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) | Command::Core(args) => run_command(args),
         Command::Gateway(args) => gateway_cmd::run(args),
+        Command::Agents(args) => agents_cmd::run(args),
         Command::Replay(args) => replay::command(args),
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {

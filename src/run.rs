@@ -97,6 +97,7 @@ fn edge_loop(
     state: &EdgeState,
     mut journal: JournalWriter<Output>,
     head: &AtomicU64,
+    positions: &crate::agents_bridge::AgentPositions,
     quiet: bool,
 ) -> EdgeReport {
     let mut idle = 0;
@@ -113,6 +114,7 @@ fn edge_loop(
                 }
             }
             state.apply(o);
+            positions.on_output(o);
             if let EngineOutput::Risk(RiskOutput::Alert(a)) = o.output {
                 if !quiet {
                     let what = match a.kind {
@@ -402,13 +404,35 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             move |out: &mut String| write_bus_metrics(&metrics, out),
         )));
     }
+    // The agents runtime: market context from the board and the edge's view of fills and PnL;
+    // signals into the inbound ring (journaled: a replay re-reads them, never asks a model).
+    let positions = Arc::new(crate::agents_bridge::AgentPositions::new(instruments.len()));
+    crate::agents_bridge::seed_pnl(&positions, &edge);
+    let (agents_stop, agents_stop_rx) = tokio::sync::watch::channel(false);
+    let mut agents_task = None;
+    if cfg.agents.enabled {
+        let refs = instruments.iter().map(|i| sapphire_agents::InstrumentRef { id: i.id, symbol: i.symbol.clone() }).collect();
+        let rt = sapphire_agents::AgentsRuntime::new(cfg.agents.clone(), refs, sapphire_agents::context::wall_clock())
+            .map_err(|e| crate::config::ConfigError(format!("[agents.runtime]: {e}")))?;
+        if !opts.quiet {
+            for note in rt.notes() {
+                println!("agents: {note}");
+            }
+        }
+        let metrics = rt.metrics();
+        edge.add_source(Arc::new(FnSource::new("agents", || Ok(()), move |out: &mut String| out.push_str(&metrics.render_prometheus()))));
+        let ctx = Arc::new(crate::agents_bridge::BoardContext { board: Arc::clone(&board), positions: Arc::clone(&positions) });
+        let sink = Box::new(crate::agents_bridge::RingSink(pipeline.producer()));
+        agents_task = Some(services.spawn(rt.run(ctx, sink, agents_stop_rx)));
+    }
     let edge_thread = {
+        let positions = Arc::clone(&positions);
         let (edge, quiet, core, head) = (Arc::clone(&edge), opts.quiet, cfg.edge_core, Arc::clone(&output_head));
         std::thread::Builder::new()
             .name("sapphire-edge".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                edge_loop(outputs, &edge, output_journal, &head, quiet)
+                edge_loop(outputs, &edge, output_journal, &head, &positions, quiet)
             })
             .context("starting the edge thread")?
     };
@@ -519,8 +543,15 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     stop.store(true, Ordering::SeqCst);
     edge.set_core_running(false);
-    // The API and the signal ingress hold inbound producers: they stop before the ring closes.
+    // The API, the agents and the signal ingress hold inbound producers: they stop before the
+    // ring closes.
     api.shutdown();
+    let _ = agents_stop.send(true);
+    if let Some(task) = agents_task {
+        if let Err(e) = services.block_on(task) {
+            eprintln!("warning: the agents runtime failed: {e}");
+        }
+    }
     for (name, task) in service_tasks {
         match services.block_on(task) {
             Ok(Ok(())) => {}
@@ -663,7 +694,10 @@ fn summary(
             let name = match a {
                 0 => "momentum".to_string(),
                 1 => "imbalance".to_string(),
-                n => format!("agent-{n}"),
+                n => match cfg.agents.agent.iter().find(|c| usize::from(c.id) == n) {
+                    Some(c) => format!("{}-{n}", format!("{:?}", c.kind).to_lowercase()),
+                    None => format!("agent-{n}"),
+                },
             };
             println!(
                 "  {name:>10}: pnl {} (realized {}, fees {}), exposure {}",

@@ -19,8 +19,9 @@ REGION=${REGION:-asia-northeast1}
 # Compact placement needs a single zone.
 ZONE=${ZONE:-${REGION}-a}
 # c3-standard-22 has 22 vCPUs = 11 cores; with SMT off the node has 11 CPUs. A core shard
-# takes 6 exclusive CPUs (deploy/base/core/core.toml) and the kubelet and system pods need
-# the rest, so one shard per node. c3d-* and h3-standard-88 (no SMT) also fit; see the runbook.
+# takes 6 exclusive CPUs for the engine (deploy/base/core/core.toml), 1 for its sink container
+# and 0.25 shared for the Cloud SQL proxy; the kubelet and system pods need the rest, so one
+# shard per node. c3d-* and h3-standard-88 (no SMT) also fit; see the runbook.
 LATENCY_MACHINE_TYPE=${LATENCY_MACHINE_TYPE:-c3-standard-22}
 # One node per core shard (deploy/overlays/gke/shards/).
 LATENCY_NODES=${LATENCY_NODES:-2}

@@ -43,7 +43,14 @@ JOB_SPEC_FIELDS = (
 )
 JOB_REQUIRED_FIELDS = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 
+# The subcommands a workload may run. deploy/tests/test_binary.py checks every one that the
+# manifests call, with its flags, against the built binary's own --help.
 SAPPHIRE_SUBCOMMANDS = {"run", "core", "agents", "gateway", "sink", "migrate", "replay", "report"}
+# Subcommands that serve no HTTP (no --http-bind; test_binary.py checks that against --help):
+# their containers cannot have HTTP probes, and the kubelet's restart on exit is their liveness.
+SUBCOMMANDS_WITHOUT_HTTP = {"sink", "migrate"}
+# Where `sapphire run`/`core` writes its output journal, under SAPPHIRE_DATA_DIR.
+OUTPUT_JOURNAL = "journal/output"
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 GSA_EMAIL = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@([a-z][-a-z0-9]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
 
@@ -542,9 +549,14 @@ def runs_sapphire(container: dict) -> bool:
     return bool(args) and args[0] in SAPPHIRE_SUBCOMMANDS and "sapphire" in str(container.get("image", ""))
 
 
+def serves_no_http(container: dict) -> bool:
+    return runs_sapphire(container) and container["args"][0] in SUBCOMMANDS_WITHOUT_HTTP
+
+
 def check_probes(docs: list[dict]) -> list[str]:
     """Long-running containers have readiness and liveness probes (Sapphire's on /readyz and
-    /healthz); native sidecars have a startup and a liveness probe."""
+    /healthz); native sidecars have a startup and a liveness probe. A Sapphire subcommand that
+    serves no HTTP (`sink`) has no HTTP probe: one would fail forever and restart it."""
     out = []
     for doc, spec in workloads(docs):
         where = name_of(doc)
@@ -556,6 +568,12 @@ def check_probes(docs: list[dict]) -> list[str]:
         if doc.get("kind") not in LONG_RUNNING_KINDS:
             continue
         for c in regular_containers(spec):
+            if serves_no_http(c):
+                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                    if (c.get(probe) or {}).get("httpGet"):
+                        out.append(f"{where} container {c.get('name')}: {probe} is HTTP, but `sapphire {c['args'][0]}` "
+                                   "serves no HTTP")
+                continue
             for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
                 p = c.get(probe)
                 if not p:
@@ -675,4 +693,61 @@ def check_references(docs: list[dict]) -> list[str]:
                 if cm is None or ref["key"] not in (cm.get("data") or {}):
                     out.append(f"{name_of(doc)} container {c.get('name')}: {var['name']} reads "
                                f"{ref['name']}/{ref['key']}, not in the render")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The sink beside its engine
+
+
+def volume_at(container: dict, path: str) -> tuple[str, str, bool] | None:
+    """(volume name, mount path, read-only) of the mount that holds `path` in a container."""
+    best = None
+    for m in container.get("volumeMounts") or []:
+        mount = m["mountPath"].rstrip("/")
+        if (path == mount or path.startswith(mount + "/")) and (best is None or len(mount) > len(best[1])):
+            best = (m["name"], mount, bool(m.get("readOnly")))
+    return best
+
+
+def check_core_sink(docs: list[dict]) -> list[str]:
+    """The Postgres sink runs in each core pod, beside the engine whose output journal it reads:
+    one `sapphire sink` container following SAPPHIRE_DATA_DIR/journal/output on the engine's own
+    data volume, with DATABASE_URL, while the engine container has none (with it the engine
+    would run a second, in-process sink). No sink runs anywhere else (a pod without the
+    journal's volume has nothing to read)."""
+    out = []
+    for doc, spec in workloads(docs):
+        where = name_of(doc)
+        sinks = [c for c in regular_containers(spec) if runs_sapphire(c) and c["args"][0] == "sink"]
+        if component_of(doc) != "core":
+            out += [f"{where} container {c.get('name')}: runs `sapphire sink` away from any engine's journal" for c in sinks]
+            continue
+        engine = next((c for c in regular_containers(spec) if c.get("name") == "sapphire"), None)
+        if engine is None:
+            out.append(f"{where}: no engine container named sapphire")
+            continue
+        if has_env(engine, "DATABASE_URL"):
+            out.append(f"{where}: the engine container has DATABASE_URL, so it would run a second, in-process sink")
+        if len(sinks) != 1:
+            out.append(f"{where}: {len(sinks)} `sapphire sink` containers; a core pod needs exactly one")
+            continue
+        sink = sinks[0]
+        if not has_env(sink, "DATABASE_URL"):
+            out.append(f"{where}: the sink container has no DATABASE_URL")
+        data_dir = env_value(docs, doc, engine, "SAPPHIRE_DATA_DIR")
+        if not data_dir:
+            out.append(f"{where}: the engine has no SAPPHIRE_DATA_DIR")
+            continue
+        journal = data_dir.rstrip("/") + "/" + OUTPUT_JOURNAL
+        followed = flag_value([str(a) for a in sink["args"]], "--journal")
+        if followed is None or followed.rstrip("/") != journal:
+            out.append(f"{where}: the sink follows {followed}, not the engine's output journal {journal}")
+            continue
+        engine_vol, sink_vol = volume_at(engine, journal), volume_at(sink, journal)
+        if engine_vol is None or sink_vol is None or engine_vol[0] != sink_vol[0]:
+            out.append(f"{where}: the sink does not see {journal} on the engine's volume "
+                       f"(engine {engine_vol}, sink {sink_vol})")
+        elif engine_vol[1] != sink_vol[1]:
+            out.append(f"{where}: the sink mounts the data volume at {sink_vol[1]}, the engine at {engine_vol[1]}")
     return out

@@ -35,9 +35,18 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 
 def stages(text: str) -> list[list[tuple[str, str]]]:
+    """The stages, each FROM with the global ARGs' defaults substituted (`FROM ${RUST_IMAGE}`
+    is checked as the image it defaults to; a FROM naming an ARG without a default keeps the
+    `${...}`, which the image checks refuse)."""
     out: list[list[tuple[str, str]]] = []
+    args: dict[str, str] = {}
     for ins in instructions(text):
+        if ins[0] == "ARG" and not out:
+            name, _, default = ins[1].partition("=")
+            if default:
+                args[name.strip()] = default.strip().strip('"')
         if ins[0] == "FROM":
+            ins = (ins[0], re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), ins[1]))
             out.append([])
         if out:
             out[-1].append(ins)
@@ -172,6 +181,7 @@ def test_dockerignore_keeps_what_the_build_reads_and_drops_the_rest():
 @pytest.mark.parametrize("change, expected", [
     (lambda t: t.replace("rust:1.95-bookworm", "rust:latest"), ":latest"),
     (lambda t: t.replace("docker.io/library/rust", "rust"), "no explicit registry"),
+    (lambda t: t.replace("ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm", "ARG RUST_IMAGE"), "no explicit registry"),
     (lambda t: t.replace("--release --locked --bin sapphire;", "--release --bin sapphire;"), "--locked"),
     (lambda t: t.replace("USER 65532:65532", "USER root"), "numeric non-root USER"),
     (lambda t: t.replace('ENTRYPOINT ["/usr/local/bin/sapphire"]', "ENTRYPOINT /usr/local/bin/sapphire"), "exec form"),

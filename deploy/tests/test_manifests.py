@@ -24,11 +24,34 @@ def test_postgres_is_reached_only_through_a_native_sidecar(environments, env):
 
 
 def test_every_gke_pod_that_reaches_postgres_has_the_proxy(environments):
-    # The check above passes vacuously if nothing uses DATABASE_URL; the sink and the
-    # migration must both do so on GKE.
-    users = {policy.name_of(d) for d, spec in policy.workloads(environments["gke"])
-             if any(policy.has_env(c, "DATABASE_URL") for c in policy.all_containers(spec))}
-    assert users == {"Deployment/sapphire-sink", "Job/sapphire-migrate"}
+    # The check above passes vacuously if nothing uses DATABASE_URL; the core pods (their sink
+    # containers) and the migration must do so on GKE, and only those containers.
+    users = {(policy.name_of(d), c["name"]) for d, spec in policy.workloads(environments["gke"])
+             for c in policy.all_containers(spec) if policy.has_env(c, "DATABASE_URL")}
+    assert users == {("StatefulSet/sapphire-core-a", "sink"), ("StatefulSet/sapphire-core-b", "sink"),
+                     ("Job/sapphire-migrate", "migrate")}
+
+
+def test_the_sink_runs_beside_each_engine(environments):
+    assert_holds(policy.check_core_sink(environments["gke"]))
+    assert not any(d["kind"] == "Deployment" and policy.component_of(d) == "sink" for d in environments["gke"])
+
+
+def test_dev_migrates_before_the_engine_starts(environments):
+    """`sapphire run` refuses a schema that is behind and never migrates: the dev pod runs
+    `sapphire migrate` as a plain init container after the postgres sidecar is up, on the URL
+    the engine uses."""
+    (doc,) = [d for d in environments["dev"] if d["kind"] == "Deployment"]
+    spec = doc["spec"]["template"]["spec"]
+    inits = spec["initContainers"]
+    names = [c["name"] for c in inits]
+    assert "migrate" in names and names.index("postgres") < names.index("migrate"), names
+    migrate = inits[names.index("migrate")]
+    assert migrate["args"] == ["migrate"] and not policy.is_native_sidecar(migrate)
+    engine = spec["containers"][0]
+    assert engine["args"][0] == "run"
+    assert (policy.env_value(environments["dev"], doc, migrate, "DATABASE_URL")
+            == policy.env_value(environments["dev"], doc, engine, "DATABASE_URL"))
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -101,20 +124,22 @@ def test_configmap_references_resolve(environments, env):
 
 
 def test_sapphire_subcommands_per_workload(environments):
-    """The design's roles: core runs `sapphire core`, the Job `sapphire migrate`, dev `sapphire run`."""
+    """The design's roles: core pods run `sapphire core` and `sapphire sink`, the Job
+    `sapphire migrate`, dev `sapphire migrate` then `sapphire run`."""
     roles = {}
     for env in ENVS:
         for doc, spec in policy.workloads(environments[env]):
-            for c in policy.regular_containers(spec):
+            for c in policy.init_containers(spec) + policy.regular_containers(spec):
                 if policy.runs_sapphire(c):
-                    roles[(env, policy.component_of(doc))] = c["args"][0]
+                    roles[(env, policy.component_of(doc), c["name"])] = c["args"][0]
     assert roles == {
-        ("dev", "dev"): "run",
-        ("gke", "core"): "core",
-        ("gke", "agents"): "agents",
-        ("gke", "gateway"): "gateway",
-        ("gke", "sink"): "sink",
-        ("gke", "migrate"): "migrate",
+        ("dev", "dev", "migrate"): "migrate",
+        ("dev", "dev", "sapphire"): "run",
+        ("gke", "core", "sapphire"): "core",
+        ("gke", "core", "sink"): "sink",
+        ("gke", "agents", "sapphire"): "agents",
+        ("gke", "gateway", "sapphire"): "gateway",
+        ("gke", "migrate", "migrate"): "migrate",
     }
 
 
@@ -155,18 +180,71 @@ def proxy_as_regular_container(docs):
     spec["containers"].append(proxy)
 
 
+def core_container(docs, shard, name):
+    return next(c for c in pod_spec(docs, "StatefulSet", f"sapphire-core-{shard}")["containers"] if c["name"] == name)
+
+
+def core_proxy(docs, shard="a"):
+    return next(c for c in pod_spec(docs, "StatefulSet", f"sapphire-core-{shard}")["initContainers"]
+                if c["name"] == "cloud-sql-proxy")
+
+
 def proxy_without_exit_zero(docs):
-    proxy = pod_spec(docs, "Deployment", "sapphire-sink")["initContainers"][0]
-    proxy["args"].remove("--exit-zero-on-sigterm")
+    core_proxy(docs)["args"].remove("--exit-zero-on-sigterm")
+
+
+def proxy_without_health_check(docs):
+    core_proxy(docs, "b")["args"].remove("--health-check")
 
 
 def proxy_probe_on_wrong_path(docs):
-    proxy = pod_spec(docs, "Deployment", "sapphire-sink")["initContainers"][0]
-    proxy["startupProbe"]["httpGet"]["path"] = "/readiness"
+    core_proxy(docs)["startupProbe"]["httpGet"]["path"] = "/readiness"
+
+
+def proxy_probe_on_wrong_port(docs):
+    core_proxy(docs)["livenessProbe"]["httpGet"]["port"] = 9090
 
 
 def proxy_as_plain_init_container(docs):
-    pod_spec(docs, "Deployment", "sapphire-sink")["initContainers"][0].pop("restartPolicy")
+    core_proxy(docs).pop("restartPolicy")
+
+
+def core_without_proxy(docs):
+    spec = pod_spec(docs, "StatefulSet", "sapphire-core-b")
+    spec["initContainers"] = [c for c in spec["initContainers"] if c["name"] != "cloud-sql-proxy"]
+
+
+def fractional_cpu_proxy(docs):
+    core_proxy(docs)["resources"]["requests"]["cpu"] = "100m"
+
+
+def engine_with_database_url(docs):
+    sink = core_container(docs, "a", "sink")
+    core_container(docs, "a", "sapphire")["env"].append(next(v for v in sink["env"] if v["name"] == "DATABASE_URL"))
+
+
+def sink_follows_another_journal(docs):
+    core_container(docs, "b", "sink")["args"] = ["sink", "--journal=/var/lib/sapphire/journal/input"]
+
+
+def sink_on_its_own_volume(docs):
+    spec = pod_spec(docs, "StatefulSet", "sapphire-core-a")
+    spec["volumes"].append({"name": "scratch", "emptyDir": {}})
+    next(m for m in core_container(docs, "a", "sink")["volumeMounts"] if m["name"] == "data")["name"] = "scratch"
+
+
+def sink_in_a_deployment_of_its_own(docs):
+    gateway = find_workload(docs, "Deployment", "sapphire-gateway")
+    gateway["spec"]["template"]["spec"]["containers"][0]["args"] = ["sink", "--journal=/var/lib/sapphire/journal/output"]
+
+
+def sink_with_an_http_probe(docs):
+    core_container(docs, "a", "sink")["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": 8080}}
+
+
+def sink_user_is_not_the_pods_account(docs):
+    cm = policy.find(docs, "ConfigMap", "sapphire-cloudsql")
+    cm["data"]["core-database-url"] = cm["data"]["core-database-url"].replace("sapphire-core%40", "sapphire-sink%40")
 
 
 def drop_migrate_service_account(docs):
@@ -206,7 +284,7 @@ def secret_with_data(docs):
 
 def password_in_a_url(docs):
     cm = policy.find(docs, "ConfigMap", "sapphire-cloudsql")
-    cm["data"]["sink-database-url"] = "postgres://sink:hunter2@127.0.0.1:5432/sapphire"
+    cm["data"]["core-database-url"] = "postgres://sink:hunter2@127.0.0.1:5432/sapphire"
 
 
 def latest_image(docs):
@@ -230,7 +308,11 @@ def liveness_on_the_wrong_path(docs):
 
 
 def writable_root_filesystem(docs):
-    pod_spec(docs, "Deployment", "sapphire-sink")["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+    core_container(docs, "a", "sink")["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def writable_root_filesystem_proxy(docs):
+    core_proxy(docs, "b")["securityContext"]["readOnlyRootFilesystem"] = False
 
 
 def capabilities_kept(docs):
@@ -258,8 +340,17 @@ BROKEN = [
     (proxy_as_regular_container, policy.check_database_sidecar, "runs as a regular container"),
     (proxy_as_regular_container, policy.check_jobs, "2 regular containers"),
     (proxy_without_exit_zero, policy.check_database_sidecar, "lacks --exit-zero-on-sigterm"),
+    (proxy_without_health_check, policy.check_database_sidecar, "sapphire-core-b: the proxy lacks --health-check"),
     (proxy_probe_on_wrong_path, policy.check_database_sidecar, "startupProbe must GET /startup"),
+    (proxy_probe_on_wrong_port, policy.check_database_sidecar, "probes port 9090, not its --http-port 9801"),
     (proxy_as_plain_init_container, policy.check_database_sidecar, "lacks restartPolicy: Always"),
+    (core_without_proxy, policy.check_database_sidecar, "sapphire-core-b: reaches Postgres (DATABASE_URL) without"),
+    (fractional_cpu_proxy, policy.check_core_pinning, "container cloud-sql-proxy: cpu requests 100m != limits 250m"),
+    (engine_with_database_url, policy.check_core_sink, "the engine container has DATABASE_URL"),
+    (sink_follows_another_journal, policy.check_core_sink, "not the engine's output journal"),
+    (sink_on_its_own_volume, policy.check_core_sink, "does not see /var/lib/sapphire/journal/output on the engine's volume"),
+    (sink_in_a_deployment_of_its_own, policy.check_core_sink, "Deployment/sapphire-gateway container sapphire: runs `sapphire sink`"),
+    (sink_with_an_http_probe, policy.check_probes, "serves no HTTP"),
     (drop_migrate_service_account, policy.check_service_accounts, "ServiceAccount sapphire-migrate is not created"),
     (token_mounted, policy.check_service_accounts, "ServiceAccount/sapphire-agents: automountServiceAccountToken"),
     (missing_workload_identity, policy.check_service_accounts, "iam.gke.io/gcp-service-account"),
@@ -275,7 +366,8 @@ BROKEN = [
     (image_without_registry, policy.check_images, "no explicit registry"),
     (no_readiness_probe, policy.check_probes, "no readinessProbe"),
     (liveness_on_the_wrong_path, policy.check_probes, "livenessProbe must GET /healthz"),
-    (writable_root_filesystem, policy.check_security_context, "readOnlyRootFilesystem is not true"),
+    (writable_root_filesystem, policy.check_security_context, "sapphire-core-a container sink: readOnlyRootFilesystem"),
+    (writable_root_filesystem_proxy, policy.check_security_context, "container cloud-sql-proxy: readOnlyRootFilesystem"),
     (capabilities_kept, policy.check_security_context, "capabilities are not all dropped"),
     (no_default_deny, policy.check_network_policies, "no default-deny NetworkPolicy"),
     (no_pdb_for_gateway, policy.check_disruption_and_scaling, "no PodDisruptionBudget"),
@@ -304,12 +396,22 @@ def test_the_base_alone_names_no_registry():
 
 
 def test_database_users_are_the_pods_own_google_accounts(environments):
+    check_database_users(environments["gke"])
+
+
+def test_database_users_check_can_fail(environments):
+    docs = copy.deepcopy(environments["gke"])
+    sink_user_is_not_the_pods_account(docs)
+    with pytest.raises(AssertionError, match="sapphire-sink@sapphire-prod.iam is not sapphire-core@"):
+        check_database_users(docs)
+
+
+def check_database_users(docs):
     """With IAM database authentication the proxy logs in as the pod's Google service account,
     so the user in DATABASE_URL must be exactly that account (sapphire-x@project.iam), and the
     Cloud SQL instance must be in the same project."""
     from urllib.parse import unquote
 
-    docs = environments["gke"]
     checked = 0
     for doc, spec in policy.workloads(docs):
         for c in policy.regular_containers(spec):
@@ -321,6 +423,6 @@ def test_database_users_are_the_pods_own_google_accounts(environments):
             gsa = sa["metadata"]["annotations"][policy.WORKLOAD_IDENTITY_ANNOTATION]
             assert user == gsa.removesuffix(".gserviceaccount.com"), f"{policy.name_of(doc)}: {user} is not {gsa}"
             checked += 1
-    assert checked == 2
+    assert checked == 3  # the sink containers of core-a and core-b, and the migration
     instance = policy.find(docs, "ConfigMap", "sapphire-cloudsql")["data"]["instance"]
     assert instance.split(":")[0] in policy.workload_identity_projects(docs)

@@ -95,7 +95,8 @@ def test_latency_pool(pool_commands, environments):
     assert family in LATENCY_FAMILIES, f["--machine-type"]
 
     # The core pods fit: their toleration matches the taint, their selector the label, and one
-    # shard's exclusive CPUs fit a node with SMT off, leaving a CPU for the kubelet and system.
+    # shard's CPUs (engine, sink, proxy) fit a node with SMT off, leaving a CPU for the kubelet
+    # and system.
     cores = [(d, spec) for d, spec in policy.workloads(environments["gke"]) if policy.component_of(d) == "core"]
     assert cores
     taint_key, taint_rest = f["--node-taints"].split("=", 1)
@@ -105,7 +106,10 @@ def test_latency_pool(pool_commands, environments):
     for doc, spec in cores:
         assert {"key": taint_key, "operator": "Equal", "value": taint_value, "effect": taint_effect} in spec["tolerations"]
         assert spec["nodeSelector"] == {label_key: label_value}
-        cpus = int(spec["containers"][0]["resources"]["limits"]["cpu"])
+        # Every container that runs beside the engine counts: the sink's CPU and the proxy's
+        # (a native sidecar) as well as the engine's.
+        running = policy.regular_containers(spec) + [c for c in policy.init_containers(spec) if policy.is_native_sidecar(c)]
+        cpus = sum(policy.parse_quantity_cpu(c["resources"]["limits"]["cpu"]) for c in running)
         assert cpus + 1 <= node_cpus, f"{policy.name_of(doc)}: {cpus} CPUs do not fit a {node_cpus}-CPU node"
     assert int(f["--num-nodes"]) >= len(cores), "one latency node per core shard"
 

@@ -418,6 +418,119 @@ pub async fn connection(config: &BusConfig) -> Result<redis::aio::MultiplexedCon
     connect(&client).await.map_err(|e| format!("redis {}: {e}", redact(&config.url)))
 }
 
+#[derive(serde::Deserialize)]
+struct TickMessage<'a> {
+    symbol: &'a str,
+    bid: &'a str,
+    bid_qty: &'a str,
+    ask: &'a str,
+    ask_qty: &'a str,
+    last_trade: &'a str,
+    ts_event: u64,
+    in_sync: bool,
+}
+
+/// Reads a `<prefix>:ticks:<SYMBOL>` message into the instrument id (by `names`) and its top.
+pub fn parse_tick(payload: &[u8], names: &[String]) -> Result<(InstrumentId, sapphire_core::board::Top), String> {
+    use sapphire_core::fixed::{Price, Quantity};
+    let t: TickMessage<'_> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let id = names.iter().position(|n| n == t.symbol).ok_or_else(|| format!("unknown symbol {:?}", t.symbol))?;
+    let px = |s: &str| Price::parse(s).map_err(|e| format!("{s:?}: {e:?}"));
+    let qty = |s: &str| Quantity::parse(s).map_err(|e| format!("{s:?}: {e:?}"));
+    Ok((
+        InstrumentId(id as u32),
+        sapphire_core::board::Top {
+            bid: px(t.bid)?,
+            bid_qty: qty(t.bid_qty)?,
+            ask: px(t.ask)?,
+            ask_qty: qty(t.ask_qty)?,
+            last_trade: px(t.last_trade)?,
+            ts_event: t.ts_event,
+            updates: 0,
+            in_sync: t.in_sync,
+        },
+    ))
+}
+
+/// Follows `<prefix>:ticks:*` into a local board (the agents role's market context) until
+/// `stop`; resubscribes after Redis comes back. Bad messages are counted and skipped.
+pub async fn run_tick_subscriber(
+    config: BusConfig,
+    names: Vec<String>,
+    board: Arc<MarketBoard>,
+    stats: Arc<BusStats>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let pattern = format!("{}:ticks:*", config.prefix);
+    let mut attempt = 0u32;
+    while !stop.load(Relaxed) {
+        let mut pubsub = match client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                stats.connected.store(false, Relaxed);
+                stats.fail("subscribing to ticks", &e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        if let Err(e) = pubsub.psubscribe(&pattern).await {
+            stats.fail("subscribing to ticks", &e);
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+            continue;
+        }
+        attempt = 0;
+        stats.connected.store(true, Relaxed);
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            let msg = match msg {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(m)) => m,
+            };
+            match parse_tick(msg.get_payload_bytes(), &names) {
+                Ok((id, top)) => {
+                    board.publish(id, &top);
+                    stats.ticks.fetch_add(1, Relaxed);
+                }
+                Err(e) => stats.fail("a tick message", &e),
+            }
+        }
+        stats.connected.store(false, Relaxed);
+        stats.fail("tick subscription", &"connection closed");
+    }
+    Ok(())
+}
+
+/// Publishes a signal as a remote agent would (`<prefix>:signals:in`, the documented JSON).
+pub async fn publish_signal(
+    conn: &mut redis::aio::MultiplexedConnection,
+    config: &BusConfig,
+    names: &[String],
+    s: &Signal,
+) -> redis::RedisResult<i64> {
+    let symbol = names.get(s.instrument.index()).map_or("?", String::as_str);
+    let mut json = String::with_capacity(160);
+    json.push_str("{\"agent\":");
+    let _ = write!(json, "{},\"symbol\":", s.agent.0);
+    crate::text::json_str(&mut json, symbol);
+    let _ = write!(
+        json,
+        ",\"strength_bps\":{},\"confidence_bps\":{},\"ttl_ms\":{},\"signal_id\":{}}}",
+        s.strength_bps,
+        s.confidence_bps,
+        (s.ttl_ns / 1_000_000).clamp(1, 3_600_000),
+        s.signal_id
+    );
+    redis::cmd("PUBLISH").arg(format!("{}:signals:in", config.prefix)).arg(json).query_async(conn).await
+}
+
 /// Signs an operator's control event for `<prefix>:control:in` with the API token.
 pub fn sign_control(event: &Event, ts_ns: u64, token: &[u8]) -> Result<Vec<u8>, JournalError> {
     let archive = event.encode(rkyv::util::AlignedVec::new())?;
@@ -628,3 +741,28 @@ pub async fn run_signal_ingress(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tick_tests {
+    use super::*;
+
+    #[test]
+    fn tick_messages_round_trip_through_their_json() {
+        let names = vec!["BTCUSDT".to_string(), "ETHUSDT".to_string()];
+        let top = sapphire_core::board::Top {
+            bid: sapphire_core::fixed::Price::from_raw(2_650_330_000_000),
+            bid_qty: sapphire_core::fixed::Quantity::from_raw(12_345),
+            ask: sapphire_core::fixed::Price::from_raw(2_650_340_000_000),
+            ask_qty: sapphire_core::fixed::Quantity::from_raw(1),
+            last_trade: sapphire_core::fixed::Price::from_raw(2_650_330_000_001),
+            ts_event: 77,
+            updates: 0,
+            in_sync: true,
+        };
+        let json = tick_json("ETHUSDT", &top);
+        assert_eq!(parse_tick(json.as_bytes(), &names).unwrap(), (InstrumentId(1), top));
+        assert!(parse_tick(tick_json("DOGE", &top).as_bytes(), &names).is_err());
+        assert!(parse_tick(b"{\"symbol\":\"BTCUSDT\"}", &names).is_err());
+        assert!(parse_tick(json.replace("2650.33", "2x50").as_bytes(), &names).is_err());
+    }
+}
