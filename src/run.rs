@@ -759,7 +759,8 @@ fn summary(
     Ok(())
 }
 
-fn write_sink_metrics(s: &pg::SinkStats, out: &mut String) {
+/// The sink's counters in Prometheus text (`sapphire run` and `sapphire sink --http-bind`).
+pub fn write_sink_metrics(s: &pg::SinkStats, out: &mut String) {
     use std::fmt::Write as _;
     let _ = writeln!(
         out,

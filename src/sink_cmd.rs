@@ -5,6 +5,7 @@ use crate::config;
 use anyhow::Context;
 use sapphire_persistence::pg::{self, BatchMethod, JournalSource, SinkConfig, SinkStats};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `sapphire sink` arguments.
@@ -31,6 +32,10 @@ pub struct SinkArgs {
     /// Stop by itself after this long (e.g. 10s, 2m); default: until Ctrl-C.
     #[arg(long)]
     pub duration: Option<String>,
+    /// Serve /healthz, /readyz (ready while the last write succeeded) and /metrics (the
+    /// `sapphire_sink_*` counters) here; default: no HTTP.
+    #[arg(long)]
+    pub http_bind: Option<String>,
 }
 
 /// Runs the sink until Ctrl-C (or `--duration`), printing its counters every 10 s and at the end.
@@ -72,6 +77,10 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
             Err(e) => eprintln!("sink: {e}; the sink will keep trying"),
         }
         let stats = SinkStats::new();
+        let _api = match &args.http_bind {
+            Some(bind) => Some(serve_health(bind, &stats)?),
+            None => None,
+        };
         let name = sink.name.clone();
         let stop = async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -97,6 +106,25 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         println!("{}", status(&stats));
         Ok(())
     })
+}
+
+/// The sink's probes and metrics on `bind`: the API server with an empty engine view and the
+/// sink as its one health source.
+fn serve_health(bind: &str, stats: &Arc<SinkStats>) -> anyhow::Result<sapphire_gateway::api::ApiServer> {
+    use sapphire_gateway::api::{ApiConfig, ApiServer, EdgeState, FnSource};
+    let addr = bind.parse().map_err(|_| config::refuse("--http-bind", format!("{bind:?} is not an address like 0.0.0.0:8080")))?;
+    let edge = Arc::new(EdgeState::new(Arc::default(), Vec::new(), Vec::new(), 1));
+    edge.set_core_running(true);
+    let (ready, metrics) = (Arc::clone(stats), Arc::clone(stats));
+    edge.add_source(Arc::new(FnSource::new(
+        "postgres_sink",
+        move || if ready.healthy() { Ok(()) } else { Err(ready.last_error().unwrap_or_else(|| "not connected yet".into())) },
+        move |out: &mut String| crate::run::write_sink_metrics(&metrics, out),
+    )));
+    let (producer, _) = sapphire_core::ring::ring::<sapphire_core::event::Event>(64, 1);
+    let api = ApiServer::start(ApiConfig { bind: addr, token: None, core: None }, edge, producer)?;
+    println!("api: http://{}", api.addr());
+    Ok(api)
 }
 
 fn status(s: &SinkStats) -> String {

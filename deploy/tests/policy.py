@@ -48,7 +48,7 @@ JOB_REQUIRED_FIELDS = ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfter
 SAPPHIRE_SUBCOMMANDS = {"run", "core", "agents", "gateway", "sink", "migrate", "replay", "report"}
 # Subcommands that serve no HTTP (no --http-bind; test_binary.py checks that against --help):
 # their containers cannot have HTTP probes, and the kubelet's restart on exit is their liveness.
-SUBCOMMANDS_WITHOUT_HTTP = {"sink", "migrate"}
+SUBCOMMANDS_WITHOUT_HTTP = {"migrate"}
 # Where `sapphire run`/`core` writes its output journal, under SAPPHIRE_DATA_DIR.
 OUTPUT_JOURNAL = "journal/output"
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
@@ -556,7 +556,7 @@ def serves_no_http(container: dict) -> bool:
 def check_probes(docs: list[dict]) -> list[str]:
     """Long-running containers have readiness and liveness probes (Sapphire's on /readyz and
     /healthz); native sidecars have a startup and a liveness probe. A Sapphire subcommand that
-    serves no HTTP (`sink`) has no HTTP probe: one would fail forever and restart it."""
+    serves no HTTP (`migrate`) has no HTTP probe: one would fail forever and restart it."""
     out = []
     for doc, spec in workloads(docs):
         where = name_of(doc)

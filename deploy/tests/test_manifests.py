@@ -238,8 +238,8 @@ def sink_in_a_deployment_of_its_own(docs):
     gateway["spec"]["template"]["spec"]["containers"][0]["args"] = ["sink", "--journal=/var/lib/sapphire/journal/output"]
 
 
-def sink_with_an_http_probe(docs):
-    core_container(docs, "a", "sink")["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": 8080}}
+def sink_without_a_liveness_probe(docs):
+    core_container(docs, "a", "sink").pop("livenessProbe")
 
 
 def sink_user_is_not_the_pods_account(docs):
@@ -350,7 +350,7 @@ BROKEN = [
     (sink_follows_another_journal, policy.check_core_sink, "not the engine's output journal"),
     (sink_on_its_own_volume, policy.check_core_sink, "does not see /var/lib/sapphire/journal/output on the engine's volume"),
     (sink_in_a_deployment_of_its_own, policy.check_core_sink, "Deployment/sapphire-gateway container sapphire: runs `sapphire sink`"),
-    (sink_with_an_http_probe, policy.check_probes, "serves no HTTP"),
+    (sink_without_a_liveness_probe, policy.check_probes, "container sink: no livenessProbe"),
     (drop_migrate_service_account, policy.check_service_accounts, "ServiceAccount sapphire-migrate is not created"),
     (token_mounted, policy.check_service_accounts, "ServiceAccount/sapphire-agents: automountServiceAccountToken"),
     (missing_workload_identity, policy.check_service_accounts, "iam.gke.io/gcp-service-account"),
