@@ -403,3 +403,54 @@ fn core_and_gateway_processes_talk_through_redis_and_a_kill_at_the_gateway_stops
     assert!(String::from_utf8_lossy(&dump.stdout).contains("\"control\":\"kill\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_agents_process_trades_through_a_core_over_redis() {
+    let dir = temp_dir("agents-role");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!("sapphire-agents-{}", std::process::id());
+    // The core runs no agents of its own: every external signal comes from the agents process.
+    let core_config = dir.join("core.toml");
+    std::fs::write(
+        &core_config,
+        format!("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n\n[agents.runtime]\nenabled = false\n"),
+    )
+    .unwrap();
+    let agents_config = dir.join("agents.toml");
+    std::fs::write(&agents_config, format!("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n")).unwrap();
+    let spawn = |role: &str, config: &std::path::Path, extra: &[&str]| {
+        let mut cmd = sapphire();
+        cmd.arg(role).args(["--duration", "20s", "--http-bind", "127.0.0.1:0", "--config"]).arg(config).args(extra);
+        cmd.env_remove("REDIS_URL").env_remove("DATABASE_URL");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts")
+    };
+    let data = dir.join("data");
+    let mut core = spawn("core", &core_config, &["--data-dir", data.to_str().unwrap()]);
+    let core_api = api_address(&mut core);
+    let mut agents = spawn("agents", &agents_config, &[]);
+    let agents_api = api_address(&mut agents);
+    // The agents' /readyz turns ready once the core's ticks arrive; signals reach the core.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut ready, mut taken) = (false, 0u64);
+    while Instant::now() < deadline && !(ready && taken > 0) {
+        std::thread::sleep(Duration::from_millis(250));
+        ready = http(&agents_api, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").0 == 200;
+        let (_, metrics) = http(&core_api, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        taken = metrics
+            .lines()
+            .find(|l| l.starts_with("sapphire_redis_ingress_total{kind=\"signal\",outcome=\"taken\"}"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+    }
+    let _ = core.kill();
+    let _ = agents.kill();
+    let _ = core.wait();
+    let _ = agents.wait();
+    assert!(ready, "the agents process became ready on the core's ticks");
+    assert!(taken > 0, "the core took the agents' signals from Redis");
+    // They are journaled: a replay re-reads them instead of running the agents.
+    let dump = sapphire().args(["journal", "dump"]).arg(data.join("journal/input")).output().unwrap();
+    assert!(String::from_utf8_lossy(&dump.stdout).contains("\"kind\":\"signal\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
