@@ -19,6 +19,9 @@
 //!
 //! No feature flags.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod case;
 pub mod engine;
 pub mod feed;
