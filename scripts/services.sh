@@ -2,7 +2,9 @@
 # Makes sure the real servers the test suite talks to are up: PostgreSQL on 127.0.0.1:5432
 # (user postgres, trust auth, database `test`) and Redis on 127.0.0.1:6379. When one is
 # absent it is installed from Debian's packages (if needed) and started; nothing is mocked.
-# Sourced by scripts/test.sh; exports DATABASE_URL and REDIS_URL for the tests.
+# Sourced by scripts/test.sh. The tests use those default addresses; DATABASE_URL and
+# REDIS_URL are deliberately NOT exported (the `sapphire` processes the tests start would pick
+# them up and change what they test).
 set -euo pipefail
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -82,6 +84,4 @@ mkdir -p "$SAPPHIRE_SERVICES_DIR"
 ensure_redis
 ensure_postgres
 ensure_test_database
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/test}"
-export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/}"
-echo "services: PostgreSQL and Redis are up (DATABASE_URL and REDIS_URL set for the tests)"
+echo "services: PostgreSQL on 127.0.0.1:$PG_PORT and Redis on 127.0.0.1:$REDIS_PORT are up"

@@ -12,7 +12,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Real servers for the persistence tests: PostgreSQL and Redis are started (and installed
-# from Debian's packages) when absent; exports DATABASE_URL and REDIS_URL.
+# from Debian's packages) when absent, at the addresses the tests use.
 say "services"
 source scripts/services.sh
 

@@ -14,6 +14,15 @@ fn sapphire() -> Command {
         "SAPPHIRE_LAYOUT",
         "SAPPHIRE_DATA_DIR",
         "SAPPHIRE_API_TOKEN",
+        // A developer's shell may point at real services: the tests choose their own.
+        "DATABASE_URL",
+        "REDIS_URL",
+        "BINANCE_API_KEY",
+        "BINANCE_API_SECRET",
+        "BYBIT_API_KEY",
+        "BYBIT_API_SECRET",
+        "XAI_API_KEY",
+        "ENABLE_VERTEX_AI",
     ] {
         c.env_remove(var);
     }
