@@ -404,6 +404,17 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             move |out: &mut String| write_bus_metrics(&metrics, out),
         )));
     }
+    // Feed health for /metrics: how old each instrument's last market event is (from the
+    // board; wall clock against event time) and, for live feeds, the client's counters.
+    {
+        let (board, names, counters) =
+            (Arc::clone(&board), symbols.iter().map(|s| s.to_string()).collect::<Vec<_>>(), feed_counters.clone());
+        edge.add_source(Arc::new(FnSource::new(
+            "feed",
+            || Ok(()),
+            move |out: &mut String| write_feed_metrics(&board, &names, counters.as_ref().map(|c| *c.borrow()), out),
+        )));
+    }
     // The agents runtime: market context from the board and the edge's view of fills and PnL;
     // signals into the inbound ring (journaled: a replay re-reads them, never asks a model).
     let positions = Arc::new(crate::agents_bridge::AgentPositions::new(instruments.len()));
@@ -757,6 +768,32 @@ fn summary(
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     println!("  run summary written to {}", path.display());
     Ok(())
+}
+
+fn write_feed_metrics(board: &MarketBoard, names: &[String], counters: Option<sapphire_gateway::feed::FeedCounters>, out: &mut String) {
+    use std::fmt::Write as _;
+    let now = unix_nanos();
+    let _ = writeln!(out, "# HELP sapphire_feed_last_event_age_seconds Wall-clock age of each instrument's last market event (event time).\n# TYPE sapphire_feed_last_event_age_seconds gauge");
+    for (i, name) in names.iter().enumerate() {
+        if let Some(t) = board.read(sapphire_core::instrument::InstrumentId(i as u32)) {
+            let age = now.saturating_sub(t.ts_event) as f64 / 1e9;
+            let _ = writeln!(out, "sapphire_feed_last_event_age_seconds{{symbol=\"{name}\"}} {age:.3}");
+        }
+    }
+    if let Some(c) = counters {
+        let _ = writeln!(
+            out,
+            "# HELP sapphire_feed_frames_total Frames received from the venue.\n# TYPE sapphire_feed_frames_total counter\nsapphire_feed_frames_total {}\n# HELP sapphire_feed_skipped_total Frames skipped (malformed, missing field, bad decimal, unknown symbol).\n# TYPE sapphire_feed_skipped_total counter\nsapphire_feed_skipped_total {}\n# HELP sapphire_feed_gaps_total Sequence gaps (the book resyncs from a snapshot).\n# TYPE sapphire_feed_gaps_total counter\nsapphire_feed_gaps_total {}\n# HELP sapphire_feed_snapshots_total Book snapshots applied.\n# TYPE sapphire_feed_snapshots_total counter\nsapphire_feed_snapshots_total {}\n# HELP sapphire_feed_reconnects_total Reconnections, by cause.\n# TYPE sapphire_feed_reconnects_total counter\nsapphire_feed_reconnects_total{{cause=\"any\"}} {}\nsapphire_feed_reconnects_total{{cause=\"stale\"}} {}\nsapphire_feed_reconnects_total{{cause=\"planned\"}} {}\n# HELP sapphire_feed_connect_failures_total Failed connection attempts.\n# TYPE sapphire_feed_connect_failures_total counter\nsapphire_feed_connect_failures_total {}",
+            c.frames,
+            c.skipped(),
+            c.gaps,
+            c.snapshots,
+            c.reconnects,
+            c.stale_reconnects,
+            c.planned_reconnects,
+            c.connect_failures
+        );
+    }
 }
 
 /// The sink's counters in Prometheus text (`sapphire run` and `sapphire sink --http-bind`).
