@@ -574,7 +574,10 @@ def check_probes(docs: list[dict]) -> list[str]:
                         out.append(f"{where} container {c.get('name')}: {probe} is HTTP, but `sapphire {c['args'][0]}` "
                                    "serves no HTTP")
                 continue
-            for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            # The sink beside an engine is "ready" while alive: its /readyz follows Postgres, and
+            # a database that is away must not take the engine's pod out of its Service.
+            ready_path = "/healthz" if runs_sapphire(c) and c["args"][0] == "sink" else "/readyz"
+            for probe, path in (("readinessProbe", ready_path), ("livenessProbe", "/healthz")):
                 p = c.get(probe)
                 if not p:
                     out.append(f"{where} container {c.get('name')}: no {probe}")
