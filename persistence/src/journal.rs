@@ -13,7 +13,8 @@
 //! Segments roll at a configured size and are named by their first sequence. Opening a
 //! journal scans the last segment and truncates a torn tail (a record cut short or failing
 //! its CRC — what a crash mid-write leaves), reporting how many bytes and records it
-//! dropped. Readers load a segment into an aligned buffer and use each archive in place,
+//! dropped. Readers map sealed segments read-only and read the last one (which a writer may
+//! still extend or truncate) into an aligned buffer; either way each archive is used in place,
 //! after validating its bytes (they came from disk).
 //!
 //! # Durability
@@ -172,12 +173,50 @@ pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(segs)
 }
 
+/// A segment's bytes: memory-mapped when sealed, read into an aligned buffer when it is the
+/// last one (the one a writer appends to, and truncates after a crash).
+enum SegmentBytes {
+    Mapped(memmap2::Mmap),
+    Owned(AlignedVec<ALIGN>),
+}
+
+impl std::ops::Deref for SegmentBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Mapped(m) => m,
+            SegmentBytes::Owned(v) => v,
+        }
+    }
+}
+
 /// Reads a whole segment into an aligned buffer.
 fn load(path: &Path) -> Result<AlignedVec<ALIGN>, JournalError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
     let mut buf = AlignedVec::<ALIGN>::with_capacity(bytes.len());
     buf.extend_from_slice(&bytes);
     Ok(buf)
+}
+
+/// A segment for reading: sealed segments (every one but the last) are mapped read-only and
+/// read in place — no copy, no allocation, pages shared with the page cache; the last one is
+/// read, because a writer may still append to it, or truncate its torn tail when it reopens
+/// after a crash, and a mapping of a file that shrinks faults (SIGBUS) when touched past the
+/// new end. Sealed segments are never modified: the writer refuses damage inside them.
+fn open_segment(path: &Path, sealed: bool) -> Result<SegmentBytes, JournalError> {
+    if !sealed {
+        return Ok(SegmentBytes::Owned(load(path)?));
+    }
+    let file = File::open(path).map_err(io_err(path))?;
+    if file.metadata().map_err(io_err(path))?.len() == 0 {
+        return Ok(SegmentBytes::Owned(AlignedVec::new()));
+    }
+    // SAFETY: the mapping is read-only and the file is a sealed segment, which nothing writes
+    // or truncates (see above); a concurrent delete (retention) unlinks the name, not the
+    // mapped pages. Records are read through `next_record`, which bounds-checks every length.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    Ok(SegmentBytes::Mapped(map))
 }
 
 /// One valid record found by a scan.
@@ -272,7 +311,7 @@ impl<R: Record> JournalWriter<R> {
         let segs = segments(&config.dir)?;
         let mut recovery = Recovery { segments: segs.len(), ..Recovery::default() };
         for (i, seg) in segs.iter().enumerate() {
-            let buf = load(seg)?;
+            let buf = open_segment(seg, i + 1 < segs.len())?;
             let (records, valid_end, torn) = scan::<R>(&buf, seg)?;
             recovery.records += records.len() as u64;
             if let Some(last) = records.last() {
@@ -480,9 +519,10 @@ pub fn for_each(dir: &Path, f: impl FnMut(u64, &Event)) -> Result<u64, JournalEr
 /// time, validating each record.
 pub fn for_each_record<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R)) -> Result<u64, JournalError> {
     let mut n = 0;
-    for seg in segments(dir)? {
-        let buf = load(&seg)?;
-        let (records, _, _) = scan::<R>(&buf, &seg)?;
+    let segs = segments(dir)?;
+    for (i, seg) in segs.iter().enumerate() {
+        let buf = open_segment(seg, i + 1 < segs.len())?;
+        let (records, _, _) = scan::<R>(&buf, seg)?;
         for r in records {
             f(r.seq, &R::decode(&buf[r.payload])?);
             n += 1;
@@ -600,8 +640,8 @@ impl Tail {
 /// The last record of a journal (with its sequence), if any: reads only the last segment
 /// that holds a record.
 pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalError> {
-    for seg in segments(dir)?.iter().rev() {
-        let buf = load(seg)?;
+    for (back, seg) in segments(dir)?.iter().rev().enumerate() {
+        let buf = open_segment(seg, back > 0)?;
         let (records, _, _) = scan::<R>(&buf, seg)?;
         if let Some(r) = records.last() {
             return Ok(Some((r.seq, R::decode(&buf[r.payload.clone()])?)));
@@ -612,8 +652,8 @@ pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalErr
 
 /// Hands the records of the last segments to `f`, newest first, until `f` returns false.
 pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> bool) -> Result<(), JournalError> {
-    for seg in segments(dir)?.iter().rev() {
-        let buf = load(seg)?;
+    for (back, seg) in segments(dir)?.iter().rev().enumerate() {
+        let buf = open_segment(seg, back > 0)?;
         let (records, _, _) = scan::<R>(&buf, seg)?;
         for r in records.iter().rev() {
             if !f(r.seq, &R::decode(&buf[r.payload.clone()])?) {
