@@ -17,3 +17,7 @@ cargo run --release --example conformance -- "$dir"
 
 # The real feed adapter over the same recordings, its events applied to the core's book.
 cargo run --release --example feed_conformance -- "$dir"
+
+# Request signing against the venues' own vectors (Binance's documented examples, Bybit's
+# reference values): the real signing code must reproduce every verifiable signature.
+cargo run --release --example signing_conformance -- "$dir"
