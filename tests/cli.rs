@@ -171,7 +171,12 @@ fn run_serves_the_http_api_and_a_kill_reaches_the_engine() {
         .expect("an `api: http://ADDR` line");
     let get = |path: &str| http(&addr, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
     assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
-    assert_eq!(get("/readyz").0, 200);
+    // Ready once every book has had its first update (a moment after start).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready: {}", get("/readyz").1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (status, metrics) = get("/metrics");
     assert!(status == 200 && metrics.contains("sapphire_events_total "), "{metrics}");
     let kill = |token: &str| {

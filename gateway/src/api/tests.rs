@@ -845,3 +845,33 @@ async fn a_long_symbol_list_shows_the_books_out_of_sync_first_and_counts_them_al
     let shown: Vec<(&str, bool)> = books.iter().take(3).map(|b| (b["symbol"].as_str().unwrap(), b["in_sync"].as_bool().unwrap())).collect();
     assert_eq!(shown, [("SYM5USDT", false), ("SYM37USDT", false), ("SYM0USDT", true)]);
 }
+
+#[tokio::test]
+async fn readyz_waits_for_every_book_and_fails_while_the_feed_has_one_out_of_sync() {
+    let h = Harness::start(None);
+    assert_eq!(h.get("/readyz").await.0, 200, "without a board: the flags alone (all in sync)");
+    let board = Arc::new(sapphire_core::board::MarketBoard::new(2));
+    h.state.attach_board(Arc::clone(&board));
+    let top = |in_sync| sapphire_core::board::Top {
+        bid: sapphire_core::fixed::Price::parse("100").unwrap(),
+        ask: sapphire_core::fixed::Price::parse("101").unwrap(),
+        ts_event: 1,
+        in_sync,
+        ..Default::default()
+    };
+    // No update yet for either book: not ready, and the body names both.
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("BTCUSDT") && body.contains("ETHUSDT"), "{body}");
+    board.publish(sapphire_core::instrument::InstrumentId(0), &top(true));
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ETHUSDT") && !body.contains("BTCUSDT"), "{body}");
+    board.publish(sapphire_core::instrument::InstrumentId(1), &top(true));
+    assert_eq!(h.get("/readyz").await.0, 200);
+    // A gap on one book (the feed marks it out of sync until the snapshot): not ready again.
+    board.publish(sapphire_core::instrument::InstrumentId(1), &top(false));
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ETHUSDT"), "{body}");
+}
