@@ -21,7 +21,7 @@ use sapphire_core::ring::Poll;
 use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
 use sapphire_persistence::bus::{self, BusStats};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,43 +41,14 @@ pub struct GatewayArgs {
 
 /// Runs the gateway until stopped.
 pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let mut file = match &args.config {
-        Some(path) => config::load_file(path)?,
-        None => config::FileConfig::default(),
-    };
-    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
-    if let Some(b) = args.http_bind {
-        file.api.bind = b;
-    }
-    let duration = match args.duration.as_deref() {
-        Some(d) => {
-            Some(config::parse_duration(d).ok_or_else(|| config::refuse("--duration", format!("{d:?} is not a duration like 10s")))?)
-        }
-        None => None,
-    };
+    let (file, duration) = crate::process::load(args.config.as_deref(), args.http_bind, args.duration.as_deref())?;
     let cfg = file.resolve()?;
     let bus = cfg
         .redis
         .clone()
         .ok_or_else(|| config::refuse("REDIS_URL", "the gateway reads a core through Redis: set REDIS_URL (or [redis] url)"))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C / SIGTERM handler")?;
-    }
-    if let Some(d) = duration {
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            std::thread::sleep(d);
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
+    let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
     println!("gateway: waiting for a core's instrument list on {} (prefix {:?})", bus::redact(&bus.url), bus.prefix);
     let Some(symbols) = runtime.block_on(bus::read_instruments(&bus, &stop))? else {

@@ -11,6 +11,7 @@ mod gateway_cmd;
 mod journal_cmd;
 mod live_feed;
 mod migrate_cmd;
+mod process;
 mod replay;
 mod report;
 mod run;
@@ -212,11 +213,7 @@ fn main() -> ExitCode {
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    let mut file = match &args.config {
-        Some(path) => config::load_file(path)?,
-        None => config::FileConfig::default(),
-    };
-    config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+    let (mut file, duration) = process::load(args.config.as_deref(), args.http_bind, args.duration.as_deref())?;
     if let Some(d) = args.data_dir {
         file.run.data_dir = d;
     }
@@ -238,16 +235,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     if let Some(s) = args.symbols {
         file.market.symbols = s.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
     }
-    if let Some(b) = args.http_bind {
-        file.api.bind = b;
-    }
-    let duration = match args.duration.as_deref() {
-        Some(d) => Some(
-            config::parse_duration(d)
-                .ok_or_else(|| config::refuse("--duration", format!("{d:?} is not a duration like 10s, 500ms, 2m or 1h")))?,
-        ),
-        None => None,
-    };
     let cfg = file.resolve()?;
     run::run(cfg, run::RunOptions { duration, quiet: args.quiet })
 }

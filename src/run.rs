@@ -256,18 +256,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let market = SyntheticMarket::new(synthetic, &mut market_registry).context("building the synthetic market")?;
     let feed_counters = binance.as_ref().map(|b| b.counters());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        // Ctrl-C and SIGTERM (how Kubernetes stops a pod) both stop cleanly.
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C: the user means it.
-                std::process::exit(130);
-            }
-        })
-        .context("installing the Ctrl-C / SIGTERM handler")?;
-    }
+    // Ctrl-C and SIGTERM (how Kubernetes stops a pod) both stop cleanly.
+    let stop = crate::process::stop_flag(None)?;
 
     let recovered_events = recovered.events;
     let orders_not_resent = recovered.orders_not_resent;

@@ -325,6 +325,81 @@ pub fn decode_output_message(payload: &[u8]) -> Result<(u64, Output), String> {
     Output::decode(&aligned).map(|o| (seq, o)).map_err(|e| e.to_string())
 }
 
+/// What a subscription follows.
+enum Topics {
+    /// Exact channel names.
+    Channels(Vec<String>),
+    /// One glob pattern.
+    Pattern(String),
+}
+
+/// Follows `topics` until `stop`, handing each message to `handle`; (re)subscribes with
+/// capped, jittered backoff whenever Redis is away. `connected` tracks the subscription in
+/// `stats` (off for a follower that shares its stats with a publisher).
+async fn follow(
+    config: &BusConfig,
+    what: &str,
+    topics: Topics,
+    stats: &BusStats,
+    connected: bool,
+    stop: &AtomicBool,
+    mut handle: impl FnMut(&redis::Msg),
+) -> Result<(), BusError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
+    let mut attempt = 0u32;
+    while !stop.load(Relaxed) {
+        let subscribed = match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                let result = match &topics {
+                    Topics::Pattern(p) => pubsub.psubscribe(p).await,
+                    Topics::Channels(names) => {
+                        let mut r = Ok(());
+                        for name in names {
+                            r = r.and(pubsub.subscribe(name).await);
+                        }
+                        r
+                    }
+                };
+                result.map(|()| pubsub)
+            }
+            Err(e) => Err(e),
+        };
+        let pubsub = match subscribed {
+            Ok(p) => p,
+            Err(e) => {
+                if connected {
+                    stats.connected.store(false, Relaxed);
+                }
+                stats.fail(&format!("subscribing to {what}"), &e);
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+                continue;
+            }
+        };
+        attempt = 0;
+        if connected {
+            stats.connected.store(true, Relaxed);
+        }
+        let mut messages = pubsub.into_on_message();
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
+            if stop.load(Relaxed) {
+                return Ok(());
+            }
+            match next {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(m)) => handle(&m),
+            }
+        }
+        if connected {
+            stats.connected.store(false, Relaxed);
+        }
+        stats.fail(&format!("{what} subscription"), &"connection closed");
+    }
+    Ok(())
+}
+
 /// Follows `<prefix>:outputs` (the gateway role's view of a core) until `stop`, handing each
 /// output to `f`; resubscribes after Redis comes back. Pub/sub keeps nothing while a
 /// subscriber is away: jumps in the sequence are counted in `gaps`.
@@ -335,57 +410,21 @@ pub async fn run_output_subscriber(
     stop: Arc<AtomicBool>,
     mut f: impl FnMut(u64, &Output) + Send,
 ) -> Result<(), BusError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
-    let channel = format!("{}:outputs", config.prefix);
-    let mut attempt = 0u32;
     let mut next: Option<u64> = None;
-    while !stop.load(Relaxed) {
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                stats.connected.store(false, Relaxed);
-                stats.fail("subscribing to outputs", &e);
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
+    let topics = Topics::Channels(vec![format!("{}:outputs", config.prefix)]);
+    follow(&config, "outputs", topics, &stats, true, &stop, |msg| match decode_output_message(msg.get_payload_bytes()) {
+        Ok((seq, o)) => {
+            if next.is_some_and(|n| seq > n) {
+                gaps.fetch_add(1, Relaxed);
             }
-        };
-        if let Err(e) = pubsub.subscribe(&channel).await {
-            stats.fail("subscribing to outputs", &e);
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
-            continue;
+            next = Some(seq + 1);
+            stats.outputs.fetch_add(1, Relaxed);
+            stats.cursor.store(seq + 1, Relaxed);
+            f(seq, &o);
         }
-        attempt = 0;
-        stats.connected.store(true, Relaxed);
-        let mut messages = pubsub.into_on_message();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
-            if stop.load(Relaxed) {
-                return Ok(());
-            }
-            let msg = match msg {
-                Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(m)) => m,
-            };
-            match decode_output_message(msg.get_payload_bytes()) {
-                Ok((seq, o)) => {
-                    if next.is_some_and(|n| seq > n) {
-                        gaps.fetch_add(1, Relaxed);
-                    }
-                    next = Some(seq + 1);
-                    stats.outputs.fetch_add(1, Relaxed);
-                    stats.cursor.store(seq + 1, Relaxed);
-                    f(seq, &o);
-                }
-                Err(e) => stats.fail("an output message", &e),
-            }
-        }
-        stats.connected.store(false, Relaxed);
-        stats.fail("output subscription", &"connection closed");
-    }
-    Ok(())
+        Err(e) => stats.fail("an output message", &e),
+    })
+    .await
 }
 
 /// The instrument symbols a core recorded under `<prefix>:instruments` (id order); waits,
@@ -461,51 +500,15 @@ pub async fn run_tick_subscriber(
     stats: Arc<BusStats>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), BusError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
-    let pattern = format!("{}:ticks:*", config.prefix);
-    let mut attempt = 0u32;
-    while !stop.load(Relaxed) {
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                stats.connected.store(false, Relaxed);
-                stats.fail("subscribing to ticks", &e);
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        };
-        if let Err(e) = pubsub.psubscribe(&pattern).await {
-            stats.fail("subscribing to ticks", &e);
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
-            continue;
+    let topics = Topics::Pattern(format!("{}:ticks:*", config.prefix));
+    follow(&config, "ticks", topics, &stats, true, &stop, |msg| match parse_tick(msg.get_payload_bytes(), &names) {
+        Ok((id, top)) => {
+            board.publish(id, &top);
+            stats.ticks.fetch_add(1, Relaxed);
         }
-        attempt = 0;
-        stats.connected.store(true, Relaxed);
-        let mut messages = pubsub.into_on_message();
-        loop {
-            let msg = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
-            if stop.load(Relaxed) {
-                return Ok(());
-            }
-            let msg = match msg {
-                Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(m)) => m,
-            };
-            match parse_tick(msg.get_payload_bytes(), &names) {
-                Ok((id, top)) => {
-                    board.publish(id, &top);
-                    stats.ticks.fetch_add(1, Relaxed);
-                }
-                Err(e) => stats.fail("a tick message", &e),
-            }
-        }
-        stats.connected.store(false, Relaxed);
-        stats.fail("tick subscription", &"connection closed");
-    }
-    Ok(())
+        Err(e) => stats.fail("a tick message", &e),
+    })
+    .await
 }
 
 /// Publishes a signal as a remote agent would (`<prefix>:signals:in`, the documented JSON).
@@ -658,85 +661,54 @@ pub async fn run_signal_ingress(
     stats: Arc<BusStats>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), BusError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
     let channel = format!("{}:signals:in", config.prefix);
     let control_channel = format!("{}:control:in", config.prefix);
+    let mut channels = vec![channel];
+    if control_token.is_some() {
+        channels.push(control_channel.clone());
+    }
     let mut last_control = 0u64;
-    let mut attempt = 0u32;
-    while !stop.load(Relaxed) {
-        let mut pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                stats.fail("subscribing for remote signals", &e);
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-                continue;
-            }
-        };
-        let subscribed = match pubsub.subscribe(&channel).await {
-            Ok(()) if control_token.is_some() => pubsub.subscribe(&control_channel).await,
-            other => other,
-        };
-        if let Err(e) = subscribed {
-            stats.fail("subscribing for remote signals", &e);
-            tokio::time::sleep(backoff(attempt)).await;
-            attempt += 1;
-            continue;
-        }
-        attempt = 0;
-        let mut messages = pubsub.into_on_message();
-        loop {
-            let next = tokio::time::timeout(Duration::from_millis(100), messages.next()).await;
-            if stop.load(Relaxed) {
-                return Ok(());
-            }
-            let msg = match next {
-                Err(_) => continue,
-                Ok(None) => break,
-                Ok(Some(m)) => m,
-            };
-            if msg.get_channel_name() == control_channel {
-                let Some(token) = &control_token else { continue };
-                match verify_control(msg.get_payload_bytes(), token, clock(), last_control) {
-                    Ok((ts, event)) => {
-                        last_control = ts;
-                        if producer.try_publish(event).is_ok() {
-                            stats.controls_in.fetch_add(1, Relaxed);
-                            eprintln!("redis: operator control taken: {event:?}");
-                        } else {
-                            stats.controls_refused.fetch_add(1, Relaxed);
-                            eprintln!("redis: operator control refused: the inbound ring is full");
-                        }
-                    }
-                    Err(e) => {
-                        stats.controls_refused.fetch_add(1, Relaxed);
-                        eprintln!("redis: operator control refused: {e}");
-                    }
-                }
-                continue;
-            }
-            match parse_remote_signal(msg.get_payload_bytes(), &names, clock()) {
-                Ok(signal) => {
-                    // Never wait on a full ring from here: a refused signal is counted.
-                    if producer.try_publish(Event::Signal(signal)).is_ok() {
-                        stats.signals_in.fetch_add(1, Relaxed);
+    follow(&config, "remote signals", Topics::Channels(channels), &stats, false, &stop, |msg| {
+        if msg.get_channel_name() == control_channel {
+            let Some(token) = &control_token else { return };
+            match verify_control(msg.get_payload_bytes(), token, clock(), last_control) {
+                Ok((ts, event)) => {
+                    last_control = ts;
+                    if producer.try_publish(event).is_ok() {
+                        stats.controls_in.fetch_add(1, Relaxed);
+                        eprintln!("redis: operator control taken: {event:?}");
                     } else {
-                        stats.signals_refused.fetch_add(1, Relaxed);
+                        stats.controls_refused.fetch_add(1, Relaxed);
+                        eprintln!("redis: operator control refused: the inbound ring is full");
                     }
                 }
                 Err(e) => {
-                    let n = stats.signals_refused.fetch_add(1, Relaxed) + 1;
-                    // Hostile or broken publishers must not flood the log: the first ten,
-                    // then one in a thousand (the counter has them all).
-                    if n <= 10 || n % 1_000 == 0 {
-                        eprintln!("redis: remote signal refused ({n} so far): {e}");
-                    }
+                    stats.controls_refused.fetch_add(1, Relaxed);
+                    eprintln!("redis: operator control refused: {e}");
+                }
+            }
+            return;
+        }
+        match parse_remote_signal(msg.get_payload_bytes(), &names, clock()) {
+            // Never wait on a full ring from here: a refused signal is counted.
+            Ok(signal) => {
+                if producer.try_publish(Event::Signal(signal)).is_ok() {
+                    stats.signals_in.fetch_add(1, Relaxed);
+                } else {
+                    stats.signals_refused.fetch_add(1, Relaxed);
+                }
+            }
+            Err(e) => {
+                let n = stats.signals_refused.fetch_add(1, Relaxed) + 1;
+                // Hostile or broken publishers must not flood the log: the first ten, then one
+                // in a thousand (the counter has them all).
+                if n <= 10 || n % 1_000 == 0 {
+                    eprintln!("redis: remote signal refused ({n} so far): {e}");
                 }
             }
         }
-        stats.fail("remote signal subscription", &"connection closed");
-    }
-    Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]
