@@ -12,6 +12,7 @@ mod journal_cmd;
 mod live_feed;
 mod migrate_cmd;
 mod process;
+mod record_cmd;
 mod replay;
 mod report;
 mod run;
@@ -53,6 +54,10 @@ enum Command {
     /// Journal tools.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Captures a venue's live frames (and a depth snapshot per symbol at each connect) to a
+    /// gzip file of `<recv_ns> <json>` lines, the format `feed decode`, `feed serve` and
+    /// `replay` read.
+    Record(record_cmd::RecordArgs),
     /// Apply the Postgres schema migrations (on purpose; `run` never migrates). Idempotent.
     Migrate(migrate_cmd::MigrateArgs),
     /// Follow an output journal into Postgres (the sink role), exactly once across restarts.
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Run(args) | Command::Core(args) => run_command(args),
         Command::Gateway(args) => gateway_cmd::run(args),
         Command::Agents(args) => agents_cmd::run(args),
+        Command::Record(args) => record_cmd::run(args),
         Command::Replay(args) => replay::command(args),
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {

@@ -468,3 +468,49 @@ fn an_agents_process_trades_through_a_core_over_redis() {
     assert!(String::from_utf8_lossy(&dump.stdout).contains("\"kind\":\"signal\""));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn record_captures_frames_and_a_snapshot_that_feed_decode_syncs_from() {
+    let (mut server, addr) = local_exchange();
+    let dir = temp_dir("record");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rec.gz");
+    let out = sapphire()
+        .args(["record", "--symbols", "btcusdt", "--duration", "3s"])
+        .arg("--ws-url")
+        .arg(format!("ws://{addr}"))
+        .arg("--rest-url")
+        .arg(format!("http://{addr}"))
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .expect("record runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" 1 snapshots"), "{stdout}");
+    // The file is the `<recv_ns> <json>` format: gzip lines, the snapshot right after the
+    // first depth frame, every line decodable, and the book in sync at the end.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap()), &mut text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 20, "{} lines", lines.len());
+    assert!(lines.iter().all(|l| l.split_once(' ').is_some_and(|(ns, json)| ns.parse::<u64>().is_ok() && json.starts_with('{'))));
+    let snapshot = lines.iter().position(|l| l.contains("\"lastUpdateId\"")).expect("a snapshot line");
+    assert!(lines[snapshot - 1].contains("@depth"), "the snapshot follows a depth frame");
+    let mut decode = sapphire()
+        .args(["feed", "decode", "--venue", "binance", "--book"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut decode.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let decoded = decode.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&decoded.stderr);
+    assert!(stderr.contains(", 0 lines skipped"), "{stderr}");
+    let last_book = String::from_utf8_lossy(&decoded.stdout).lines().rev().find(|l| l.contains("\"in_sync\"")).map(str::to_string).unwrap();
+    assert!(last_book.contains("\"in_sync\":true"), "{last_book}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

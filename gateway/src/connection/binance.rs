@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<Transport>;
+/// A WebSocket over plain TCP or TLS.
+pub type Ws = WebSocketStream<Transport>;
 
 /// How the client tells the venue which streams it wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +376,8 @@ impl BinanceConnection {
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Ws, ConnectionError> {
+/// Opens a WebSocket (`ws://` or `wss://`) within `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Ws, ConnectionError> {
     let endpoint = Endpoint::parse(url, ("ws", "wss"))?;
     let started = tokio::time::Instant::now();
     let transport = tls::connect(&endpoint, url, timeout).await?;
