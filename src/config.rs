@@ -140,11 +140,22 @@ pub struct ApiSection {
     /// From `SAPPHIRE_API_TOKEN`; never in a file we parse, never shown by `Debug`.
     #[serde(skip)]
     pub token: Option<sapphire_gateway::api::ApiToken>,
+    /// HTTP connections at once (one more gets a 503).
+    pub max_connections: usize,
+    /// Dashboard WebSocket clients at once (one more gets a 503).
+    pub ws_max_clients: usize,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".into(), token_file: None, token: None }
+        let limits = sapphire_gateway::api::ApiLimits::default();
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            token_file: None,
+            token: None,
+            max_connections: limits.max_connections,
+            ws_max_clients: limits.ws_max_clients,
+        }
     }
 }
 
@@ -418,6 +429,8 @@ pub struct RunConfig {
     /// The output journal: same segment size and durability, beside the input journal.
     pub output_journal: sapphire_persistence::journal::JournalConfig,
     pub api: sapphire_gateway::api::ApiConfig,
+    /// The API's connection and WebSocket caps.
+    pub api_limits: sapphire_gateway::api::ApiLimits,
     /// The Redis bus, when configured.
     pub redis: Option<sapphire_persistence::bus::BusConfig>,
     /// Take remote agents' signals from Redis.
@@ -673,6 +686,19 @@ impl FileConfig {
                 }
             },
             redis_signal_ingress: self.redis.signal_ingress,
+            api_limits: {
+                if !(1..=100_000).contains(&self.api.max_connections) {
+                    return Err(bad("api.max_connections", format!("{} is outside 1..=100000", self.api.max_connections)));
+                }
+                if !(1..=100_000).contains(&self.api.ws_max_clients) {
+                    return Err(bad("api.ws_max_clients", format!("{} is outside 1..=100000", self.api.ws_max_clients)));
+                }
+                sapphire_gateway::api::ApiLimits {
+                    max_connections: self.api.max_connections,
+                    ws_max_clients: self.api.ws_max_clients,
+                    ..Default::default()
+                }
+            },
             agents: {
                 let mut agents = a.runtime.clone();
                 agents.max_symbols_per_agent = a.max_symbols_per_agent;
@@ -791,6 +817,7 @@ mod tests {
         assert_eq!(a.engine, b.engine);
         assert_eq!(a.pipeline, b.pipeline);
         assert_eq!((a.api.bind, a.api.token.is_none()), (b.api.bind, b.api.token.is_none()));
+        assert_eq!(a.api_limits, b.api_limits);
         assert_eq!(b.api.bind.to_string(), "127.0.0.1:8080");
     }
 

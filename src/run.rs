@@ -297,7 +297,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     drop(recovered_risk);
     // The synthetic market's books are always in sync; the core runs from here.
     edge.set_core_running(true);
-    let api = match ApiServer::start(cfg.api.clone(), Arc::clone(&edge), pipeline.producer()) {
+    let api = match ApiServer::start_with_limits(cfg.api.clone(), cfg.api_limits, Arc::clone(&edge), pipeline.producer()) {
         Ok(api) => api,
         Err(e) => {
             drop(outputs);
