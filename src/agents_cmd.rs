@@ -12,7 +12,8 @@ use sapphire_agents::context::SignalSink;
 use sapphire_core::board::MarketBoard;
 use sapphire_core::event::{Event, Signal};
 use sapphire_core::pipeline::PipelineStats;
-use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
+use sapphire_gateway::api::{ApiServer, EdgeState, FnSource, MetricsWriter};
+use sapphire_gateway::quic::{AgentLinkConfig, AgentToken, ClientTrust, LinkStats, QuicAgentLink, Refusal, SignalSender, WireSignal};
 use sapphire_persistence::bus::{self, BusStats};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,23 @@ pub struct AgentsArgs {
     /// Stop by itself after this long (e.g. 10s); default: until Ctrl-C or SIGTERM.
     #[arg(long)]
     pub duration: Option<String>,
+    /// Reach the core over QUIC at this address (`host:port`, its `[quic] bind`) instead of
+    /// Redis: runs the one agent of `--agent-id`, authenticated by its token.
+    #[arg(long, value_name = "ADDR")]
+    pub core_quic: Option<String>,
+    /// The core's certificate to pin (PEM; the core prints where its development certificate
+    /// is); default: the Mozilla roots.
+    #[arg(long, value_name = "PEM", requires = "core_quic")]
+    pub quic_cert: Option<PathBuf>,
+    /// The name the core's certificate carries.
+    #[arg(long, default_value = "localhost", requires = "core_quic")]
+    pub quic_server_name: String,
+    /// This agent's id (its `[[quic.agents]]` entry on the core, and its `[[agents.runtime.agent]]` here).
+    #[arg(long, requires = "core_quic")]
+    pub agent_id: Option<u16>,
+    /// A file holding this agent's token (`SAPPHIRE_AGENT_TOKEN` wins over it).
+    #[arg(long, requires = "core_quic")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Signals to a bounded queue that a task publishes to Redis; a full queue refuses (counted
@@ -45,8 +63,12 @@ impl SignalSink for QueueSink {
 
 /// Runs the agents until stopped.
 pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
+    let quic = quic_link_config(&args)?;
     let (file, duration) = crate::process::load(args.config.as_deref(), args.http_bind, args.duration.as_deref())?;
     let cfg = file.resolve()?;
+    if let Some(link) = quic {
+        return run_quic(cfg, duration, link);
+    }
     let bus = cfg
         .redis
         .clone()
@@ -88,16 +110,12 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new(
             "redis",
             move || if ready.connected.load(Ordering::Relaxed) { Ok(()) } else { Err("not subscribed to the core's ticks".into()) },
-            move |out: &mut String| {
-                use std::fmt::Write as _;
-                out.push_str(&metrics.render_prometheus());
-                let _ = write!(
-                    out,
-                    "# HELP sapphire_agents_ticks_total Tick messages taken from the core.\n# TYPE sapphire_agents_ticks_total counter\nsapphire_agents_ticks_total {}\n# HELP sapphire_agents_signals_published_total Signals published to the core.\n# TYPE sapphire_agents_signals_published_total counter\nsapphire_agents_signals_published_total {}\n# HELP sapphire_agents_signals_failed_total Signals Redis did not take.\n# TYPE sapphire_agents_signals_failed_total counter\nsapphire_agents_signals_failed_total {}",
-                    t.ticks.load(Ordering::Relaxed),
-                    p.load(Ordering::Relaxed),
-                    r.load(Ordering::Relaxed)
-                );
+            move |m: &mut MetricsWriter<'_>| {
+                let encoded = metrics.encode(m.encoder());
+                m.fail(encoded);
+                m.counter("sapphire_agents_ticks_total", "Tick messages taken from the core.", t.ticks.load(Ordering::Relaxed));
+                m.counter("sapphire_agents_signals_published_total", "Signals published to the core.", p.load(Ordering::Relaxed));
+                m.counter("sapphire_agents_signals_failed_total", "Signals Redis did not take.", r.load(Ordering::Relaxed));
             },
         )));
     }
@@ -172,4 +190,171 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
         refused.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// The QUIC link's settings from the flags; `None` without `--core-quic`.
+fn quic_link_config(args: &AgentsArgs) -> anyhow::Result<Option<AgentLinkConfig>> {
+    let Some(addr) = &args.core_quic else { return Ok(None) };
+    let agent = args.agent_id.ok_or_else(|| config::refuse("--agent-id", "is required with --core-quic"))?;
+    if !sapphire_gateway::quic::is_external_agent(agent) {
+        return Err(config::refuse("--agent-id", format!("{agent} is not an external agent id")));
+    }
+    let text = match (std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty()), &args.token_file) {
+        (Some(t), _) => t,
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| config::refuse("--token-file", format!("cannot read {}: {e}", path.display())))?
+        }
+        (None, None) => return Err(config::refuse(TOKEN_ENV, "the agent's token is needed with --core-quic: set it, or --token-file")),
+    };
+    let token = AgentToken::new(&text).ok_or_else(|| config::refuse("--token-file", "the token is empty"))?;
+    let trust = match &args.quic_cert {
+        Some(pem) => ClientTrust::Pinned(pem.clone()),
+        None => ClientTrust::WebPki,
+    };
+    let mut link = AgentLinkConfig::new(addr.clone(), trust, agent, token);
+    link.server_name = args.quic_server_name.clone();
+    Ok(Some(link))
+}
+
+/// The environment variable holding a QUIC agent's token.
+pub const TOKEN_ENV: &str = "SAPPHIRE_AGENT_TOKEN";
+
+/// The runtime's signals into the QUIC link's queue; a full queue or a down link refuses
+/// (counted by the link and the runtime), never waits.
+struct QuicSink(SignalSender);
+
+impl SignalSink for QuicSink {
+    fn publish(&mut self, s: Signal) -> bool {
+        self.0.try_send(WireSignal {
+            instrument: s.instrument.0,
+            strength_bps: s.strength_bps,
+            confidence_bps: s.confidence_bps,
+            ttl_ms: (s.ttl_ns / 1_000_000).clamp(1, 3_600_000),
+            signal_id: s.signal_id,
+        })
+    }
+}
+
+/// `sapphire agents --core-quic`: one agent, its market context from the core's snapshot
+/// datagrams, its signals over the link; positions from the core's outputs when Redis is
+/// configured too (without it the agent sees itself flat).
+fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentLinkConfig) -> anyhow::Result<()> {
+    if !cfg.agents.enabled {
+        return Err(config::refuse("agents.runtime.enabled", "is false: there is nothing to run"));
+    }
+    let agent = link_cfg.agent;
+    let mut agents = cfg.agents.clone();
+    agents.agent.retain(|a| a.id == agent);
+    if !agents.agent.iter().any(|a| a.enabled) {
+        return Err(config::refuse(
+            "--agent-id",
+            format!("no enabled agent {agent} in [agents.runtime]: the process runs the agent its token speaks for"),
+        ));
+    }
+    let stop = crate::process::stop_flag(duration)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
+    println!("agents: connecting to the core at {} over QUIC as agent {agent}", link_cfg.server);
+    // The core may not be up yet: retry until it answers, unless it refuses us for good.
+    let link = loop {
+        match runtime.block_on(QuicAgentLink::connect(link_cfg.clone())) {
+            Ok(link) => break link,
+            Err(e) if e.is_terminal() => return Err(anyhow::anyhow!("{e}")),
+            Err(e) => {
+                eprintln!("agents: {e}; retrying");
+                for _ in 0..10 {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    };
+    let names = link.instruments().to_vec();
+    println!("agents: instruments {}", names.join(","));
+    let board = Arc::clone(link.board());
+    let positions = Arc::new(AgentPositions::new(names.len()));
+    let refs = names
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sapphire_agents::InstrumentRef { id: sapphire_core::instrument::InstrumentId(i as u32), symbol: s.clone() })
+        .collect();
+    let rt = sapphire_agents::AgentsRuntime::new(agents, refs, sapphire_agents::context::wall_clock())
+        .map_err(|e| config::ConfigError(format!("[agents.runtime]: {e}")))?;
+    for note in rt.notes() {
+        println!("agents: {note}");
+    }
+
+    let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), names.clone(), cfg.engine.risk.leverage));
+    edge.attach_board(Arc::clone(&board));
+    edge.set_core_running(true);
+    {
+        let metrics = rt.metrics();
+        let (ready, stats) = (Arc::clone(link.stats()), Arc::clone(link.stats()));
+        edge.add_source(Arc::new(FnSource::new(
+            "quic",
+            move || if ready.connected.load(Ordering::Relaxed) { Ok(()) } else { Err("not connected to the core".into()) },
+            move |m: &mut MetricsWriter<'_>| {
+                let encoded = metrics.encode(m.encoder());
+                m.fail(encoded);
+                write_link_metrics(&stats, m);
+            },
+        )));
+    }
+    let (producer, _control) = sapphire_core::ring::ring::<Event>(64, 1);
+    let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
+    println!("api: http://{}", api.addr());
+    let output_task = cfg.redis.clone().map(|bus| {
+        let (positions, edge) = (Arc::clone(&positions), Arc::clone(&edge));
+        runtime.spawn(bus::run_output_subscriber(
+            bus,
+            Arc::new(BusStats::default()),
+            Arc::new(AtomicU64::new(0)),
+            Arc::clone(&stop),
+            move |_, o| {
+                positions.on_output(o);
+                edge.apply(o);
+            },
+        ))
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(BoardContext { board: Arc::clone(&board), positions: Arc::clone(&positions) });
+    let agents_task = runtime.spawn(rt.run(ctx, Box::new(QuicSink(link.signals())), stop_rx));
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = stop_tx.send(true);
+    let _ = runtime.block_on(agents_task);
+    api.shutdown();
+    if let Some(t) = output_task {
+        let _ = runtime.block_on(t);
+    }
+    let stats = Arc::clone(link.stats());
+    runtime.block_on(link.close());
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    println!(
+        "agents: {} snapshots in, {} signals sent, {} accepted, {} refused, {} dropped, {} connects",
+        r(&stats.snapshots),
+        r(&stats.sent),
+        r(&stats.accepted),
+        Refusal::ALL.iter().map(|x| stats.refused(*x)).sum::<u64>(),
+        r(&stats.dropped),
+        r(&stats.connects)
+    );
+    Ok(())
+}
+
+fn write_link_metrics(s: &LinkStats, m: &mut MetricsWriter<'_>) {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    m.gauge("sapphire_quic_link_up", "1 while connected to the core over QUIC.", i64::from(s.connected.load(Ordering::Relaxed)));
+    m.counter("sapphire_quic_link_connects_total", "Sessions opened with the core.", r(&s.connects));
+    m.counter("sapphire_quic_link_snapshots_total", "Market snapshot datagrams applied.", r(&s.snapshots));
+    m.counter("sapphire_quic_link_signals_sent_total", "Signals sent to the core.", r(&s.sent));
+    m.counter("sapphire_quic_link_signals_accepted_total", "Signals the core accepted.", r(&s.accepted));
+    m.counters(
+        "sapphire_quic_link_refused_total",
+        "Signals and hellos the core refused, by reason.",
+        Refusal::ALL.map(|reason| ([("reason", reason.label())], s.refused(reason))),
+    );
+    m.counter("sapphire_quic_link_signals_dropped_total", "Signals dropped before sending (queue full or link down).", r(&s.dropped));
 }

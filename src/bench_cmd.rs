@@ -19,7 +19,7 @@ pub struct BenchArgs {
     /// Tiny sizes that only exercise the harness (for tests; the numbers mean nothing).
     #[arg(long, hide = true)]
     pub smoke: bool,
-    /// Run only these parts (comma-separated): hop, engine, feed, journal, sink, e2e.
+    /// Run only these parts (comma-separated): hop, engine, feed, journal, sink, e2e, venue.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Where the report goes (created if missing).
@@ -71,7 +71,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| {
             Group::parse(s.trim())
-                .ok_or_else(|| crate::config::refuse("--only", format!("{s:?} is not hop, engine, feed, journal, sink or e2e")))
+                .ok_or_else(|| crate::config::refuse("--only", format!("{s:?} is not hop, engine, feed, journal, sink, e2e or venue")))
         })
         .collect::<anyhow::Result<Vec<Group>>>()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating the output directory {}", args.out.display()))?;
@@ -117,6 +117,7 @@ fn plot_sets(s: &Suite) -> Vec<(Group, String, String, Vec<&Case>)> {
     sets.push((Group::Feed, "feed".into(), "Depth apply".into(), with(Group::Feed, &|_| true)));
     sets.push((Group::Journal, "journal".into(), "Journal append per call".into(), with(Group::Journal, &|_| true)));
     sets.push((Group::EndToEnd, "e2e".into(), "End to end on loopback, from frame receipt".into(), with(Group::EndToEnd, &|_| true)));
+    sets.push((Group::Venue, "venue".into(), "Order routing: encode + sign, router → wire".into(), with(Group::Venue, &|_| true)));
     sets.retain(|s| !s.3.is_empty());
     sets
 }

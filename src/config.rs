@@ -2,7 +2,7 @@
 //! command-line flags — each later source overrides the earlier ones.
 
 use anyhow::Context;
-use sapphire_core::aggregate::{AggregateConfig, MAX_AGENTS};
+use sapphire_core::aggregate::{AggregateConfig, FIRST_EXTERNAL_AGENT, MAX_AGENTS};
 use sapphire_core::engine::{EngineConfig, VenueMode};
 use sapphire_core::fixed::Money;
 use sapphire_core::matching::MatchingConfig;
@@ -56,6 +56,118 @@ pub struct FileConfig {
     pub report: crate::report::ReportSection,
     /// Real order routing (used when ENABLE_PAPER_TRADING=false).
     pub venue: VenueSection,
+    /// Remote agents over QUIC (off unless `bind` is given).
+    pub quic: QuicSection,
+}
+
+/// `[quic]`: the QUIC ingress for remote agents (`sapphire agents --core-quic`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicSection {
+    /// UDP address to listen on, e.g. `0.0.0.0:4433`; unset: no QUIC ingress.
+    pub bind: Option<String>,
+    /// Certificate chain (PEM); with `key_file`. Unset: a self-signed development certificate,
+    /// its PEM written to `<data_dir>/quic/cert.pem` for agents to pin.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Names the development certificate covers.
+    pub cert_names: Vec<String>,
+    /// The agents that may connect, each with its token from an environment variable or a file.
+    pub agents: Vec<QuicAgentEntry>,
+    /// Signals per second each agent may send (one second of burst).
+    pub max_signals_per_sec: u32,
+    /// How often each agent gets a market snapshot datagram, ms.
+    pub snapshot_interval_ms: u64,
+}
+
+impl Default for QuicSection {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            cert_file: None,
+            key_file: None,
+            cert_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            agents: Vec::new(),
+            max_signals_per_sec: 50,
+            snapshot_interval_ms: 100,
+        }
+    }
+}
+
+/// One `[[quic.agents]]` entry: `{ id = 9, token_env = "SAPPHIRE_AGENT_9_TOKEN" }` or
+/// `{ id = 9, token_file = "/run/secrets/agent-9" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicAgentEntry {
+    pub id: u16,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl QuicSection {
+    /// The ingress configuration, or `None` without a bind address. Tokens are read here (from
+    /// the environment or files) and never shown.
+    fn resolve(
+        &self,
+        data_dir: &Path,
+        in_process: &sapphire_agents::AgentsConfig,
+    ) -> anyhow::Result<Option<sapphire_gateway::quic::QuicIngressConfig>> {
+        use sapphire_gateway::quic::{AgentToken, QuicIngressConfig, RemoteAgent, ServerTls};
+        let Some(bind) = self.bind.as_deref().filter(|b| !b.trim().is_empty()) else { return Ok(None) };
+        let bind = bind.trim().parse().map_err(|_| bad("quic.bind", format!("{bind:?} is not an address such as 0.0.0.0:4433")))?;
+        let tls = match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => ServerTls::Files { cert: cert.clone(), key: key.clone() },
+            (None, None) => {
+                if self.cert_names.is_empty() {
+                    return Err(bad("quic.cert_names", "the development certificate needs at least one name"));
+                }
+                ServerTls::SelfSigned { write_cert_to: data_dir.join("quic").join("cert.pem"), names: self.cert_names.clone() }
+            }
+            _ => {
+                return Err(bad(
+                    "quic.cert_file / quic.key_file",
+                    "give both files or neither (neither: a self-signed development certificate)",
+                ))
+            }
+        };
+        if self.agents.is_empty() {
+            return Err(bad("quic.agents", "no agents: list at least one `{ id = N, token_env = \"VAR\" }`"));
+        }
+        let mut agents = Vec::with_capacity(self.agents.len());
+        for a in &self.agents {
+            let key = format!("quic.agents (id {})", a.id);
+            if !sapphire_gateway::quic::is_external_agent(a.id) {
+                return Err(bad(&key, format!("{} is not an external agent id ({FIRST_EXTERNAL_AGENT}..{MAX_AGENTS})", a.id)));
+            }
+            let arbitrator = in_process.arbitrator.enabled && in_process.arbitrator.id == a.id;
+            if in_process.enabled && (arbitrator || in_process.agent.iter().any(|c| c.enabled && c.id == a.id)) {
+                return Err(bad(&key, "is also an in-process agent ([agents.runtime]): a remote agent needs an id of its own (its own sub-account and budget)"));
+            }
+            let text = match (&a.token_env, &a.token_file) {
+                (Some(var), None) => {
+                    std::env::var(var).map_err(|_| bad(&key, format!("token_env: the environment variable {var} is not set")))?
+                }
+                (None, Some(path)) => {
+                    std::fs::read_to_string(path).map_err(|e| bad(&key, format!("token_file: cannot read {}: {e}", path.display())))?
+                }
+                _ => return Err(bad(&key, "give exactly one of token_env or token_file")),
+            };
+            let token = AgentToken::new(&text).ok_or_else(|| bad(&key, "the token is empty"))?;
+            agents.push(RemoteAgent { id: a.id, token });
+        }
+        if self.max_signals_per_sec == 0 || self.max_signals_per_sec > 100_000 {
+            return Err(bad("quic.max_signals_per_sec", format!("{} is outside 1..=100000", self.max_signals_per_sec)));
+        }
+        if !(1..=60_000).contains(&self.snapshot_interval_ms) {
+            return Err(bad("quic.snapshot_interval_ms", format!("{} is outside 1..=60000", self.snapshot_interval_ms)));
+        }
+        let mut config = QuicIngressConfig::new(bind, tls, agents);
+        config.max_signals_per_sec = self.max_signals_per_sec;
+        config.snapshot_interval = std::time::Duration::from_millis(self.snapshot_interval_ms);
+        config.validate().map_err(|e| bad("quic.agents", e))?;
+        Ok(Some(config))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -443,6 +555,8 @@ pub struct RunConfig {
     pub routing: Option<sapphire_gateway::venue::routing::RoutingConfig>,
     /// The agents runtime.
     pub agents: sapphire_agents::AgentsConfig,
+    /// The QUIC ingress for remote agents, when configured.
+    pub quic: Option<sapphire_gateway::quic::QuicIngressConfig>,
 }
 
 impl FileConfig {
@@ -490,14 +604,17 @@ impl FileConfig {
         };
 
         let m = &self.market;
-        if !matches!(m.source.as_str(), "synthetic" | "binance") {
-            return Err(bad("market.source", format!("{:?} is not synthetic or binance", m.source)));
+        if !matches!(m.source.as_str(), "synthetic" | "binance" | "bybit") {
+            return Err(bad("market.source", format!("{:?} is not synthetic, binance or bybit", m.source)));
         }
         if m.source == "binance" && !matches!(m.venue_market.as_str(), "spot" | "usdm") {
             return Err(bad("market.venue_market", format!("{:?} is not spot or usdm", m.venue_market)));
         }
+        if m.source == "bybit" && !matches!(m.venue_market.as_str(), "spot" | "linear") {
+            return Err(bad("market.venue_market", format!("{:?} is not spot or linear (bybit)", m.venue_market)));
+        }
         if (m.ws_url.is_empty()) != (m.rest_url.is_empty()) {
-            return Err(bad("market.ws_url / market.rest_url", "give both endpoints or neither (neither: Binance's public endpoints)"));
+            return Err(bad("market.ws_url / market.rest_url", "give both endpoints or neither (neither: the venue's public endpoints)"));
         }
         if m.events_per_sec == 0 || m.events_per_sec > 50_000_000 {
             return Err(bad("market.events_per_sec", format!("{} is outside 1..=50000000", m.events_per_sec)));
@@ -559,10 +676,10 @@ impl FileConfig {
             None
         } else {
             use sapphire_gateway::venue::routing::{RoutingConfig, VenueMarket};
-            if m.source != "binance" {
+            if !matches!(m.source.as_str(), "binance" | "bybit") {
                 return Err(bad(
                     "paper.enabled (ENABLE_PAPER_TRADING)",
-                    "false routes real orders, which needs a live market (`[market] source = \"binance\"`), not the synthetic one",
+                    "false routes real orders, which needs a live market (`[market] source = \"binance\"` or \"bybit\"), not the synthetic one",
                 ));
             }
             let market = VenueMarket::parse(&self.venue.market).ok_or_else(|| {
@@ -710,6 +827,7 @@ impl FileConfig {
                 agents
             },
             routing,
+            quic: self.quic.resolve(&self.run.data_dir, &a.runtime)?,
             report: {
                 self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;
                 self.report.clone()
@@ -789,6 +907,7 @@ mod tests {
             ("[risk]\ndrawdown_halt_pct = 250\n", "risk.drawdown_halt_pct"),
             ("[market]\nsource = \"kraken\"\n", "market.source"),
             ("[market]\nsource = \"binance\"\nvenue_market = \"coin-m\"\n", "market.venue_market"),
+            ("[market]\nsource = \"bybit\"\nvenue_market = \"usdm\"\n", "market.venue_market"),
             ("[market]\nws_url = \"ws://127.0.0.1:1\"\n", "market.ws_url"),
             ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
@@ -846,5 +965,45 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(std::time::Duration::from_secs(120)));
         assert_eq!(parse_duration("ten"), None);
         assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn the_quic_section_binds_external_ids_to_tokens_from_files_and_refuses_the_rest() {
+        assert!(FileConfig::default().resolve().unwrap().quic.is_none(), "off without a bind address");
+        let token = std::env::temp_dir().join(format!("sapphire-quic-token-{}", std::process::id()));
+        std::fs::write(&token, "agent-ten-secret\n").unwrap();
+        let file = format!("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{{ id = 10, token_file = {:?} }}]\n", token.display().to_string());
+        let run = toml::from_str::<FileConfig>(&file).unwrap().resolve().unwrap();
+        let quic = run.quic.as_ref().unwrap();
+        assert_eq!((quic.agents.len(), quic.agents[0].id, quic.max_signals_per_sec), (1, 10, 50));
+        assert!(quic.agents[0].token.matches("agent-ten-secret"));
+        assert!(
+            matches!(&quic.tls, sapphire_gateway::quic::ServerTls::SelfSigned { write_cert_to, .. } if write_cert_to.ends_with("quic/cert.pem"))
+        );
+        assert!(!format!("{run:?}").contains("agent-ten-secret"), "the token never shows");
+        let tf = format!("token_file = {:?}", token.display().to_string());
+        for (text, key) in [
+            (format!("[quic]\nbind = \"nowhere\"\nagents = [{{ id = 10, {tf} }}]\n"), "quic.bind"),
+            (format!("[quic]\nbind = \"127.0.0.1:0\"\ncert_file = \"/x.pem\"\nagents = [{{ id = 10, {tf} }}]\n"), "quic.cert_file"),
+            ("[quic]\nbind = \"127.0.0.1:0\"\n".to_string(), "quic.agents"),
+            (format!("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{{ id = 1, {tf} }}]\n"), "id 1"),
+            // Agent 3 is one of the in-process runtime's default roster, 9 its arbitrator.
+            (format!("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{{ id = 3, {tf} }}]\n"), "in-process"),
+            (format!("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{{ id = 9, {tf} }}]\n"), "in-process"),
+            (
+                "[quic]\nbind = \"127.0.0.1:0\"\nagents = [{ id = 10, token_env = \"SAPPHIRE_TEST_UNSET_TOKEN_VAR\" }]\n".to_string(),
+                "not set",
+            ),
+            ("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{ id = 10 }]\n".to_string(), "exactly one"),
+            (format!("[quic]\nbind = \"127.0.0.1:0\"\nagents = [{{ id = 10, {tf} }}, {{ id = 10, {tf} }}]\n"), "twice"),
+            (
+                format!("[quic]\nbind = \"127.0.0.1:0\"\nmax_signals_per_sec = 0\nagents = [{{ id = 10, {tf} }}]\n"),
+                "quic.max_signals_per_sec",
+            ),
+        ] {
+            let err = toml::from_str::<FileConfig>(&text).unwrap().resolve().unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let _ = std::fs::remove_file(&token);
     }
 }

@@ -18,7 +18,7 @@ use sapphire_core::event::Event;
 use sapphire_core::latency::unix_nanos;
 use sapphire_core::pipeline::PipelineStats;
 use sapphire_core::ring::Poll;
-use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
+use sapphire_gateway::api::{ApiServer, EdgeState, FnSource, MetricsWriter};
 use sapphire_persistence::bus::{self, BusStats};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,15 +65,14 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new(
             "redis",
             move || if ready.connected.load(Ordering::Relaxed) { Ok(()) } else { Err("not subscribed to the core's outputs".into()) },
-            move |out: &mut String| {
-                use std::fmt::Write as _;
-                let _ = write!(
-                    out,
-                    "# HELP sapphire_gateway_outputs_total Outputs received from the core.\n# TYPE sapphire_gateway_outputs_total counter\nsapphire_gateway_outputs_total {}\n# HELP sapphire_gateway_output_gaps_total Jumps in the outputs' sequence (missed while disconnected).\n# TYPE sapphire_gateway_output_gaps_total counter\nsapphire_gateway_output_gaps_total {}\n# HELP sapphire_redis_up 1 while subscribed.\n# TYPE sapphire_redis_up gauge\nsapphire_redis_up {}",
-                    metrics.outputs.load(Ordering::Relaxed),
+            move |m: &mut MetricsWriter<'_>| {
+                m.counter("sapphire_gateway_outputs_total", "Outputs received from the core.", metrics.outputs.load(Ordering::Relaxed));
+                m.counter(
+                    "sapphire_gateway_output_gaps_total",
+                    "Jumps in the outputs' sequence (missed while disconnected).",
                     gaps.load(Ordering::Relaxed),
-                    u8::from(metrics.connected.load(Ordering::Relaxed))
                 );
+                m.gauge("sapphire_redis_up", "1 while subscribed.", u32::from(metrics.connected.load(Ordering::Relaxed)));
             },
         )));
     }

@@ -109,13 +109,14 @@ enum FeedCommand {
         book: bool,
     },
     /// A local exchange: replays recordings (`<recv_ns> <json>` lines, gzip or plain) over
-    /// Binance's WebSocket (combined streams, SUBSCRIBE) and REST (depth, exchangeInfo) wire
-    /// format until stopped; prints the bound address.
+    /// Binance's WebSocket (combined streams, SUBSCRIBE) and REST (depth, exchangeInfo) or
+    /// Bybit v5's (`/v5/public/spot|linear`, instruments-info) wire format until stopped;
+    /// prints the bound address.
     Serve {
-        /// binance.
+        /// binance or bybit.
         #[arg(long, default_value = "binance")]
         venue: String,
-        /// spot (default) or usdm.
+        /// spot (default) or usdm; bybit: spot or linear (the client picks by path).
         #[arg(long)]
         market: Option<String>,
         /// recorded (original timing) or fast (as fast as clients read).

@@ -13,7 +13,7 @@ use sapphire_core::pipeline::{Pipeline, PipelineReport};
 use sapphire_core::ring::{Consumer, Poll};
 use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
-use sapphire_gateway::api::{ApiServer, EdgeState, FnSource};
+use sapphire_gateway::api::{ApiServer, EdgeState, FnSource, MetricsWriter};
 use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, SyntheticInstrument, SyntheticMarket};
 use sapphire_persistence::bus::BusStats;
 use sapphire_persistence::journal::JournalWriter;
@@ -187,7 +187,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     // the journal left the prices.
     let mut registry = InstrumentRegistry::new();
     let binance = match cfg.market.source.as_str() {
-        "binance" => Some(crate::live_feed::BinanceSource::prepare(&cfg.market, cfg.max_symbols, &mut registry)?),
+        "binance" | "bybit" => Some(crate::live_feed::LiveSource::prepare(&cfg.market, cfg.max_symbols, &mut registry)?),
         _ => {
             SyntheticMarket::register(&synthetic, &mut registry).context("registering the synthetic instruments")?;
             None
@@ -368,6 +368,28 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             println!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
         }
     }
+    // Remote agents over QUIC: signals into the inbound ring (journaled like every signal),
+    // the board's tops out as datagrams. Stopped with the other services, before the ring closes.
+    let mut quic_stats = None;
+    if let Some(quic) = &cfg.quic {
+        let names: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
+        let ingress = {
+            let _runtime = services.enter();
+            sapphire_gateway::quic::QuicIngress::bind(quic.clone(), names, Arc::clone(&board), unix_nanos)
+                .with_context(|| format!("starting the QUIC ingress on {}", quic.bind))?
+        };
+        // Printed even with --quiet, like the API address: with port 0 it is the only way to learn it.
+        match ingress.cert_path() {
+            Some(cert) => {
+                println!("quic: {} (self-signed development certificate for agents to pin: {})", ingress.local_addr(), cert.display())
+            }
+            None => println!("quic: {}", ingress.local_addr()),
+        }
+        let stats = ingress.stats();
+        quic_stats = Some(Arc::clone(&stats));
+        edge.add_source(Arc::new(FnSource::new("quic", || Ok(()), move |m: &mut MetricsWriter<'_>| stats.encode(m))));
+        service_tasks.push(("quic ingress", services.spawn(as_text(ingress.run(pipeline.producer(), Arc::clone(&stop))))));
+    }
     // Readiness and metrics of the services: /readyz fails while a configured Postgres or
     // Redis does not answer (the engine trades on regardless; readiness tells the operator).
     if cfg.sink.is_some() {
@@ -376,7 +398,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new(
             "postgres_sink",
             move || if stats.healthy() { Ok(()) } else { Err(stats.last_error().unwrap_or_else(|| "not connected yet".into())) },
-            move |out: &mut String| write_sink_metrics(&metrics, out),
+            move |m: &mut MetricsWriter<'_>| write_sink_metrics(&metrics, m),
         )));
     }
     if cfg.redis.is_some() {
@@ -391,7 +413,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                     Err(stats.last_error.lock().map(|e| e.clone()).unwrap_or_default().unwrap_or_else(|| "not connected yet".into()))
                 }
             },
-            move |out: &mut String| write_bus_metrics(&metrics, out),
+            move |m: &mut MetricsWriter<'_>| write_bus_metrics(&metrics, m),
         )));
     }
     // Feed health for /metrics: how old each instrument's last market event is (from the
@@ -402,7 +424,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new(
             "feed",
             || Ok(()),
-            move |out: &mut String| write_feed_metrics(&board, &names, counters.as_ref().map(|c| *c.borrow()), out),
+            move |m: &mut MetricsWriter<'_>| write_feed_metrics(&board, &names, counters.as_ref().map(|c| *c.borrow()), m),
         )));
     }
     // The agents runtime: market context from the board and the edge's view of fills and PnL;
@@ -421,7 +443,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         let metrics = rt.metrics();
-        edge.add_source(Arc::new(FnSource::new("agents", || Ok(()), move |out: &mut String| out.push_str(&metrics.render_prometheus()))));
+        edge.add_source(Arc::new(FnSource::new(
+            "agents",
+            || Ok(()),
+            move |m: &mut MetricsWriter<'_>| {
+                let encoded = metrics.encode(m.encoder());
+                m.fail(encoded);
+            },
+        )));
         let ctx = Arc::new(crate::agents_bridge::BoardContext { board: Arc::clone(&board), positions: Arc::clone(&positions) });
         let sink = Box::new(crate::agents_bridge::RingSink(pipeline.producer()));
         agents_task = Some(services.spawn(rt.run(ctx, sink, agents_stop_rx)));
@@ -456,7 +485,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
 
     if !opts.quiet {
         let source = match cfg.market.source.as_str() {
-            "binance" => format!("binance {} feed from {} ({})", cfg.market.venue_market, cfg.market.ws_url, symbols.join(",")),
+            venue @ ("binance" | "bybit") => {
+                format!("{venue} {} feed from {} ({})", cfg.market.venue_market, cfg.market.ws_url, symbols.join(","))
+            }
             _ => format!("synthetic market {} at {} events/s", symbols.join(","), cfg.market.events_per_sec),
         };
         let venue = match &cfg.routing {
@@ -607,6 +638,15 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             bus_stats.signals_refused.load(Ordering::Relaxed),
             bus_stats.reconnects.load(Ordering::Relaxed),
             bus_stats.errors.load(Ordering::Relaxed),
+        );
+    }
+    if let Some(q) = &quic_stats {
+        println!(
+            "  quic: {} agent connections, {} remote signals in, {} refused, {} snapshot datagrams",
+            q.connections.load(Ordering::Relaxed),
+            q.signals_accepted.load(Ordering::Relaxed),
+            q.refused_total(),
+            q.datagrams.load(Ordering::Relaxed)
         );
     }
     if let Some((s, market)) = &routing_stats {
@@ -763,72 +803,74 @@ fn summary(
     Ok(())
 }
 
-fn write_feed_metrics(board: &MarketBoard, names: &[String], counters: Option<sapphire_gateway::feed::FeedCounters>, out: &mut String) {
-    use std::fmt::Write as _;
+fn write_feed_metrics(
+    board: &MarketBoard,
+    names: &[String],
+    counters: Option<sapphire_gateway::feed::FeedCounters>,
+    m: &mut MetricsWriter<'_>,
+) {
     let now = unix_nanos();
-    let _ = writeln!(out, "# HELP sapphire_feed_last_event_age_seconds Wall-clock age of each instrument's last market event (event time).\n# TYPE sapphire_feed_last_event_age_seconds gauge");
-    for (i, name) in names.iter().enumerate() {
-        if let Some(t) = board.read(sapphire_core::instrument::InstrumentId(i as u32)) {
-            let age = now.saturating_sub(t.ts_event) as f64 / 1e9;
-            let _ = writeln!(out, "sapphire_feed_last_event_age_seconds{{symbol=\"{name}\"}} {age:.3}");
-        }
-    }
+    m.gauges(
+        "sapphire_feed_last_event_age_seconds",
+        "Wall-clock age of each instrument's last market event (event time).",
+        names.iter().enumerate().filter_map(|(i, name)| {
+            let t = board.read(sapphire_core::instrument::InstrumentId(i as u32))?;
+            Some(([("symbol", name.as_str())], now.saturating_sub(t.ts_event) as f64 / 1e9))
+        }),
+    );
     if let Some(c) = counters {
-        let _ = writeln!(
-            out,
-            "# HELP sapphire_feed_frames_total Frames received from the venue.\n# TYPE sapphire_feed_frames_total counter\nsapphire_feed_frames_total {}\n# HELP sapphire_feed_skipped_total Frames skipped (malformed, missing field, bad decimal, unknown symbol).\n# TYPE sapphire_feed_skipped_total counter\nsapphire_feed_skipped_total {}\n# HELP sapphire_feed_gaps_total Sequence gaps (the book resyncs from a snapshot).\n# TYPE sapphire_feed_gaps_total counter\nsapphire_feed_gaps_total {}\n# HELP sapphire_feed_snapshots_total Book snapshots applied.\n# TYPE sapphire_feed_snapshots_total counter\nsapphire_feed_snapshots_total {}\n# HELP sapphire_feed_reconnects_total Reconnections, by cause.\n# TYPE sapphire_feed_reconnects_total counter\nsapphire_feed_reconnects_total{{cause=\"any\"}} {}\nsapphire_feed_reconnects_total{{cause=\"stale\"}} {}\nsapphire_feed_reconnects_total{{cause=\"planned\"}} {}\n# HELP sapphire_feed_connect_failures_total Failed connection attempts.\n# TYPE sapphire_feed_connect_failures_total counter\nsapphire_feed_connect_failures_total {}",
-            c.frames,
-            c.skipped(),
-            c.gaps,
-            c.snapshots,
-            c.reconnects,
-            c.stale_reconnects,
-            c.planned_reconnects,
-            c.connect_failures
+        m.counter("sapphire_feed_frames_total", "Frames received from the venue.", c.frames);
+        m.counter("sapphire_feed_skipped_total", "Frames skipped (malformed, missing field, bad decimal, unknown symbol).", c.skipped());
+        m.counter("sapphire_feed_gaps_total", "Sequence gaps (the book resyncs from a snapshot).", c.gaps);
+        m.counter("sapphire_feed_snapshots_total", "Book snapshots applied.", c.snapshots);
+        m.counters(
+            "sapphire_feed_reconnects_total",
+            "Reconnections, by cause.",
+            [("any", c.reconnects), ("stale", c.stale_reconnects), ("planned", c.planned_reconnects)]
+                .map(|(cause, n)| ([("cause", cause)], n)),
         );
+        m.counter("sapphire_feed_connect_failures_total", "Failed connection attempts.", c.connect_failures);
     }
 }
 
-/// The sink's counters in Prometheus text (`sapphire run` and `sapphire sink --http-bind`).
-pub fn write_sink_metrics(s: &pg::SinkStats, out: &mut String) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP sapphire_sink_rows_total Rows the Postgres sink committed, by table.\n# TYPE sapphire_sink_rows_total counter"
+/// The sink's metrics (`sapphire run` and `sapphire sink --http-bind`).
+pub fn write_sink_metrics(s: &pg::SinkStats, m: &mut MetricsWriter<'_>) {
+    m.counters(
+        "sapphire_sink_rows_total",
+        "Rows the Postgres sink committed, by table.",
+        s.rows_by_table().into_iter().map(|(table, n)| ([("table", table)], n)),
     );
-    for (table, n) in s.rows_by_table() {
-        let _ = writeln!(out, "sapphire_sink_rows_total{{table=\"{table}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sapphire_sink_lag_records Output journal records not yet in Postgres.\n# TYPE sapphire_sink_lag_records gauge\nsapphire_sink_lag_records {}\n# HELP sapphire_sink_cursor Next output journal record the sink writes.\n# TYPE sapphire_sink_cursor gauge\nsapphire_sink_cursor {}\n# HELP sapphire_sink_batches_total Transactions committed.\n# TYPE sapphire_sink_batches_total counter\nsapphire_sink_batches_total {}\n# HELP sapphire_sink_errors_total Failed connects and transactions.\n# TYPE sapphire_sink_errors_total counter\nsapphire_sink_errors_total {}\n# HELP sapphire_sink_retries_total Batches retried.\n# TYPE sapphire_sink_retries_total counter\nsapphire_sink_retries_total {}\n# HELP sapphire_sink_skipped_total Records that cannot be stored (counted, logged).\n# TYPE sapphire_sink_skipped_total counter\nsapphire_sink_skipped_total {}\n# HELP sapphire_sink_up 1 while the last write succeeded.\n# TYPE sapphire_sink_up gauge\nsapphire_sink_up {}",
-        s.lag(),
-        s.cursor(),
-        s.batches(),
-        s.errors(),
-        s.retries(),
-        s.skipped(),
-        u8::from(s.healthy())
-    );
+    m.gauge("sapphire_sink_lag_records", "Output journal records not yet in Postgres.", s.lag());
+    m.gauge("sapphire_sink_cursor", "Next output journal record the sink writes.", s.cursor());
+    m.counter("sapphire_sink_batches_total", "Transactions committed.", s.batches());
+    m.counter("sapphire_sink_errors_total", "Failed connects and transactions.", s.errors());
+    m.counter("sapphire_sink_retries_total", "Batches retried.", s.retries());
+    m.counter("sapphire_sink_skipped_total", "Records that cannot be stored (counted, logged).", s.skipped());
+    m.gauge("sapphire_sink_up", "1 while the last write succeeded.", u32::from(s.healthy()));
 }
 
-fn write_bus_metrics(s: &BusStats, out: &mut String) {
-    use std::fmt::Write as _;
+fn write_bus_metrics(s: &BusStats, m: &mut MetricsWriter<'_>) {
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP sapphire_redis_up 1 while connected to Redis.\n# TYPE sapphire_redis_up gauge\nsapphire_redis_up {}\n# HELP sapphire_redis_published_total Messages published, by kind.\n# TYPE sapphire_redis_published_total counter\nsapphire_redis_published_total{{kind=\"tick\"}} {}\nsapphire_redis_published_total{{kind=\"output\"}} {}\n# HELP sapphire_redis_ticks_dropped_total Tick updates dropped while Redis was unreachable (conflatable).\n# TYPE sapphire_redis_ticks_dropped_total counter\nsapphire_redis_ticks_dropped_total {}\n# HELP sapphire_redis_ingress_total Remote messages taken or refused, by kind.\n# TYPE sapphire_redis_ingress_total counter\nsapphire_redis_ingress_total{{kind=\"signal\",outcome=\"taken\"}} {}\nsapphire_redis_ingress_total{{kind=\"signal\",outcome=\"refused\"}} {}\nsapphire_redis_ingress_total{{kind=\"control\",outcome=\"taken\"}} {}\nsapphire_redis_ingress_total{{kind=\"control\",outcome=\"refused\"}} {}\n# HELP sapphire_redis_reconnects_total Reconnections.\n# TYPE sapphire_redis_reconnects_total counter\nsapphire_redis_reconnects_total {}\n# HELP sapphire_redis_errors_total Failed connects and publishes.\n# TYPE sapphire_redis_errors_total counter\nsapphire_redis_errors_total {}",
-        u8::from(s.connected.load(Ordering::Relaxed)),
-        r(&s.ticks),
-        r(&s.outputs),
-        r(&s.ticks_dropped),
-        r(&s.signals_in),
-        r(&s.signals_refused),
-        r(&s.controls_in),
-        r(&s.controls_refused),
-        r(&s.reconnects),
-        r(&s.errors)
+    m.gauge("sapphire_redis_up", "1 while connected to Redis.", u32::from(s.connected.load(Ordering::Relaxed)));
+    m.counters(
+        "sapphire_redis_published_total",
+        "Messages published, by kind.",
+        [([("kind", "tick")], r(&s.ticks)), ([("kind", "output")], r(&s.outputs))],
     );
+    m.counter("sapphire_redis_ticks_dropped_total", "Tick updates dropped while Redis was unreachable (conflatable).", r(&s.ticks_dropped));
+    m.counters(
+        "sapphire_redis_ingress_total",
+        "Remote messages taken or refused, by kind.",
+        [
+            ("signal", "taken", r(&s.signals_in)),
+            ("signal", "refused", r(&s.signals_refused)),
+            ("control", "taken", r(&s.controls_in)),
+            ("control", "refused", r(&s.controls_refused)),
+        ]
+        .map(|(kind, outcome, n)| ([("kind", kind), ("outcome", outcome)], n)),
+    );
+    m.counter("sapphire_redis_reconnects_total", "Reconnections.", r(&s.reconnects));
+    m.counter("sapphire_redis_errors_total", "Failed connects and publishes.", r(&s.errors));
 }
 
 /// A service's result with its error as text (reported at shutdown).

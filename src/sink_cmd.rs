@@ -119,7 +119,7 @@ fn serve_health(bind: &str, stats: &Arc<SinkStats>) -> anyhow::Result<sapphire_g
     edge.add_source(Arc::new(FnSource::new(
         "postgres_sink",
         move || if ready.healthy() { Ok(()) } else { Err(ready.last_error().unwrap_or_else(|| "not connected yet".into())) },
-        move |out: &mut String| crate::run::write_sink_metrics(&metrics, out),
+        move |m: &mut sapphire_gateway::api::MetricsWriter<'_>| crate::run::write_sink_metrics(&metrics, m),
     )));
     let (producer, _) = sapphire_core::ring::ring::<sapphire_core::event::Event>(64, 1);
     let api = ApiServer::start(ApiConfig { bind: addr, token: None, core: None }, edge, producer)?;

@@ -514,3 +514,223 @@ fn record_captures_frames_and_a_snapshot_that_feed_decode_syncs_from() {
     assert!(last_book.contains("\"in_sync\":true"), "{last_book}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `sapphire feed serve --venue bybit` on the project's Bybit fixture: the child and its address.
+fn local_bybit_exchange() -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway/tests/fixtures/bybit_linear_btcusdt.txt");
+    let mut server = sapphire()
+        .args(["feed", "serve", "--venue", "bybit", "--pace", "recorded", "--bind", "127.0.0.1:0", fixture])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("serve prints its address");
+    assert!(line.contains("/v5/public/"), "{line}");
+    let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    (server, addr)
+}
+
+#[test]
+fn run_trades_a_bybit_feed_served_by_the_local_exchange() {
+    let (mut server, addr) = local_bybit_exchange();
+    let dir = temp_dir("bybit-feed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("feed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\nsource = \"bybit\"\nvenue_market = \"linear\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = sapphire()
+        .args(["run", "--duration", "3s", "--wait", "yield", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("sapphire runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exit {:?}: {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("bybit linear feed from"), "{stdout}");
+    let feed = stdout.lines().find(|l| l.trim_start().starts_with("feed:")).unwrap_or_else(|| panic!("no feed line:\n{stdout}"));
+    // The fixture's frames: every one parsed, the book synced once from the subscription's snapshot.
+    assert!(feed.contains(" 0 skipped, 1 snapshots, 0 gaps, 0 reconnects"), "{feed}");
+    let events: u64 = feed.split(" frames, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(events > 40, "{feed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn record_captures_bybit_frames_that_feed_decode_syncs_from() {
+    let (mut server, addr) = local_bybit_exchange();
+    let dir = temp_dir("record-bybit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rec.gz");
+    let out = sapphire()
+        .args(["record", "--venue", "bybit", "--market", "linear", "--symbols", "btcusdt", "--duration", "3s"])
+        .arg("--ws-url")
+        .arg(format!("ws://{addr}"))
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .expect("record runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("/v5/public/linear") && stdout.contains(" 1 snapshots"), "{stdout}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(std::fs::File::open(&file).unwrap()), &mut text).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 20, "{} lines", lines.len());
+    assert!(lines.iter().all(|l| l.split_once(' ').is_some_and(|(ns, json)| ns.parse::<u64>().is_ok() && json.starts_with('{'))));
+    assert!(lines[0].contains(r#""op":"subscribe""#) && lines[0].contains(r#""success":true"#), "the acknowledgement first: {}", lines[0]);
+    assert!(lines.iter().any(|l| l.contains(r#""topic":"orderbook.50.BTCUSDT","type":"snapshot""#)));
+    let mut decode = sapphire()
+        .args(["feed", "decode", "--venue", "bybit", "--market", "linear", "--book"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut decode.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let decoded = decode.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&decoded.stderr);
+    assert!(stderr.contains(", 0 lines skipped"), "{stderr}");
+    let last_book = String::from_utf8_lossy(&decoded.stdout).lines().rev().find(|l| l.contains("\"in_sync\"")).map(str::to_string).unwrap();
+    assert!(last_book.contains("\"in_sync\":true"), "{last_book}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads a child's stdout until it has printed its API address and its QUIC ingress line;
+/// returns (api address, QUIC address, certificate path).
+fn api_and_quic(child: &mut std::process::Child) -> (String, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut api, mut quic) = (None, None);
+    let mut line = String::new();
+    while api.is_none() || quic.is_none() {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("reading stdout") > 0, "the process ended before printing its addresses");
+        if let Some(addr) = line.trim().strip_prefix("api: http://") {
+            api = Some(addr.to_string());
+        }
+        // `quic: 127.0.0.1:PORT (self-signed development certificate for agents to pin: PATH)`
+        if let Some(rest) = line.trim().strip_prefix("quic: ") {
+            let addr = rest.split_whitespace().next().unwrap_or_default().to_string();
+            let cert = rest.rsplit_once("pin: ").map(|(_, p)| p.trim_end_matches(')').to_string()).unwrap_or_default();
+            quic = Some((addr, cert));
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    let (addr, cert) = quic.unwrap();
+    (api.unwrap(), addr, cert)
+}
+
+#[test]
+fn a_remote_agents_signal_over_quic_becomes_an_order_and_a_wrong_token_is_refused() {
+    use sapphire_gateway::quic::{AgentLinkConfig, AgentToken, ClientTrust, QuicAgentLink, WireSignal};
+    let dir = temp_dir("quic");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The core runs no agents of its own: the only external signal is the remote agent's.
+    let config = dir.join("core.toml");
+    std::fs::write(
+        &config,
+        "[agents.runtime]\nenabled = false\n\n[quic]\nbind = \"127.0.0.1:0\"\nsnapshot_interval_ms = 50\nagents = [{ id = 10, token_env = \"SAPPHIRE_TEST_QUIC_TOKEN\" }]\n",
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let mut core = sapphire()
+        .args(["run", "--duration", "20s", "--data-dir", data.to_str().unwrap(), "--config"])
+        .arg(&config)
+        .env("SAPPHIRE_TEST_QUIC_TOKEN", "quic-secret")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let (_api, quic, cert) = api_and_quic(&mut core);
+    assert!(std::path::Path::new(&cert).exists(), "the development certificate is at {cert}");
+
+    // `sapphire agents --core-quic` with a wrong token: refused for good, exit 1, no retry loop.
+    let agents_config = dir.join("agents.toml");
+    std::fs::write(&agents_config, "[[agents.runtime.agent]]\nid = 10\nkind = \"momentum\"\n").unwrap();
+    let refused = sapphire()
+        .args([
+            "agents",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--duration",
+            "10s",
+            "--core-quic",
+            &quic,
+            "--quic-cert",
+            &cert,
+            "--agent-id",
+            "10",
+            "--config",
+        ])
+        .arg(&agents_config)
+        .env("SAPPHIRE_AGENT_TOKEN", "not-the-secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad_token"), "{stderr}");
+
+    // The agent link (the library `sapphire agents --core-quic` runs on): market data arrives,
+    // a full-strength signal goes in.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let taken = runtime.block_on(async {
+        let link = QuicAgentLink::connect(AgentLinkConfig::new(
+            quic.clone(),
+            ClientTrust::Pinned(cert.clone().into()),
+            10,
+            AgentToken::new("quic-secret").unwrap(),
+        ))
+        .await
+        .expect("the agent connects");
+        assert_eq!(link.instruments()[0], "BTCUSDT");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while link.board().read(sapphire_core::instrument::InstrumentId(0)).and_then(|t| t.mid()).is_none() {
+            assert!(Instant::now() < deadline, "the core's snapshots reach the agent");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let signal = WireSignal { instrument: 0, strength_bps: 10_000, confidence_bps: 10_000, ttl_ms: 60_000, signal_id: 4242 };
+        assert!(link.signals().try_send(signal));
+        while link.stats().accepted.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let taken = link.stats().accepted.load(std::sync::atomic::Ordering::Relaxed);
+        // Let the engine act on it before the core stops.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        link.close().await;
+        taken
+    });
+    assert_eq!(taken, 1, "the core accepted the signal");
+    let _ = Command::new("kill").args(["-INT", &core.id().to_string()]).status();
+    let out = core.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Journaled with the agent the token speaks for, and turned into an order for agent 10.
+    let inputs = sapphire().args(["journal", "dump"]).arg(data.join("journal/input")).output().unwrap();
+    let inputs = String::from_utf8_lossy(&inputs.stdout);
+    assert!(
+        inputs.lines().any(|l| l.contains("\"kind\":\"signal\"") && l.contains("\"agent\":10") && l.contains("\"signal_id\":4242")),
+        "the signal is in the input journal"
+    );
+    let outputs = sapphire().args(["journal", "dump"]).arg(data.join("journal/output")).output().unwrap();
+    let outputs = String::from_utf8_lossy(&outputs.stdout);
+    let orders: Vec<&str> = outputs.lines().filter(|l| l.contains("\"kind\":\"order\"") && l.contains("\"agent\":10")).collect();
+    assert!(
+        !orders.is_empty(),
+        "the remote agent's signal became an order:\n{}",
+        outputs.lines().filter(|l| l.contains("\"agent\":10")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(orders[0].contains("\"side\":\"buy\""), "{}", orders[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

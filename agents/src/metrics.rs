@@ -1,5 +1,12 @@
-//! Per-agent counters, written by the agents' tasks and read from any thread (`/metrics`).
+//! Per-agent counters, written by the agents' tasks and read from any thread (`/metrics`),
+//! and the LLM providers' request counts and latency histograms, kept as `prometheus-client`
+//! metrics. [`AgentsMetrics::encode`] writes them all through the library's encoder.
 
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use sapphire_core::event::AgentId;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
@@ -185,6 +192,49 @@ impl AgentCounters {
     }
 }
 
+/// `provider` and `outcome` labels.
+pub type RequestLabels = [(&'static str, String); 2];
+/// The `provider` label.
+pub type ProviderLabel = [(&'static str, String); 1];
+
+/// Per-provider LLM metrics: `llm_requests_total{provider,outcome}` (one per question asked:
+/// `ok`, `cached`, or the [`Refusal`] label) and `llm_latency_seconds{provider}` (questions that
+/// reached the provider, answered or not).
+#[derive(Debug)]
+pub struct LlmMetrics {
+    /// Questions by provider and outcome.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from asking to the answer or refusal, for questions that reached the provider.
+    pub latency: Family<ProviderLabel, Histogram, fn() -> Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 ms .. 51 s: local servers answer in tens of ms, hosted models in seconds.
+    Histogram::new(exponential_buckets(0.025, 2.0, 12))
+}
+
+impl Default for LlmMetrics {
+    fn default() -> Self {
+        Self { requests: Family::default(), latency: Family::new_with_constructor(latency_histogram) }
+    }
+}
+
+impl LlmMetrics {
+    /// Counts one question of `provider` with its `outcome`; `latency` when it reached the
+    /// provider.
+    pub fn record(&self, provider: &str, outcome: &str, latency: Option<std::time::Duration>) {
+        self.requests.get_or_create(&[("provider", provider.to_owned()), ("outcome", outcome.to_owned())]).inc();
+        if let Some(l) = latency {
+            self.latency.get_or_create(&[("provider", provider.to_owned())]).observe(l.as_secs_f64());
+        }
+    }
+
+    /// Questions of `provider` with `outcome` so far.
+    pub fn requests(&self, provider: &str, outcome: &str) -> u64 {
+        self.requests.get(&[("provider", provider.to_owned()), ("outcome", outcome.to_owned())]).map_or(0, |c| c.get())
+    }
+}
+
 /// Every agent's counters plus runtime-wide ones.
 #[derive(Debug, Default)]
 pub struct AgentsMetrics {
@@ -200,6 +250,8 @@ pub struct AgentsMetrics {
     pub arbitrations: AtomicU64,
     /// Signals the arbitrator could not observe (its channel was full).
     pub arbitrator_dropped: AtomicU64,
+    /// LLM requests and latency per provider, shared with the clients.
+    pub llm: Arc<LlmMetrics>,
 }
 
 impl AgentsMetrics {
@@ -208,56 +260,109 @@ impl AgentsMetrics {
         self.agents.iter().find(|c| c.agent == agent)
     }
 
-    /// Prometheus text exposition of every counter.
-    pub fn render_prometheus(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::with_capacity(4096);
-        let mut family = |name: &str, help: &str, kind: &str, f: &dyn Fn(&AgentCounters) -> String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    /// Writes every metric through the `prometheus-client` encoder of a scrape.
+    pub fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let per_agent = |c: &AgentCounters| [("agent_id", c.agent.0.to_string()), ("kind", c.kind.to_owned())];
+        // Counter family names go without `_total`: the library adds it to each sample.
+        let counters = |enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, f: &dyn Fn(&AgentCounters) -> u64| {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for c in &self.agents {
-                let _ = writeln!(out, "{name}{{agent_id=\"{}\",kind=\"{}\"}} {}", c.agent.0, c.kind, f(c));
+                m.encode_family(&per_agent(c))?.encode_counter::<NoLabelSet, _, u64>(&f(c), None)?;
             }
+            Ok::<_, std::fmt::Error>(())
         };
-        family("agent_signals_total", "Signals published.", "counter", &|c| c.signals.load(Relaxed).to_string());
-        family("agent_sink_full_total", "Signals refused by a full ring.", "counter", &|c| c.sink_full.load(Relaxed).to_string());
-        family("agent_llm_calls_total", "LLM requests sent.", "counter", &|c| c.llm_calls.load(Relaxed).to_string());
-        family("agent_llm_cache_hits_total", "LLM answers served from cache.", "counter", &|c| c.cache_hits.load(Relaxed).to_string());
-        family("agent_llm_prompt_tokens_total", "Prompt tokens billed.", "counter", &|c| c.prompt_tokens.load(Relaxed).to_string());
-        family("agent_llm_completion_tokens_total", "Completion tokens billed.", "counter", &|c| {
-            c.completion_tokens.load(Relaxed).to_string()
-        });
-        family("agent_llm_cost_usd_total", "LLM cost, USD.", "counter", &|c| {
-            sapphire_core::fixed::Money::from_raw(c.cost_raw.load(Relaxed)).to_string()
-        });
-        family("agent_weight_ratio", "Weight set by the strategy agent.", "gauge", &|c| {
-            format!("{}", f64::from(c.weight_bps.load(Relaxed)) / 10_000.0)
-        });
-        family("agent_skill_weight_ratio", "Arbitrator weight from realized performance.", "gauge", &|c| {
-            format!("{}", f64::from(c.skill_weight_bps.load(Relaxed)) / 10_000.0)
-        });
-        family("agent_brier_score", "Running Brier score of the agent's signals (0.25 = coin flip).", "gauge", &|c| {
-            format!("{}", c.brier_ppm.load(Relaxed) as f64 / 1e6)
-        });
-        family("agent_llm_breaker_state", "Provider circuit breaker: 0 closed, 1 open, 2 half-open.", "gauge", &|c| {
-            c.breaker.load(Relaxed).to_string()
-        });
-        let _ = writeln!(out, "# HELP agent_llm_refused_total LLM answers refused.\n# TYPE agent_llm_refused_total counter");
-        for c in &self.agents {
-            for r in Refusal::ALL {
-                let _ = writeln!(
-                    out,
-                    "agent_llm_refused_total{{agent_id=\"{}\",kind=\"{}\",reason=\"{}\"}} {}",
-                    c.agent.0,
-                    c.kind,
-                    r.label(),
-                    c.refused(r)
-                );
+        let gauges = |enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, f: &dyn Fn(&AgentCounters) -> f64| {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for c in &self.agents {
+                m.encode_family(&per_agent(c))?.encode_gauge(&f(c))?;
+            }
+            Ok::<_, std::fmt::Error>(())
+        };
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        counters(enc, "agent_signals", "Signals published.", &|c| load(&c.signals))?;
+        {
+            let mut m = enc.encode_descriptor(
+                "agent_signal_rejected",
+                "Signals not traded, by reason (LLM answers refused, a full ring).",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &self.agents {
+                let [id, kind] = per_agent(c);
+                let reasons = Refusal::ALL.iter().map(|r| (r.label(), c.refused(*r))).chain([("sink_full", load(&c.sink_full))]);
+                for (reason, n) in reasons {
+                    let labels = [id.clone(), kind.clone(), ("reason", reason.to_owned())];
+                    m.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
             }
         }
-        let _ = writeln!(out, "# TYPE agent_transcript_dropped_total counter");
-        let _ = writeln!(out, "agent_transcript_dropped_total {}", self.transcript_dropped.load(Relaxed));
-        let _ = writeln!(out, "# TYPE agent_arbitrations_total counter");
-        let _ = writeln!(out, "agent_arbitrations_total {}", self.arbitrations.load(Relaxed));
+        counters(enc, "agent_budget_exhausted", "Ticks an agent stayed flat because its losses used up its margin budget.", &|c| {
+            load(&c.budget_exhausted)
+        })?;
+        counters(enc, "agent_llm_calls", "LLM HTTP requests sent (attempts, retries included).", &|c| load(&c.llm_calls))?;
+        counters(enc, "agent_llm_cache_hits", "LLM answers served from cache.", &|c| load(&c.cache_hits))?;
+        counters(enc, "agent_llm_prompt_tokens", "Prompt tokens billed.", &|c| load(&c.prompt_tokens))?;
+        counters(enc, "agent_llm_completion_tokens", "Completion tokens billed.", &|c| load(&c.completion_tokens))?;
+        {
+            let mut m = enc.encode_descriptor("llm_cost_usd", "LLM cost per agent, USD.", None, MetricType::Counter)?;
+            for c in &self.agents {
+                let usd = c.cost_raw.load(Relaxed) as f64 / 1e9;
+                m.encode_family(&per_agent(c))?.encode_counter::<NoLabelSet, _, u64>(&usd, None)?;
+            }
+        }
+        gauges(enc, "agent_weight_ratio", "Weight set by the strategy agent.", &|c| f64::from(c.weight_bps.load(Relaxed)) / 10_000.0)?;
+        gauges(enc, "agent_skill_weight_ratio", "Arbitrator weight from realized performance.", &|c| {
+            f64::from(c.skill_weight_bps.load(Relaxed)) / 10_000.0
+        })?;
+        gauges(enc, "agent_brier_score", "Running Brier score of the agent's signals (0.25 = coin flip).", &|c| {
+            load(&c.brier_ppm) as f64 / 1e6
+        })?;
+        gauges(enc, "agent_llm_breaker_state", "Provider circuit breaker: 0 closed, 1 open, 2 half-open.", &|c| {
+            f64::from(c.breaker.load(Relaxed))
+        })?;
+        let r = &self.llm.requests;
+        r.encode(enc.encode_descriptor(
+            "llm_requests",
+            "LLM questions by provider and outcome (ok, cached, or why refused).",
+            None,
+            r.metric_type(),
+        )?)?;
+        let l = &self.llm.latency;
+        l.encode(enc.encode_descriptor(
+            "llm_latency_seconds",
+            "Time from asking a provider to its answer or refusal.",
+            None,
+            l.metric_type(),
+        )?)?;
+        for (name, help, v) in [
+            ("agent_transcript_dropped", "Transcript records dropped (the writer's channel was full).", load(&self.transcript_dropped)),
+            ("agent_transcript_written", "Transcript records written.", load(&self.transcript_written)),
+            ("agent_transcript_errors", "Transcript write errors.", load(&self.transcript_errors)),
+            ("agent_arbitrations", "Conflicts the arbitrator resolved.", load(&self.arbitrations)),
+            (
+                "agent_arbitrator_dropped",
+                "Signals the arbitrator could not observe (its channel was full).",
+                load(&self.arbitrator_dropped),
+            ),
+        ] {
+            enc.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+
+    /// The Prometheus text exposition of [`encode`](Self::encode), for tests and tools.
+    pub fn render_prometheus(self: &Arc<Self>) -> String {
+        #[derive(Debug)]
+        struct One(Arc<AgentsMetrics>);
+        impl prometheus_client::collector::Collector for One {
+            fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+                self.0.encode(&mut enc)
+            }
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(One(Arc::clone(self))));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
     }
 }

@@ -507,7 +507,7 @@ impl AgentsRuntime {
                 return Ok(Some(c.clone()));
             }
             let Some(p) = config.providers.iter().find(|p| p.name == name) else { return Ok(None) };
-            let c = Arc::new(LlmClient::new(p, cache_ttl, transcript.clone(), clock.clone())?);
+            let c = Arc::new(LlmClient::new(p, cache_ttl, transcript.clone(), clock.clone())?.with_metrics(Arc::clone(&metrics.llm)));
             clients.insert(name.to_string(), c.clone());
             Ok(Some(c))
         };

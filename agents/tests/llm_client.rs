@@ -137,6 +137,24 @@ async fn bad_answers_are_refused_and_counted_by_reason() {
     assert_eq!(agent.breaker_state(), BreakerState::Closed, "bad answers are not provider failures");
     // Tokens of refused answers are still billed.
     assert_eq!(agent.prompt_tokens.load(Relaxed), 30);
+
+    // The same outcomes on /metrics, under the names, through prometheus-client.
+    assert_eq!(c.metrics().requests("local", "invalid_json"), 3);
+    assert_eq!(c.metrics().requests("local", "ok"), 0);
+    let metrics = Arc::new(AgentsMetrics { agents: vec![Arc::new(agent)], llm: Arc::clone(c.metrics()), ..AgentsMetrics::default() });
+    let text = metrics.render_prometheus();
+    for line in [
+        "# TYPE llm_requests_total counter",
+        "llm_requests_total{provider=\"local\",outcome=\"schema_violation\"} 2",
+        "llm_requests_total{provider=\"local\",outcome=\"auth\"} 1",
+        "llm_latency_seconds_count{provider=\"local\"} 9",
+        "agent_signal_rejected_total{agent_id=\"8\",kind=\"fast_trader\",reason=\"out_of_range\"} 2",
+        "agent_signal_rejected_total{agent_id=\"8\",kind=\"fast_trader\",reason=\"sink_full\"} 0",
+        "# TYPE llm_cost_usd_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("_total_total"), "{text}");
 }
 
 #[tokio::test]
@@ -218,6 +236,7 @@ async fn cached_answers_within_ttl_are_not_requested_again_and_the_bucket_limits
     assert_eq!(mock.chat_count(), 1);
     assert_eq!(agent.cache_hits.load(Relaxed), 2);
     assert_eq!(agent.prompt_tokens.load(Relaxed), 7, "cache hits cost nothing");
+    assert_eq!((c.metrics().requests("local", "ok"), c.metrics().requests("local", "cached")), (1, 2));
     assert!(c.ask::<TradeAnswer>(&agent, &req("different")).await.unwrap().latency > Duration::ZERO);
     assert_eq!(mock.chat_count(), 2);
 

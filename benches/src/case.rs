@@ -33,10 +33,12 @@ pub enum Group {
     Sink,
     /// Exchange WebSocket to the engine on loopback.
     EndToEnd,
+    /// Order routing: encode, sign, and the router to the wire.
+    Venue,
 }
 
 impl Group {
-    /// Parses a part's name: `hop`, `engine`, `feed`, `journal`, `sink`, `e2e`.
+    /// Parses a part's name: `hop`, `engine`, `feed`, `journal`, `sink`, `e2e`, `venue`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "hop" => Some(Group::Hop),
@@ -45,6 +47,7 @@ impl Group {
             "journal" => Some(Group::Journal),
             "sink" => Some(Group::Sink),
             "e2e" | "end-to-end" => Some(Group::EndToEnd),
+            "venue" => Some(Group::Venue),
             _ => None,
         }
     }
@@ -58,6 +61,7 @@ impl Group {
             Group::Journal => "Journal append",
             Group::Sink => "Postgres sink",
             Group::EndToEnd => "End to end on loopback: exchange WebSocket → feed client → engine",
+            Group::Venue => "Order routing: encode and sign, router → HTTP request on loopback",
         }
     }
 }

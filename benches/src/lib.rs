@@ -15,6 +15,7 @@
 //! - [`feed`]: Binance frame parsing vs serde_json; depth apply on a deep book.
 //! - [`journal`]: journal append under each durability policy.
 //! - [`loopback`]: local exchange WebSocket → feed client → engine, decomposed.
+//! - [`venue`]: order encode + sign vs the HMAC floor; router → HTTP request on loopback vs reqwest.
 //! - [`suite`]: the whole run and its report (`report.md`, `report.json`, `.hgrm`).
 //!
 //! No feature flags.
@@ -30,3 +31,4 @@ pub mod journal;
 pub mod lab;
 pub mod loopback;
 pub mod suite;
+pub mod venue;

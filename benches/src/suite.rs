@@ -30,6 +30,7 @@ fn steps(g: Group) -> usize {
         Group::Journal => 3,
         Group::EndToEnd => 3,
         Group::Sink => 0,
+        Group::Venue => 2,
     }
 }
 
@@ -97,6 +98,9 @@ pub fn run(lab: &Lab, only: &[Group], progress: &mut dyn FnMut(usize, usize, &st
         cases.extend(e2e);
         notes.extend(n);
     }
+    if wanted(Group::Venue) {
+        cases.extend(crate::venue::suite(lab, &mut tick));
+    }
     if wanted(Group::Sink) {
         notes.push(
             "sink: the Postgres sink's rows/s is benches/benches/sink.rs (cargo bench -p sapphire-benches --bench sink); \
@@ -155,6 +159,13 @@ pub fn ratios(cases: &[Case]) -> Vec<Ratio> {
     if let (Some(a), Some(b)) = (find("feed_parse_ours"), find("feed_parse_serde_json")) {
         add(Ratio::rate("feed_parse_ours_vs_serde_json_rate", a, b));
     }
+    if let (Some(a), Some(b)) = (find("venue_binance_encode_sign"), find("venue_hmac_floor")) {
+        add(Ratio::p99("venue_encode_sign_vs_hmac_p99", a, b));
+    }
+    if let (Some(a), Some(b)) = (find("venue_router_to_wire"), find("venue_reqwest_to_wire")) {
+        add(Ratio::p50("venue_router_vs_reqwest_p50", a, b));
+        add(Ratio::p99("venue_router_vs_reqwest_p99", a, b));
+    }
     out
 }
 
@@ -177,7 +188,7 @@ fn rate(v: Option<f64>) -> String {
 }
 
 /// The groups in report order.
-pub const GROUPS: [Group; 6] = [Group::Hop, Group::Engine, Group::Feed, Group::Journal, Group::Sink, Group::EndToEnd];
+pub const GROUPS: [Group; 7] = [Group::Hop, Group::Engine, Group::Feed, Group::Journal, Group::Sink, Group::EndToEnd, Group::Venue];
 
 /// Plot file name for a group's percentile curves, relative to the output directory.
 pub fn plot_name(g: Group) -> String {

@@ -13,6 +13,7 @@
 //! - [`bybit`]: Bybit v5 public market data and book sync.
 //! - [`connection`]: feed clients over WebSocket: subscribe, reconnect, resync, publish into the ring.
 //! - [`local_exchange`]: a local Binance-speaking exchange replaying recordings, with fault injection.
+//! - [`quic`]: remote agents over QUIC (quinn): the core's ingress and the agent's link.
 //! - [`synthetic`]: the seeded synthetic market.
 //! - [`venue`]: order routing to Binance and Bybit: signing, credentials, execution clients, the order gateway.
 //!
@@ -34,6 +35,8 @@ pub mod feed;
 pub mod json;
 /// A local exchange speaking Binance's wire format, replaying recordings.
 pub mod local_exchange;
+/// Remote agents over QUIC: signals in as validated rkyv frames, market snapshots out as datagrams.
+pub mod quic;
 /// The seeded synthetic market.
 pub mod synthetic;
 /// Order routing to real venues: signing, credentials, Binance/Bybit execution, the order gateway.

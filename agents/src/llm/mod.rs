@@ -12,7 +12,7 @@ pub mod auth;
 pub mod guard;
 
 use crate::context::Clock;
-use crate::metrics::{AgentCounters, BreakerState, Refusal};
+use crate::metrics::{AgentCounters, BreakerState, LlmMetrics, Refusal};
 use crate::transcript::{Transcript, TranscriptRecord};
 use auth::{GoogleSource, GoogleTokens, Secret};
 use guard::{Backoff, Breaker, ResponseCache, TokenBucket};
@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Which kind of provider a [`ProviderConfig`] talks to.
@@ -325,6 +325,7 @@ pub struct LlmClient {
     backoff: Backoff,
     transcript: Transcript,
     clock: Clock,
+    metrics: Arc<LlmMetrics>,
 }
 
 impl std::fmt::Debug for LlmClient {
@@ -416,7 +417,20 @@ impl LlmClient {
             backoff: Backoff::new(Duration::from_millis(cfg.backoff_base_ms), Duration::from_millis(cfg.backoff_max_ms), seed),
             transcript,
             clock,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Counts requests and latency into `metrics` (the runtime's shared ones) rather than the
+    /// client's own.
+    pub fn with_metrics(mut self, metrics: Arc<LlmMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The request counts and latency histogram this client writes.
+    pub fn metrics(&self) -> &Arc<LlmMetrics> {
+        &self.metrics
     }
 
     /// The provider's name.
@@ -643,6 +657,7 @@ impl LlmClient {
         rec.outcome = "ok";
         rec.latency_ms = latency.as_millis() as u64;
         let cached = rec.cached;
+        self.metrics.record(&self.name, if cached { "cached" } else { "ok" }, (!cached).then_some(latency));
         self.transcript.record(rec);
         Ok(Answered { value: answer, cached, latency })
     }
@@ -656,6 +671,8 @@ impl LlmClient {
         detail: String,
     ) -> Result<T, Refused> {
         agent.refuse(reason);
+        // Latency only for questions that reached the provider (not cached, breaker or bucket).
+        self.metrics.record(&self.name, reason.label(), (rec.attempts > 0 && !rec.cached).then(|| start.elapsed()));
         rec.outcome = reason.label();
         rec.detail = detail.clone();
         rec.latency_ms = start.elapsed().as_millis() as u64;

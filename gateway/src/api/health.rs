@@ -1,7 +1,7 @@
 //! [`HealthSource`]: how parts that start beside the core (the Postgres sink, the Redis
 //! publisher, live feed clients) join `/readyz` and `/metrics`.
 
-use std::fmt::Write;
+use super::metrics::MetricsWriter;
 
 /// A part of the process with its own readiness and metrics.
 ///
@@ -17,10 +17,10 @@ pub trait HealthSource: Send + Sync {
     /// `Ok` when the part does its job; otherwise what is wrong, for an operator to read.
     fn ready(&self) -> Result<(), String>;
 
-    /// Appends Prometheus text-format lines (with their `# HELP` / `# TYPE`), each ending in a
-    /// newline. Names should start with `sapphire_` and must not clash with other sources'.
-    fn write_metrics(&self, out: &mut String) {
-        let _ = out;
+    /// Writes the part's metric families. Names should start with `sapphire_` and must not
+    /// clash with other sources'.
+    fn write_metrics(&self, m: &mut MetricsWriter<'_>) {
+        let _ = m;
     }
 }
 
@@ -41,7 +41,7 @@ impl<R, M> std::fmt::Debug for FnSource<R, M> {
 impl<R, M> FnSource<R, M>
 where
     R: Fn() -> Result<(), String> + Send + Sync,
-    M: Fn(&mut String) + Send + Sync,
+    M: Fn(&mut MetricsWriter<'_>) + Send + Sync,
 {
     /// A source named `name` whose readiness is `ready()` and whose metrics `metrics` writes.
     pub fn new(name: impl Into<String>, ready: R, metrics: M) -> Self {
@@ -52,7 +52,7 @@ where
 impl<R, M> HealthSource for FnSource<R, M>
 where
     R: Fn() -> Result<(), String> + Send + Sync,
-    M: Fn(&mut String) + Send + Sync,
+    M: Fn(&mut MetricsWriter<'_>) + Send + Sync,
 {
     fn name(&self) -> &str {
         &self.name
@@ -62,11 +62,7 @@ where
         (self.ready)()
     }
 
-    fn write_metrics(&self, out: &mut String) {
-        let before = out.len();
-        (self.metrics)(out);
-        if out.len() > before && !out.ends_with('\n') {
-            let _ = writeln!(out);
-        }
+    fn write_metrics(&self, m: &mut MetricsWriter<'_>) {
+        (self.metrics)(m);
     }
 }

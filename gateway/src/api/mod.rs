@@ -35,7 +35,7 @@ mod assets;
 mod control;
 mod health;
 mod history;
-mod metrics;
+pub mod metrics;
 mod page;
 mod routes;
 mod server;
@@ -46,6 +46,7 @@ mod view;
 mod ws;
 
 pub use health::{FnSource, HealthSource};
+pub use metrics::MetricsWriter;
 pub use state::{
     AgentMargin, EdgeState, PositionView, RiskFlags, EQUITY_HISTORY, EQUITY_POINT_EVERY_NS, FILL_HISTORY, ORDER_HISTORY, RISK_HISTORY,
     SIGNAL_HISTORY,

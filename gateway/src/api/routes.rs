@@ -70,7 +70,7 @@ async fn readyz(State(ctx): Ctx) -> Response {
 
 async fn metrics_text(State(ctx): Ctx) -> Response {
     let backlog = ctx.inbound.lock().map(|p| p.backlog()).unwrap_or(0);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render(&ctx.state, &ctx.stats, backlog)).into_response()
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&ctx, backlog)).into_response()
 }
 
 async fn dashboard(State(ctx): Ctx) -> Json<Value> {

@@ -153,21 +153,28 @@ async fn metrics_use_the_old_platform_names() {
 
     let (status, body) = h.get("/metrics").await;
     assert_eq!(status, 200);
-    for line in [
-        "agent_margin_remaining_usd{agent_id=\"0\"} 750",
-        "agent_margin_utilization_ratio{agent_id=\"0\"} 0.25",
-        "risk_limits_breached_total{limit_type=\"price_band\"} 1",
-        "risk_limits_breached_total{limit_type=\"kill_switch\"} 0",
-        "portfolio_drawdown_pct 5",
-        "sapphire_events_total 42",
-        "sapphire_orders_total{action=\"new\"} 0",
-        "sapphire_fills_total 0",
-        "sapphire_ring_backlog 0",
-        "sapphire_stage_latency_ns{stage=\"risk\",quantile=\"0.99\"} 120",
-        "sapphire_journal_appended_total 0",
-        "sapphire_outputs_dropped_total 0",
-        "# TYPE risk_limits_breached_total counter",
+    // Values compare as numbers (the library writes gauges as floats: `750.0`).
+    let value_of = |sample: &str| -> Option<f64> {
+        body.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+    };
+    for (sample, want) in [
+        ("agent_margin_remaining_usd{agent_id=\"0\"}", 750.0),
+        ("agent_margin_utilization_ratio{agent_id=\"0\"}", 0.25),
+        ("risk_limits_breached_total{limit_type=\"price_band\"}", 1.0),
+        ("risk_limits_breached_total{limit_type=\"kill_switch\"}", 0.0),
+        ("portfolio_drawdown_pct", 5.0),
+        ("sapphire_events_total", 42.0),
+        ("sapphire_orders_total{action=\"new\"}", 0.0),
+        ("sapphire_fills_total", 0.0),
+        ("sapphire_ring_backlog", 0.0),
+        ("sapphire_stage_latency_ns{stage=\"risk\",quantile=\"0.99\"}", 120.0),
+        ("sapphire_journal_appended_total", 0.0),
+        ("sapphire_outputs_dropped_total", 0.0),
     ] {
+        let got = value_of(sample);
+        assert!(got.is_some_and(|v| (v - want).abs() < 1e-9), "{sample}: {got:?}, want {want} in:\n{body}");
+    }
+    for line in ["# TYPE risk_limits_breached_total counter", "# TYPE agent_margin_remaining_usd gauge"] {
         assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
     }
     // Every sample line is `name{labels} value` with a numeric value.
@@ -489,7 +496,7 @@ async fn health_sources_join_readyz_and_metrics() {
     h.state.add_source(Arc::new(FnSource::new(
         "redis",
         move || if f.load(std::sync::atomic::Ordering::Relaxed) { Err("connection refused".into()) } else { Ok(()) },
-        |out: &mut String| out.push_str("# TYPE sapphire_redis_published_total counter\nsapphire_redis_published_total 12"),
+        |m: &mut super::MetricsWriter<'_>| m.counter("sapphire_redis_published_total", "Messages published.", 12),
     )));
     let (status, body) = h.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -499,7 +506,7 @@ async fn health_sources_join_readyz_and_metrics() {
     failing.store(false, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(h.get("/readyz").await.0, 200);
     let metrics = h.get("/metrics").await.1;
-    assert!(metrics.ends_with("sapphire_redis_published_total 12\n"), "{metrics}");
+    assert!(metrics.ends_with("# TYPE sapphire_redis_published_total counter\nsapphire_redis_published_total 12\n"), "{metrics}");
     assert!(format!("{:?}", h.state).contains("redis"), "Debug names the sources");
 }
 

@@ -134,6 +134,8 @@ pub struct BybitResponse<'a> {
     pub success: Option<bool>,
     /// `ret_msg` (the reason of a failure; `pong` for linear heartbeats).
     pub ret_msg: &'a [u8],
+    /// `req_id`, echoed from the request (empty when the request had none).
+    pub req_id: &'a [u8],
 }
 
 /// One parsed frame.
@@ -191,6 +193,7 @@ struct Envelope<'a> {
     op: Option<&'a [u8]>,
     success: Option<bool>,
     ret_msg: Option<&'a [u8]>,
+    req_id: Option<&'a [u8]>,
 }
 
 /// Parses one frame.
@@ -207,12 +210,18 @@ pub fn parse_frame(bytes: &[u8]) -> Result<BybitFrame<'_>, FeedError> {
             b"op" => env.op = v.as_str_bytes(),
             b"success" => env.success = v.as_bool(),
             b"ret_msg" => env.ret_msg = v.as_str_bytes(),
+            b"req_id" => env.req_id = v.as_str_bytes(),
             _ => {}
         }
     }
     let Some(topic) = env.topic else {
         return match env.op {
-            Some(op) => Ok(BybitFrame::Response(BybitResponse { op, success: env.success, ret_msg: env.ret_msg.unwrap_or_default() })),
+            Some(op) => Ok(BybitFrame::Response(BybitResponse {
+                op,
+                success: env.success,
+                ret_msg: env.ret_msg.unwrap_or_default(),
+                req_id: env.req_id.unwrap_or_default(),
+            })),
             None => Err(FeedError::Field("topic")),
         };
     };

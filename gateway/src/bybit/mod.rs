@@ -22,13 +22,14 @@
 //! Each depth of a symbol has its own `u` sequence: subscribe one `orderbook` depth per
 //! symbol and feed.
 
+pub mod instruments;
 pub mod market;
 
 use crate::binance::FrameOutcome;
 use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};
 use market::{parse_frame, BybitBook, BybitTicker, BybitTrades};
 pub use market::{BybitCategory, BybitFrame};
-use sapphire_core::event::{Event, Quote, Trade};
+use sapphire_core::event::{BookDelta, Event, Quote, Trade, DELTA_LAST};
 use sapphire_core::fixed::{Price, Quantity};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 
@@ -140,9 +141,27 @@ impl BybitFeed {
     }
 
     /// Forgets every book's sequence and every ticker's best bid/ask (after a reconnect):
-    /// each book waits for the snapshot Bybit pushes on the new subscription.
-    pub fn reset_books(&mut self) {
-        self.books.fill(SyncState::AwaitingSnapshot { requested: false });
+    /// each book waits for the snapshot Bybit pushes on the new subscription. For every book
+    /// the core had in sequence it emits a marker whose previous id breaks the core's
+    /// continuity, so the core's book goes out of sync at once (risk refuses orders on it)
+    /// instead of trading on a frozen book until the new snapshot.
+    pub fn reset_books(&mut self, recv_ns: u64, emit: &mut impl FnMut(Event)) {
+        for (i, state) in self.books.iter_mut().enumerate() {
+            if let SyncState::Synced { last } = *state {
+                emit(Event::BookDelta(BookDelta {
+                    ts_event: recv_ns,
+                    ts_recv: recv_ns,
+                    instrument: InstrumentId(i as u32),
+                    flags: DELTA_LAST,
+                    first_update_id: last + 2,
+                    last_update_id: last + 2,
+                    prev_update_id: last + 1,
+                    ..BookDelta::default()
+                }));
+                self.counters.events += 1;
+            }
+            *state = SyncState::AwaitingSnapshot { requested: false };
+        }
         self.tops.fill(TopOfBook::default());
     }
 

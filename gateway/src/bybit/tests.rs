@@ -262,7 +262,7 @@ fn deltas_before_any_snapshot_are_dropped_and_counted_stale() {
     assert_eq!(run(&mut feed, &book_frame("snapshot", 43, ("100.0", "1"))).0, FrameOutcome::Applied);
     assert!(feed.in_sync(BTC));
     // After a reconnect every book waits for its snapshot again.
-    feed.reset_books();
+    feed.reset_books(9, &mut |_| {});
     assert!(!feed.in_sync(BTC));
     assert_eq!(run(&mut feed, &book_frame("delta", 44, ("100.0", "1"))).0, FrameOutcome::NeedSnapshot(BTC));
 }
@@ -309,7 +309,7 @@ fn ticker_deltas_merge_into_the_last_quote() {
     assert_eq!(run(&mut feed, bid_only), (FrameOutcome::Ignored, vec![]));
     assert_eq!(quote(&run(&mut feed, TICKER_DELTA).1), (px("29998"), q("1"), px("30001.5"), q("0.01"), 1_700_000_000_400_000_000));
     // A reconnect forgets what was kept.
-    feed.reset_books();
+    feed.reset_books(9, &mut |_| {});
     assert_eq!(run(&mut feed, TICKER_DELTA), (FrameOutcome::Ignored, vec![]));
     assert_eq!((feed.counters.events, feed.counters.ignored, feed.counters.skipped()), (4, 5, 0));
 }

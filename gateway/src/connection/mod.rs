@@ -2,10 +2,11 @@
 //! jittered exponential backoff, graceful shutdown, the event sink (the core's inbound ring)
 //! and a minimal HTTP/1.1 client for REST snapshots.
 //!
-//! Both clients run over [`tls::Transport`]: plain TCP for `ws://`/`http://` (the local
+//! Both clients (Binance, Bybit) run over [`tls::Transport`]: plain TCP for `ws://`/`http://` (the local
 //! exchange, test rigs) and rustls for `wss://`/`https://` (real venues).
 
 pub mod binance;
+pub mod bybit;
 pub mod http;
 pub mod tls;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use binance::{BinanceConnection, BinanceConnectionConfig, SubscribeMode};
+pub use bybit::{BybitConnection, BybitConnectionConfig};
 
 /// Why a connection failed. Venue-level frame problems are [`crate::feed::FeedError`]s and
 /// never end a connection; these do.
@@ -77,6 +79,15 @@ pub enum ConnectionError {
     /// The ring was closed: the engine is gone.
     #[error("the inbound ring is closed")]
     RingClosed,
+    /// The venue refused a request that asking again cannot fix (a subscription to a topic
+    /// it does not serve).
+    #[error("{url} refused: {reason}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// The venue's reason.
+        reason: String,
+    },
 }
 
 impl ConnectionError {
@@ -84,7 +95,7 @@ impl ConnectionError {
     /// TLS failures included (a venue's certificate rotation or a middlebox), is retried with
     /// backoff and logged.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, ConnectionError::BadUrl { .. } | ConnectionError::RingClosed)
+        matches!(self, ConnectionError::BadUrl { .. } | ConnectionError::RingClosed | ConnectionError::Refused { .. })
     }
 }
 

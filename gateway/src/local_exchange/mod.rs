@@ -1,5 +1,5 @@
-//! A local exchange that speaks Binance's wire format on 127.0.0.1 and replays recorded
-//! frames, for tests, conformance runs and `sapphire feed serve`.
+//! A local exchange that speaks Binance's and Bybit v5's wire formats on 127.0.0.1 and
+//! replays recorded frames, for tests, conformance runs and `sapphire feed serve`.
 //!
 //! - WebSocket: combined streams at `/stream?streams=a/b/c` (frames in `{"stream","data"}`
 //!   envelopes) and raw streams at `/ws` or `/ws/<stream>`; the live `SUBSCRIBE`,
@@ -9,6 +9,14 @@
 //! - REST: `GET /api/v3/depth` and `/fapi/v1/depth` (`symbol`, `limit`) from the exchange's
 //!   own book ([`book`]), `GET /api/v3/exchangeInfo` and `/fapi/v1/exchangeInfo` generated for
 //!   the symbols served, `ping` and `time`.
+//! - Bybit v5 public market data ([`bybit`]): WebSockets at `/v5/public/spot` and
+//!   `/v5/public/linear` (`subscribe`/`unsubscribe`/`ping` operations answered in Bybit's
+//!   shape, a fresh `orderbook` snapshot from the exchange's own book on every subscription,
+//!   a silent client dropped) and `GET /v5/market/instruments-info`. Bybit frames in a
+//!   recording (`{"topic":…}` lines) go only to Bybit sessions, Binance frames only to
+//!   Binance sessions.
+//! - Bybit's private stream (`/v5/private`, [`bybit`]): auth checked as Bybit does, then
+//!   `order` and `execution` pushes for orders placed through the Bybit order endpoints.
 //! - Orders ([`orders`]): Binance's signed order REST (spot and USD-M), listen-key user-data
 //!   streams, and Bybit v5's order endpoints, checked and answered as the venues do, with
 //!   fault injection for the execution client's tests.
@@ -17,14 +25,17 @@
 //!   while someone is subscribed (a replay nobody hears is lost), and each frame goes to the
 //!   connections subscribed to its stream.
 //! - Faults ([`Faults`]) for tests, each fired once: drop the connections after N frames,
-//!   skip one depth update (an id gap), send a garbage frame, stall (no frames, no pings).
+//!   skip one depth update (an id gap; Bybit snapshots are not counted as updates), send a
+//!   garbage frame, stall (no frames, no pings, no answers).
 //!
 //! # Layout
 //! - [`tape`]: recordings loaded into memory, frames tagged with their stream.
 //! - [`book`]: the exchange's book per symbol, served as the REST snapshot.
 //! - [`orders`]: Binance's signed order endpoints (new, cancel, query, open orders, cancel-all).
+//! - [`bybit`]: the Bybit v5 public WebSocket and instruments-info.
 
 pub mod book;
+pub mod bybit;
 pub mod orders;
 pub mod tape;
 
@@ -37,7 +48,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tape::{StreamKey, Tape, TapeFrame};
+use tape::{StreamKey, Tape, TapeFrame, TapeVenue};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch, Notify};
@@ -110,7 +121,8 @@ pub struct LocalExchangeConfig {
     pub pong_timeout: Duration,
     /// A subscriber that cannot take a frame for this long is disconnected.
     pub slow_consumer_timeout: Duration,
-    /// Shift the frames' event and transaction times (`E`, `T`) so the first frame is "now":
+    /// Shift the frames' event and transaction times (Binance `E`, `T`; Bybit `ts`, `cts`,
+    /// `T`) so the first frame is "now":
     /// an engine then sees a live feed (its stale-data guard runs on its own clock), not one
     /// from the day it was recorded.
     pub shift_times_to_now: bool,
@@ -132,18 +144,22 @@ impl LocalExchangeConfig {
     }
 }
 
-/// Adds `offset_ms` to every `"E":` and `"T":` millisecond time in a frame's text.
-fn shift_times(text: &str, offset_ms: u64) -> String {
-    let mut out = String::with_capacity(text.len() + 4);
+/// The time fields each venue's frames carry, in milliseconds.
+const BINANCE_TIME_KEYS: &[&str] = &["E", "T"];
+const BYBIT_TIME_KEYS: &[&str] = &["ts", "cts", "T"];
+
+/// Adds `offset_ms` to every `"<key>":<digits>` millisecond time in a frame's text.
+fn shift_times(text: &str, offset_ms: u64, keys: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
     let mut rest = text;
-    while let Some(at) = rest.find(['E', 'T']) {
-        let is_key = at >= 1 && rest[..at].ends_with('"') && rest[at + 1..].starts_with("\":");
-        if !is_key {
-            out.push_str(&rest[..=at]);
-            rest = &rest[at + 1..];
+    while let Some(q) = rest.find('"') {
+        let after = &rest[q + 1..];
+        let Some(key) = keys.iter().find(|k| after.starts_with(**k) && after[k.len()..].starts_with("\":")) else {
+            out.push_str(&rest[..=q]);
+            rest = after;
             continue;
-        }
-        let digits_at = at + 3;
+        };
+        let digits_at = q + 1 + key.len() + 2;
         let len = rest[digits_at..].bytes().take_while(u8::is_ascii_digit).count();
         out.push_str(&rest[..digits_at]);
         match rest[digits_at..digits_at + len].parse::<u64>() {
@@ -167,6 +183,8 @@ pub struct ExchangeStats {
     pub rest_requests: u64,
     /// Pongs received.
     pub pongs: u64,
+    /// Application pings answered (Bybit's `{"op":"ping"}`).
+    pub pings: u64,
     /// Faults fired.
     pub faults_fired: u64,
     /// The whole tape was played.
@@ -186,6 +204,8 @@ enum Outbound {
 #[derive(Debug)]
 struct Subscriber {
     id: u64,
+    /// The wire format it speaks: it gets only that venue's frames.
+    venue: TapeVenue,
     streams: Arc<Mutex<HashSet<StreamKey>>>,
     tx: mpsc::Sender<Outbound>,
 }
@@ -294,6 +314,13 @@ impl LocalExchange {
         books.get(symbol).map(|b| b.snapshot_json(limit, self.shared.config.market == BinanceMarket::UsdM))
     }
 
+    /// The exchange's current Bybit `orderbook.{depth}.{symbol}` snapshot frame (what a new
+    /// subscription is sent).
+    pub fn bybit_snapshot(&self, symbol: &str, depth: usize) -> Option<String> {
+        let books = lock(&self.shared.books);
+        books.get(symbol).map(|b| b.bybit_snapshot_json(depth, symbol, sapphire_core::latency::unix_nanos() / 1_000_000))
+    }
+
     /// Stops the listener, the market and every connection, and waits for them.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(());
@@ -340,8 +367,12 @@ impl Market {
         for frame in frames.into_iter() {
             let frame = if shift_ms > 0 {
                 let mut f = frame;
-                f.combined = shift_times(f.combined.as_str(), shift_ms).into();
-                f.raw = shift_times(f.raw.as_str(), shift_ms).into();
+                let keys = match f.venue {
+                    TapeVenue::Binance => BINANCE_TIME_KEYS,
+                    TapeVenue::Bybit => BYBIT_TIME_KEYS,
+                };
+                f.combined = shift_times(f.combined.as_str(), shift_ms, keys).into();
+                f.raw = shift_times(f.raw.as_str(), shift_ms, keys).into();
                 Arc::new(f)
             } else {
                 Arc::new(frame)
@@ -374,12 +405,13 @@ impl Market {
             targets.clear();
             {
                 let subs = lock(&shared.subscribers);
-                targets.extend(subs.iter().filter(|s| lock(&s.streams).contains(&frame.key)).map(|s| s.tx.clone()));
+                targets
+                    .extend(subs.iter().filter(|s| s.venue == frame.venue && lock(&s.streams).contains(&frame.key)).map(|s| s.tx.clone()));
             }
             if targets.is_empty() {
                 continue;
             }
-            if frame.depth.is_some() {
+            if frame.depth.as_ref().is_some_and(|d| !d.reset) {
                 depth_sent += 1;
                 if faults.skip_depth_update == Some(depth_sent) {
                     shared.bump(|s| s.faults_fired += 1);
@@ -490,6 +522,10 @@ async fn handle(mut stream: TcpStream, id: u64, shared: Arc<Shared>, mut shutdow
         shared.bump(|s| s.connections += 1);
         if orders::is_user_stream(&shared, &target) {
             orders::user_session(ws, &shared, shutdown).await;
+        } else if bybit::is_private(&target) {
+            bybit::private_session(ws, id, &shared, shutdown).await;
+        } else if let Some(category) = bybit::public_category(&target) {
+            bybit::public_session(ws, id, category, &shared, shutdown).await;
         } else {
             stream_session(ws, id, &target, &shared, shutdown).await;
         }
@@ -541,6 +577,7 @@ fn rest_response(shared: &Shared, target: &str) -> (u16, String) {
             }
         }
         "/api/v3/exchangeInfo" | "/fapi/v1/exchangeInfo" => (200, exchange_info(shared)),
+        "/v5/market/instruments-info" => (200, bybit::instruments_info(shared, query(target, "category"), query(target, "symbol"))),
         "/api/v3/ping" | "/fapi/v1/ping" => (200, "{}".into()),
         "/api/v3/time" | "/fapi/v1/time" => (200, format!("{{\"serverTime\":{}}}", sapphire_core::latency::unix_nanos() / 1_000_000)),
         _ => (404, r#"{"code":-1,"msg":"Not found"}"#.into()),
@@ -555,14 +592,19 @@ fn step(decimals: usize) -> String {
     }
 }
 
-fn exchange_info(shared: &Shared) -> String {
+/// A symbol's base and quote assets, by its quote suffix (`BTCUSDT` → `BTC`, `USDT`).
+fn base_quote(s: &str) -> (&str, &str) {
     const QUOTES: [&str; 8] = ["FDUSD", "USDT", "USDC", "BUSD", "BTC", "ETH", "BNB", "EUR"];
+    let quote = QUOTES.iter().find(|q| s.ends_with(*q) && s.len() > q.len()).copied().unwrap_or("");
+    (&s[..s.len() - quote.len()], quote)
+}
+
+fn exchange_info(shared: &Shared) -> String {
     let symbols: Vec<String> = shared
         .symbols
         .iter()
         .map(|s| {
-            let quote = QUOTES.iter().find(|q| s.ends_with(*q) && s.len() > q.len()).copied().unwrap_or("");
-            let base = &s[..s.len() - quote.len()];
+            let (base, quote) = base_quote(s);
             let (pd, qd) = shared.decimals.get(s).copied().unwrap_or((2, 3));
             format!(
                 r#"{{"symbol":"{s}","status":"TRADING","baseAsset":"{base}","quoteAsset":"{quote}","filters":[{{"filterType":"PRICE_FILTER","minPrice":"{t}","maxPrice":"1000000","tickSize":"{t}"}},{{"filterType":"LOT_SIZE","minQty":"{l}","maxQty":"9000","stepSize":"{l}"}},{{"filterType":"NOTIONAL","minNotional":"5"}}]}}"#,
@@ -644,7 +686,7 @@ async fn stream_session(
     let (combined, initial) = url_streams(target);
     let streams = Arc::new(Mutex::new(initial));
     let (tx, mut rx) = mpsc::channel(4_096);
-    lock(&shared.subscribers).push(Subscriber { id, streams: Arc::clone(&streams), tx });
+    lock(&shared.subscribers).push(Subscriber { id, venue: TapeVenue::Binance, streams: Arc::clone(&streams), tx });
     shared.subscribed.notify_waiters();
     let mut ping = tokio::time::interval_at(Instant::now() + shared.config.ping_interval, shared.config.ping_interval);
     let mut awaiting_pong_since: Option<Instant> = None;
@@ -708,17 +750,25 @@ async fn stream_session(
 
 #[cfg(test)]
 mod shift_tests {
-    use super::shift_times;
+    use super::{shift_times, BINANCE_TIME_KEYS, BYBIT_TIME_KEYS};
 
     #[test]
     fn shifts_event_and_transaction_times_only() {
         let f =
             r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161600001,"s":"BTCUSDT","t":9,"T":1723161600000,"p":"1.0","q":"2"}}"#;
         assert_eq!(
-            shift_times(f, 1_000),
+            shift_times(f, 1_000, BINANCE_TIME_KEYS),
             r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1723161601001,"s":"BTCUSDT","t":9,"T":1723161601000,"p":"1.0","q":"2"}}"#
         );
-        assert_eq!(shift_times(r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#, 5), r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#);
+        assert_eq!(
+            shift_times(r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#, 5, BINANCE_TIME_KEYS),
+            r#"{"u":1,"s":"ETHUSDT","b":"1","B":"2"}"#
+        );
+        let bybit = r#"{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1000,"data":[{"T":990,"s":"BTCUSDT","S":"Buy","v":"1","p":"2","i":"T"}],"cts":999}"#;
+        assert_eq!(
+            shift_times(bybit, 5, BYBIT_TIME_KEYS),
+            r#"{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1005,"data":[{"T":995,"s":"BTCUSDT","S":"Buy","v":"1","p":"2","i":"T"}],"cts":1004}"#
+        );
     }
 }
 

@@ -171,11 +171,28 @@ pub(super) struct OrderDesk {
     state: Mutex<DeskState>,
     /// User-data events (JSON text) for every listen-key session.
     events: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Bybit private-stream messages: (topic, JSON text) for every `/v5/private` session.
+    pub(super) bybit_events: tokio::sync::broadcast::Sender<(&'static str, Arc<str>)>,
+    /// Wakes every `/v5/private` session to drop its connection (a test's fault).
+    pub(super) drop_private: tokio::sync::Notify,
 }
 
 impl Default for OrderDesk {
     fn default() -> Self {
-        Self { state: Mutex::new(DeskState::default()), events: tokio::sync::broadcast::channel(4_096).0 }
+        Self {
+            state: Mutex::new(DeskState::default()),
+            events: tokio::sync::broadcast::channel(4_096).0,
+            bybit_events: tokio::sync::broadcast::channel(4_096).0,
+            drop_private: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl OrderDesk {
+    /// The key and secret requests must use.
+    pub(super) fn credentials(&self) -> (String, String) {
+        let st = lock(&self.state);
+        (st.api_key.clone(), st.secret.clone())
     }
 }
 
@@ -195,6 +212,11 @@ impl OrderDeskHandle {
         let mut st = self.state();
         st.api_key = api_key.into();
         st.secret = secret.into();
+    }
+
+    /// Drops every Bybit private-stream connection (no close frame, as a network drop looks).
+    pub fn drop_private_streams(&self) {
+        self.shared.desk.drop_private.notify_waiters();
     }
 
     /// Queues a fault for the next new order.
@@ -1034,6 +1056,7 @@ fn publish_changes(shared: &Shared) {
     let futures = shared.config.market == BinanceMarket::UsdM;
     let mut st = lock(&shared.desk.state);
     let mut out: Vec<String> = Vec::new();
+    let mut bybit: Vec<(&'static str, String)> = Vec::new();
     let DeskState { orders, emitted, .. } = &mut *st;
     for o in orders.iter() {
         let (mut status, mut sent_fills, new) = match emitted.get(&o.order_id) {
@@ -1043,6 +1066,7 @@ fn publish_changes(shared: &Shared) {
         if !new && status == o.status && sent_fills == o.fills.len() {
             continue;
         }
+        bybit.extend(bybit_private_messages(o, futures, sent_fills));
         if new {
             out.push(user_event(o, futures, "NEW", "NEW", None, sent_fills));
         }
@@ -1063,6 +1087,42 @@ fn publish_changes(shared: &Shared) {
         // Nobody listening is fine: the events are for whoever is.
         let _ = shared.desk.events.send(e.into());
     }
+    for (topic, e) in bybit {
+        let _ = shared.desk.bybit_events.send((topic, e.into()));
+    }
+}
+
+/// Bybit v5 private-stream messages for an order change: one `execution` per fill not yet
+/// sent (fills from `sent_fills` on), then the order's cumulative state on `order`.
+fn bybit_private_messages(o: &DeskOrder, futures: bool, sent_fills: usize) -> Vec<(&'static str, String)> {
+    let now = now_ms();
+    let category = if futures { "linear" } else { "spot" };
+    let side = if o.side == "BUY" { "Buy" } else { "Sell" };
+    let mut out = Vec::new();
+    for (n, (price, qty)) in o.fills.iter().enumerate().skip(sent_fills) {
+        out.push((
+            "execution",
+            format!(
+                r#"{{"id":"{id}-exec-{n}","topic":"execution","creationTime":{now},"data":[{{"category":"{category}","symbol":"{}","orderId":"{id}","orderLinkId":"{}","side":"{side}","execId":"{id}-{n}","execPrice":"{}","execQty":"{}","execFee":"0","execTime":"{now}","isMaker":false}}]}}"#,
+                o.symbol,
+                o.client_id,
+                fmt_price(*price),
+                fmt_qty(*qty),
+                id = o.order_id,
+            ),
+        ));
+    }
+    let order = bybit_order_json(o);
+    out.push((
+        "order",
+        format!(
+            r#"{{"id":"{}-order-{}","topic":"order","creationTime":{now},"data":[{{"category":"{category}",{}]}}"#,
+            o.order_id,
+            o.fills.len(),
+            order.strip_prefix('{').unwrap_or(&order)
+        ),
+    ));
+    out
 }
 
 /// One `executionReport` / `ORDER_TRADE_UPDATE` with the order's state after `fills` fills.

@@ -35,6 +35,15 @@ impl StreamKey {
     }
 }
 
+/// Which venue's wire format a frame is in (a session serves only its own venue's frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapeVenue {
+    /// Binance streams (`{"stream","data"}` envelopes or raw payloads).
+    Binance,
+    /// Bybit v5 public topics (`{"topic","type","ts","data"}`).
+    Bybit,
+}
+
 /// The ids and levels of a depth update, for the exchange's own book.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepthUpdate {
@@ -48,6 +57,8 @@ pub struct DepthUpdate {
     pub bids: Vec<(String, String)>,
     /// Ask levels.
     pub asks: Vec<(String, String)>,
+    /// The levels replace the book (a Bybit snapshot, or `u == 1` after a venue restart).
+    pub reset: bool,
 }
 
 /// One recorded stream frame.
@@ -63,6 +74,8 @@ pub struct TapeFrame {
     pub raw: Utf8Bytes,
     /// Set for depth updates.
     pub depth: Option<DepthUpdate>,
+    /// The frame's wire format.
+    pub venue: TapeVenue,
 }
 
 /// A REST depth snapshot from a recording.
@@ -95,6 +108,57 @@ fn text(b: &[u8]) -> String {
 
 fn levels(l: crate::json::Levels<'_>) -> Vec<(String, String)> {
     l.filter_map(Result::ok).map(|(p, q)| (text(p), text(q))).collect()
+}
+
+/// The stream key of a Bybit topic (`orderbook.50.BTCUSDT` → `btcusdt`/`orderbook`,
+/// `publicTrade.BTCUSDT` → `btcusdt`/`publicTrade`): the depth is left out, as Binance's
+/// update speed is (the recording decides it). `None` for anything else.
+pub fn bybit_key(topic: &str) -> Option<StreamKey> {
+    let (channel, rest) = topic.split_once('.')?;
+    let symbol = match channel {
+        "orderbook" => {
+            let (depth, symbol) = rest.split_once('.')?;
+            depth.parse::<u32>().ok()?;
+            symbol
+        }
+        "publicTrade" | "tickers" => rest,
+        _ => return None,
+    };
+    let ok = !symbol.is_empty() && symbol.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| StreamKey { symbol: symbol.to_ascii_lowercase(), channel: channel.to_string() })
+}
+
+/// A Bybit v5 public frame (one with a `topic`), or `None` for anything else (Binance frames,
+/// operation replies, malformed lines).
+fn bybit_frame(recv_ns: u64, json: &str) -> Option<TapeFrame> {
+    use crate::bybit::market::{parse_frame, BybitFrame};
+    let frame = parse_frame(json.as_bytes()).ok()?;
+    let (key, depth) = match frame {
+        BybitFrame::Book(b) => {
+            let key = StreamKey { symbol: b.symbol.to_ascii_lowercase(), channel: "orderbook".into() };
+            let update = DepthUpdate {
+                first_id: b.update_id,
+                last_id: b.update_id,
+                time_ms: b.time_ms(),
+                reset: b.resets(),
+                bids: levels(b.bids),
+                asks: levels(b.asks),
+            };
+            (key, Some(update))
+        }
+        BybitFrame::Trades(_) | BybitFrame::Ticker(_) => {
+            let mut topic = None;
+            for (k, v) in fields(json.as_bytes()).ok()?.flatten() {
+                if k == b"topic" {
+                    topic = v.as_plain_str();
+                }
+            }
+            (bybit_key(topic?)?, None)
+        }
+        BybitFrame::Response(_) | BybitFrame::Other(_) => return None,
+    };
+    let text: Utf8Bytes = json.to_string().into();
+    Some(TapeFrame { recv_ns, key, combined: text.clone(), raw: text, depth, venue: TapeVenue::Bybit })
 }
 
 impl Tape {
@@ -132,6 +196,13 @@ impl Tape {
                 _ => (last_recv, line),
             };
             last_recv = recv;
+            if let Some(frame) = bybit_frame(recv, json) {
+                if frame.key.channel == "orderbook" {
+                    last_depth_symbol = Some(frame.key.symbol.to_ascii_uppercase());
+                }
+                self.frames.push(frame);
+                continue;
+            }
             // The envelope's stream name and payload, if it has one.
             let mut stream = None;
             let mut payload = json.as_bytes();
@@ -181,6 +252,7 @@ impl Tape {
                         time_ms: d.time_ms,
                         bids: levels(d.bids),
                         asks: levels(d.asks),
+                        reset: false,
                     };
                     (key, Some(update))
                 }
@@ -199,7 +271,14 @@ impl Tape {
             };
             let raw = String::from_utf8_lossy(payload).into_owned();
             let combined = if stream.is_some() { json.to_string() } else { format!("{{\"stream\":\"{}\",\"data\":{raw}}}", key.name()) };
-            self.frames.push(TapeFrame { recv_ns: recv, key, combined: combined.into(), raw: raw.into(), depth });
+            self.frames.push(TapeFrame {
+                recv_ns: recv,
+                key,
+                combined: combined.into(),
+                raw: raw.into(),
+                depth,
+                venue: TapeVenue::Binance,
+            });
         }
         // Stable: frames with equal times keep their file order.
         self.frames.sort_by_key(|f| f.recv_ns);

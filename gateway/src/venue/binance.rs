@@ -10,7 +10,7 @@
 use super::credentials::Credentials;
 use super::errors::{binance_reason, VenueError};
 use super::rate_limit::{parse_retry_after, RateLimit, RateLimiter, BINANCE_SPOT_LIMITS, BINANCE_USDM_LIMITS};
-use super::sign::Query;
+use super::sign::{Query, Signer};
 use super::{now_ms, ExecutionVenue, OrderRequest, VenueFill, VenueOrder, VenueOrderStatus, VenueOrderType, VenueTif};
 use crate::binance::BinanceMarket;
 use sapphire_core::event::{RejectReason, Side};
@@ -104,6 +104,8 @@ pub struct BinanceExecution {
     http: reqwest::Client,
     config: BinanceExecutionConfig,
     credentials: Credentials,
+    /// HMAC keyed once with the secret.
+    signer: Signer,
     /// Server time minus our clock, ms.
     offset_ms: AtomicI64,
     limiter: RateLimiter,
@@ -208,7 +210,8 @@ impl BinanceExecution {
             .build()
             .map_err(|e| VenueError::NotSent { venue: VENUE, reason: format!("building the HTTP client: {e}") })?;
         let limiter = RateLimiter::new(&config.limits, config.headroom_pct);
-        Ok(Self { http, config, credentials, offset_ms: AtomicI64::new(0), limiter, stats: BinanceClientStats::default() })
+        let signer = Signer::new(credentials.secret.expose().as_bytes());
+        Ok(Self { http, config, credentials, signer, offset_ms: AtomicI64::new(0), limiter, stats: BinanceClientStats::default() })
     }
 
     /// The configuration.
@@ -338,10 +341,16 @@ impl BinanceExecution {
             .map_err(|e| VenueError::Decode { venue: VENUE, reason: format!("HTTP {}: not JSON: {e}", a.status) })
     }
 
+    /// A new order's request body as sent: the [`order_query`](Self::order_query) with
+    /// `recvWindow`, `timestamp` and its signature.
+    pub fn signed_order(&self, req: &OrderRequest) -> Query {
+        self.signed(self.order_query(req))
+    }
+
     /// Adds `recvWindow`, `timestamp` and the signature.
     fn signed(&self, mut q: Query) -> Query {
         q.push("recvWindow", self.config.recv_window_ms).push("timestamp", self.server_now_ms());
-        q.sign_binance(self.credentials.secret.expose());
+        q.sign_binance_with(&self.signer);
         q
     }
 
@@ -358,7 +367,7 @@ impl BinanceExecution {
 
     /// The parameters of a new order.
     pub fn order_query(&self, req: &OrderRequest) -> Query {
-        let mut q = Query::new();
+        let mut q = Query::with_capacity(256);
         q.push("symbol", &req.symbol).push("side", if req.side == Side::Buy { "BUY" } else { "SELL" });
         let futures = self.config.market == BinanceMarket::UsdM;
         match (req.order_type, req.tif) {
@@ -480,6 +489,7 @@ impl ExecutionVenue for BinanceExecution {
     async fn place(&self, req: &OrderRequest) -> Result<VenueOrder, VenueError> {
         let path = format!("{}/order", self.prefix());
         let v = self.signed_call(reqwest::Method::POST, &path, self.order_query(req), 1, true).await?;
+        // (`signed_call` signs with `signed`: the bytes `signed_order` returns.)
         parse_order(&v)
     }
 

@@ -5,6 +5,16 @@
 //! payload being the query string of a GET or the JSON body of a POST, byte for byte as sent.
 //! Bybit answers HTTP 200 with `retCode` ≠ 0 for refusals; `X-Bapi-Limit-Status` (requests
 //! left in the window) and `X-Bapi-Limit-Reset-Timestamp` drive the client's slowdown.
+//!
+//! The private WebSocket (`/v5/private`, [`run_private_stream`]) pushes `order` updates
+//! instead of waiting for the next poll: `{"op":"auth","args":[apiKey, expires, signature]}`
+//! with `signature` = hex HMAC-SHA256 of `GET/realtime{expires}`, then `order`, `execution`
+//! and `position` subscribed, `{"op":"ping"}` every 20 s. Each `order` element is the order's
+//! cumulative state (as `/v5/order/realtime` answers it), so the [`super::OrderGateway`]
+//! reports only what it has not yet reported and a pushed update and a polled one never count
+//! twice. Every (re)connect sends [`UserUpdate::Reconnected`]: the gateway queries its working
+//! orders, covering whatever was missed while the stream was down; polling keeps running
+//! beside the stream as the fallback.
 
 use super::credentials::Credentials;
 use super::errors::{bybit_reason, VenueError};
@@ -346,5 +356,224 @@ impl ExecutionVenue for BybitExecution {
 
     async fn sync_time(&self) -> Result<i64, VenueError> {
         self.measure_time_offset().await
+    }
+}
+
+use super::user_stream::{UserStreamStats, UserUpdate};
+use super::VenueOrder as PushedOrder;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Production private WebSocket base (the client adds `/v5/private`).
+pub const BYBIT_PRIVATE_WS_URL: &str = "wss://stream.bybit.com";
+
+/// The private stream's `auth` request: `expires` (ms) must be in the future when Bybit reads it.
+pub fn private_auth_message(creds: &Credentials, expires_ms: u64) -> String {
+    let signature = super::sign::hmac_sha256_hex(creds.secret.expose().as_bytes(), format!("GET/realtime{expires_ms}").as_bytes());
+    format!(r#"{{"req_id":"auth","op":"auth","args":["{}",{expires_ms},"{signature}"]}}"#, creds.api_key)
+}
+
+/// One parsed private-stream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrivateEvent {
+    /// The `auth` reply: accepted, or refused with Bybit's reason.
+    Auth(Result<(), String>),
+    /// A `subscribe` reply.
+    Subscribed(Result<(), String>),
+    /// An `order` message: each order's cumulative state.
+    Orders(Vec<PushedOrder>),
+    /// `execution`, `position`, pongs and anything else.
+    Other,
+}
+
+/// Parses one private-stream message.
+pub fn parse_private_message(text: &str) -> Result<PrivateEvent, VenueError> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| VenueError::Decode { venue: VENUE, reason: format!("private stream: not JSON: {e}") })?;
+    let result = |v: &Value| {
+        if v.get("success").and_then(Value::as_bool) == Some(true) {
+            Ok(())
+        } else {
+            Err(text_of(v, "ret_msg"))
+        }
+    };
+    match (text_of(&v, "op").as_str(), text_of(&v, "topic").as_str()) {
+        ("auth", _) => Ok(PrivateEvent::Auth(result(&v))),
+        ("subscribe", _) => Ok(PrivateEvent::Subscribed(result(&v))),
+        (_, "order") => {
+            let Some(list) = v.get("data").and_then(Value::as_array) else {
+                return Err(VenueError::Decode { venue: VENUE, reason: "private stream: order message without a data array".into() });
+            };
+            Ok(PrivateEvent::Orders(list.iter().map(parse_order).collect::<Result<_, _>>()?))
+        }
+        _ => Ok(PrivateEvent::Other),
+    }
+}
+
+/// How the private stream connects.
+#[derive(Debug, Clone)]
+pub struct PrivateStreamConfig {
+    /// WebSocket base, e.g. `wss://stream.bybit.com` or the local exchange's `ws://127.0.0.1:port`.
+    pub ws_url: String,
+    /// `{"op":"ping"}` period (Bybit: 20 s).
+    pub ping_interval: Duration,
+    /// How far in the future the auth request's `expires` is.
+    pub auth_expiry: Duration,
+    /// Wait before reconnecting.
+    pub backoff: Duration,
+    /// Connect timeout, and the wait for the auth and subscribe replies.
+    pub connect_timeout: Duration,
+}
+
+impl PrivateStreamConfig {
+    /// Defaults for `ws_url`.
+    pub fn new(ws_url: impl Into<String>) -> Self {
+        Self {
+            ws_url: ws_url.into().trim_end_matches('/').to_string(),
+            ping_interval: Duration::from_secs(20),
+            auth_expiry: Duration::from_secs(10),
+            backoff: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a private session ended.
+enum PrivateEnd {
+    Stop,
+    Retry(String),
+}
+
+/// Runs the private stream until `stop` turns true (or the gateway is gone): order updates
+/// and reconnect notices into `updates`, counted in `stats`.
+pub async fn run_private_stream(
+    config: PrivateStreamConfig,
+    credentials: Credentials,
+    updates: mpsc::Sender<UserUpdate>,
+    stats: std::sync::Arc<UserStreamStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        match private_session(&config, &credentials, &updates, &stats, &mut stop).await {
+            PrivateEnd::Stop => return,
+            PrivateEnd::Retry(reason) => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!("venue bybit: private stream: {reason}; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.backoff) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn private_session(
+    config: &PrivateStreamConfig,
+    credentials: &Credentials,
+    updates: &mpsc::Sender<UserUpdate>,
+    stats: &UserStreamStats,
+    stop: &mut watch::Receiver<bool>,
+) -> PrivateEnd {
+    let url = format!("{}/v5/private", config.ws_url);
+    let mut ws = match crate::connection::binance::connect(&url, config.connect_timeout).await {
+        Ok(ws) => ws,
+        Err(e) => return PrivateEnd::Retry(format!("connect {url}: {e}")),
+    };
+    let expires = now_ms() + config.auth_expiry.as_millis() as u64;
+    if ws.send(Message::text(private_auth_message(credentials, expires))).await.is_err() {
+        return PrivateEnd::Retry("sending auth".into());
+    }
+    let mut authed = false;
+    let deadline = tokio::time::sleep(config.connect_timeout);
+    tokio::pin!(deadline);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + config.ping_interval, config.ping_interval);
+    let mut pings = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = ws.close(None).await;
+                return PrivateEnd::Stop;
+            }
+            _ = &mut deadline, if !authed => return PrivateEnd::Retry("no auth reply".into()),
+            _ = ping.tick() => {
+                pings += 1;
+                if ws.send(Message::text(format!(r#"{{"req_id":"ping-{pings}","op":"ping"}}"#))).await.is_err() {
+                    return PrivateEnd::Retry("sending ping".into());
+                }
+            }
+            msg = ws.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return PrivateEnd::Retry("connection lost".into()),
+                    Some(Ok(_)) => continue,
+                };
+                match parse_private_message(text.as_str()) {
+                    Ok(PrivateEvent::Auth(Ok(()))) => {
+                        authed = true;
+                        let sub = r#"{"req_id":"sub","op":"subscribe","args":["order","execution","position"]}"#;
+                        if ws.send(Message::text(sub)).await.is_err() {
+                            return PrivateEnd::Retry("sending subscribe".into());
+                        }
+                    }
+                    Ok(PrivateEvent::Auth(Err(reason))) => return PrivateEnd::Retry(format!("auth refused: {reason}")),
+                    Ok(PrivateEvent::Subscribed(Ok(()))) => {
+                        // From here on nothing is missed: the gateway queries what it holds.
+                        stats.connects.fetch_add(1, Ordering::Relaxed);
+                        if updates.send(UserUpdate::Reconnected).await.is_err() {
+                            return PrivateEnd::Stop;
+                        }
+                    }
+                    Ok(PrivateEvent::Subscribed(Err(reason))) => return PrivateEnd::Retry(format!("subscribe refused: {reason}")),
+                    Ok(PrivateEvent::Orders(orders)) => {
+                        for o in orders {
+                            stats.orders.fetch_add(1, Ordering::Relaxed);
+                            if updates.send(UserUpdate::Order(o)).await.is_err() {
+                                return PrivateEnd::Stop;
+                            }
+                        }
+                    }
+                    Ok(PrivateEvent::Other) => {}
+                    Err(e) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("venue bybit: private stream: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    #[test]
+    fn auth_signs_get_realtime_expires() {
+        let creds = Credentials::new("key", "secret");
+        let msg = private_auth_message(&creds, 1_662_350_400_000);
+        let sig = super::super::sign::hmac_sha256_hex(b"secret", b"GET/realtime1662350400000");
+        assert_eq!(msg, format!(r#"{{"req_id":"auth","op":"auth","args":["key",1662350400000,"{sig}"]}}"#));
+    }
+
+    #[test]
+    fn parses_private_messages() {
+        assert_eq!(
+            parse_private_message(r#"{"success":true,"ret_msg":"","op":"auth","conn_id":"c1"}"#).unwrap(),
+            PrivateEvent::Auth(Ok(()))
+        );
+        assert_eq!(
+            parse_private_message(r#"{"success":false,"ret_msg":"Request not authorized","op":"auth","conn_id":"c1"}"#).unwrap(),
+            PrivateEvent::Auth(Err("Request not authorized".into()))
+        );
+        let order = r#"{"id":"5923240c6880ab-c59f-420b-9adb-3639adc9dd90","topic":"order","creationTime":1672364262474,"data":[{"symbol":"BTCUSDT","orderId":"5cf98598-39a7-459e-97bf-76ca765ee020","side":"Sell","orderType":"Limit","price":"60000.00","qty":"0.010","timeInForce":"GTC","orderStatus":"PartiallyFilled","orderLinkId":"sph-42","cumExecQty":"0.004","cumExecValue":"240","avgPrice":"60000","cumExecFee":"0","category":"linear","updatedTime":"1672364262457"}]}"#;
+        let PrivateEvent::Orders(orders) = parse_private_message(order).unwrap() else { panic!() };
+        assert_eq!(orders.len(), 1);
+        assert_eq!((orders[0].client_id.as_str(), orders[0].executed), ("sph-42", Quantity::parse("0.004").unwrap()));
+        assert_eq!(orders[0].side, Side::Sell);
+        assert_eq!(parse_private_message(r#"{"req_id":"p","op":"pong","args":["1"],"conn_id":"c"}"#).unwrap(), PrivateEvent::Other);
+        assert!(parse_private_message(r#"{"topic":"order","data":{}}"#).is_err());
+        assert!(parse_private_message("nope").is_err());
     }
 }
