@@ -177,7 +177,8 @@ pub struct VenueSection {
     pub market: String,
     /// REST base; empty: the venue's production endpoint.
     pub rest_url: String,
-    /// Binance user-data WebSocket base; empty: production.
+    /// The push stream: Binance's user-data WebSocket base, Bybit's private WebSocket
+    /// (`wss://stream.bybit.com/v5/private`; a bare base gets `/v5/private`); empty: production.
     pub user_stream_url: String,
 }
 
@@ -256,6 +257,8 @@ pub struct ApiSection {
     pub max_connections: usize,
     /// Dashboard WebSocket clients at once (one more gets a 503).
     pub ws_max_clients: usize,
+    /// Serve at the lowest CPU priority (nice 19) so clients never slow the market path.
+    pub low_priority: bool,
 }
 
 impl Default for ApiSection {
@@ -267,6 +270,7 @@ impl Default for ApiSection {
             token: None,
             max_connections: limits.max_connections,
             ws_max_clients: limits.ws_max_clients,
+            low_priority: limits.low_priority,
         }
     }
 }
@@ -813,6 +817,7 @@ impl FileConfig {
                 sapphire_gateway::api::ApiLimits {
                     max_connections: self.api.max_connections,
                     ws_max_clients: self.api.ws_max_clients,
+                    low_priority: self.api.low_priority,
                     ..Default::default()
                 }
             },

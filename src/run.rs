@@ -270,21 +270,6 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     stages.book.attach_board(Arc::clone(&board));
     let outputs_from = output_journal.next_seq();
     let mut pipeline = Pipeline::resume(&cfg.pipeline, stages, recovered.next_seq as i64, Box::new(journal));
-    // Real order routing: the engine's outbound orders go to the venue on a thread of their
-    // own; execution reports come back into the inbound ring (journaled, replayable).
-    let routing = match &cfg.routing {
-        Some(r) => {
-            let outbound = pipeline.take_outbound().expect("the outbound queue is taken once");
-            match sapphire_gateway::venue::routing::start_routing(r.clone(), &instruments, outbound, pipeline.producer()) {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    let _ = pipeline.shutdown();
-                    return Err(anyhow::anyhow!("starting order routing to {:?}: {e}", r.market));
-                }
-            }
-        }
-        None => None,
-    };
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeState::new(
         pipeline.stats(),
@@ -297,6 +282,35 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     drop(recovered_risk);
     // The synthetic market's books are always in sync; the core runs from here.
     edge.set_core_running(true);
+    // Real order routing: the engine's outbound orders go to the venue on a thread of their
+    // own; execution reports come back into the inbound ring (journaled, replayable). The
+    // edge's positions (the engine's, from its outputs) are reconciled against the venue's.
+    let routing = match &cfg.routing {
+        Some(r) => {
+            let outbound = pipeline.take_outbound().expect("the outbound queue is taken once");
+            let engine: Arc<dyn sapphire_gateway::venue::execution::EnginePositions> = Arc::clone(&edge) as _;
+            match sapphire_gateway::venue::routing::start_routing(r.clone(), &instruments, outbound, pipeline.producer(), Some(engine)) {
+                Ok(h) => {
+                    let (stats, stream) = (Arc::clone(&h.stats), Arc::clone(&h.stream_stats));
+                    edge.add_source(Arc::new(FnSource::new(
+                        "venue",
+                        || Ok(()),
+                        move |m: &mut MetricsWriter<'_>| {
+                            stats.encode(m);
+                            stream.encode(m);
+                        },
+                    )));
+                    Some(h)
+                }
+                Err(e) => {
+                    drop(outputs);
+                    let _ = pipeline.shutdown();
+                    return Err(anyhow::anyhow!("starting order routing to {:?}: {e}", r.market));
+                }
+            }
+        }
+        None => None,
+    };
     let api = match ApiServer::start_with_limits(cfg.api.clone(), cfg.api_limits, Arc::clone(&edge), pipeline.producer()) {
         Ok(api) => api,
         Err(e) => {
@@ -595,7 +609,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     // Routing publishes reports into the ring: it stops before the ring closes (it may wait
     // for a request in flight, up to its timeout).
     let routing_stats = routing.map(|r| {
-        let stats = (Arc::clone(&r.stats), cfg.routing.as_ref().map(|c| format!("{:?}", c.market)).unwrap_or_default());
+        let stats = (
+            Arc::clone(&r.stats),
+            cfg.routing.as_ref().map(|c| format!("{:?}", c.market)).unwrap_or_default(),
+            Arc::clone(&r.stream_stats),
+        );
         r.stop();
         stats
     });
@@ -649,7 +667,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             q.datagrams.load(Ordering::Relaxed)
         );
     }
-    if let Some((s, market)) = &routing_stats {
+    if let Some((s, market, stream)) = &routing_stats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         println!(
             "  venue {market}: {} orders, {} acked, {} rejected, {} filtered before sending, {} fills, {} canceled, {} unknown ({} resolved by query)",
@@ -661,6 +679,24 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             r(&s.canceled),
             r(&s.unknown),
             r(&s.resolved)
+        );
+        println!(
+            "  venue stream: {} connects, {} order updates, {} executions ({} fills reported from executions, {} skipped), {} errors",
+            r(&stream.connects),
+            r(&stream.orders),
+            r(&stream.executions),
+            r(&s.executions),
+            r(&s.executions_skipped),
+            r(&stream.errors)
+        );
+        println!(
+            "  venue reconcile: {} orders adopted, {} closed; {} position differences seen, {} adopted, {} unpriced; {} failed passes",
+            r(&s.orders_adopted),
+            r(&s.orders_closed),
+            r(&s.position_differences),
+            r(&s.positions_adopted),
+            r(&s.positions_unpriced),
+            r(&s.reconcile_failures)
         );
     }
     match &edge_report.error {

@@ -734,3 +734,80 @@ fn a_remote_agents_signal_over_quic_becomes_an_order_and_a_wrong_token_is_refuse
     assert!(orders[0].contains("\"side\":\"buy\""), "{}", orders[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The numbers in a summary line, in order.
+fn numbers_of(line: &str) -> Vec<u64> {
+    line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
+}
+
+#[test]
+fn real_routing_on_bybit_takes_fills_from_the_private_stream_and_adopts_the_venues_position() {
+    let (mut server, addr) = local_bybit_exchange();
+    let dir = temp_dir("real-routing-bybit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("live.toml");
+    let prefix = format!("sapphire-cli-bybit-{}", std::process::id());
+    // As the Binance test: a remote agent's signal over Redis is what trades — only it (every
+    // other agent weighs zero), so the venue ends the first run holding its position. The
+    // private stream's URL is given in full, as production's is.
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\nsource = \"bybit\"\nvenue_market = \"linear\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n\n[venue]\nmarket = \"bybit-linear\"\nrest_url = \"http://{addr}\"\nuser_stream_url = \"ws://{addr}/v5/private\"\n\n[risk]\nagent_budget_usd = \"5000\"\nmax_position_usd = \"5000\"\nmax_order_usd = \"5000\"\n\n[agents]\nweights_bps = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10000]\n\n[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n"
+        ),
+    )
+    .unwrap();
+    let run = |data: &str| {
+        let mut cmd = sapphire();
+        cmd.args(["run", "--duration", "4s", "--wait", "yield", "--config"]).arg(&config).arg("--data-dir").arg(dir.join(data));
+        cmd.env("ENABLE_PAPER_TRADING", "false").env_remove("REDIS_URL");
+        cmd.env("BYBIT_API_KEY", "sapphire-local-key").env("BYBIT_API_SECRET", "sapphire-local-secret");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("sapphire runs")
+    };
+    let line = |stdout: &str, start: &str| -> String {
+        stdout.lines().find(|l| l.trim_start().starts_with(start)).unwrap_or_else(|| panic!("no {start:?} line:\n{stdout}")).to_string()
+    };
+    // First run: a signal becomes an order; its fill comes back over the private stream.
+    let child = run("data-1");
+    let signal = r#"{"agent":12,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(250));
+        redis_publish(&format!("{prefix}:signals:in"), signal).expect("the Redis the test script provides");
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("REAL ORDERS to BybitLinear"), "{stdout}");
+    assert!(!stdout.contains("sapphire-local-secret") && !stderr.contains("sapphire-local-secret"), "the secret is never printed");
+    // "venue X: N orders, A acked, R rejected, F filtered before sending, K fills, ..."
+    let venue = numbers_of(&line(&stdout, "venue BybitLinear"));
+    assert!(venue[0] > 0 && venue[1] > 0 && venue[4] > 0, "orders acknowledged and filled: {venue:?}\n{stdout}");
+    // "venue stream: C connects, O order updates, E executions (X fills reported from executions, S skipped), R errors"
+    let stream = numbers_of(&line(&stdout, "venue stream:"));
+    assert!(stream[0] >= 1, "the private stream connected: {stream:?}");
+    assert!(stream[2] > 0 && stream[3] > 0, "fills came as executions over the private stream: {stream:?}\n{stdout}");
+    let summary = line(&stdout, "orders ");
+    assert!(!summary.contains("fills 0,"), "the engine booked the venue's fill: {summary}");
+    // "venue reconcile: A orders adopted, C closed; D position differences seen, P adopted, U unpriced; F failed passes"
+    let reconcile = numbers_of(&line(&stdout, "venue reconcile:"));
+    assert_eq!(reconcile[3], 0, "engine and venue agreed all along: nothing adopted in the first run\n{stdout}\n{stderr}");
+    let first_run = stdout.clone();
+    // Second run, a fresh engine (new data dir: flat): the venue still holds the first run's
+    // position. Reconciliation sees the difference at start and adopts it once it holds.
+    let out = run("data-2").wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stdout}\n{stderr}", out.status);
+    let reconcile = numbers_of(&line(&stdout, "venue reconcile:"));
+    assert!(
+        reconcile[2] >= 2 && reconcile[3] >= 1,
+        "the difference was seen twice and adopted: {reconcile:?}\n{stdout}\n{stderr}\nfirst run:\n{first_run}"
+    );
+    assert!(stderr.contains("adopting the venue's BTCUSDT position"), "logged: {stderr}");
+    let summary = line(&stdout, "orders ");
+    assert!(!summary.contains("fills 0,"), "the engine booked the adjustment: {summary}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

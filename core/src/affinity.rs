@@ -40,9 +40,36 @@ pub fn pin_current_thread(core: Option<usize>) -> PinOutcome {
     }
 }
 
+/// Lowers the calling thread — only it: Linux keeps a nice value per thread — to the lowest
+/// CPU priority of the normal scheduler (nice 19), for work that must yield to the market
+/// path on a shared core (the dashboard and API server). Never panics; an error says why it
+/// could not (the thread then runs at its old priority, which is only slower for others).
+pub fn lower_current_thread_priority() -> Result<(), String> {
+    thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min).map_err(|e| format!("{e:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The nice value of the calling thread, from `/proc/thread-self/stat` (field 19).
+    fn own_nice() -> Option<i32> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    #[test]
+    fn lowering_priority_changes_only_the_calling_thread() {
+        let before = own_nice();
+        let (result, lowered) = std::thread::spawn(|| (lower_current_thread_priority(), own_nice())).join().unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(result, Ok(()));
+            assert_eq!(lowered, Some(19));
+            assert_eq!(own_nice(), before, "the caller's own priority is untouched");
+        }
+    }
 
     #[test]
     fn a_thread_started_by_a_pinned_thread_can_still_be_pinned_elsewhere() {

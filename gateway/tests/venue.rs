@@ -301,6 +301,7 @@ fn gateway_config() -> OrderGatewayConfig {
         poll_interval: Duration::from_millis(100),
         time_sync_interval: Duration::from_secs(600),
         reconcile_interval: Duration::from_secs(600),
+        position_settle: Duration::from_millis(100),
     }
 }
 
@@ -551,7 +552,7 @@ async fn start_routing_runs_the_gateway_on_its_own_thread() {
         credentials: Credentials::new(LOCAL_API_KEY, LOCAL_API_SECRET),
         gateway: OrderGatewayConfig { poll_interval: Duration::from_secs(600), ..gateway_config() },
     };
-    let routing = start_routing(config, &[instrument()], orders_rx.into_iter().next().unwrap(), events_tx).unwrap();
+    let routing = start_routing(config, &[instrument()], orders_rx.into_iter().next().unwrap(), events_tx, None).unwrap();
     let mut events = events_rx.remove(0);
     let mut seen = Vec::new();
     orders_tx.try_publish(order(600, Side::Buy, "59000.00", "0.010", TimeInForce::Gtc)).unwrap();

@@ -126,6 +126,12 @@ pub struct ApiLimits {
     pub ws_max_clients: usize,
     /// How often a WebSocket client gets a snapshot and what it has not seen.
     pub ws_tick: Duration,
+    /// Run the server's thread at the lowest CPU priority (nice 19), so that on a core it
+    /// shares with the market and edge threads it only takes the time they leave: hundreds of
+    /// dashboard clients then cannot delay ticks on their way to the engine. Off by default:
+    /// when the market thread keeps that core busy (the synthetic market at full rate), a
+    /// nice-19 server gets almost no time and WebSocket handshakes take hundreds of ms.
+    pub low_priority: bool,
     /// How often the server pings a WebSocket client to measure how far behind it reads.
     pub ws_ping_every: Duration,
     /// A ping unanswered for this long means the client reads that far behind, or not at
@@ -146,6 +152,7 @@ impl Default for ApiLimits {
             header_read_timeout: Duration::from_secs(10),
             ws_max_clients: 64,
             ws_tick: Duration::from_millis(250),
+            low_priority: false,
             ws_ping_every: Duration::from_secs(5),
             ws_max_lag: Duration::from_secs(15),
             ws_send_timeout: Duration::from_secs(5),
@@ -227,6 +234,11 @@ impl ApiServer {
             .name("sapphire-api".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
+                if limits.low_priority {
+                    if let Err(e) = sapphire_core::affinity::lower_current_thread_priority() {
+                        eprintln!("api: could not lower the server thread's priority ({e}); it competes with the market path as an equal");
+                    }
+                }
                 runtime.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,

@@ -18,7 +18,8 @@
 //! of `GET/realtime{expires}` with the desk's secret); nothing else is answered before it.
 //! Then `order` and `execution` (and `position`, accepted, never pushed) can be subscribed,
 //! and every change to an order placed through the Bybit REST endpoints is pushed: an
-//! `execution` per fill, then the order's cumulative state.
+//! `execution` per fill (with its fee, `isMaker` and `execId`, as Bybit sends them), then the
+//! order's cumulative state.
 
 use super::tape::{bybit_key, StreamKey, TapeVenue};
 use super::{base_quote, lock, step, Outbound, Shared, Subscriber};

@@ -24,7 +24,10 @@
 //!   (USD-M): `NEW`, one `TRADE` per fill, `CANCELED` / `EXPIRED`.
 //! - Bybit v5 (`/v5/order/create`, `cancel`, `cancel-all`, `realtime`, `/v5/position/list`,
 //!   `/v5/account/wallet-balance`, `/v5/market/time`) over the same orders and book, with
-//!   Bybit's signature check and `retCode`s.
+//!   Bybit's signature check and `retCode`s. Bybit fills carry fees: [`MAKER_FEE_PPM`] for a
+//!   resting order that was hit, [`TAKER_FEE_PPM`] for one that crossed on arrival, in USDT.
+//! - Positions can be changed behind the client's back ([`OrderDeskHandle::set_position`]: a
+//!   manual trade, a liquidation), for reconciliation tests.
 
 use super::{lock, Shared};
 use crate::binance::BinanceMarket;
@@ -43,6 +46,19 @@ use tokio::net::TcpStream;
 pub const LOCAL_API_KEY: &str = "sapphire-local-key";
 /// The secret the desk verifies signatures with until told otherwise (local use only).
 pub const LOCAL_API_SECRET: &str = "sapphire-local-secret";
+
+/// Fee of a maker fill, parts per million of its notional (Bybit linear's 0.02 %).
+pub const MAKER_FEE_PPM: i64 = 200;
+
+/// Fee of a taker fill, parts per million of its notional (Bybit linear's 0.055 %).
+pub const TAKER_FEE_PPM: i64 = 550;
+
+/// The fee of a fill at `price` × `qty`.
+pub fn fill_fee(price: Price, qty: Quantity, maker: bool) -> Money {
+    let n = notional(price, qty).unwrap_or(Money::ZERO);
+    let ppm = if maker { MAKER_FEE_PPM } else { TAKER_FEE_PPM };
+    Money::from_raw((i128::from(n.raw) * i128::from(ppm) / 1_000_000) as i64)
+}
 
 /// A fault fired once, on the next new-order request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +119,10 @@ pub struct DeskOrder {
     pub reduce_only: bool,
     /// Fills: (price, qty).
     pub fills: Vec<(Price, Quantity)>,
+    /// Per fill: true when the order was resting (maker), false when it crossed on arrival.
+    pub makers: Vec<bool>,
+    /// Fills move a position (USD-M, every Bybit order), not spot balances.
+    pub futures: bool,
     /// Creation time, ms.
     pub time_ms: u64,
     /// Last change, ms.
@@ -264,22 +284,26 @@ impl OrderDeskHandle {
     /// Fills up to `qty` of a working order at its own price, as a taker arriving at the
     /// venue would; false when no such working order exists.
     pub fn fill_resting(&self, client_id: &str, qty: Quantity) -> bool {
-        let futures = self.shared.config.market == BinanceMarket::UsdM;
         let mut st = self.state();
         let Some(i) = st.orders.iter().position(|o| o.client_id == client_id && o.is_open()) else { return false };
         let (price, left) = (st.orders[i].price, st.orders[i].qty - st.orders[i].executed);
-        fill(&mut st, i, price, qty.min(left), futures);
+        fill(&mut st, i, price, qty.min(left), true);
         drop(st);
         publish_changes(&self.shared);
         true
+    }
+
+    /// Sets a futures position behind the client's back (a manual trade, a liquidation):
+    /// `/v5/position/list` and `/fapi/v3/positionRisk` answer it from now on.
+    pub fn set_position(&self, symbol: &str, qty: Quantity) {
+        self.state().positions.insert(symbol.to_string(), qty);
     }
 
     /// Fills resting orders that the current book top crosses.
     pub fn match_resting(&self) {
         let tops = tops(&self.shared);
         let mut st = self.state();
-        let futures = self.shared.config.market == BinanceMarket::UsdM;
-        match_resting(&mut st, &tops, futures);
+        match_resting(&mut st, &tops);
         drop(st);
         publish_changes(&self.shared);
     }
@@ -506,17 +530,18 @@ fn settle_balances(st: &mut DeskState, symbol: &str, buy: bool, qty: Quantity, q
     }
 }
 
-fn fill(st: &mut DeskState, idx: usize, price: Price, qty: Quantity, futures: bool) {
+fn fill(st: &mut DeskState, idx: usize, price: Price, qty: Quantity, maker: bool) {
     let now = now_ms();
     let quote = notional(price, qty).unwrap_or(Money::ZERO);
-    let (symbol, buy) = {
+    let (symbol, buy, futures) = {
         let o = &mut st.orders[idx];
         o.executed += qty;
         o.cum_quote += quote;
         o.fills.push((price, qty));
+        o.makers.push(maker);
         o.update_ms = now;
         o.status = if o.executed >= o.qty { "FILLED" } else { "PARTIALLY_FILLED" };
-        (o.symbol.clone(), o.side == "BUY")
+        (o.symbol.clone(), o.side == "BUY", o.futures)
     };
     if futures {
         let p = st.positions.entry(symbol).or_insert(Quantity::ZERO);
@@ -526,7 +551,7 @@ fn fill(st: &mut DeskState, idx: usize, price: Price, qty: Quantity, futures: bo
     }
 }
 
-fn match_resting(st: &mut DeskState, tops: &HashMap<String, [Option<(Price, Quantity)>; 2]>, futures: bool) {
+fn match_resting(st: &mut DeskState, tops: &HashMap<String, [Option<(Price, Quantity)>; 2]>) {
     for i in 0..st.orders.len() {
         let o = &st.orders[i];
         if !o.is_open() || o.order_type == "MARKET" {
@@ -540,7 +565,7 @@ fn match_resting(st: &mut DeskState, tops: &HashMap<String, [Option<(Price, Quan
             let qty = (o.qty - o.executed).min(size);
             // A resting order fills at its own price (it was there first).
             let price = o.price;
-            fill(st, i, price, qty, futures);
+            fill(st, i, price, qty, true);
         }
     }
 }
@@ -792,14 +817,14 @@ fn handle(shared: &Arc<Shared>, method: &str, target: &str, body: &str, api_key:
     let reply = match (method, path) {
         ("POST", "/api/v3/order" | "/fapi/v1/order") => new_order_reply(shared, &mut st, &tops, &get, futures),
         ("GET", "/api/v3/order" | "/fapi/v1/order") => {
-            match_resting(&mut st, &tops, futures);
+            match_resting(&mut st, &tops);
             match find(&st) {
                 Some(i) => ok(order_json(&st.orders[i], futures, "QUERY", false)),
                 None => err(400, -2_013, "Order does not exist."),
             }
         }
         ("DELETE", "/api/v3/order" | "/fapi/v1/order") => {
-            match_resting(&mut st, &tops, futures);
+            match_resting(&mut st, &tops);
             match find(&st) {
                 Some(i) if st.orders[i].is_open() => {
                     st.orders[i].status = "CANCELED";
@@ -811,7 +836,7 @@ fn handle(shared: &Arc<Shared>, method: &str, target: &str, body: &str, api_key:
             }
         }
         ("GET", "/api/v3/openOrders" | "/fapi/v1/openOrders") => {
-            match_resting(&mut st, &tops, futures);
+            match_resting(&mut st, &tops);
             let list: Vec<String> = st
                 .orders
                 .iter()
@@ -824,7 +849,7 @@ fn handle(shared: &Arc<Shared>, method: &str, target: &str, body: &str, api_key:
             let Some(symbol) = symbol.as_deref() else {
                 return with(err(400, -1_102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."));
             };
-            match_resting(&mut st, &tops, futures);
+            match_resting(&mut st, &tops);
             let now = now_ms();
             let mut cancelled = Vec::new();
             for o in st.orders.iter_mut().filter(|o| o.is_open() && o.symbol == symbol) {
@@ -988,6 +1013,8 @@ fn new_order_reply<'a>(
         status: "NEW",
         reduce_only,
         fills: Vec::new(),
+        makers: Vec::new(),
+        futures,
         time_ms: now,
         update_ms: now,
     });
@@ -996,7 +1023,7 @@ fn new_order_reply<'a>(
     let fok_short = tif == "FOK" && opposite.is_none_or(|(_, size)| size < qty);
     if marketable && !post_only_takes && !fok_short {
         if let Some((p, size)) = opposite {
-            fill(st, idx, p, qty.min(size), futures);
+            fill(st, idx, p, qty.min(size), false);
         }
     }
     let o = &mut st.orders[idx];
@@ -1099,15 +1126,26 @@ fn bybit_private_messages(o: &DeskOrder, futures: bool, sent_fills: usize) -> Ve
     let category = if futures { "linear" } else { "spot" };
     let side = if o.side == "BUY" { "Buy" } else { "Sell" };
     let mut out = Vec::new();
+    let mut done = o.fills[..sent_fills.min(o.fills.len())].iter().fold(Quantity::ZERO, |a, (_, q)| a + *q);
     for (n, (price, qty)) in o.fills.iter().enumerate().skip(sent_fills) {
+        let maker = o.makers.get(n).copied().unwrap_or(false);
+        let fee = fill_fee(*price, *qty, maker);
+        done += *qty;
         out.push((
             "execution",
             format!(
-                r#"{{"id":"{id}-exec-{n}","topic":"execution","creationTime":{now},"data":[{{"category":"{category}","symbol":"{}","orderId":"{id}","orderLinkId":"{}","side":"{side}","execId":"{id}-{n}","execPrice":"{}","execQty":"{}","execFee":"0","execTime":"{now}","isMaker":false}}]}}"#,
+                r#"{{"id":"{id}-exec-{n}","topic":"execution","creationTime":{now},"data":[{{"category":"{category}","symbol":"{}","orderId":"{id}","orderLinkId":"{}","side":"{side}","execId":"{id}-{n}","execType":"Trade","execPrice":"{}","execQty":"{}","execValue":"{}","execFee":"{}","feeRate":"{}","feeCurrency":"USDT","execTime":"{now}","isMaker":{maker},"orderPrice":"{}","orderQty":"{}","leavesQty":"{}","seq":{}}}]}}"#,
                 o.symbol,
                 o.client_id,
                 fmt_price(*price),
                 fmt_qty(*qty),
+                fmt_money(notional(*price, *qty).unwrap_or(Money::ZERO)),
+                fmt_money(fee),
+                if maker { "0.0002" } else { "0.00055" },
+                fmt_price(o.price),
+                fmt_qty(o.qty),
+                fmt_qty(Quantity::from_raw((o.qty.raw - done.raw).max(0))),
+                o.order_id * 1_000 + n as u64,
                 id = o.order_id,
             ),
         ));
@@ -1217,7 +1255,7 @@ fn bybit_order_json(o: &DeskOrder) -> String {
         t => t,
     };
     format!(
-        r#"{{"orderId":"{}","orderLinkId":"{}","symbol":"{}","price":"{}","qty":"{}","side":"{}","orderStatus":"{}","avgPrice":"{}","cumExecQty":"{}","cumExecValue":"{}","cumExecFee":"0","timeInForce":"{tif}","orderType":"{}","reduceOnly":{},"createdTime":"{}","updatedTime":"{}"}}"#,
+        r#"{{"orderId":"{}","orderLinkId":"{}","symbol":"{}","price":"{}","qty":"{}","side":"{}","orderStatus":"{}","avgPrice":"{}","cumExecQty":"{}","cumExecValue":"{}","cumExecFee":"{}","timeInForce":"{tif}","orderType":"{}","reduceOnly":{},"createdTime":"{}","updatedTime":"{}"}}"#,
         o.order_id,
         o.client_id,
         o.symbol,
@@ -1228,6 +1266,7 @@ fn bybit_order_json(o: &DeskOrder) -> String {
         fmt_price(avg),
         fmt_qty(o.executed),
         fmt_money(o.cum_quote),
+        fmt_money(o.fills.iter().zip(&o.makers).fold(Money::ZERO, |a, ((p, q), m)| a + fill_fee(*p, *q, *m))),
         if o.order_type == "MARKET" { "Market" } else { "Limit" },
         o.reduce_only,
         o.time_ms,
@@ -1383,7 +1422,7 @@ fn handle_bybit(shared: &Arc<Shared>, method: &str, target: &str, body: &str, au
             out
         }
         ("POST", "/v5/order/cancel") => {
-            match_resting(&mut st, &tops, true);
+            match_resting(&mut st, &tops);
             match find(&st) {
                 Some(i) if st.orders[i].is_open() => {
                     st.orders[i].status = "CANCELED";
@@ -1395,7 +1434,7 @@ fn handle_bybit(shared: &Arc<Shared>, method: &str, target: &str, body: &str, au
             }
         }
         ("POST", "/v5/order/cancel-all") => {
-            match_resting(&mut st, &tops, true);
+            match_resting(&mut st, &tops);
             let now = now_ms();
             let mut list = Vec::new();
             for o in st.orders.iter_mut().filter(|o| o.is_open() && symbol.as_deref().is_none_or(|s| s == o.symbol)) {
@@ -1406,7 +1445,7 @@ fn handle_bybit(shared: &Arc<Shared>, method: &str, target: &str, body: &str, au
             bybit_ok(&format!(r#"{{"list":[{}],"success":"1"}}"#, list.join(",")))
         }
         ("GET", "/v5/order/realtime") => {
-            match_resting(&mut st, &tops, true);
+            match_resting(&mut st, &tops);
             let list: Vec<String> = if get("orderLinkId").is_some() || get("orderId").is_some() {
                 find(&st).map(|i| bybit_order_json(&st.orders[i])).into_iter().collect()
             } else {
@@ -1420,15 +1459,23 @@ fn handle_bybit(shared: &Arc<Shared>, method: &str, target: &str, body: &str, au
             let items: Vec<String> = list
                 .iter()
                 .filter(|(s, _)| symbol.as_deref().is_none_or(|x| x == s.as_str()))
+                // `settleCoin` lists the contracts settled in it (here: the quote suffix).
+                .filter(|(s, _)| get("settleCoin").is_none_or(|c| s.ends_with(c)))
                 .map(|(s, q)| {
                     let side = match q.raw {
                         0 => "",
                         r if r > 0 => "Buy",
                         _ => "Sell",
                     };
+                    // The mark: the replayed book's mid, when it has both sides.
+                    let mark = match tops.get(s.as_str()) {
+                        Some([Some((b, _)), Some((a, _))]) => Price::from_raw((b.raw + a.raw) / 2),
+                        _ => Price::ZERO,
+                    };
                     format!(
-                        r#"{{"positionIdx":0,"symbol":"{s}","side":"{side}","size":"{}","avgPrice":"0","unrealisedPnl":"0"}}"#,
-                        fmt_qty(q.abs())
+                        r#"{{"positionIdx":0,"symbol":"{s}","side":"{side}","size":"{}","avgPrice":"0","markPrice":"{}","unrealisedPnl":"0"}}"#,
+                        fmt_qty(q.abs()),
+                        fmt_price(mark)
                     )
                 })
                 .collect();

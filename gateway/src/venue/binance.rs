@@ -85,6 +85,8 @@ pub struct Position {
     pub entry_price: Price,
     /// Unrealized PnL.
     pub unrealized_pnl: Money,
+    /// The venue's mark price (zero when it gave none).
+    pub mark_price: Price,
 }
 
 /// Counters of one client.
@@ -433,6 +435,10 @@ impl BinanceExecution {
                 qty: decode("positionAmt", Quantity::parse(&text_of(p, "positionAmt")))?,
                 entry_price: decode("entryPrice", Price::parse(&text_of(p, "entryPrice")))?,
                 unrealized_pnl: decode("unRealizedProfit", Money::parse(&text_of(p, "unRealizedProfit")))?,
+                mark_price: match text_of(p, "markPrice").as_str() {
+                    "" => Price::ZERO,
+                    m => decode("markPrice", Price::parse(m))?,
+                },
             });
         }
         Ok(out)
@@ -537,5 +543,14 @@ impl ExecutionVenue for BinanceExecution {
 
     async fn sync_time(&self) -> Result<i64, VenueError> {
         self.measure_time_offset().await
+    }
+
+    async fn net_positions(&self) -> Result<Option<Vec<super::VenuePosition>>, VenueError> {
+        if self.config.market == BinanceMarket::Spot {
+            // Spot has balances, not positions: not reconciled here.
+            return Ok(None);
+        }
+        let list = self.positions().await?;
+        Ok(Some(list.into_iter().map(|p| super::VenuePosition { symbol: p.symbol, qty: p.qty, mark: p.mark_price }).collect()))
     }
 }

@@ -6,15 +6,18 @@
 //! Bybit answers HTTP 200 with `retCode` ≠ 0 for refusals; `X-Bapi-Limit-Status` (requests
 //! left in the window) and `X-Bapi-Limit-Reset-Timestamp` drive the client's slowdown.
 //!
-//! The private WebSocket (`/v5/private`, [`run_private_stream`]) pushes `order` updates
-//! instead of waiting for the next poll: `{"op":"auth","args":[apiKey, expires, signature]}`
-//! with `signature` = hex HMAC-SHA256 of `GET/realtime{expires}`, then `order`, `execution`
-//! and `position` subscribed, `{"op":"ping"}` every 20 s. Each `order` element is the order's
-//! cumulative state (as `/v5/order/realtime` answers it), so the [`super::OrderGateway`]
-//! reports only what it has not yet reported and a pushed update and a polled one never count
-//! twice. Every (re)connect sends [`UserUpdate::Reconnected`]: the gateway queries its working
-//! orders, covering whatever was missed while the stream was down; polling keeps running
-//! beside the stream as the fallback.
+//! The private WebSocket (`/v5/private`, [`run_private_stream`]) pushes fills and order
+//! updates instead of waiting for the next poll: `{"op":"auth","args":[apiKey, expires,
+//! signature]}` with `signature` = hex HMAC-SHA256 of `GET/realtime{expires}`, then `order`,
+//! `execution` and `position` subscribed, `{"op":"ping"}` every 20 s. Each `execution` element
+//! is one fill (`execPrice`, `execQty`, `execFee` in the settle coin — `feeCurrency` on spot —,
+//! `isMaker`, `execId`); Bybit sends it before the `order` element, the order's cumulative
+//! state (as `/v5/order/realtime` answers it). The [`super::OrderGateway`] reports executions
+//! as fills with their fees and counts them into the order's reported quantity, so the
+//! cumulative update that follows (or a poll) reports only what no execution covered: a fill
+//! never counts twice. Every (re)connect sends [`UserUpdate::Reconnected`] (the gateway
+//! queries its working orders, covering whatever was missed while the stream was down), every
+//! loss [`UserUpdate::Disconnected`] (the gateway polls while the stream is down).
 
 use super::credentials::Credentials;
 use super::errors::{bybit_reason, VenueError};
@@ -105,6 +108,22 @@ fn num(v: &Value, name: &str) -> String {
 
 fn decode<T>(what: &str, r: Result<T, sapphire_core::fixed::DecimalError>) -> Result<T, VenueError> {
     r.map_err(|e| VenueError::Decode { venue: VENUE, reason: format!("{what}: {e:?}") })
+}
+
+/// Parses `/v5/position/list`'s `result.list` (signed sizes: `side` `Sell` is short).
+pub fn parse_positions(v: &Value) -> Result<Vec<super::binance::Position>, VenueError> {
+    let mut out = Vec::new();
+    for p in v.pointer("/result/list").and_then(Value::as_array).into_iter().flatten() {
+        let size = decode("size", Quantity::parse(&num(p, "size")))?;
+        out.push(super::binance::Position {
+            symbol: text_of(p, "symbol"),
+            qty: if text_of(p, "side") == "Sell" { -size } else { size },
+            entry_price: decode("avgPrice", Price::parse(&num(p, "avgPrice")))?,
+            unrealized_pnl: decode("unrealisedPnl", Money::parse(&num(p, "unrealisedPnl")))?,
+            mark_price: decode("markPrice", Price::parse(&num(p, "markPrice")))?,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses one order of `/v5/order/realtime`'s `result.list`.
@@ -258,15 +277,26 @@ impl BybitExecution {
             None => q.push("settleCoin", "USDT"),
         };
         let v = self.call(reqwest::Method::GET, "/v5/position/list", q.as_str().to_string(), true).await?;
+        parse_positions(&v)
+    }
+
+    /// Every position of the category settled in `coin`, page by page (`limit=200`, then
+    /// `cursor` while `nextPageCursor` is given; at most 50 pages).
+    pub async fn positions_settled_in(&self, coin: &str) -> Result<Vec<super::binance::Position>, VenueError> {
         let mut out = Vec::new();
-        for p in v.pointer("/result/list").and_then(Value::as_array).into_iter().flatten() {
-            let size = decode("size", Quantity::parse(&num(p, "size")))?;
-            out.push(super::binance::Position {
-                symbol: text_of(p, "symbol"),
-                qty: if text_of(p, "side") == "Sell" { -size } else { size },
-                entry_price: decode("avgPrice", Price::parse(&num(p, "avgPrice")))?,
-                unrealized_pnl: decode("unrealisedPnl", Money::parse(&num(p, "unrealisedPnl")))?,
-            });
+        let mut cursor = String::new();
+        for _ in 0..50 {
+            let mut q = Query::new();
+            q.push("category", self.config.category.as_str()).push("settleCoin", coin).push("limit", 200);
+            if !cursor.is_empty() {
+                q.push("cursor", &cursor);
+            }
+            let v = self.call(reqwest::Method::GET, "/v5/position/list", q.as_str().to_string(), true).await?;
+            out.extend(parse_positions(&v)?);
+            cursor = v.pointer("/result/nextPageCursor").and_then(Value::as_str).unwrap_or("").to_string();
+            if cursor.is_empty() {
+                break;
+            }
         }
         Ok(out)
     }
@@ -357,6 +387,17 @@ impl ExecutionVenue for BybitExecution {
     async fn sync_time(&self) -> Result<i64, VenueError> {
         self.measure_time_offset().await
     }
+
+    async fn net_positions(&self) -> Result<Option<Vec<super::VenuePosition>>, VenueError> {
+        if self.config.category == BybitCategory::Spot {
+            // Spot has balances, not positions: not reconciled here.
+            return Ok(None);
+        }
+        // Linear contracts settle in USDT or USDC; a symbol missing from both lists is flat.
+        let mut list = self.positions_settled_in("USDT").await?;
+        list.extend(self.positions_settled_in("USDC").await?);
+        Ok(Some(list.into_iter().map(|p| super::VenuePosition { symbol: p.symbol, qty: p.qty, mark: p.mark_price }).collect()))
+    }
 }
 
 use super::user_stream::{UserStreamStats, UserUpdate};
@@ -365,8 +406,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Production private WebSocket base (the client adds `/v5/private`).
-pub const BYBIT_PRIVATE_WS_URL: &str = "wss://stream.bybit.com";
+/// Production private WebSocket.
+pub const BYBIT_PRIVATE_WS_URL: &str = "wss://stream.bybit.com/v5/private";
 
 /// The private stream's `auth` request: `expires` (ms) must be in the future when Bybit reads it.
 pub fn private_auth_message(creds: &Credentials, expires_ms: u64) -> String {
@@ -383,8 +424,48 @@ pub enum PrivateEvent {
     Subscribed(Result<(), String>),
     /// An `order` message: each order's cumulative state.
     Orders(Vec<PushedOrder>),
+    /// An `execution` message: our fills (executions of other types, funding or ADL, and
+    /// those without an order are left out).
+    Executions(Vec<super::VenueExecution>),
     /// `execution`, `position`, pongs and anything else.
     Other,
+}
+
+/// Parses one element of an `execution` message; `None` for an execution that is not a
+/// trade of an order (funding, ADL, bust, or no `orderLinkId`).
+pub fn parse_execution(v: &Value) -> Result<Option<super::VenueExecution>, VenueError> {
+    let exec_type = text_of(v, "execType");
+    let client_id = text_of(v, "orderLinkId");
+    if !(exec_type.is_empty() || exec_type == "Trade") || client_id.is_empty() {
+        return Ok(None);
+    }
+    let symbol = text_of(v, "symbol");
+    // Linear contracts charge in the settle coin (the quote); spot names the fee coin, which
+    // is the base on buys: a fee not in the quote is not counted (as on Binance).
+    let fee_currency = text_of(v, "feeCurrency");
+    let fee = if fee_currency.is_empty() || symbol.ends_with(&fee_currency) {
+        decode("execFee", Money::parse(&num(v, "execFee")))?
+    } else {
+        Money::ZERO
+    };
+    let qty = decode("execQty", Quantity::parse_unsigned(&num(v, "execQty")))?;
+    if qty.raw <= 0 {
+        return Err(VenueError::Decode {
+            venue: VENUE,
+            reason: format!("execution {:?} of {client_id} without a quantity", text_of(v, "execId")),
+        });
+    }
+    Ok(Some(super::VenueExecution {
+        symbol,
+        client_id,
+        exec_id: text_of(v, "execId"),
+        side: if text_of(v, "side") == "Sell" { Side::Sell } else { Side::Buy },
+        price: decode("execPrice", Price::parse(&num(v, "execPrice")))?,
+        qty,
+        fee,
+        maker: v.get("isMaker").and_then(Value::as_bool).unwrap_or(false),
+        time_ms: text_of(v, "execTime").parse().unwrap_or(0),
+    }))
 }
 
 /// Parses one private-stream message.
@@ -407,6 +488,18 @@ pub fn parse_private_message(text: &str) -> Result<PrivateEvent, VenueError> {
             };
             Ok(PrivateEvent::Orders(list.iter().map(parse_order).collect::<Result<_, _>>()?))
         }
+        (_, "execution") => {
+            let Some(list) = v.get("data").and_then(Value::as_array) else {
+                return Err(VenueError::Decode { venue: VENUE, reason: "private stream: execution message without a data array".into() });
+            };
+            let mut out = Vec::with_capacity(list.len());
+            for e in list {
+                if let Some(x) = parse_execution(e)? {
+                    out.push(x);
+                }
+            }
+            Ok(PrivateEvent::Executions(out))
+        }
         _ => Ok(PrivateEvent::Other),
     }
 }
@@ -414,7 +507,8 @@ pub fn parse_private_message(text: &str) -> Result<PrivateEvent, VenueError> {
 /// How the private stream connects.
 #[derive(Debug, Clone)]
 pub struct PrivateStreamConfig {
-    /// WebSocket base, e.g. `wss://stream.bybit.com` or the local exchange's `ws://127.0.0.1:port`.
+    /// The private stream's URL, `wss://stream.bybit.com/v5/private` (a base without the
+    /// path, such as the local exchange's `ws://127.0.0.1:port`, gets `/v5/private` added).
     pub ws_url: String,
     /// `{"op":"ping"}` period (Bybit: 20 s).
     pub ping_interval: Duration,
@@ -460,6 +554,10 @@ pub async fn run_private_stream(
             PrivateEnd::Retry(reason) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 eprintln!("venue bybit: private stream: {reason}; reconnecting");
+                // Tell the gateway only when it was told the stream was up.
+                if stats.up.swap(false, Ordering::Relaxed) && updates.send(UserUpdate::Disconnected).await.is_err() {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -476,7 +574,7 @@ async fn private_session(
     stats: &UserStreamStats,
     stop: &mut watch::Receiver<bool>,
 ) -> PrivateEnd {
-    let url = format!("{}/v5/private", config.ws_url);
+    let url = if config.ws_url.ends_with("/v5/private") { config.ws_url.clone() } else { format!("{}/v5/private", config.ws_url) };
     let mut ws = match crate::connection::binance::connect(&url, config.connect_timeout).await {
         Ok(ws) => ws,
         Err(e) => return PrivateEnd::Retry(format!("connect {url}: {e}")),
@@ -521,6 +619,7 @@ async fn private_session(
                     Ok(PrivateEvent::Subscribed(Ok(()))) => {
                         // From here on nothing is missed: the gateway queries what it holds.
                         stats.connects.fetch_add(1, Ordering::Relaxed);
+                        stats.up.store(true, Ordering::Relaxed);
                         if updates.send(UserUpdate::Reconnected).await.is_err() {
                             return PrivateEnd::Stop;
                         }
@@ -530,6 +629,14 @@ async fn private_session(
                         for o in orders {
                             stats.orders.fetch_add(1, Ordering::Relaxed);
                             if updates.send(UserUpdate::Order(o)).await.is_err() {
+                                return PrivateEnd::Stop;
+                            }
+                        }
+                    }
+                    Ok(PrivateEvent::Executions(list)) => {
+                        for e in list {
+                            stats.executions.fetch_add(1, Ordering::Relaxed);
+                            if updates.send(UserUpdate::Execution(e)).await.is_err() {
                                 return PrivateEnd::Stop;
                             }
                         }
@@ -558,6 +665,22 @@ mod private_tests {
     }
 
     #[test]
+    fn parses_position_lists_with_signed_sizes_and_marks() {
+        let v: Value = serde_json::from_str(
+            r#"{"retCode":0,"retMsg":"OK","result":{"list":[{"positionIdx":0,"symbol":"BTCUSDT","side":"Sell","size":"0.015","avgPrice":"60010.5","markPrice":"60000.25","unrealisedPnl":"0.15"},{"positionIdx":0,"symbol":"ETHUSDT","side":"","size":"0","avgPrice":"0","markPrice":"3000","unrealisedPnl":"0"}],"nextPageCursor":"","category":"linear"},"time":1}"#,
+        )
+        .unwrap();
+        let list = parse_positions(&v).unwrap();
+        assert_eq!(
+            (list[0].symbol.as_str(), list[0].qty, list[0].mark_price, list[0].entry_price),
+            ("BTCUSDT", Quantity::parse("-0.015").unwrap(), Price::parse("60000.25").unwrap(), Price::parse("60010.5").unwrap())
+        );
+        assert_eq!(list[1].qty, Quantity::ZERO);
+        let bad: Value = serde_json::from_str(r#"{"result":{"list":[{"symbol":"BTCUSDT","side":"Buy","size":"x"}]}}"#).unwrap();
+        assert!(parse_positions(&bad).is_err());
+    }
+
+    #[test]
     fn parses_private_messages() {
         assert_eq!(
             parse_private_message(r#"{"success":true,"ret_msg":"","op":"auth","conn_id":"c1"}"#).unwrap(),
@@ -574,6 +697,36 @@ mod private_tests {
         assert_eq!(orders[0].side, Side::Sell);
         assert_eq!(parse_private_message(r#"{"req_id":"p","op":"pong","args":["1"],"conn_id":"c"}"#).unwrap(), PrivateEvent::Other);
         assert!(parse_private_message(r#"{"topic":"order","data":{}}"#).is_err());
+        // Bybit's documented execution example (linear: the fee is in USDT), then a maker
+        // rebate, a funding execution (left out) and one with a broken price (refused).
+        let exec = r#"{"id":"592324803b2785-26fa-4214-9963-bdd4727f07be","topic":"execution","creationTime":1672364174455,"data":[{"category":"linear","symbol":"XRPUSDT","execFee":"0.005061","execId":"7e2ae69c-4edf-5800-a352-893d52b446aa","execPrice":"0.3374","execQty":"25","execType":"Trade","execValue":"8.435","isMaker":false,"feeRate":"0.0006","tradeIv":"","markIv":"","blockTradeId":"","markPrice":"0.3391","indexPrice":"","underlyingPrice":"","leavesQty":"0","orderId":"f6e324ff-99c2-4e89-9739-3086e47f9381","orderLinkId":"sph-7","orderPrice":"0.3207","orderQty":"25","orderType":"Market","stopOrderType":"UNKNOWN","side":"Sell","execTime":"1672364174443","isLeverage":"0","closedSize":"","seq":4688002127},{"category":"linear","symbol":"XRPUSDT","execFee":"-0.001","execId":"e2","execPrice":"0.3375","execQty":"10","execType":"Trade","isMaker":true,"orderLinkId":"sph-8","side":"Buy","execTime":"1672364174444"},{"category":"linear","symbol":"XRPUSDT","execFee":"0.01","execId":"f1","execPrice":"0.3375","execQty":"100","execType":"Funding","orderLinkId":"","side":"Buy","execTime":"1672364174445"}]}"#;
+        let PrivateEvent::Executions(list) = parse_private_message(exec).unwrap() else { panic!("executions") };
+        assert_eq!(list.len(), 2, "the funding execution is left out");
+        assert_eq!(
+            (list[0].client_id.as_str(), list[0].side, list[0].price, list[0].qty, list[0].fee, list[0].maker, list[0].time_ms),
+            (
+                "sph-7",
+                Side::Sell,
+                Price::parse("0.3374").unwrap(),
+                Quantity::parse("25").unwrap(),
+                Money::parse("0.005061").unwrap(),
+                false,
+                1_672_364_174_443
+            )
+        );
+        assert_eq!((list[1].fee, list[1].maker), (Money::parse("-0.001").unwrap(), true), "a maker rebate is a negative fee");
+        // Spot: a fee charged in the base coin is not a quote amount.
+        let spot = r#"{"topic":"execution","data":[{"category":"spot","symbol":"BTCUSDT","execFee":"0.00001","feeCurrency":"BTC","execId":"s1","execPrice":"60000","execQty":"0.01","execType":"Trade","isMaker":false,"orderLinkId":"sph-9","side":"Buy","execTime":"1"}]}"#;
+        let PrivateEvent::Executions(list) = parse_private_message(spot).unwrap() else { panic!("executions") };
+        assert_eq!(list[0].fee, Money::ZERO);
+        assert!(parse_private_message(
+            r#"{"topic":"execution","data":[{"execId":"x","execPrice":"abc","execQty":"1","orderLinkId":"sph-1"}]}"#
+        )
+        .is_err());
+        assert!(parse_private_message(
+            r#"{"topic":"execution","data":[{"execId":"x","execPrice":"1","execQty":"0","orderLinkId":"sph-1"}]}"#
+        )
+        .is_err());
         assert!(parse_private_message("nope").is_err());
     }
 }

@@ -13,11 +13,12 @@
 //! - [`errors`]: [`VenueError`] and the venue-code → [`RejectReason`] maps.
 //! - [`rate_limit`]: the venue's usage headers tracked so we slow down before a 429.
 //! - [`binance`]: Binance spot (`/api/v3`) and USD-M (`/fapi/v1`) order REST.
-//! - [`bybit`]: Bybit v5 order REST.
-//! - [`execution`]: the [`OrderGateway`] task.
+//! - [`bybit`]: Bybit v5 order and position REST, and the private WebSocket (executions with
+//!   fees, order updates).
+//! - [`execution`]: the [`OrderGateway`] task, and reconciliation of open orders and positions.
 //! - [`routing`]: [`routing::start_routing`], the gateway on a thread of its own, for the binary.
 //! - [`user_stream`]: Binance user-data streams (listen key, `executionReport`,
-//!   `ORDER_TRADE_UPDATE`) feeding the gateway.
+//!   `ORDER_TRADE_UPDATE`) feeding the gateway; the Bybit private stream is in [`bybit`].
 
 pub mod binance;
 pub mod bybit;
@@ -225,6 +226,41 @@ pub struct VenueFill {
     pub fee: Money,
 }
 
+/// One execution (fill) of an order as a venue pushes it (Bybit's private `execution`
+/// topic): the fill itself with its fee and liquidity, not the order's cumulative state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenueExecution {
+    /// Symbol.
+    pub symbol: String,
+    /// Our client order id (empty for executions without an order: funding, ADL).
+    pub client_id: String,
+    /// The venue's execution id: the same execution pushed twice is reported once.
+    pub exec_id: String,
+    /// Order side.
+    pub side: Side,
+    /// Execution price.
+    pub price: Price,
+    /// Execution quantity.
+    pub qty: Quantity,
+    /// Fee in quote units (negative: a rebate); zero when charged in another asset.
+    pub fee: Money,
+    /// True when our order was resting (maker).
+    pub maker: bool,
+    /// Venue time of the execution, ms.
+    pub time_ms: u64,
+}
+
+/// A position at the venue (futures), net per symbol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VenuePosition {
+    /// Symbol.
+    pub symbol: String,
+    /// Signed size (positive long).
+    pub qty: Quantity,
+    /// The venue's mark price (zero when it gave none).
+    pub mark: Price,
+}
+
 /// An order as the venue reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VenueOrder {
@@ -297,6 +333,11 @@ pub trait ExecutionVenue: Send + Sync {
 
     /// Measures the venue's clock offset (signed requests carry the venue's time); returns it, ms.
     fn sync_time(&self) -> impl Future<Output = Result<i64, VenueError>> + Send;
+
+    /// Net positions per symbol, for reconciliation; `None` where the market has none (spot).
+    fn net_positions(&self) -> impl Future<Output = Result<Option<Vec<VenuePosition>>, VenueError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock.

@@ -1,13 +1,14 @@
 //! Order routing as one piece for the binary: a thread with its own tokio runtime running
-//! the [`OrderGateway`] (and, on Binance, the user-data stream) between the
-//! engine's outbound queue and the inbound ring. `sapphire run` calls [`start_routing`] when
-//! the engine runs in `VenueMode::External` and stops it with [`RoutingHandle::stop`].
+//! the [`OrderGateway`] and the venue's push stream (Binance's user-data stream, Bybit's
+//! private stream) between the engine's outbound queue and the inbound ring. `sapphire run`
+//! calls [`start_routing`] when the engine runs in `VenueMode::External` and stops it with
+//! [`RoutingHandle::stop`].
 
 use super::binance::{self, BinanceExecution, BinanceExecutionConfig};
-use super::bybit::{BybitExecution, BybitExecutionConfig, BYBIT_URL};
+use super::bybit::{run_private_stream, BybitExecution, BybitExecutionConfig, PrivateStreamConfig, BYBIT_PRIVATE_WS_URL, BYBIT_URL};
 use super::credentials::Credentials;
 use super::errors::VenueError;
-use super::execution::{OrderGateway, OrderGatewayConfig, OrderGatewayStats};
+use super::execution::{EnginePositions, OrderGateway, OrderGatewayConfig, OrderGatewayStats};
 use super::user_stream::{run_user_stream, UserStreamConfig, UserStreamStats};
 use crate::binance::BinanceMarket;
 use crate::bybit::BybitCategory;
@@ -52,12 +53,13 @@ impl VenueMarket {
         }
     }
 
-    /// The production user-data WebSocket base (Binance only).
-    pub fn default_user_stream_url(self) -> Option<&'static str> {
+    /// The production push stream: Binance's user-data WebSocket base, Bybit's private
+    /// WebSocket.
+    pub fn default_user_stream_url(self) -> &'static str {
         match self {
-            Self::BinanceSpot => Some("wss://stream.binance.com:9443"),
-            Self::BinanceUsdM => Some("wss://fstream.binance.com"),
-            Self::BybitSpot | Self::BybitLinear => None,
+            Self::BinanceSpot => "wss://stream.binance.com:9443",
+            Self::BinanceUsdM => "wss://fstream.binance.com",
+            Self::BybitSpot | Self::BybitLinear => BYBIT_PRIVATE_WS_URL,
         }
     }
 }
@@ -69,7 +71,8 @@ pub struct RoutingConfig {
     pub market: VenueMarket,
     /// REST base; `None` for production.
     pub rest_url: Option<String>,
-    /// User-data WebSocket base; `None` for production (Binance), ignored for Bybit.
+    /// The push stream's URL: Binance's user-data WebSocket base, Bybit's private WebSocket
+    /// (`…/v5/private`; a bare base gets the path added); `None` for production.
     pub user_stream_url: Option<String>,
     /// API key and secret.
     pub credentials: Credentials,
@@ -85,7 +88,7 @@ pub struct RoutingHandle {
     stream_stop: tokio::sync::watch::Sender<bool>,
     /// The gateway's counters and order-to-ack latency.
     pub stats: Arc<OrderGatewayStats>,
-    /// The user-data stream's counters (zero when there is none).
+    /// The push stream's counters.
     pub stream_stats: Arc<UserStreamStats>,
 }
 
@@ -99,12 +102,14 @@ impl RoutingHandle {
 }
 
 /// Starts order routing on a thread of its own: orders from `orders` (the engine's outbound
-/// queue), reports into `events` (the inbound ring).
+/// queue), reports into `events` (the inbound ring). With `engine` (the engine's positions as
+/// the edge tracks them) futures positions are reconciled too.
 pub fn start_routing(
     config: RoutingConfig,
     instruments: &[Instrument],
     orders: Consumer<Order>,
     events: Producer<Event>,
+    engine: Option<Arc<dyn EnginePositions>>,
 ) -> Result<RoutingHandle, VenueError> {
     let rest_url = config.rest_url.clone().unwrap_or_else(|| config.market.default_rest_url().to_string());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -124,23 +129,17 @@ pub fn start_routing(
         VenueMarket::BinanceSpot | VenueMarket::BinanceUsdM => {
             let market = if config.market == VenueMarket::BinanceSpot { BinanceMarket::Spot } else { BinanceMarket::UsdM };
             let client = Arc::new(BinanceExecution::new(BinanceExecutionConfig::new(market, rest_url), config.credentials)?);
-            let gateway = OrderGateway::new(Arc::clone(&client), &instruments, config.gateway);
+            let gateway = with_engine(OrderGateway::new(Arc::clone(&client), &instruments, config.gateway), engine);
             let (stats, stop) = (gateway.stats(), gateway.stop_handle());
-            let ws = config.user_stream_url.or_else(|| config.market.default_user_stream_url().map(str::to_string));
+            let url = config.user_stream_url.unwrap_or_else(|| config.market.default_user_stream_url().to_string());
             let s_stats = Arc::clone(&stream_stats);
             let thread = spawn(
                 "venue-binance",
                 Box::new(move || {
                     runtime.block_on(async move {
-                        let gateway = match ws {
-                            Some(url) => {
-                                let (tx, rx) = tokio::sync::mpsc::channel(4_096);
-                                tokio::spawn(run_user_stream(Arc::clone(&client), UserStreamConfig::new(url), tx, s_stats, stream_stop_rx));
-                                gateway.with_user_updates(rx)
-                            }
-                            None => gateway,
-                        };
-                        gateway.run(orders, events).await;
+                        let (tx, rx) = tokio::sync::mpsc::channel(4_096);
+                        tokio::spawn(run_user_stream(Arc::clone(&client), UserStreamConfig::new(url), tx, s_stats, stream_stop_rx));
+                        gateway.with_user_updates(rx).run(orders, events).await;
                     });
                 }),
             )?;
@@ -148,18 +147,32 @@ pub fn start_routing(
         }
         VenueMarket::BybitSpot | VenueMarket::BybitLinear => {
             let category = if config.market == VenueMarket::BybitSpot { BybitCategory::Spot } else { BybitCategory::Linear };
+            let credentials = config.credentials.clone();
             let client = Arc::new(BybitExecution::new(BybitExecutionConfig::new(category, rest_url), config.credentials)?);
-            let gateway = OrderGateway::new(client, &instruments, config.gateway);
+            let gateway = with_engine(OrderGateway::new(client, &instruments, config.gateway), engine);
             let (stats, stop) = (gateway.stats(), gateway.stop_handle());
+            let url = config.user_stream_url.unwrap_or_else(|| config.market.default_user_stream_url().to_string());
+            let s_stats = Arc::clone(&stream_stats);
             let thread = spawn(
                 "venue-bybit",
                 Box::new(move || {
                     runtime.block_on(async move {
-                        gateway.run(orders, events).await;
+                        // Fills and order updates pushed as they happen; the gateway polls only
+                        // while the stream is down, and queries its orders at each reconnect.
+                        let (tx, rx) = tokio::sync::mpsc::channel(4_096);
+                        tokio::spawn(run_private_stream(PrivateStreamConfig::new(url), credentials, tx, s_stats, stream_stop_rx));
+                        gateway.with_user_updates(rx).run(orders, events).await;
                     });
                 }),
             )?;
             Ok(RoutingHandle { thread, stop, stream_stop, stats, stream_stats })
         }
+    }
+}
+
+fn with_engine<V: super::ExecutionVenue>(gateway: OrderGateway<V>, engine: Option<Arc<dyn EnginePositions>>) -> OrderGateway<V> {
+    match engine {
+        Some(e) => gateway.with_engine_positions(e),
+        None => gateway,
     }
 }

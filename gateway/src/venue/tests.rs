@@ -376,3 +376,71 @@ fn parses_user_data_events() {
     assert!(parse_user_event("not json").is_err());
     assert!(parse_user_event(r#"{"e":"executionReport","X":"WEIRD"}"#).is_err());
 }
+
+/// The engine's side of position reconciliation: the risk stage books an adjustment like a
+/// fill — the position becomes the venue's, at the mark, so equity does not move — and it
+/// neither matches nor closes a working order.
+#[test]
+fn the_risk_engine_books_a_position_adjustment_and_keeps_its_working_orders() {
+    use super::execution::position_adjustment;
+    use sapphire_core::event::{ExecKind, Side};
+    use sapphire_core::instrument::{InstrumentRegistry, InstrumentSpec};
+    use sapphire_core::order::{ExecStyle, Intent};
+    use sapphire_core::risk::{OrderBatch, RiskConfig, RiskEngine, RiskOutputBatch};
+    use sapphire_core::strategy::MarketView;
+    let q = |s: &str| Quantity::parse(s).unwrap();
+    let p = |s: &str| Price::parse(s).unwrap();
+    let mut reg = InstrumentRegistry::new();
+    reg.intern(InstrumentSpec {
+        venue: "bybit",
+        symbol: "BTCUSDT",
+        market: MarketType::LinearPerpetual,
+        tick_size: p("0.01"),
+        lot_size: q("0.001"),
+        min_notional: Money::from_units(5),
+    })
+    .unwrap();
+    let instruments: Vec<Instrument> = reg.iter().cloned().collect();
+    let mut risk = RiskEngine::new(RiskConfig::default(), &instruments, 4);
+    let view = MarketView {
+        ts_event: 1_000,
+        bid: p("99.99"),
+        ask: p("100.01"),
+        mid: p("100"),
+        microprice: p("100"),
+        imbalance_bps: 0,
+        has_market: true,
+        in_sync: true,
+        settled: true,
+        ts_last_update: 1_000,
+    };
+    risk.on_market(InstrumentId(0), &view);
+    // Agent 2 has an order working.
+    let intent = Intent {
+        ts_event: 1_000,
+        intent_id: 1 << 8,
+        instrument: InstrumentId(0),
+        agent: AgentId(2),
+        style: ExecStyle::Aggressive,
+        _pad: 0,
+        target: q("5"),
+        price: p("100.02"),
+    };
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    risk.check(&intent, &mut orders, &mut out);
+    assert_eq!((orders.as_slice().len(), risk.open_orders()), (1, 1));
+    let equity = risk.portfolio().total().equity;
+    // The venue holds 0.5 more than the engine knows of: adopted for agent 1 at the mark.
+    let adj = position_adjustment(AgentId(1), InstrumentId(0), q("0.5"), p("100"));
+    assert_eq!((adj.kind, adj.side), (ExecKind::PartialFill, Side::Buy));
+    risk.on_exec(&adj);
+    let pos = risk.portfolio().position(AgentId(1), InstrumentId(0));
+    assert_eq!((pos.qty, pos.avg_price, pos.fees), (q("0.5"), p("100"), Money::ZERO));
+    assert_eq!(risk.portfolio().total().equity, equity, "adopted at the mark: equity unchanged");
+    assert_eq!(risk.open_orders(), 1, "agent 2's working order is untouched");
+    // And down: the venue is 0.3 short of that.
+    risk.on_exec(&position_adjustment(AgentId(1), InstrumentId(0), q("-0.8"), p("100")));
+    assert_eq!(risk.portfolio().position(AgentId(1), InstrumentId(0)).qty, q("-0.3"));
+    assert_eq!(risk.portfolio().net_position(InstrumentId(0)), q("-0.3"));
+    assert_eq!(risk.open_orders(), 1);
+}

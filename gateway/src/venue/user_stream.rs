@@ -30,8 +30,13 @@ const VENUE: &str = "binance";
 pub enum UserUpdate {
     /// An order's state after a change.
     Order(VenueOrder),
+    /// One fill with its fee and liquidity (Bybit's `execution`), ahead of the order's
+    /// cumulative state.
+    Execution(super::VenueExecution),
     /// The stream was (re)connected: updates may have been missed before it.
     Reconnected,
+    /// The stream is down: the gateway polls until the next [`UserUpdate::Reconnected`].
+    Disconnected,
 }
 
 /// One parsed user-data message.
@@ -168,8 +173,35 @@ pub struct UserStreamStats {
     pub connects: AtomicU64,
     /// Order updates forwarded.
     pub orders: AtomicU64,
+    /// Executions (fills with fees) forwarded.
+    pub executions: AtomicU64,
+    /// True while a session is authenticated and subscribed.
+    pub up: std::sync::atomic::AtomicBool,
     /// Messages that could not be parsed, and failed requests or connects.
     pub errors: AtomicU64,
+}
+
+impl UserStreamStats {
+    /// Writes the counters as `sapphire_venue_stream_*` metrics.
+    pub fn encode(&self, m: &mut crate::api::MetricsWriter<'_>) {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        m.gauge(
+            "sapphire_venue_stream_up",
+            "1 while the venue's push stream is authenticated and subscribed.",
+            u32::from(self.up.load(Ordering::Relaxed)),
+        );
+        m.counter(
+            "sapphire_venue_stream_connects_total",
+            "Push stream (re)connections, each followed by a query of working orders.",
+            r(&self.connects),
+        );
+        m.counters(
+            "sapphire_venue_stream_messages_total",
+            "Push stream messages forwarded to the gateway, by kind.",
+            [("order", r(&self.orders)), ("execution", r(&self.executions))].map(|(kind, n)| ([("kind", kind)], n)),
+        );
+        m.counter("sapphire_venue_stream_errors_total", "Malformed messages, refused auths, failed connects.", r(&self.errors));
+    }
 }
 
 /// Runs the user-data stream until `stop` turns true (or the gateway is gone).
@@ -205,6 +237,7 @@ pub async fn run_user_stream(
             }
         };
         stats.connects.fetch_add(1, Ordering::Relaxed);
+        stats.up.store(true, Ordering::Relaxed);
         if updates.send(UserUpdate::Reconnected).await.is_err() {
             return;
         }
@@ -246,6 +279,10 @@ pub async fn run_user_stream(
                     Some(Ok(_)) => {}
                 },
             }
+        }
+        stats.up.store(false, Ordering::Relaxed);
+        if updates.send(UserUpdate::Disconnected).await.is_err() {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(config.backoff) => {}
