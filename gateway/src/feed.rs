@@ -42,6 +42,57 @@ impl FeedError {
     }
 }
 
+/// One instrument as a venue lists it, reduced to what the registry needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing<'a> {
+    /// Venue symbol.
+    pub symbol: &'a str,
+    /// Listed as trading now.
+    pub trading: bool,
+    /// Price step.
+    pub tick_size: sapphire_core::fixed::Price,
+    /// Quantity step.
+    pub lot_size: sapphire_core::fixed::Quantity,
+    /// Smallest order value (zero when the venue has none).
+    pub min_notional: sapphire_core::fixed::Money,
+}
+
+/// Registers `wanted` symbols (or, when empty, every trading symbol up to `cap`) in
+/// `registry` under `venue`; returns their ids, or an error naming a wanted symbol the venue
+/// does not list as trading. Both venues' `instruments::register` come here.
+pub fn register_listings(
+    listed: &[Listing<'_>],
+    wanted: &[String],
+    cap: usize,
+    venue: &str,
+    market: sapphire_core::instrument::MarketType,
+    registry: &mut InstrumentRegistry,
+) -> Result<Vec<InstrumentId>, String> {
+    let chosen: Vec<&Listing<'_>> = if wanted.is_empty() {
+        listed.iter().filter(|s| s.trading).take(cap).collect()
+    } else {
+        wanted
+            .iter()
+            .map(|w| listed.iter().find(|s| s.symbol == w && s.trading).ok_or_else(|| format!("{w} is not a trading symbol on {venue}")))
+            .collect::<Result<_, _>>()?
+    };
+    chosen
+        .into_iter()
+        .map(|s| {
+            registry
+                .intern(sapphire_core::instrument::InstrumentSpec {
+                    venue,
+                    symbol: s.symbol,
+                    market,
+                    tick_size: s.tick_size,
+                    lot_size: s.lot_size,
+                    min_notional: s.min_notional,
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 /// Counters of one feed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FeedCounters {

@@ -8,10 +8,10 @@
 //! one page. [`InstrumentsPage::next_cursor`] tells the caller whether to ask again.
 
 use super::BybitCategory;
-use crate::feed::{price, qty, FeedError};
+use crate::feed::{price, qty, register_listings, FeedError, Listing};
 use crate::json::{elements, fields, Value};
 use sapphire_core::fixed::{Money, Price, Quantity};
-use sapphire_core::instrument::{InstrumentId, InstrumentRegistry, InstrumentSpec, MarketType};
+use sapphire_core::instrument::{InstrumentId, InstrumentRegistry, MarketType};
 
 /// One symbol of an `instruments-info` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,29 +184,17 @@ pub fn register(
     market: MarketType,
     registry: &mut InstrumentRegistry,
 ) -> Result<Vec<InstrumentId>, String> {
-    let chosen: Vec<&BybitSymbol> = if wanted.is_empty() {
-        symbols.iter().filter(|s| s.trading).take(cap).collect()
-    } else {
-        wanted
-            .iter()
-            .map(|w| symbols.iter().find(|s| &s.symbol == w && s.trading).ok_or_else(|| format!("{w} is not a trading symbol on {venue}")))
-            .collect::<Result<_, _>>()?
-    };
-    chosen
-        .into_iter()
-        .map(|s| {
-            registry
-                .intern(InstrumentSpec {
-                    venue,
-                    symbol: &s.symbol,
-                    market,
-                    tick_size: s.tick_size,
-                    lot_size: s.lot_size,
-                    min_notional: s.min_notional,
-                })
-                .map_err(|e| e.to_string())
+    let listed: Vec<Listing<'_>> = symbols
+        .iter()
+        .map(|s| Listing {
+            symbol: &s.symbol,
+            trading: s.trading,
+            tick_size: s.tick_size,
+            lot_size: s.lot_size,
+            min_notional: s.min_notional,
         })
-        .collect()
+        .collect();
+    register_listings(&listed, wanted, cap, venue, market, registry)
 }
 
 #[cfg(test)]
