@@ -457,15 +457,25 @@ fn an_agents_process_trades_through_a_core_over_redis() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
     }
+    // They are journaled: a replay re-reads them instead of running the agents. The journal
+    // stage writes a moment after the ring takes a signal, and the core is killed (SIGKILL)
+    // below, so look while it runs.
+    let journaled = || {
+        let dump = sapphire().args(["journal", "dump"]).arg(data.join("journal/input")).output().unwrap();
+        String::from_utf8_lossy(&dump.stdout).contains("\"kind\":\"signal\"")
+    };
+    let mut signal_journaled = journaled();
+    while taken > 0 && !signal_journaled && Instant::now() < deadline + Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+        signal_journaled = journaled();
+    }
     let _ = core.kill();
     let _ = agents.kill();
     let _ = core.wait();
     let _ = agents.wait();
     assert!(ready, "the agents process became ready on the core's ticks");
     assert!(taken > 0, "the core took the agents' signals from Redis");
-    // They are journaled: a replay re-reads them instead of running the agents.
-    let dump = sapphire().args(["journal", "dump"]).arg(data.join("journal/input")).output().unwrap();
-    assert!(String::from_utf8_lossy(&dump.stdout).contains("\"kind\":\"signal\""));
+    assert!(signal_journaled, "the signals are in the input journal");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
