@@ -176,6 +176,18 @@ fn latency_line(snaps: &[LatencySnapshot]) -> String {
 /// Runs until the duration passes or Ctrl-C.
 pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    // Nothing of ours shares the engine's cores: every thread running now, and every thread
+    // started from here (runtimes, the status loop, signal handling), is kept off them; the
+    // engine threads pin themselves onto them. An unpinned thread landing there would preempt
+    // the spinning engine for a time slice (measured with benches/ws_load.rs: milliseconds).
+    let engine_cores = &cfg.pipeline.engine_cores;
+    if engine_cores.is_empty() {
+        eprintln!(
+            "note: the engine has no core of its own (one CPU available, or the split layout without [engine] engine_cores): every thread shares the CPUs, and latency will show it"
+        );
+    } else if let Err(e) = sapphire_core::affinity::keep_process_off(engine_cores) {
+        eprintln!("warning: {e}; other threads may preempt the engine on cores {engine_cores:?}");
+    }
     let mut synthetic = SyntheticConfig {
         seed: cfg.market.seed,
         instruments: synthetic_instruments(&cfg.market.symbols),
@@ -812,6 +824,15 @@ fn summary(
     if dropped > 0 || ring_full > 0 || published > processed {
         println!("  backpressure: {dropped} outputs dropped by a slow edge, {ring_full} events refused by a closed ring, market published {published} vs processed {processed}");
     }
+    let (stalls, stalled_ns) = (stats.stalls.load(Ordering::Relaxed), stats.stalled_ns.load(Ordering::Relaxed));
+    if stalls > 0 {
+        // Interference on the engine's core: an event that arrived then waited as long.
+        println!(
+            "  engine core: {stalls} stalls of 100µs or more while polling, {:.1} ms in all ({:.2}% of the run): the CPU was taken by another thread, an interrupt or the hypervisor",
+            stalled_ns as f64 / 1e6,
+            stalled_ns as f64 / 1e9 / elapsed.as_secs_f64().max(1e-9) * 100.0
+        );
+    }
     for (name, outcome) in &report.pins {
         match outcome {
             PinOutcome::Pinned(core) => println!("  {name} pinned to core {core}"),
@@ -820,7 +841,7 @@ fn summary(
         }
     }
     let json = format!(
-        "{{\"ended_unix_ns\":{},\"elapsed_s\":{:.3},\"symbols\":[{}],\"events\":{},\"orders\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{}\",\"capital\":\"{}\",\"fees\":\"{}\",\"latency\":[{}]}}\n",
+        "{{\"ended_unix_ns\":{},\"elapsed_s\":{:.3},\"symbols\":[{}],\"events\":{},\"orders\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{}\",\"capital\":\"{}\",\"fees\":\"{}\",\"engine_stalls\":{},\"engine_stalled_ns\":{},\"latency\":[{}]}}\n",
         unix_nanos(),
         elapsed.as_secs_f64(),
         symbols.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","),
@@ -831,6 +852,8 @@ fn summary(
         total.equity,
         total.capital,
         total.fees,
+        stalls,
+        stalled_ns,
         report.latency.iter().map(|s| format!("{{\"name\":\"{}\",\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"count\":{}}}", s.name, s.p50, s.p99, s.p999, s.max, s.count)).collect::<Vec<_>>().join(",")
     );
     let path = cfg.data_dir.join("last-run.json");

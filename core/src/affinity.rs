@@ -40,6 +40,72 @@ pub fn pin_current_thread(core: Option<usize>) -> PinOutcome {
     }
 }
 
+/// Keeps every thread of this process off `cores` (the engine's), now and from here on: each
+/// running thread, and so every thread they start later (Linux threads inherit their
+/// creator's mask), may use only the CPUs of the calling thread's mask that are not in
+/// `cores`. A thread that pins itself afterwards (the engine) still can: pinning asks the OS,
+/// not the inherited mask.
+///
+/// Without it a thread that runs unpinned (the main thread's status loop, a signal handler
+/// thread, a runtime a library starts) may be scheduled onto the engine's core when the
+/// others are busy and preempt the spinning engine for a time slice: milliseconds of
+/// tick-to-order latency. Returns the CPUs left to everything else; an error (nothing was
+/// changed, or only some threads were) says why. Never panics.
+pub fn keep_process_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+    fence::keep_process_off(cores)
+}
+
+#[cfg(target_os = "linux")]
+mod fence {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+
+    /// The calling thread's CPUs.
+    pub(super) fn own_cpus() -> Result<Vec<usize>, String> {
+        let set = sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("reading this thread's CPU mask: {e}"))?;
+        Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+    }
+
+    /// A thread's CPUs by thread id.
+    #[cfg(test)]
+    pub(super) fn thread_cpus(tid: i32) -> Result<Vec<usize>, String> {
+        let set = sched_getaffinity(Pid::from_raw(tid)).map_err(|e| format!("reading thread {tid}'s CPU mask: {e}"))?;
+        Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+    }
+
+    pub(super) fn keep_process_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+        let rest: Vec<usize> = own_cpus()?.into_iter().filter(|c| !cores.contains(c)).collect();
+        if rest.is_empty() {
+            return Err(format!("cores {cores:?} are every CPU this process may use: nothing is left for its other threads"));
+        }
+        let mut set = CpuSet::new();
+        for &c in &rest {
+            set.set(c).map_err(|e| format!("CPU {c}: {e}"))?;
+        }
+        let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| format!("listing this process's threads: {e}"))?;
+        let mut failed = Vec::new();
+        for tid in tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            match sched_setaffinity(Pid::from_raw(tid), &set) {
+                // A thread that ended since the listing has nothing left to move.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => failed.push(format!("thread {tid}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(rest)
+        } else {
+            Err(format!("some threads could not be moved off cores {cores:?}: {}", failed.join("; ")))
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod fence {
+    pub(super) fn keep_process_off(_cores: &[usize]) -> Result<Vec<usize>, String> {
+        Err("keeping threads off the engine's cores needs Linux CPU masks".into())
+    }
+}
+
 /// Lowers the calling thread — only it: Linux keeps a nice value per thread — to the lowest
 /// CPU priority of the normal scheduler (nice 19), for work that must yield to the market
 /// path on a shared core (the dashboard and API server). Never panics; an error says why it
@@ -58,6 +124,41 @@ mod tests {
         // Fields after the command name, which is in parentheses and may hold spaces.
         let rest = &stat[stat.rfind(')')? + 2..];
         rest.split_whitespace().nth(16)?.parse().ok()
+    }
+
+    /// Runs in a process of its own under nextest (as every test does); under `cargo test` it
+    /// narrows the test binary's threads, which only keeps them off one core.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn fencing_moves_running_and_future_threads_off_the_cores_and_pinning_still_reaches_them() {
+        let cpus = fence::own_cpus().unwrap();
+        if cpus.len() < 2 {
+            // One CPU: fencing it off would leave nothing, which must be refused.
+            assert!(keep_process_off(&cpus).is_err());
+            return;
+        }
+        let engine = *cpus.last().unwrap();
+        // A thread already running before the fence, parked until told to look at itself.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let before = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            wait.recv().unwrap();
+            fence::own_cpus().unwrap()
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert!(fence::thread_cpus(tid).unwrap().contains(&engine), "the thread starts with the engine's CPU in its mask");
+        let rest = keep_process_off(&[engine]).unwrap();
+        assert!(!rest.contains(&engine) && !rest.is_empty());
+        go.send(()).unwrap();
+        assert_eq!(before.join().unwrap(), rest, "a thread running before the fence is moved");
+        let after = std::thread::spawn(|| fence::own_cpus().unwrap()).join().unwrap();
+        assert_eq!(after, rest, "a thread started after the fence inherits it");
+        assert_eq!(fence::own_cpus().unwrap(), rest, "the caller too");
+        // The engine thread pins itself onto the fenced core.
+        let pinned = std::thread::spawn(move || (pin_current_thread(Some(engine)), fence::own_cpus().unwrap())).join().unwrap();
+        assert_eq!(pinned, (PinOutcome::Pinned(engine), vec![engine]));
+        assert!(keep_process_off(&cpus).is_err(), "fencing every CPU is refused");
     }
 
     #[test]

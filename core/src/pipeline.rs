@@ -108,6 +108,53 @@ pub struct PipelineStats {
     pub journaled: AtomicU64,
     /// Journal appends that failed (fatal: the operator must stop the engine).
     pub journal_errors: AtomicU64,
+    /// Times a spinning engine thread, polling an empty ring, lost its CPU for
+    /// [`STALL_NS`] or more: another thread on its core, an interrupt, or the hypervisor
+    /// taking the virtual CPU. An event arriving then waits as long.
+    pub stalls: AtomicU64,
+    /// Time those stalls took, ns.
+    pub stalled_ns: AtomicU64,
+}
+
+/// A gap between two empty polls of a spinning engine thread counted as a stall, ns.
+pub const STALL_NS: u64 = 100_000;
+
+/// Watches a spinning stage's empty polls for stalls (one clock read per turn of its loop).
+/// A turn that handled events is not judged: its time is the work, timed by the stages.
+/// The fused thread is watched; in the split layout, the book and route threads.
+struct StallWatch {
+    on: bool,
+    last: Instant,
+    idle_turn: bool,
+}
+
+impl StallWatch {
+    fn new(wait: WaitStrategy) -> Self {
+        // A sleeping stage gives its CPU away on purpose.
+        Self { on: !matches!(wait, WaitStrategy::Sleep(_)), last: Instant::now(), idle_turn: false }
+    }
+
+    /// Call at the top of every turn; `idle` says whether the previous turn found nothing.
+    #[inline]
+    fn turn(&mut self, stats: &PipelineStats) {
+        if !self.on {
+            return;
+        }
+        let now = Instant::now();
+        if self.idle_turn {
+            let gap = now.duration_since(self.last).as_nanos() as u64;
+            if gap >= STALL_NS {
+                stats.stalls.fetch_add(1, Ordering::Relaxed);
+                stats.stalled_ns.fetch_add(gap, Ordering::Relaxed);
+            }
+        }
+        self.last = now;
+    }
+
+    #[inline]
+    fn polled(&mut self, empty: bool) {
+        self.idle_turn = empty;
+    }
 }
 
 /// Writes outputs into a ring without ever waiting; counts what did not fit.
@@ -461,7 +508,9 @@ fn fused_stage(
 ) -> (Stages, Vec<LatencySnapshot>) {
     let mut msg = StageMsg::default();
     let mut idle = 0;
+    let mut watch = StallWatch::new(wait);
     loop {
+        watch.turn(stats);
         let polled = consumer.poll(batch, |event, seq, _| {
             msg.reset(first_seq + seq, event);
             let s = &mut stages;
@@ -487,6 +536,7 @@ fn fused_stage(
             let [.., tick_to_order, end_to_end] = &mut recs;
             record_exit(&msg, sampled, tick_to_order, end_to_end);
         });
+        watch.polled(polled == Poll::Empty);
         match polled {
             Poll::Handled(_) => {
                 idle = 0;
@@ -540,7 +590,9 @@ fn book_stage(
     stats: &PipelineStats,
 ) -> (BookStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
+    let mut watch = StallWatch::new(wait);
     loop {
+        watch.turn(stats);
         let polled = consumer.poll(batch, |event, seq, _| {
             let mut msg = StageMsg { seq: first_seq + seq, event: *event, ..StageMsg::default() };
             if sampler.tick() {
@@ -552,6 +604,7 @@ fn book_stage(
             }
             forward(&mut to, &msg, wait, || {});
         });
+        watch.polled(polled == Poll::Empty);
         match polled {
             Poll::Handled(_) => {
                 idle = 0;
@@ -684,7 +737,9 @@ fn route_stage(
     mut outputs: RingOutputs,
 ) -> (RouteStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
+    let mut watch = StallWatch::new(wait);
     loop {
+        watch.turn(stats);
         let polled = from.poll(batch, |msg, _, _| {
             let send = |r: ExecReport| {
                 // The risk stage drains this ring while it waits, so this wait is short.
@@ -702,6 +757,7 @@ fn route_stage(
             record_exit(msg, sampled, tick_to_order, end_to_end);
             progress.store(msg.seq + 1, Ordering::Release);
         });
+        watch.polled(polled == Poll::Empty);
         match polled {
             Poll::Handled(_) => {
                 idle = 0;
@@ -721,4 +777,36 @@ fn route_stage(
     }
     close_exits(&outputs, &orders, &mut recs);
     (stage, recs.iter().map(StageLatency::snapshot).collect())
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[test]
+    fn a_long_gap_between_empty_polls_is_a_stall_and_work_or_sleeping_is_not() {
+        let stats = PipelineStats::default();
+        let mut watch = StallWatch::new(WaitStrategy::SpinHint);
+        watch.turn(&stats);
+        watch.polled(true);
+        watch.turn(&stats);
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 0, "back-to-back empty polls");
+        watch.polled(true);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        watch.turn(&stats);
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 1);
+        assert!(stats.stalled_ns.load(Ordering::Relaxed) >= 2_000_000);
+        // A turn that handled events took its time working: not judged.
+        watch.polled(false);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        watch.turn(&stats);
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 1);
+        // A sleeping stage gives its CPU away on purpose.
+        let mut sleeper = StallWatch::new(WaitStrategy::Sleep(std::time::Duration::from_micros(100)));
+        sleeper.turn(&stats);
+        sleeper.polled(true);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        sleeper.turn(&stats);
+        assert_eq!(stats.stalls.load(Ordering::Relaxed), 1);
+    }
 }

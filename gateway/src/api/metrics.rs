@@ -13,7 +13,7 @@
 use super::server::{ServerStats, WsDrop, WsRefusal};
 use super::{ApiContext, EdgeState};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use sapphire_core::event::RejectReason;
@@ -52,7 +52,7 @@ impl<'a> MetricsWriter<'a> {
     }
 
     /// An unlabelled counter.
-    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+    pub fn counter<V: EncodeCounterValue>(&mut self, name: &str, help: &str, value: V) {
         let r = self
             .enc
             .encode_descriptor(family_name(name), help, None, MetricType::Counter)
@@ -142,10 +142,16 @@ fn money(m: sapphire_core::fixed::Money) -> f64 {
 /// the inbound ring's backlog now.
 pub(super) fn render(ctx: &Arc<ApiContext>, ring_backlog: i64) -> String {
     let ctx = Arc::clone(ctx);
-    render_with(move |m| write(m, &ctx.state, &ctx.stats, ring_backlog))
+    render_with(move |m| write(m, &ctx.state, &ctx.stats, &ctx.frames.rendered, ring_backlog))
 }
 
-fn write(m: &mut MetricsWriter<'_>, s: &EdgeState, server: &ServerStats, ring_backlog: i64) {
+fn write(
+    m: &mut MetricsWriter<'_>,
+    s: &EdgeState,
+    server: &ServerStats,
+    frames_rendered: &std::sync::atomic::AtomicU64,
+    ring_backlog: i64,
+) {
     let p = s.pipeline();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
@@ -190,6 +196,12 @@ fn write(m: &mut MetricsWriter<'_>, s: &EdgeState, server: &ServerStats, ring_ba
     m.counter("sapphire_journal_appended_total", "Inbound events appended to the input journal.", load(&p.journaled));
     m.counter("sapphire_journal_errors_total", "Input journal appends that failed.", load(&p.journal_errors));
     m.counter("sapphire_outputs_dropped_total", "Engine outputs the edge did not take in time.", load(&p.outputs_dropped));
+    m.counter(
+        "sapphire_engine_stalls_total",
+        "Times a spinning engine thread lost its CPU for 100 µs or more while polling (another thread, an interrupt, the hypervisor).",
+        load(&p.stalls),
+    );
+    m.counter("sapphire_engine_stalled_seconds_total", "Time those engine stalls took.", load(&p.stalled_ns) as f64 / 1e9);
     m.counter("sapphire_outbound_full_total", "Orders the outbound queue could not take.", load(&p.outbound_full));
     m.counter("sapphire_book_gaps_total", "Book sequence gaps.", load(&p.gaps));
 
@@ -234,6 +246,11 @@ fn write(m: &mut MetricsWriter<'_>, s: &EdgeState, server: &ServerStats, ring_ba
         WsRefusal::ALL.map(|why| ([("reason", why.label())], load(&server.ws_refused[why as usize]))),
     );
     m.counter("sapphire_ws_messages_total", "WebSocket messages sent to dashboard clients.", load(&server.ws_messages));
+    m.counter(
+        "sapphire_ws_frames_rendered_total",
+        "Dashboard stream frames rendered (one serves every client that ticks within half a tick).",
+        load(frames_rendered),
+    );
 
     for source in s.sources() {
         source.write_metrics(m);

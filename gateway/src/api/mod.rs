@@ -190,6 +190,8 @@ struct ApiContext {
     stats: server::ServerStats,
     /// Turns true when the server stops (WebSocket clients close on it).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// `/ws` messages rendered once per tick and shared by the clients.
+    frames: ws::Frames,
 }
 
 /// A running API server. Stop it with [`ApiServer::shutdown`] before the pipeline shuts
@@ -228,6 +230,7 @@ impl ApiServer {
             limits,
             stats: server::ServerStats::default(),
             stopping: stopped.clone(),
+            frames: ws::Frames::default(),
         });
         let core = config.core;
         let thread = std::thread::Builder::new()

@@ -496,7 +496,7 @@ async fn health_sources_join_readyz_and_metrics() {
     h.state.add_source(Arc::new(FnSource::new(
         "redis",
         move || if f.load(std::sync::atomic::Ordering::Relaxed) { Err("connection refused".into()) } else { Ok(()) },
-        |m: &mut super::MetricsWriter<'_>| m.counter("sapphire_redis_published_total", "Messages published.", 12),
+        |m: &mut super::MetricsWriter<'_>| m.counter("sapphire_redis_published_total", "Messages published.", 12u64),
     )));
     let (status, body) = h.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -645,6 +645,48 @@ async fn the_stream_says_hello_then_sends_snapshots_and_what_is_new() {
     let fills = next_of(&mut c, "fills").await;
     assert_eq!((ids(&fills), fills["skipped"].as_u64()), (vec![121], Some(0)));
     assert_eq!(metric(&h, "sapphire_ws_clients ").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn clients_share_one_rendering_per_tick_and_each_still_gets_every_record_once() {
+    let limits = fast_limits();
+    let h = Harness::start_with(None, limits);
+    const CLIENTS: usize = 20;
+    let started = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(ws_connect(h.addr()).await);
+    }
+    // Fills arrive while the clients tick, so their cursors move through shared and
+    // unshared renderings alike.
+    let state = Arc::clone(&h.state);
+    let feeder = tokio::spawn(async move {
+        for coid in 1..=60 {
+            state.apply(&buy(coid));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let mut readers = Vec::new();
+    for mut c in clients {
+        readers.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.last() != Some(&60) {
+                let fills = next_of(&mut c, "fills").await;
+                seen.extend(ids(&fills));
+                assert_eq!(fills["skipped"].as_u64(), Some(0), "nothing skipped at this pace: {fills}");
+            }
+            seen
+        }));
+    }
+    feeder.await.unwrap();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), (1..=60).collect::<Vec<_>>(), "every fill once, in order");
+    }
+    // A frame serves every client ticking within half a tick: renders follow the clock, not
+    // the client count (rendering per client would be CLIENTS per tick).
+    let ticks = started.elapsed().as_secs_f64() / limits.ws_tick.as_secs_f64();
+    let rendered = metric(&h, "sapphire_ws_frames_rendered_total ").await.unwrap();
+    assert!(rendered >= 1.0 && rendered <= 2.0 * ticks + 2.0, "{rendered} frames in {ticks:.1} ticks for {CLIENTS} clients");
 }
 
 #[tokio::test]

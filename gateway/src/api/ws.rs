@@ -198,22 +198,89 @@ struct Cursors {
     positions: Option<u64>,
 }
 
-/// `{"type": kind, "items": [...], "latest": id, "skipped": n}` for records past `after`;
-/// `None` when there are none.
+/// What clients are sent in one tick, rendered once and shared.
+///
+/// Every client ticks on its own phase. The first to tick after the frame has aged past half
+/// a tick renders a new one (the snapshot); the others clone its messages, which are
+/// reference-counted bytes, not copies. Positions and records are memoized in the frame by
+/// what they depend on (the positions version; the kind, the client's cursor and the item
+/// cap), so clients that are caught up (every one, in steady state) share one rendering too.
+/// 500 clients then cost a few renders a second rather than 2,000: measured with
+/// benches/ws_load.rs, the serving thread had taken most of a core rendering per client.
+#[derive(Debug, Default)]
+pub(super) struct Frames {
+    frame: std::sync::Mutex<Option<Frame>>,
+    /// Frames rendered (`sapphire_ws_frames_rendered_total`).
+    pub(super) rendered: std::sync::atomic::AtomicU64,
+}
+
+/// Memoized record messages in one frame at most (a client past them renders its own).
+const MAX_MEMO: usize = 64;
+
+/// A record message and the last id it holds; `None`: nothing past the cursor.
+type Rendered = Option<(Message, u64)>;
+
+#[derive(Debug)]
+struct Frame {
+    made: Instant,
+    snapshot: Message,
+    positions: Option<(u64, Message)>,
+    /// By (kind, after, max).
+    records: Vec<((&'static str, u64, usize), Rendered)>,
+}
+
+impl Frame {
+    fn render(ctx: &ApiContext) -> Self {
+        let mut snapshot = view::snapshot(ctx, false);
+        snapshot["type"] = Value::from("snapshot");
+        Self { made: Instant::now(), snapshot: Message::text(snapshot.to_string()), positions: None, records: Vec::new() }
+    }
+
+    fn positions(&mut self, ctx: &ApiContext, version: u64) -> Message {
+        match &self.positions {
+            Some((v, m)) if *v == version => m.clone(),
+            _ => {
+                let m = Message::text(json!({ "type": "positions", "items": view::positions(&ctx.state) }).to_string());
+                self.positions = Some((version, m.clone()));
+                m
+            }
+        }
+    }
+
+    fn memo(&mut self, key: (&'static str, u64, usize), make: impl FnOnce() -> Rendered) -> Rendered {
+        if let Some((_, r)) = self.records.iter().find(|(k, _)| *k == key) {
+            return r.clone();
+        }
+        let r = make();
+        if self.records.len() < MAX_MEMO {
+            self.records.push((key, r.clone()));
+        }
+        r
+    }
+}
+
+/// `{"type": kind, "items": [...], "latest": id, "skipped": n}` for records past `after`.
 fn records<T: Copy + Default>(
     ctx: &ApiContext,
     kind: &str,
     history: &super::history::History<T>,
-    after: &mut u64,
+    after: u64,
     max: usize,
     render: fn(&super::EdgeState, u64, &T) -> Value,
-) -> Option<Message> {
+) -> Rendered {
     let mut out = Vec::new();
-    let skipped = history.since(*after, max, &mut out);
-    let (last, _) = out.last()?;
-    *after = *last;
+    let skipped = history.since(after, max, &mut out);
+    let (last, _) = *out.last()?;
     let items: Vec<Value> = out.iter().map(|(id, r)| render(&ctx.state, *id, r)).collect();
-    Some(Message::text(json!({ "type": kind, "items": items, "latest": *after, "skipped": skipped }).to_string()))
+    Some((Message::text(json!({ "type": kind, "items": items, "latest": last, "skipped": skipped }).to_string()), last))
+}
+
+fn equity(ctx: &ApiContext, after: u64, max: usize) -> Rendered {
+    let mut points = Vec::new();
+    let skipped = ctx.state.equity_history().since(after, max, &mut points);
+    let (last, _) = *points.last()?;
+    let text = format!("{{\"type\":\"equity\",\"latest\":{last},\"skipped\":{skipped},\"points\":{}}}", view::equity_points(&points));
+    Some((Message::text(text), last))
 }
 
 /// One tick's messages for a client at `cursors`, advancing them.
@@ -221,29 +288,47 @@ fn tick_messages(ctx: &ApiContext, cursors: &mut Cursors) -> Vec<Message> {
     let s = &ctx.state;
     let max = ctx.limits.ws_max_items.max(1);
     let mut messages = Vec::with_capacity(7);
-    let mut snapshot = view::snapshot(ctx, false);
-    snapshot["type"] = Value::from("snapshot");
-    messages.push(Message::text(snapshot.to_string()));
+    let frames = &ctx.frames;
+    // Never held across an await; the serving runtime is one thread, so it is never contended.
+    let mut slot = frames.frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let frame = match slot.as_mut() {
+        Some(f) if f.made.elapsed() < ctx.limits.ws_tick / 2 => f,
+        _ => {
+            frames.rendered.fetch_add(1, R);
+            slot.insert(Frame::render(ctx))
+        }
+    };
+    messages.push(frame.snapshot.clone());
     let version = s.positions_version();
     if cursors.positions != Some(version) {
         cursors.positions = Some(version);
-        messages.push(Message::text(json!({ "type": "positions", "items": view::positions(s) }).to_string()));
+        messages.push(frame.positions(ctx, version));
     }
     // The first equity message carries the whole history, so the chart starts full.
     let equity_max = if cursors.equity == 0 { EQUITY_HISTORY } else { max };
-    let mut points = Vec::new();
-    let skipped = s.equity_history().since(cursors.equity, equity_max, &mut points);
-    if let Some((last, _)) = points.last() {
-        cursors.equity = *last;
-        messages.push(Message::text(format!(
-            "{{\"type\":\"equity\",\"latest\":{last},\"skipped\":{skipped},\"points\":{}}}",
-            view::equity_points(&points)
-        )));
-    }
-    messages.extend(records(ctx, "fills", s.fills_history(), &mut cursors.fills, max, view::fill));
-    messages.extend(records(ctx, "orders", s.orders_history(), &mut cursors.orders, max, view::order));
-    messages.extend(records(ctx, "signals", s.signals_history(), &mut cursors.signals, max, view::signal));
-    messages.extend(records(ctx, "risk", s.risk_history(), &mut cursors.risk, max, view::risk));
+    let mut take = |rendered: Rendered, cursor: &mut u64| {
+        if let Some((m, last)) = rendered {
+            *cursor = last;
+            messages.push(m);
+        }
+    };
+    take(frame.memo(("equity", cursors.equity, equity_max), || equity(ctx, cursors.equity, equity_max)), &mut cursors.equity);
+    take(
+        frame.memo(("fills", cursors.fills, max), || records(ctx, "fills", s.fills_history(), cursors.fills, max, view::fill)),
+        &mut cursors.fills,
+    );
+    take(
+        frame.memo(("orders", cursors.orders, max), || records(ctx, "orders", s.orders_history(), cursors.orders, max, view::order)),
+        &mut cursors.orders,
+    );
+    take(
+        frame.memo(("signals", cursors.signals, max), || records(ctx, "signals", s.signals_history(), cursors.signals, max, view::signal)),
+        &mut cursors.signals,
+    );
+    take(
+        frame.memo(("risk", cursors.risk, max), || records(ctx, "risk", s.risk_history(), cursors.risk, max, view::risk)),
+        &mut cursors.risk,
+    );
     messages
 }
 
