@@ -52,6 +52,75 @@ fn runs_for_a_duration_and_prints_status_and_summary() {
         assert!(stdout.contains("summary:") && stdout.contains("tick_to_order") && stdout.contains("book:"), "{layout}:\n{stdout}");
         let summary = std::fs::read_to_string(dir.join("last-run.json")).expect("last-run.json");
         assert!(summary.contains("\"events\":") && summary.contains("\"latency\":[{"), "{summary}");
+        let v: serde_json::Value = serde_json::from_str(&summary).expect("last-run.json is JSON");
+        assert!(v["engine_stalls"].is_u64() && v["engine_stalled_ns"].is_u64(), "{summary}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `Cpus_allowed_list` of each thread of `pid`, by thread name.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?.trim().to_string();
+            let status = std::fs::read_to_string(t.join("status")).ok()?;
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim().to_string();
+            Some((name, cpus))
+        })
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_engines_core_runs_the_engine_alone() {
+    let dir = temp_dir("fence");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let child = sapphire()
+        .args(["run", "--duration", "4s", "--events-per-sec", "20000", "--http-bind", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sapphire runs");
+    // Wait for the engine thread and the API thread (started late, after recovery).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let threads = loop {
+        let t = thread_cpus(child.id());
+        if t.iter().any(|(n, _)| n == "sapphire-engine") && t.iter().any(|(n, _)| n == "sapphire-api") {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "no engine thread: {t:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("sapphire ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let engine_cpu = match std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|l| l.trim().to_string()))
+    {
+        // The default engine core is the last CPU this process may use; this test's mask is
+        // what the child inherited.
+        Some(list) if cpus >= 2 => list.rsplit([',', '-']).next().unwrap_or_default().to_string(),
+        _ => String::new(),
+    };
+    if cpus < 2 {
+        assert!(stderr.contains("the engine has no core of its own"), "{stderr}");
+        return;
+    }
+    for (name, allowed) in &threads {
+        if name == "sapphire-engine" {
+            assert_eq!(allowed, &engine_cpu, "the engine is pinned to the last CPU");
+        } else {
+            let on_engine_cpu = allowed.split(',').any(|part| {
+                let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+                let (lo, hi, e) = (lo.parse::<usize>().unwrap(), hi.parse::<usize>().unwrap(), engine_cpu.parse::<usize>().unwrap());
+                (lo..=hi).contains(&e)
+            });
+            assert!(!on_engine_cpu, "thread {name} may run on the engine's CPU {engine_cpu}: {allowed} (all: {threads:?})");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,12 +62,10 @@ mod fence {
 
     /// The calling thread's CPUs.
     pub(super) fn own_cpus() -> Result<Vec<usize>, String> {
-        let set = sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("reading this thread's CPU mask: {e}"))?;
-        Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+        thread_cpus(0)
     }
 
-    /// A thread's CPUs by thread id.
-    #[cfg(test)]
+    /// A thread's CPUs by thread id (0: the calling thread).
     pub(super) fn thread_cpus(tid: i32) -> Result<Vec<usize>, String> {
         let set = sched_getaffinity(Pid::from_raw(tid)).map_err(|e| format!("reading thread {tid}'s CPU mask: {e}"))?;
         Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())

@@ -283,6 +283,24 @@ fn equity(ctx: &ApiContext, after: u64, max: usize) -> Rendered {
     Some((Message::text(text), last))
 }
 
+/// Adds the frame's message of `kind` records past `cursor` (rendering it if no client at
+/// that cursor has yet), advancing the cursor.
+fn push_records<T: Copy + Default>(
+    frame: &mut Frame,
+    ctx: &ApiContext,
+    messages: &mut Vec<Message>,
+    kind: &'static str,
+    history: &super::history::History<T>,
+    cursor: &mut u64,
+    render: fn(&super::EdgeState, u64, &T) -> Value,
+) {
+    let (after, max) = (*cursor, ctx.limits.ws_max_items.max(1));
+    if let Some((m, last)) = frame.memo((kind, after, max), || records(ctx, kind, history, after, max, render)) {
+        *cursor = last;
+        messages.push(m);
+    }
+}
+
 /// One tick's messages for a client at `cursors`, advancing them.
 fn tick_messages(ctx: &ApiContext, cursors: &mut Cursors) -> Vec<Message> {
     let s = &ctx.state;
@@ -306,29 +324,15 @@ fn tick_messages(ctx: &ApiContext, cursors: &mut Cursors) -> Vec<Message> {
     }
     // The first equity message carries the whole history, so the chart starts full.
     let equity_max = if cursors.equity == 0 { EQUITY_HISTORY } else { max };
-    let mut take = |rendered: Rendered, cursor: &mut u64| {
-        if let Some((m, last)) = rendered {
-            *cursor = last;
-            messages.push(m);
-        }
-    };
-    take(frame.memo(("equity", cursors.equity, equity_max), || equity(ctx, cursors.equity, equity_max)), &mut cursors.equity);
-    take(
-        frame.memo(("fills", cursors.fills, max), || records(ctx, "fills", s.fills_history(), cursors.fills, max, view::fill)),
-        &mut cursors.fills,
-    );
-    take(
-        frame.memo(("orders", cursors.orders, max), || records(ctx, "orders", s.orders_history(), cursors.orders, max, view::order)),
-        &mut cursors.orders,
-    );
-    take(
-        frame.memo(("signals", cursors.signals, max), || records(ctx, "signals", s.signals_history(), cursors.signals, max, view::signal)),
-        &mut cursors.signals,
-    );
-    take(
-        frame.memo(("risk", cursors.risk, max), || records(ctx, "risk", s.risk_history(), cursors.risk, max, view::risk)),
-        &mut cursors.risk,
-    );
+    let after = cursors.equity;
+    if let Some((m, last)) = frame.memo(("equity", after, equity_max), || equity(ctx, after, equity_max)) {
+        cursors.equity = last;
+        messages.push(m);
+    }
+    push_records(frame, ctx, &mut messages, "fills", s.fills_history(), &mut cursors.fills, view::fill);
+    push_records(frame, ctx, &mut messages, "orders", s.orders_history(), &mut cursors.orders, view::order);
+    push_records(frame, ctx, &mut messages, "signals", s.signals_history(), &mut cursors.signals, view::signal);
+    push_records(frame, ctx, &mut messages, "risk", s.risk_history(), &mut cursors.risk, view::risk);
     messages
 }
 
