@@ -93,13 +93,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The engine's stalls from last-run.json: (count, ns).
-fn stalls(dir: &std::path::Path) -> (u64, u64) {
-    let v: serde_json::Value =
-        std::fs::read_to_string(dir.join("last-run.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    (v["engine_stalls"].as_u64().unwrap_or(0), v["engine_stalled_ns"].as_u64().unwrap_or(0))
-}
-
 /// CPU time (user + system, clock ticks) of the process's threads named `name`.
 fn thread_ticks(pid: u32, name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
@@ -117,14 +110,16 @@ fn thread_ticks(pid: u32, name: &str) -> u64 {
         .sum()
 }
 
-/// The engine's latency from last-run.json: (tick_to_order p99, end_to_end p99), ns.
-fn latency(dir: &std::path::Path) -> (u64, u64) {
+/// The run's figures from last-run.json: (tick_to_order p99 ns, end_to_end p99 ns, orders,
+/// engine stalls, engine stalled ns).
+fn run_figures(dir: &std::path::Path) -> (u64, u64, u64, u64, u64) {
     let text = std::fs::read_to_string(dir.join("last-run.json")).expect("last-run.json");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let p99 = |name: &str| {
         v["latency"].as_array().and_then(|a| a.iter().find(|s| s["name"] == name)).and_then(|s| s["p99_ns"].as_u64()).unwrap_or(0)
     };
-    (p99("tick_to_order"), p99("end_to_end"))
+    let n = |key: &str| v[key].as_u64().unwrap_or(0);
+    (p99("tick_to_order"), p99("end_to_end"), n("orders"), n("engine_stalls"), n("engine_stalled_ns"))
 }
 
 struct Outcome {
@@ -228,13 +223,7 @@ fn one_run(secs: u64, with_clients: bool) -> Outcome {
     }
     let _ = child.wait();
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let (t, e) = latency(&dir);
-    let (stall_count, stall_ns) = stalls(&dir);
-    let orders = std::fs::read_to_string(dir.join("last-run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["orders"].as_u64())
-        .unwrap_or(0);
+    let (t, e, orders, stall_count, stall_ns) = run_figures(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     Outcome {
         orders,
