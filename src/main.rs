@@ -5,6 +5,7 @@ mod agents_cmd;
 mod bench_cmd;
 mod charts;
 mod config;
+mod engine_core;
 mod feed_cmd;
 mod feed_serve;
 mod gateway_cmd;

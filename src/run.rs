@@ -416,6 +416,25 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new("quic", || Ok(()), move |m: &mut MetricsWriter<'_>| stats.encode(m))));
         service_tasks.push(("quic ingress", services.spawn(as_text(ingress.run(pipeline.producer(), Arc::clone(&stop))))));
     }
+    // Who else ran on the engine's cores (read from /proc on each scrape).
+    edge.add_source(Arc::new(FnSource::new(
+        "engine_core",
+        || Ok(()),
+        |m: &mut MetricsWriter<'_>| {
+            if let Some(p) = crate::engine_core::preemption() {
+                m.counter(
+                    "sapphire_engine_preemptions_total",
+                    "Times an engine thread was switched out while it still wanted to run (another task on its core).",
+                    p.count,
+                );
+                m.counter(
+                    "sapphire_engine_preempted_seconds_total",
+                    "Time the engine threads were ready to run while another task held their core.",
+                    p.waited_ns as f64 / 1e9,
+                );
+            }
+        },
+    )));
     // Readiness and metrics of the services: /readyz fails while a configured Postgres or
     // Redis does not answer (the engine trades on regardless; readiness tells the operator).
     if cfg.sink.is_some() {
@@ -551,6 +570,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
+    let irqs_before = crate::engine_core::interrupts_on(engine_cores);
     let stats = pipeline.stats();
     let mut last_processed = 0u64;
     let mut last_tick = started;
@@ -599,6 +619,12 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             break;
         }
     }
+    // Read while the engine threads still run (their /proc entries go with them).
+    let core_use = crate::engine_core::CoreUse {
+        preemption: crate::engine_core::preemption(),
+        interrupts: crate::engine_core::interrupts_since(&irqs_before, &crate::engine_core::interrupts_on(engine_cores)),
+        workqueues: crate::engine_core::workqueues_on(engine_cores),
+    };
     stop.store(true, Ordering::SeqCst);
     edge.set_core_running(false);
     // The API, the agents and the signal ingress hold inbound producers: they stop before the
@@ -629,7 +655,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         r.stop();
         stats
     });
+    let tick_to_order = pipeline.latency().iter().find(|r| r.name() == "tick_to_order").cloned();
     let report = pipeline.shutdown();
+    // Published by the last stage as it stopped: every order's latency.
+    let tick_to_order = tick_to_order.map(|r| r.recorded()).unwrap_or_default();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
     sink_stop.store(true, Ordering::Relaxed);
@@ -645,7 +674,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(h) = daily {
         let _ = h.join();
     }
-    summary(&cfg, &report, &edge, &stats, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    summary(&cfg, &report, &edge, &stats, &core_use, &tick_to_order, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
     if cfg.sink.is_some() {
         sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
         println!(
@@ -741,6 +770,8 @@ fn summary(
     report: &PipelineReport,
     edge: &EdgeState,
     stats: &sapphire_core::pipeline::PipelineStats,
+    core_use: &crate::engine_core::CoreUse,
+    tick_to_order: &[(u64, u64)],
     published: u64,
     ring_full: u64,
     elapsed: Duration,
@@ -833,6 +864,22 @@ fn summary(
             stalled_ns as f64 / 1e9 / elapsed.as_secs_f64().max(1e-9) * 100.0
         );
     }
+    let preemption = core_use.preemption.unwrap_or_default();
+    if preemption.count > 0 {
+        println!(
+            "  engine core: other tasks ran on it {} times while the engine waited, {:.1} ms in all ({:.2}% of the run): see EngineCorePreempted in docs/runbook.md",
+            preemption.count,
+            preemption.waited_ns as f64 / 1e6,
+            preemption.waited_ns as f64 / 1e9 / elapsed.as_secs_f64().max(1e-9) * 100.0
+        );
+    }
+    if stalls > 0 && !core_use.interrupts.is_empty() {
+        let top: Vec<String> = core_use.interrupts.iter().take(4).map(|(name, n)| format!("{name} {n}")).collect();
+        println!("  interrupts on the engine's cores: {}", top.join(", "));
+    }
+    if preemption.count > 0 && core_use.workqueues == Some(true) {
+        println!("  unbound kernel work may run on the engine's cores (/sys/devices/virtual/workqueue/cpumask)");
+    }
     for (name, outcome) in &report.pins {
         match outcome {
             PinOutcome::Pinned(core) => println!("  {name} pinned to core {core}"),
@@ -841,7 +888,7 @@ fn summary(
         }
     }
     let json = format!(
-        "{{\"ended_unix_ns\":{},\"elapsed_s\":{:.3},\"symbols\":[{}],\"events\":{},\"orders\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{}\",\"capital\":\"{}\",\"fees\":\"{}\",\"engine_stalls\":{},\"engine_stalled_ns\":{},\"latency\":[{}]}}\n",
+        "{{\"ended_unix_ns\":{},\"elapsed_s\":{:.3},\"symbols\":[{}],\"events\":{},\"orders\":{},\"fills\":{},\"refusals\":{},\"equity\":\"{}\",\"capital\":\"{}\",\"fees\":\"{}\",\"engine_stalls\":{},\"engine_stalled_ns\":{},\"engine_preemptions\":{},\"engine_preempted_ns\":{},\"latency\":[{}],\"tick_to_order_recorded\":[{}]}}\n",
         unix_nanos(),
         elapsed.as_secs_f64(),
         symbols.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(","),
@@ -854,7 +901,10 @@ fn summary(
         total.fees,
         stalls,
         stalled_ns,
-        report.latency.iter().map(|s| format!("{{\"name\":\"{}\",\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"count\":{}}}", s.name, s.p50, s.p99, s.p999, s.max, s.count)).collect::<Vec<_>>().join(",")
+        preemption.count,
+        preemption.waited_ns,
+        report.latency.iter().map(|s| format!("{{\"name\":\"{}\",\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{},\"count\":{}}}", s.name, s.p50, s.p99, s.p999, s.max, s.count)).collect::<Vec<_>>().join(","),
+        tick_to_order.iter().map(|(ns, n)| format!("[{ns},{n}]")).collect::<Vec<_>>().join(",")
     );
     let path = cfg.data_dir.join("last-run.json");
     std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;

@@ -54,6 +54,11 @@ fn runs_for_a_duration_and_prints_status_and_summary() {
         assert!(summary.contains("\"events\":") && summary.contains("\"latency\":[{"), "{summary}");
         let v: serde_json::Value = serde_json::from_str(&summary).expect("last-run.json is JSON");
         assert!(v["engine_stalls"].is_u64() && v["engine_stalled_ns"].is_u64(), "{summary}");
+        assert!(v["engine_preemptions"].is_u64() && v["engine_preempted_ns"].is_u64(), "{summary}");
+        // Every order's latency is in the recorded distribution, and nothing else is.
+        let recorded: u64 = v["tick_to_order_recorded"].as_array().expect("recorded").iter().map(|b| b[1].as_u64().unwrap()).sum();
+        let counted = v["latency"].as_array().unwrap().iter().find(|s| s["name"] == "tick_to_order").unwrap()["count"].as_u64().unwrap();
+        assert!(recorded > 0 && recorded == counted, "{layout}: {recorded} recorded vs {counted}: {summary}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -248,6 +253,13 @@ fn run_serves_the_http_api_and_a_kill_reaches_the_engine() {
     }
     let (status, metrics) = get("/metrics");
     assert!(status == 200 && metrics.contains("sapphire_events_total "), "{metrics}");
+    // Read from the engine threads' scheduler statistics (Linux).
+    if cfg!(target_os = "linux") {
+        assert!(
+            metrics.contains("sapphire_engine_preempted_seconds_total ") && metrics.contains("sapphire_engine_preemptions_total "),
+            "{metrics}"
+        );
+    }
     let kill = |token: &str| {
         http(
             &addr,

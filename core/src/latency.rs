@@ -157,6 +157,12 @@ impl LatencyReader {
         self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
+    /// Every recorded value (the highest of its bucket, ns) with its count, lowest first: the
+    /// whole distribution, for tools that pool runs (`last-run.json`).
+    pub fn recorded(&self) -> Vec<(u64, u64)> {
+        self.histogram().iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    }
+
     /// The stage name.
     pub fn name(&self) -> &'static str {
         self.name

@@ -239,6 +239,18 @@ impl std::fmt::Debug for Pipeline {
 
 type PinSender = std::sync::mpsc::Sender<(&'static str, PinOutcome)>;
 
+/// The engine's stage threads (the fused `engine`, or the split layout's four), the ones that
+/// run on the engine's cores; the journal thread is not among them.
+pub const ENGINE_STAGES: [&str; 5] = ["engine", "book", "aggregate", "risk", "route"];
+
+/// The OS name of a pipeline thread, as `/proc/<pid>/task/<tid>/comm` shows it (Linux keeps
+/// 15 bytes of a thread's name).
+pub fn os_thread_name(stage: &str) -> String {
+    let mut name = format!("sapphire-{stage}");
+    name.truncate(15);
+    name
+}
+
 fn spawn<T: Send + 'static>(
     name: &'static str,
     core: Option<usize>,
@@ -247,7 +259,7 @@ fn spawn<T: Send + 'static>(
 ) -> JoinHandle<T> {
     let pins = pins.clone();
     std::thread::Builder::new()
-        .name(format!("sapphire-{name}"))
+        .name(os_thread_name(name))
         .spawn(move || {
             let _ = pins.send((name, pin_current_thread(core)));
             drop(pins);
