@@ -155,19 +155,12 @@ fn run_figures(dir: &std::path::Path) -> Figures {
 }
 
 struct Outcome {
-    /// Orders in the run (tick_to_order samples).
-    orders: u64,
-    /// Engine stalls (count, ms), preemptions by other tasks (count, ms), and the serving
-    /// thread's CPU share over the measured span.
-    stalls: (u64, f64),
-    preempted: (u64, f64),
+    /// What the server wrote to last-run.json.
+    figures: Figures,
+    /// The serving thread's CPU share over the measured span.
     api_cpu_pct: f64,
     /// How busy core 0 was over the measured span, %.
     core0_busy_pct: f64,
-    /// Every order's tick-to-order latency: (ns, count) pairs.
-    recorded: Vec<(u64, u64)>,
-    tick_to_order_p99: u64,
-    end_to_end_p99: u64,
     peak_rss_kib: u64,
     dropped: u64,
     connected: usize,
@@ -309,17 +302,12 @@ fn one_run(secs: u64, load: Load) -> Outcome {
         let _ = s.join();
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let f = run_figures(&dir);
+    let figures = run_figures(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     Outcome {
-        orders: f.orders,
-        stalls: (f.stalls, f.stalled_ns as f64 / 1e6),
-        preempted: (f.preemptions, f.preempted_ns as f64 / 1e6),
+        figures,
         api_cpu_pct,
         core0_busy_pct,
-        recorded: f.recorded,
-        tick_to_order_p99: f.tick_to_order_p99,
-        end_to_end_p99: f.end_to_end_p99,
         peak_rss_kib: peak,
         dropped,
         connected,
@@ -367,7 +355,7 @@ fn main() {
     let secs = if quick { 30 } else { 60 };
     println!("ws_load: {secs} s per run, {rounds} round(s), {READERS} reading + {NON_READERS} non-reading /ws clients vs none");
     let ratio = |a: u64, b: u64| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
-    let stall_pct = |o: &Outcome| o.stalls.1 / 10.0 / secs as f64;
+    let stall_pct = |o: &Outcome| o.figures.stalled_ns as f64 / 1e7 / secs as f64;
     // Every order of every run, pooled per arm: the runs interleave, so the host's drift
     // falls on all three alike, and one run's rare long stall weighs 1/rounds.
     let new_pool = || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
@@ -381,15 +369,15 @@ fn main() {
         let line = |o: &Outcome| {
             format!(
                 "tick_to_order p99 {} ns ({} orders), end_to_end p99 {} ns, peak RSS {} KiB, engine stalls {} ({:.1} ms, {:.2}% of the run), other tasks on the engine's core {}× ({:.1} ms), core 0 {:.0}% busy, API thread {:.1}% of a core",
-                o.tick_to_order_p99,
-                o.orders,
-                o.end_to_end_p99,
+                o.figures.tick_to_order_p99,
+                o.figures.orders,
+                o.figures.end_to_end_p99,
                 o.peak_rss_kib,
-                o.stalls.0,
-                o.stalls.1,
+                o.figures.stalls,
+                o.figures.stalled_ns as f64 / 1e6,
                 stall_pct(o),
-                o.preempted.0,
-                o.preempted.1,
+                o.figures.preemptions,
+                o.figures.preempted_ns as f64 / 1e6,
                 o.core0_busy_pct,
                 o.api_cpu_pct
             )
@@ -403,17 +391,17 @@ fn main() {
             load.dropped
         );
         println!("  no clients, core 0 kept as busy by a spinning thread: {}", line(&busy));
-        let t = ratio(load.tick_to_order_p99, base.tick_to_order_p99);
-        let tb = ratio(load.tick_to_order_p99, busy.tick_to_order_p99);
+        let t = ratio(load.figures.tick_to_order_p99, base.figures.tick_to_order_p99);
+        let tb = ratio(load.figures.tick_to_order_p99, busy.figures.tick_to_order_p99);
         println!(
             "  ratios (with ÷ without): tick_to_order p99 {t:.2}, end_to_end p99 {:.2}, peak RSS {:.2}; with ÷ the busy-core-0 control: tick_to_order p99 {tb:.2}; slow clients dropped: {}",
-            ratio(load.end_to_end_p99, base.end_to_end_p99),
+            ratio(load.figures.end_to_end_p99, base.figures.end_to_end_p99),
             ratio(load.peak_rss_kib, base.peak_rss_kib),
             if load.dropped >= NON_READERS as u64 { "all" } else { "NOT all" }
         );
         per_round.push(t);
         for (pool, run) in pools.iter_mut().zip([&base, &load, &busy]) {
-            for &(ns, n) in &run.recorded {
+            for &(ns, n) in &run.figures.recorded {
                 let _ = pool.record_n(ns.max(1), n);
             }
         }
