@@ -125,14 +125,107 @@ pub enum JournalError {
     /// A record could not be archived or read (never expected for fixed-size records).
     #[error("archiving a record: {0}")]
     Archive(String),
-    /// A reader found damage where records must be whole (not a tail still being written).
-    #[error("journal {path}: corrupt record at byte {offset}")]
-    Corrupt {
-        /// The segment.
-        path: PathBuf,
-        /// Where the damage starts.
-        offset: u64,
+    /// Damage that no crash leaves (see [`Damage`]): the journal is refused as it is, never
+    /// silently shortened; `sapphire journal repair` moves the damaged part aside.
+    #[error("{0}")]
+    Corrupt(Box<Damage>),
+}
+
+/// Where a journal is damaged and how: what [`JournalError::Corrupt`] reports and
+/// [`repair`] acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// The byte of that file where the damage starts (the end of the last good record, or
+    /// the header: then the whole segment is suspect).
+    pub offset: u64,
+    /// What is wrong there.
+    pub problem: Problem,
+    /// The sequence of the last good record before the damage (`None`: none is readable).
+    pub last_good_seq: Option<u64>,
+}
+
+/// What is wrong at a [`Damage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A whole record fails its length, CRC or archive check and more data follows it (a
+    /// crash leaves at most an incomplete last record).
+    BadRecord,
+    /// A record has a valid CRC but not the sequence after its predecessor's.
+    Sequence {
+        /// The sequence that must come next.
+        expected: u64,
+        /// The one found.
+        found: u64,
     },
+    /// The header's first sequence disagrees with the file name.
+    HeaderSeq {
+        /// The file name's.
+        named: u64,
+        /// The header's.
+        header: u64,
+    },
+    /// A segment does not start where the previous one ended: one is missing or misplaced.
+    SegmentStart {
+        /// Where the previous segment ended.
+        expected: u64,
+        /// Where this one starts.
+        found: u64,
+    },
+    /// A segment with later segments after it ends in an incomplete record or zeros.
+    SealedTail,
+    /// A later segment's header is not one of this journal's (cut short or overwritten).
+    Header,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::BadRecord => {
+                f.write_str("a record fails its length, CRC or content check and more data follows it (not a torn tail)")
+            }
+            Problem::Sequence { expected, found } => {
+                write!(f, "record sequence out of order: expected {expected}, found {found} (a record repeated, lost or overwritten)")
+            }
+            Problem::HeaderSeq { named, header } => {
+                write!(f, "the segment header says it starts at sequence {header}, its file name says {named}")
+            }
+            Problem::SegmentStart { expected, found } => write!(
+                f,
+                "the segment starts at sequence {found}, expected {expected} where the previous segment ends: a segment is missing or out of place"
+            ),
+            Problem::SealedTail => f.write_str("a segment with later segments after it ends in an incomplete record"),
+            Problem::Header => f.write_str("the segment header is not this journal's (cut short or overwritten)"),
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.segment.parent().unwrap_or(Path::new("."));
+        let last = match self.last_good_seq {
+            Some(seq) => seq.to_string(),
+            None => "none".to_string(),
+        };
+        write!(
+            f,
+            "journal damaged: {} at byte {}: {}; last good record: {last}. Nothing was changed. \
+             Stop, take a copy of {}, then `sapphire journal repair {}` moves the damaged part aside \
+             (docs/runbook.md, \"The journal reports corruption\")",
+            self.segment.display(),
+            self.offset,
+            self.problem,
+            dir.display(),
+            dir.display()
+        )
+    }
+}
+
+impl From<Damage> for JournalError {
+    fn from(d: Damage) -> Self {
+        JournalError::Corrupt(Box::new(d))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
@@ -165,7 +258,11 @@ fn padded(len: usize) -> usize {
 /// Segments of `dir`, in sequence order.
 pub fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     let mut segs: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "seg")).collect(),
+        // Files only: the quarantine folder `repair` fills is not part of the journal.
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err(dir)(e)),
     };
@@ -259,32 +356,172 @@ fn next_record<R: Record>(buf: &[u8], at: usize) -> Next {
     Next::Record(Scanned { seq, payload }, end)
 }
 
-fn check_header<R: Record>(buf: &[u8], path: &Path) -> Result<(), JournalError> {
-    if buf.len() < HEADER || &buf[..8] != R::MAGIC {
-        return Err(JournalError::NotASegment { path: path.to_path_buf() });
+/// True when the bytes from `at` (where the last good record ends) are what a crash can leave
+/// in the segment being written: fewer bytes than a record header; zeros only (a power loss
+/// that kept the file's new length but not its data); or one last record, cut short or failing
+/// its checks, with only zeros after it (the writer's next record, as far as it got). Anything
+/// else — above all a bad record with data after it — is damage. `record_len` is the framed
+/// length of the segment's earlier records (every record of a kind has the same), if any.
+fn is_torn_tail(buf: &[u8], at: usize, record_len: Option<usize>) -> bool {
+    let rest = buf.get(at..).unwrap_or_default();
+    if rest.len() < RECORD_HEADER || rest.iter().all(|&b| b == 0) {
+        return true;
     }
-    Ok(())
+    let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    if len == 0 || len > MAX_PAYLOAD || record_len.is_some_and(|n| n != padded(len)) {
+        return false;
+    }
+    rest.get(padded(len)..).is_none_or(|after| after.iter().all(|&b| b == 0))
 }
 
-/// Walks a segment's records; returns them and the offset where validity ends.
-fn scan<R: Record>(buf: &[u8], path: &Path) -> Result<(Vec<Scanned>, usize, u64), JournalError> {
-    check_header::<R>(buf, path)?;
-    let mut records = Vec::new();
-    let mut at = HEADER;
-    let mut torn_with_header = 0;
-    while at + RECORD_HEADER <= buf.len() {
-        match next_record::<R>(buf, at) {
+/// Where a walk over a journal stands between segments.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    /// The sequence the next segment must start at (`None` before the first segment read:
+    /// a journal may start past 0 once its oldest segments are pruned).
+    next_seq: Option<u64>,
+    /// The last good record so far.
+    last_good: Option<u64>,
+}
+
+/// How a segment ends after its last good record.
+#[derive(Debug)]
+enum SegmentEnd {
+    /// The last good record ends the file.
+    Clean,
+    /// What a crash leaves (see [`is_torn_tail`]); only ever the journal's last segment.
+    Torn,
+    /// Damage: the journal must not be read past it.
+    Damaged(Damage),
+}
+
+/// What [`scan`] found in a segment.
+#[derive(Debug)]
+struct SegmentScan {
+    /// The first sequence its name (and header) gives.
+    first_seq: u64,
+    /// Good records.
+    records: u64,
+    /// Where the good records end (0 when the header itself is a torn tail).
+    valid_end: usize,
+    /// Where the walk stands after the good records.
+    position: Position,
+    end: SegmentEnd,
+}
+
+impl SegmentScan {
+    fn refuse_damage(self) -> Result<Self, JournalError> {
+        match self.end {
+            SegmentEnd::Damaged(d) => Err(d.into()),
+            _ => Ok(self),
+        }
+    }
+}
+
+/// Walks a segment's records: framing, CRC and archive of each, the header against the file
+/// name, and sequences running on from `at` with no gap or repeat; hands each good record to
+/// `each`. `last`: the journal's last segment, the only one a crash can leave torn.
+/// `kind_known`: an earlier segment showed the journal's kind, so a bad header here is damage
+/// rather than a directory of something else.
+fn scan<R: Record>(
+    buf: &[u8],
+    path: &Path,
+    last: bool,
+    kind_known: bool,
+    at: Position,
+    mut each: impl FnMut(&Scanned) -> Result<(), JournalError>,
+) -> Result<SegmentScan, JournalError> {
+    let named = segment_first_seq(path).ok_or_else(|| JournalError::NotASegment { path: path.to_path_buf() })?;
+    let damage = |offset: usize, problem: Problem, last_good_seq: Option<u64>| Damage {
+        segment: path.to_path_buf(),
+        offset: offset as u64,
+        problem,
+        last_good_seq,
+    };
+    let mut out = SegmentScan { first_seq: named, records: 0, valid_end: 0, position: at, end: SegmentEnd::Clean };
+    out.position.next_seq = Some(named);
+    let header_ok = buf.len() >= HEADER && &buf[..8] == R::MAGIC;
+    if header_ok {
+        let header = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        if header != named {
+            out.end = SegmentEnd::Damaged(damage(8, Problem::HeaderSeq { named, header }, at.last_good));
+            return Ok(out);
+        }
+    } else {
+        // A crash while the writer created the segment leaves its header cut short.
+        let mut expected = [0u8; HEADER];
+        expected[..8].copy_from_slice(R::MAGIC);
+        expected[8..].copy_from_slice(&named.to_le_bytes());
+        let torn = last && buf.len() < HEADER && (buf == &expected[..buf.len()] || buf.iter().all(|&b| b == 0));
+        if !torn {
+            if kind_known {
+                out.end = SegmentEnd::Damaged(damage(0, Problem::Header, at.last_good));
+                return Ok(out);
+            }
+            return Err(JournalError::NotASegment { path: path.to_path_buf() });
+        }
+    }
+    if let Some(expected) = at.next_seq {
+        if named != expected {
+            out.end = SegmentEnd::Damaged(damage(0, Problem::SegmentStart { expected, found: named }, at.last_good));
+            return Ok(out);
+        }
+    }
+    if !header_ok {
+        out.end = SegmentEnd::Torn;
+        return Ok(out);
+    }
+    let mut pos = HEADER;
+    let mut next = named;
+    let mut record_len = None;
+    while pos < buf.len() {
+        match next_record::<R>(buf, pos) {
             Next::Record(r, end) => {
-                records.push(r);
-                at = end;
+                if r.seq != next {
+                    let problem = Problem::Sequence { expected: next, found: r.seq };
+                    out.end = SegmentEnd::Damaged(damage(pos, problem, out.position.last_good));
+                    break;
+                }
+                each(&r)?;
+                record_len = Some(end - pos);
+                pos = end;
+                next = next.wrapping_add(1);
+                out.records += 1;
+                out.position.last_good = Some(r.seq);
             }
             Next::Short | Next::Bad => {
-                torn_with_header = 1;
+                out.end = match (last, is_torn_tail(buf, pos, record_len)) {
+                    (true, true) => SegmentEnd::Torn,
+                    (false, true) => SegmentEnd::Damaged(damage(pos, Problem::SealedTail, out.position.last_good)),
+                    (_, false) => SegmentEnd::Damaged(damage(pos, Problem::BadRecord, out.position.last_good)),
+                };
                 break;
             }
         }
     }
-    Ok((records, at, torn_with_header))
+    out.valid_end = pos;
+    out.position.next_seq = Some(next);
+    Ok(out)
+}
+
+/// The framed header a segment starting at `first_seq` begins with.
+fn segment_header<R: Record>(first_seq: u64) -> [u8; HEADER] {
+    let mut header = [0u8; HEADER];
+    header[..8].copy_from_slice(R::MAGIC);
+    header[8..].copy_from_slice(&first_seq.to_le_bytes());
+    header
+}
+
+/// Cuts a torn tail off the last segment (and completes a header a crash cut short).
+fn cut_torn_tail<R: Record>(seg: &Path, valid_end: usize, first_seq: u64) -> Result<(), JournalError> {
+    let mut f = OpenOptions::new().write(true).open(seg).map_err(io_err(seg))?;
+    if valid_end < HEADER {
+        f.set_len(0).map_err(io_err(seg))?;
+        f.write_all(&segment_header::<R>(first_seq)).map_err(io_err(seg))?;
+    } else {
+        f.set_len(valid_end as u64).map_err(io_err(seg))?;
+    }
+    f.sync_all().map_err(io_err(seg))
 }
 
 /// Appends records to a journal. Single writer (the input journal's is the journal stage).
@@ -305,38 +542,30 @@ pub struct JournalWriter<R: Record = Event> {
 }
 
 impl<R: Record> JournalWriter<R> {
-    /// Opens (or creates) the journal in `config.dir`, truncating a torn tail.
+    /// Opens (or creates) the journal in `config.dir`, checking every record and that sequences
+    /// run on without a gap or repeat across all segments. A torn tail (what a crash leaves:
+    /// see the module docs) is cut and reported in [`Recovery`]; damage anywhere is refused
+    /// with [`JournalError::Corrupt`] and nothing is changed.
     pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
         fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
         let segs = segments(&config.dir)?;
         let mut recovery = Recovery { segments: segs.len(), ..Recovery::default() };
+        let mut at = Position::default();
         for (i, seg) in segs.iter().enumerate() {
-            let buf = open_segment(seg, i + 1 < segs.len())?;
-            let (records, valid_end, torn) = scan::<R>(&buf, seg)?;
-            recovery.records += records.len() as u64;
-            if let Some(last) = records.last() {
-                recovery.next_seq = last.seq + 1;
-            } else if i == 0 || recovery.next_seq == 0 {
-                recovery.next_seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+            let last = i + 1 == segs.len();
+            let buf = open_segment(seg, !last)?;
+            let scanned = scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?.refuse_damage()?;
+            recovery.records += scanned.records;
+            if let SegmentEnd::Torn = scanned.end {
+                let cut = &buf[scanned.valid_end..];
+                recovery.truncated_bytes = cut.len() as u64;
+                recovery.truncated_records = u64::from(cut.len() >= RECORD_HEADER && cut.iter().any(|&b| b != 0));
+                drop(buf);
+                cut_torn_tail::<R>(seg, scanned.valid_end, scanned.first_seq)?;
             }
-            if valid_end < buf.len() {
-                if i + 1 != segs.len() {
-                    // Damage inside an older segment is not a torn tail: refuse to guess.
-                    return Err(JournalError::Io {
-                        path: seg.clone(),
-                        source: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("corrupt record at byte {valid_end} of a sealed segment"),
-                        ),
-                    });
-                }
-                recovery.truncated_bytes = (buf.len() - valid_end) as u64;
-                recovery.truncated_records = torn;
-                let f = OpenOptions::new().write(true).open(seg).map_err(io_err(seg))?;
-                f.set_len(valid_end as u64).map_err(io_err(seg))?;
-                f.sync_all().map_err(io_err(seg))?;
-            }
+            at = scanned.position;
         }
+        recovery.next_seq = at.next_seq.unwrap_or(0);
         let (path, file, segment_len) = match segs.last() {
             Some(last) => {
                 let mut f = OpenOptions::new().append(true).open(last).map_err(io_err(last))?;
@@ -368,10 +597,7 @@ impl<R: Record> JournalWriter<R> {
     fn create_segment(dir: &Path, first_seq: u64) -> Result<(PathBuf, File), JournalError> {
         let path = dir.join(segment_name(first_seq));
         let mut f = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path))?;
-        let mut header = [0u8; HEADER];
-        header[..8].copy_from_slice(R::MAGIC);
-        header[8..].copy_from_slice(&first_seq.to_le_bytes());
-        f.write_all(&header).map_err(io_err(&path))?;
+        f.write_all(&segment_header::<R>(first_seq)).map_err(io_err(&path))?;
         f.sync_all().map_err(io_err(&path))?;
         // The new file's name must survive a crash too.
         if let Ok(d) = File::open(dir) {
@@ -516,24 +742,30 @@ pub fn for_each(dir: &Path, f: impl FnMut(u64, &Event)) -> Result<u64, JournalEr
 }
 
 /// Hands every record of a journal to `f(seq, record)`, in order, one segment in memory at a
-/// time, validating each record.
+/// time, validating each record and the continuity of sequences. A torn tail at the end (a
+/// record being written, or left by a crash) ends the walk; damage is an error, after the
+/// records before it were handed out.
 pub fn for_each_record<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R)) -> Result<u64, JournalError> {
     let mut n = 0;
     let segs = segments(dir)?;
+    let mut at = Position::default();
     for (i, seg) in segs.iter().enumerate() {
-        let buf = open_segment(seg, i + 1 < segs.len())?;
-        let (records, _, _) = scan::<R>(&buf, seg)?;
-        for r in records {
-            f(r.seq, &R::decode(&buf[r.payload])?);
+        let last = i + 1 == segs.len();
+        let buf = open_segment(seg, !last)?;
+        let scanned = scan::<R>(&buf, seg, last, i > 0, at, |r| {
+            f(r.seq, &R::decode(&buf[r.payload.clone()])?);
             n += 1;
-        }
+            Ok(())
+        })?;
+        at = scanned.refuse_damage()?.position;
     }
     Ok(n)
 }
 
 /// Follows a journal as its writer appends to it, across segment rolls: the reader side of
 /// the output journal for the Postgres sink and other tailers. It reads only what the writer
-/// has handed to the OS; a record still being written (short) is simply not there yet.
+/// has handed to the OS; a record still being written (short) is simply not there yet. Damage
+/// (a bad record with data after it, a sequence out of order, a segment missing) is an error.
 #[derive(Debug)]
 pub struct Tail {
     dir: PathBuf,
@@ -542,6 +774,14 @@ pub struct Tail {
     buf: AlignedVec<ALIGN>,
     pos: usize,
     next_seq: u64,
+    /// The sequence the current segment's next record must have; `None` until its header is read.
+    expect: Option<u64>,
+    /// Where the previous segment read ended: the current one must start there.
+    segment_start: Option<u64>,
+    /// The last good record read.
+    last_good: Option<u64>,
+    /// The framed length of the current segment's records.
+    record_len: Option<usize>,
     scratch: Vec<u8>,
 }
 
@@ -549,7 +789,18 @@ impl Tail {
     /// A reader that hands out records from `from_seq` on (the next sequence wanted; records
     /// start at 0 and are dense). The directory may not exist yet.
     pub fn open(dir: &Path, from_seq: u64) -> Result<Tail, JournalError> {
-        Ok(Tail { dir: dir.to_path_buf(), path: None, buf: AlignedVec::new(), pos: HEADER, next_seq: from_seq, scratch: Vec::new() })
+        Ok(Tail {
+            dir: dir.to_path_buf(),
+            path: None,
+            buf: AlignedVec::new(),
+            pos: HEADER,
+            next_seq: from_seq,
+            expect: None,
+            segment_start: None,
+            last_good: None,
+            record_len: None,
+            scratch: Vec::new(),
+        })
     }
 
     /// The sequence the next record handed out will have.
@@ -557,10 +808,26 @@ impl Tail {
         self.next_seq
     }
 
+    /// The bytes after the last whole record of the segment being read, as of the last poll —
+    /// a record still being written, or a torn tail a crash left (the writer cuts it when it
+    /// reopens): the segment, the offset and how many bytes.
+    pub fn unread(&self) -> Option<(&Path, u64, u64)> {
+        let path = self.path.as_deref()?;
+        (self.buf.len() > self.pos).then(|| (path, self.pos as u64, (self.buf.len() - self.pos) as u64))
+    }
+
     /// The segment holding `seq`: the last one whose first sequence is at most `seq`.
     fn find_segment(&self, seq: u64) -> Result<Option<PathBuf>, JournalError> {
         let segs = segments(&self.dir)?;
         Ok(segs.iter().rev().find(|p| segment_first_seq(p).is_some_and(|first| first <= seq)).or(segs.first()).cloned())
+    }
+
+    fn start_segment(&mut self, path: PathBuf) {
+        self.path = Some(path);
+        self.buf.clear();
+        self.pos = HEADER;
+        self.expect = None;
+        self.record_len = None;
     }
 
     /// Reads the current segment from the first byte not yet consumed as a whole record (so a
@@ -577,59 +844,109 @@ impl Tail {
         Ok(())
     }
 
+    fn damage(&self, path: &Path, offset: usize, problem: Problem) -> JournalError {
+        Damage { segment: path.to_path_buf(), offset: offset as u64, problem, last_good_seq: self.last_good }.into()
+    }
+
+    /// Checks the current segment's header (at least `HEADER` bytes are read) against its name
+    /// and the previous segment; returns its first sequence.
+    fn check_header<R: Record>(&self, path: &Path) -> Result<u64, JournalError> {
+        let named = segment_first_seq(path).ok_or_else(|| JournalError::NotASegment { path: path.to_path_buf() })?;
+        if &self.buf[..8] != R::MAGIC {
+            return match self.segment_start {
+                Some(_) => Err(self.damage(path, 0, Problem::Header)),
+                None => Err(JournalError::NotASegment { path: path.to_path_buf() }),
+            };
+        }
+        let header = u64::from_le_bytes(self.buf[8..16].try_into().expect("8 bytes"));
+        if header != named {
+            return Err(self.damage(path, 8, Problem::HeaderSeq { named, header }));
+        }
+        match self.segment_start {
+            Some(expected) if expected != named => Err(self.damage(path, 0, Problem::SegmentStart { expected, found: named })),
+            _ => Ok(named),
+        }
+    }
+
     /// Hands up to `max` new records to `f(seq, record)`; `Ok(0)` means nothing new yet.
     pub fn poll<R: Record>(&mut self, max: usize, mut f: impl FnMut(u64, &R)) -> Result<usize, JournalError> {
         if self.path.is_none() {
             match self.find_segment(self.next_seq)? {
-                Some(p) => {
-                    self.path = Some(p);
-                    self.buf.clear();
-                    self.pos = HEADER;
-                }
+                Some(p) => self.start_segment(p),
                 None => return Ok(0),
             }
         }
         let mut handed = 0;
         let mut refilled = false;
+        let mut sealed_read = false;
         while handed < max {
-            if self.buf.len() < HEADER {
-                self.refill()?;
-                if self.buf.len() < HEADER {
-                    return Ok(handed);
-                }
-            }
             let path = self.path.clone().expect("a segment is open");
-            check_header::<R>(&self.buf, &path)?;
+            let expect = match self.expect {
+                Some(seq) => seq,
+                None => {
+                    if self.buf.len() < HEADER {
+                        self.refill()?;
+                    }
+                    if self.buf.len() < HEADER {
+                        // The writer is creating the segment, unless a later one exists.
+                        if segment_after(&self.dir, &path)?.is_none() {
+                            return Ok(handed);
+                        }
+                        self.refill()?;
+                        if self.buf.len() < HEADER {
+                            return Err(self.damage(&path, 0, Problem::Header));
+                        }
+                    }
+                    let first = self.check_header::<R>(&path)?;
+                    self.expect = Some(first);
+                    first
+                }
+            };
             match next_record::<R>(&self.buf, self.pos) {
                 Next::Record(r, end) => {
+                    if r.seq != expect {
+                        return Err(self.damage(&path, self.pos, Problem::Sequence { expected: expect, found: r.seq }));
+                    }
+                    self.record_len = Some(end - self.pos);
                     self.pos = end;
+                    self.expect = Some(expect.wrapping_add(1));
+                    self.last_good = Some(r.seq);
                     if r.seq < self.next_seq {
                         continue;
                     }
                     f(r.seq, &R::decode(&self.buf[r.payload])?);
-                    self.next_seq = r.seq + 1;
+                    self.next_seq = r.seq.wrapping_add(1);
                     handed += 1;
                 }
                 Next::Short | Next::Bad if !refilled => {
                     self.refill()?;
                     refilled = true;
                 }
-                outcome => {
-                    // Nothing more here now. A later segment means this one is sealed: move on
-                    // if it ended cleanly, refuse if it ends in damage.
-                    let next = segment_after(&self.dir, &path)?;
-                    match (next, outcome) {
-                        (Some(next), Next::Short) if self.pos == self.buf.len() => {
-                            self.path = Some(next);
-                            self.buf.clear();
-                            self.pos = HEADER;
-                            refilled = false;
+                Next::Short | Next::Bad => {
+                    let Some(next) = segment_after(&self.dir, &path)? else {
+                        // The segment being written: a record in progress, or a torn tail
+                        // until the writer reopens and cuts it. Try again at the next poll.
+                        if is_torn_tail(&self.buf, self.pos, self.record_len) {
+                            return Ok(handed);
                         }
-                        (Some(_), _) => return Err(JournalError::Corrupt { path, offset: self.pos as u64 }),
-                        // The tail is being written (or torn, until the writer reopens and
-                        // truncates it): try again at the next poll.
-                        (None, _) => return Ok(handed),
+                        return Err(self.damage(&path, self.pos, Problem::BadRecord));
+                    };
+                    // A later segment exists, so this one is sealed; the writer handed all of
+                    // it to the OS before creating the next, so one more read sees it whole.
+                    if !sealed_read {
+                        self.refill()?;
+                        sealed_read = true;
+                        continue;
                     }
+                    if self.pos == self.buf.len() {
+                        self.segment_start = Some(expect);
+                        self.start_segment(next);
+                        refilled = false;
+                        sealed_read = false;
+                        continue;
+                    }
+                    let problem = if is_torn_tail(&self.buf, self.pos, self.record_len) { Problem::SealedTail } else { Problem::BadRecord };
+                    return Err(self.damage(&path, self.pos, problem));
                 }
             }
         }
@@ -637,29 +954,62 @@ impl Tail {
     }
 }
 
+/// Checks that `older` (just scanned) ends where `newer` (scanned before it, walking
+/// backwards) starts.
+fn check_link(older: &SegmentScan, newer: Option<(&Path, u64)>) -> Result<(), JournalError> {
+    match (older.position.next_seq, newer) {
+        (Some(expected), Some((path, found))) if expected != found => Err(Damage {
+            segment: path.to_path_buf(),
+            offset: 0,
+            problem: Problem::SegmentStart { expected, found },
+            last_good_seq: older.position.last_good,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// The last record of a journal (with its sequence), if any: reads only the last segment
-/// that holds a record.
+/// that holds a record (and the empty ones after it), checking them as it goes.
 pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalError> {
+    let mut newer: Option<(PathBuf, u64)> = None;
     for (back, seg) in segments(dir)?.iter().rev().enumerate() {
         let buf = open_segment(seg, back > 0)?;
-        let (records, _, _) = scan::<R>(&buf, seg)?;
-        if let Some(r) = records.last() {
-            return Ok(Some((r.seq, R::decode(&buf[r.payload.clone()])?)));
+        let mut last = None;
+        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), |r| {
+            last = Some((r.seq, r.payload.clone()));
+            Ok(())
+        })?
+        .refuse_damage()?;
+        check_link(&scanned, newer.as_ref().map(|(p, s)| (p.as_path(), *s)))?;
+        if let Some((seq, payload)) = last {
+            return Ok(Some((seq, R::decode(&buf[payload])?)));
         }
+        newer = Some((seg.clone(), scanned.first_seq));
     }
     Ok(None)
 }
 
-/// Hands the records of the last segments to `f`, newest first, until `f` returns false.
+/// Hands the records of the last segments to `f`, newest first, until `f` returns false;
+/// checks each segment it reads, and that it ends where the next one starts.
 pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> bool) -> Result<(), JournalError> {
+    let mut newer: Option<(PathBuf, u64)> = None;
+    let mut records = Vec::new();
     for (back, seg) in segments(dir)?.iter().rev().enumerate() {
         let buf = open_segment(seg, back > 0)?;
-        let (records, _, _) = scan::<R>(&buf, seg)?;
-        for r in records.iter().rev() {
-            if !f(r.seq, &R::decode(&buf[r.payload.clone()])?) {
+        records.clear();
+        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), |r| {
+            records.push((r.seq, r.payload.clone()));
+            Ok(())
+        })?
+        .refuse_damage()?;
+        check_link(&scanned, newer.as_ref().map(|(p, s)| (p.as_path(), *s)))?;
+        for (seq, payload) in records.iter().rev() {
+            if !f(*seq, &R::decode(&buf[payload.clone()])?) {
                 return Ok(());
             }
         }
+        newer = Some((seg.clone(), scanned.first_seq));
     }
     Ok(())
 }

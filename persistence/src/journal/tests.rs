@@ -219,10 +219,12 @@ fn tail_waits_at_a_torn_tail_and_reads_what_the_restarted_writer_wrote_over_it()
         }
         w.sync().unwrap();
     }
-    // A crash mid-write: half a record at the end.
+    // A crash mid-write: half a record at the end (its header whole, with the length every
+    // record of the kind has).
     let seg = segments(&d).unwrap().pop().unwrap();
+    let len: [u8; 4] = fs::read(&seg).unwrap()[HEADER..HEADER + 4].try_into().unwrap();
     let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[0x40, 0, 0, 0, 1, 2, 3, 4, 40, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9]).unwrap();
+    f.write_all(&[&len[..], &[1, 2, 3, 4], &40u64.to_le_bytes(), &[9, 9, 9]].concat()).unwrap();
     drop(f);
     let mut tail = Tail::open(&d, 0).unwrap();
     let mut got = Vec::new();
@@ -239,4 +241,221 @@ fn tail_waits_at_a_torn_tail_and_reads_what_the_restarted_writer_wrote_over_it()
     assert_eq!(got.len(), 60);
     assert!(got.iter().enumerate().all(|(i, (seq, o))| *seq == i as u64 && *o == outs[i]));
     let _ = fs::remove_dir_all(&d);
+}
+
+/// A journal of `n` events in segments of at most `segment_bytes`; returns its segments.
+fn write_events(d: &Path, n: u64, segment_bytes: u64) -> Vec<PathBuf> {
+    let (mut w, _) =
+        JournalWriter::<Event>::open(JournalConfig { segment_bytes, durability: Durability::Os, ..JournalConfig::new(d) }).unwrap();
+    for e in events(n) {
+        w.append_event(&e).unwrap();
+    }
+    w.sync().unwrap();
+    segments(d).unwrap()
+}
+
+/// The framed size of one record (events archive to a fixed size).
+fn record_size(seg: &Path) -> usize {
+    let bytes = fs::read(seg).unwrap();
+    padded(u32::from_le_bytes(bytes[HEADER..HEADER + 4].try_into().unwrap()) as usize)
+}
+
+/// Deterministic noise (xorshift), so a failing case can be run again.
+fn noise(n: usize, mut x: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn damage_inside_the_active_segment_is_refused_and_nothing_is_cut() {
+    type Damage = fn(&mut Vec<u8>, usize);
+    // Each case damages the file around record 500 of 1,000 (one segment, the active one).
+    let cases: [(&str, Damage); 5] = [
+        ("one flipped byte", |b, at| b[at + 40] ^= 0x01),
+        ("20 flipped bytes", |b, at| b[at + 3..at + 23].iter_mut().for_each(|x| *x ^= 0xa5)),
+        ("a zeroed 4 KB block", |b, at| b[at..at + 4096].fill(0)),
+        ("an overwritten sequence number", |b, at| b[at + 8..at + 16].copy_from_slice(&7u64.to_le_bytes())),
+        ("a header followed by random bytes", |b, _| {
+            let n = b.len() - HEADER;
+            b[HEADER..].copy_from_slice(&noise(n, 0x9e37_79b9_7f4a_7c15));
+        }),
+    ];
+    for (i, (what, damage)) in cases.iter().enumerate() {
+        let d = dir(&format!("damage{i}"));
+        let seg = write_events(&d, 1_000, 64 << 20).pop().unwrap();
+        let size = record_size(&seg);
+        let at = HEADER + 500 * size;
+        let mut bytes = fs::read(&seg).unwrap();
+        damage(&mut bytes, at);
+        fs::write(&seg, &bytes).unwrap();
+        let (start, last_good) = if i == 4 { (HEADER, "none".to_string()) } else { (at, "499".to_string()) };
+        let err = JournalWriter::<Event>::open(JournalConfig::new(&d)).expect_err(what).to_string();
+        assert!(err.contains("00000000000000000000.seg"), "{what}: names the segment: {err}");
+        assert!(err.contains(&format!("byte {start}")), "{what}: names the offset {start}: {err}");
+        assert!(err.contains(&format!("last good record: {last_good}")), "{what}: names the last good sequence: {err}");
+        assert!(err.contains("sapphire journal repair"), "{what}: names the repair: {err}");
+        assert_eq!(fs::read(&seg).unwrap(), bytes, "{what}: the segment is left as it was");
+        // Every reader refuses it too, rather than stopping early without a word.
+        assert!(read_all(&d).is_err(), "{what}: read_all");
+        assert!(last_record::<Event>(&d).is_err(), "{what}: last_record");
+        assert!(for_each_backwards::<Event>(&d, |_, _| true).is_err(), "{what}: for_each_backwards");
+        let mut tail = Tail::open(&d, 0).unwrap();
+        let polled = (0..3).try_for_each(|_| tail.poll::<Event>(10_000, |_, _| {}).map(|_| ()));
+        assert!(polled.is_err(), "{what}: Tail::poll");
+        let _ = fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn crash_leftovers_are_torn_tails_and_are_cut() {
+    // What a crash (or a power loss) can leave after the last whole record.
+    let cases: [(&str, &[u8]); 4] = [
+        ("a partial record header", &[0x60, 0, 0, 0, 1, 2]),
+        ("a whole header, part of the payload", &[0x50, 0, 0, 0, 1, 2, 3, 4, 10, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9]),
+        ("zeros (file length extended, data not written)", &[0; 4096]),
+        ("one zero byte", &[0]),
+    ];
+    for (i, (what, tail)) in cases.iter().enumerate() {
+        let d = dir(&format!("leftover{i}"));
+        let seg = write_events(&d, 10, 64 << 20).pop().unwrap();
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new().append(true).open(&seg).unwrap().write_all(tail).unwrap();
+        let (_, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((rec.records, rec.next_seq, rec.truncated_bytes), (10, 10, tail.len() as u64), "{what}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), len, "{what}: cut back to the last whole record");
+        let _ = fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn a_missing_middle_segment_is_refused_everywhere() {
+    let d = dir("missing");
+    let segs = write_events(&d, 1_000, 16 * 1024);
+    assert!(segs.len() > 4);
+    fs::remove_file(&segs[2]).unwrap();
+    let err = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_err().to_string();
+    let expected = segment_first_seq(&segs[2]).unwrap();
+    let found = segment_first_seq(&segs[3]).unwrap();
+    assert!(err.contains(&segment_name(found)) && err.contains(&format!("expected {expected}")), "{err}");
+    assert!(read_all(&d).is_err());
+    assert!(for_each_backwards::<Event>(&d, |_, _| true).is_err());
+    let mut tail = Tail::open(&d, 0).unwrap();
+    assert!((0..3).try_for_each(|_| tail.poll::<Event>(10_000, |_, _| {}).map(|_| ())).is_err(), "Tail::poll");
+    // A sink that starts past the hole still reads what follows it.
+    let mut late = Tail::open(&d, found).unwrap();
+    assert!(late.poll::<Event>(10, |_, _| {}).unwrap() > 0);
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_journal_may_start_past_zero_and_hold_a_header_only_segment() {
+    // Retention prunes the oldest segments: what remains starts later, and that is fine.
+    let d = dir("pruned");
+    let segs = write_events(&d, 1_000, 16 * 1024);
+    fs::remove_file(&segs[0]).unwrap();
+    let first = segment_first_seq(&segs[1]).unwrap();
+    let back = read_all(&d).unwrap();
+    assert_eq!(back.first().map(|(s, _)| *s), Some(first));
+    assert_eq!(back.len() as u64, 1_000 - first);
+    let (w, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.records, rec.next_seq), (1_000 - first, 1_000));
+    drop(w);
+    let _ = fs::remove_dir_all(&d);
+    // A journal opened and closed without an append has a header-only segment.
+    let d = dir("header-only");
+    drop(JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap());
+    let (_, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.segments, rec.records, rec.truncated_bytes), (1, 0, 0));
+    assert!(read_all(&d).unwrap().is_empty());
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_repeated_record_is_refused() {
+    let d = dir("repeat");
+    let seg = write_events(&d, 100, 64 << 20).pop().unwrap();
+    let size = record_size(&seg);
+    let mut bytes = fs::read(&seg).unwrap();
+    // Record 40 written twice: both copies pass their CRC.
+    let at = HEADER + 40 * size;
+    let copy = bytes[at..at + size].to_vec();
+    bytes.splice(at..at, copy);
+    fs::write(&seg, &bytes).unwrap();
+    let err = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_err().to_string();
+    assert!(err.contains(&format!("byte {}", at + size)) && err.contains("expected 41, found 40"), "{err}");
+    assert!(read_all(&d).is_err());
+    assert!(last_record::<Event>(&d).is_err());
+    let mut tail = Tail::open(&d, 0).unwrap();
+    assert!((0..3).try_for_each(|_| tail.poll::<Event>(10_000, |_, _| {}).map(|_| ())).is_err(), "Tail::poll");
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_changed_header_first_seq_is_refused() {
+    let d = dir("header-seq");
+    let segs = write_events(&d, 1_000, 16 * 1024);
+    let mut bytes = fs::read(&segs[1]).unwrap();
+    let named = segment_first_seq(&segs[1]).unwrap();
+    bytes[8..16].copy_from_slice(&(named + 1).to_le_bytes());
+    fs::write(&segs[1], &bytes).unwrap();
+    let err = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_err().to_string();
+    assert!(err.contains(&segment_name(named)) && err.contains("header"), "{err}");
+    assert!(read_all(&d).is_err());
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_segment_header_cut_short_by_a_crash_during_a_roll_is_completed() {
+    for (i, header) in [&b""[..], &b"SAPJ"[..], &[0u8; 9][..]].iter().enumerate() {
+        let d = dir(&format!("roll-crash{i}"));
+        let segs = write_events(&d, 1_000, 16 * 1024);
+        // The writer created the next segment and died before its header was written.
+        let new = d.join(segment_name(1_000));
+        fs::write(&new, header).unwrap();
+        assert_eq!(read_all(&d).unwrap().len(), 1_000, "case {i}: readers see an empty last segment");
+        let (mut w, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert_eq!((rec.segments, rec.records, rec.next_seq), (segs.len() + 1, 1_000, 1_000), "case {i}");
+        assert_eq!(fs::read(&new).unwrap(), segment_header::<Event>(1_000), "case {i}: the header is whole again");
+        assert_eq!(w.append_event(&Event::Timer(Timer::default())).unwrap(), 1_000);
+        w.sync().unwrap();
+        assert_eq!(read_all(&d).unwrap().len(), 1_001, "case {i}");
+        let _ = fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn a_last_record_failing_its_crc_with_only_zeros_after_it_is_a_torn_tail() {
+    // A power loss can keep a file's length but not every block of its last record.
+    let d = dir("power-loss");
+    let seg = write_events(&d, 10, 64 << 20).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 30..].fill(0);
+    bytes.extend_from_slice(&[0; 4000]);
+    fs::write(&seg, &bytes).unwrap();
+    let (_, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.records, rec.truncated_records, rec.truncated_bytes), (9, 1, 4096));
+    // The same record with data after it is damage.
+    let d2 = dir("power-loss-then-data");
+    let seg = write_events(&d2, 10, 64 << 20).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 30..n - 20].iter_mut().for_each(|b| *b ^= 0xff);
+    fs::write(&seg, &bytes).unwrap();
+    let (_, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d2)).unwrap();
+    assert_eq!(rec.records, 9, "the last record alone, damaged, is still a torn tail");
+    let seg = write_events(&d2, 0, 64 << 20).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 96 - 30..n - 96 - 20].iter_mut().for_each(|b| *b ^= 0xff);
+    fs::write(&seg, &bytes).unwrap();
+    assert!(JournalWriter::<Event>::open(JournalConfig::new(&d2)).is_err(), "a bad record followed by a good one is damage");
+    let _ = fs::remove_dir_all(&d);
+    let _ = fs::remove_dir_all(&d2);
 }
