@@ -23,6 +23,8 @@ fn recovered_state_equals_the_uninterrupted_run() {
     let mut live_out: Vec<Output> = Vec::new();
     {
         let (mut journal, _) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&dir)).unwrap();
+        // As `run` does before the first append: the list the records' instrument ids index.
+        check_instruments(&dir, &instruments).unwrap();
         for (seq, e) in events[..crash_at].iter().enumerate() {
             journal.append(seq as i64, e, true);
             live.process(seq as i64, e, &mut Vec::<Order>::new(), &mut live_out);
@@ -90,6 +92,7 @@ fn recovery_writes_the_outputs_a_crash_kept_from_the_output_journal() {
     let mut live_out: Vec<Output> = Vec::new();
     {
         let (mut journal, _) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&input)).unwrap();
+        check_instruments(&input, &instruments).unwrap();
         for (seq, e) in events.iter().enumerate() {
             journal.append(seq as i64, e, true);
             live.process(seq as i64, e, &mut Vec::<Order>::new(), &mut live_out);
@@ -122,5 +125,44 @@ fn recovery_writes_the_outputs_a_crash_kept_from_the_output_journal() {
     // Recovering again adds nothing.
     let (mut out, _) = JournalWriter::<Output>::open(JournalConfig::new(&output)).unwrap();
     assert_eq!(recover(&input, &config, &instruments, Some((&output, &mut out)), |_| {}).unwrap().outputs_regenerated, 0);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn an_input_journal_without_its_instrument_list_is_refused() {
+    let root = std::env::temp_dir().join(format!("sapphire-recovery-instruments-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let (input, output) = (root.join("input"), root.join("output"));
+    let (instruments, events) = common::scripted_events(3, 500);
+    let config = EngineConfig::default();
+    // A new journal (no record yet) gets its list.
+    drop(JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&input)).unwrap());
+    check_instruments(&input, &instruments).unwrap();
+    assert!(input.join("instruments.txt").exists());
+    {
+        let (mut journal, _) = JournalWriter::<sapphire_core::event::Event>::open(JournalConfig::new(&input)).unwrap();
+        for (seq, e) in events.iter().enumerate() {
+            journal.append(seq as i64, e, true);
+        }
+        journal.flush();
+    }
+    recover(&input, &config, &instruments, None, |_| {}).unwrap();
+    // The list deleted: recovery refuses instead of writing this run's list over the gap.
+    std::fs::remove_file(input.join("instruments.txt")).unwrap();
+    let err = recover(&input, &config, &instruments, None, |_| {}).unwrap_err();
+    assert!(matches!(err, RecoveryError::InstrumentsMissing { .. }), "{err}");
+    assert!(err.to_string().contains("instruments.txt") && err.to_string().contains("missing"), "{err}");
+    assert!(!input.join("instruments.txt").exists(), "nothing was written in its place");
+    // A list that does not match is refused too.
+    std::fs::write(input.join("instruments.txt"), "synthetic DOGEUSDT\n").unwrap();
+    let err = recover(&input, &config, &instruments, None, |_| {}).unwrap_err();
+    assert!(matches!(err, RecoveryError::Instruments { .. }), "{err}");
+    // A replay's output journal gets its list written after its records: that stays allowed.
+    {
+        let (mut out, _) = JournalWriter::<Output>::open(JournalConfig::new(&output)).unwrap();
+        out.append_record(&Output::default()).unwrap();
+        out.sync().unwrap();
+    }
+    check_instruments(&output, &instruments).unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -1014,6 +1014,139 @@ pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> b
     Ok(())
 }
 
+/// The folder inside a journal directory where [`repair`] moves damaged bytes (segment
+/// listings never look inside it).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// A file [`repair`] moved into quarantine (or, in a dry run, would move).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// The segment the bytes came from.
+    pub from: PathBuf,
+    /// Where in it they started (0: the whole segment moved).
+    pub offset: u64,
+    /// How many bytes.
+    pub bytes: u64,
+    /// Where they are now.
+    pub to: PathBuf,
+}
+
+/// What [`repair`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The first damage; `None` when the journal is clean (then nothing was changed).
+    pub damage: Option<Damage>,
+    /// Good records the journal holds after the repair.
+    pub records_kept: u64,
+    /// The last of them.
+    pub last_good_seq: Option<u64>,
+    /// The sequence the next append gets.
+    pub next_seq: u64,
+    /// The quarantine folder of this repair.
+    pub quarantine: Option<PathBuf>,
+    /// What was moved there.
+    pub moved: Vec<Moved>,
+    /// A torn tail that ends the journal: segment, offset, bytes. Left alone (the writer cuts
+    /// it when it opens the journal).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+}
+
+/// Finds the first damage in the journal in `dir` and moves it aside, deleting nothing: the
+/// damaged segment's bytes from the damage on are copied into a new folder under
+/// [`QUARANTINE_DIR`] and cut from the segment (which then ends with its last good record),
+/// and every later segment is moved there whole. A clean journal (a torn tail is not damage)
+/// is left as it is. With `dry_run`, only reports what it would do. The journal's writer must
+/// be stopped.
+pub fn repair<R: Record>(dir: &Path, dry_run: bool) -> Result<Repaired, JournalError> {
+    let segs = segments(dir)?;
+    let mut out =
+        Repaired { damage: None, records_kept: 0, last_good_seq: None, next_seq: 0, quarantine: None, moved: Vec::new(), torn_tail: None };
+    let mut at = Position::default();
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        let buf = open_segment(seg, !last)?;
+        let scanned = scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?;
+        out.records_kept += scanned.records;
+        let damage = match scanned.end {
+            SegmentEnd::Clean => None,
+            SegmentEnd::Torn => {
+                out.torn_tail = Some((seg.clone(), scanned.valid_end as u64, (buf.len() - scanned.valid_end) as u64));
+                None
+            }
+            SegmentEnd::Damaged(d) => Some(d),
+        };
+        let Some(damage) = damage else {
+            at = scanned.position;
+            continue;
+        };
+        // Damage in the header leaves nothing of the segment to trust: it moves whole.
+        let whole = scanned.valid_end < HEADER;
+        if !whole {
+            at = scanned.position;
+        }
+        let quarantine = unused_quarantine(dir, at.last_good);
+        let name = |p: &Path| p.file_name().map(PathBuf::from).unwrap_or_default();
+        let cut = (!whole).then(|| Moved {
+            from: seg.clone(),
+            offset: scanned.valid_end as u64,
+            bytes: (buf.len() - scanned.valid_end) as u64,
+            to: quarantine.join(format!("{}.from-byte-{}", name(seg).display(), scanned.valid_end)),
+        });
+        let first_moved = if whole { i } else { i + 1 };
+        let mut whole_moves = Vec::new();
+        for p in &segs[first_moved..] {
+            let bytes = fs::metadata(p).map_err(io_err(p))?.len();
+            whole_moves.push(Moved { from: p.clone(), offset: 0, bytes, to: quarantine.join(name(p)) });
+        }
+        if !dry_run {
+            fs::create_dir_all(&quarantine).map_err(io_err(&quarantine))?;
+            // Copy first and make it durable, then move and cut: a crash part-way leaves
+            // bytes in two places, never in none.
+            if let Some(cut) = &cut {
+                let mut f = OpenOptions::new().write(true).create_new(true).open(&cut.to).map_err(io_err(&cut.to))?;
+                f.write_all(&buf[scanned.valid_end..]).map_err(io_err(&cut.to))?;
+                f.sync_all().map_err(io_err(&cut.to))?;
+            }
+            drop(buf);
+            for m in &whole_moves {
+                fs::rename(&m.from, &m.to).map_err(io_err(&m.from))?;
+            }
+            sync_dir(&quarantine)?;
+            if let Some(cut) = &cut {
+                let f = OpenOptions::new().write(true).open(&cut.from).map_err(io_err(&cut.from))?;
+                f.set_len(cut.offset).map_err(io_err(&cut.from))?;
+                f.sync_all().map_err(io_err(&cut.from))?;
+            }
+            sync_dir(dir)?;
+        }
+        out.moved = cut.into_iter().chain(whole_moves).collect();
+        out.quarantine = Some(quarantine);
+        out.damage = Some(damage);
+        out.torn_tail = None;
+        break;
+    }
+    out.last_good_seq = at.last_good;
+    out.next_seq = at.next_seq.unwrap_or(0);
+    Ok(out)
+}
+
+/// A quarantine folder name that says where the moved part starts and is not taken yet.
+fn unused_quarantine(dir: &Path, last_good: Option<u64>) -> PathBuf {
+    let base = dir.join(QUARANTINE_DIR);
+    let stem = match last_good {
+        Some(seq) => format!("after-seq-{seq:020}"),
+        None => "whole-journal".to_string(),
+    };
+    (1u32..)
+        .map(|n| if n == 1 { base.join(&stem) } else { base.join(format!("{stem}-{n}")) })
+        .find(|p| !p.exists())
+        .expect("some suffix is free")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
 fn segment_first_seq(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }

@@ -10,8 +10,9 @@
 //! Journal records name instruments by id, so a journal can only be recovered with the same
 //! instruments in the same order: the list is kept beside the segments and checked.
 
-use crate::journal::{for_each, for_each_backwards, JournalError, JournalWriter};
+use crate::journal::{for_each, for_each_backwards, segments, JournalError, JournalWriter, Record};
 use sapphire_core::engine::{Engine, EngineConfig, Output, OutputSink, Stages};
+use sapphire_core::event::Event;
 use sapphire_core::instrument::Instrument;
 use sapphire_core::order::Order;
 use std::path::Path;
@@ -34,6 +35,14 @@ pub enum RecoveryError {
         journal: String,
         /// This run's instruments.
         now: String,
+    },
+    /// An input journal holds records but the list of the instruments they name is gone.
+    #[error("the input journal in {dir} holds records but its instrument list {path} is missing: records name instruments by number, so they cannot be read back without it. Restore the file from a backup (one `<venue> <symbol>` line per instrument, in the order of the run that wrote the journal), or start with another data directory")]
+    InstrumentsMissing {
+        /// The journal directory.
+        dir: String,
+        /// The missing file.
+        path: String,
     },
     /// Writing the instrument list failed.
     #[error("writing {path}: {source}")]
@@ -64,7 +73,27 @@ fn listing(instruments: &[Instrument]) -> String {
     instruments.iter().map(|i| format!("{} {}", i.venue, i.symbol)).collect::<Vec<_>>().join("\n")
 }
 
-/// Checks (or, for a new journal, records) the instruments the journal is written for.
+/// True when `dir` holds an input journal with a record in it (a segment longer than its header).
+fn holds_input_records(dir: &Path) -> Result<bool, RecoveryError> {
+    let segs = segments(dir)?;
+    let Some(first) = segs.first() else { return Ok(false) };
+    let mut magic = [0u8; 8];
+    let read = std::fs::File::open(first).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    if read.is_err() || &magic != <Event as Record>::MAGIC {
+        // Not an input journal (the list also sits beside a replay's output journal).
+        return Ok(false);
+    }
+    for seg in &segs {
+        let len = std::fs::metadata(seg).map_err(|source| RecoveryError::Io { path: seg.display().to_string(), source })?.len();
+        if len > 16 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Checks (or, for a new journal, records) the instruments the journal is written for. An
+/// input journal with records whose list is missing is refused: its records cannot be read.
 pub fn check_instruments(dir: &Path, instruments: &[Instrument]) -> Result<(), RecoveryError> {
     let path = dir.join(INSTRUMENTS_FILE);
     let now = listing(instruments);
@@ -76,6 +105,9 @@ pub fn check_instruments(dir: &Path, instruments: &[Instrument]) -> Result<(), R
             now: now.replace('\n', ", "),
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if holds_input_records(dir)? {
+                return Err(RecoveryError::InstrumentsMissing { dir: dir.display().to_string(), path: path.display().to_string() });
+            }
             std::fs::write(&path, now + "\n").map_err(|source| RecoveryError::Io { path: path.display().to_string(), source })
         }
         Err(source) => Err(RecoveryError::Io { path: path.display().to_string(), source }),

@@ -459,3 +459,81 @@ fn a_last_record_failing_its_crc_with_only_zeros_after_it_is_a_torn_tail() {
     let _ = fs::remove_dir_all(&d);
     let _ = fs::remove_dir_all(&d2);
 }
+
+#[test]
+fn repair_moves_the_damaged_part_aside_and_the_journal_opens_again() {
+    let d = dir("repair");
+    let seg = write_events(&d, 1_000, 64 << 20).pop().unwrap();
+    let size = record_size(&seg);
+    let at = HEADER + 500 * size;
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[at + 40] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+
+    // A dry run says what it would do and changes nothing.
+    let plan = repair::<Event>(&d, true).unwrap();
+    assert_eq!(plan.damage.as_ref().map(|x| (x.offset, x.problem.clone())), Some((at as u64, Problem::BadRecord)));
+    assert_eq!((plan.records_kept, plan.last_good_seq, plan.next_seq), (500, Some(499), 500));
+    assert_eq!(plan.moved.len(), 1);
+    assert_eq!(fs::read(&seg).unwrap(), bytes);
+    assert!(!d.join(QUARANTINE_DIR).exists());
+
+    let done = repair::<Event>(&d, false).unwrap();
+    assert_eq!(done.moved, plan.moved);
+    let moved = &done.moved[0];
+    assert_eq!((moved.from.as_path(), moved.offset, moved.bytes), (seg.as_path(), at as u64, (bytes.len() - at) as u64));
+    assert!(moved.to.starts_with(d.join(QUARANTINE_DIR)));
+    assert_eq!(fs::read(&moved.to).unwrap(), &bytes[at..], "the damaged bytes are kept, not deleted");
+    assert_eq!(fs::read(&seg).unwrap(), &bytes[..at], "the segment ends with its last good record");
+    // The journal opens, reads and appends again; the quarantine is not part of it.
+    assert_eq!(read_all(&d).unwrap().len(), 500);
+    let (mut w, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.records, rec.next_seq, rec.truncated_bytes), (500, 500, 0));
+    assert_eq!(w.append_event(&Event::Timer(Timer::default())).unwrap(), 500);
+    w.sync().unwrap();
+    drop(w);
+    let clean = repair::<Event>(&d, false).unwrap();
+    assert_eq!((clean.damage, clean.moved.len(), clean.records_kept), (None, 0, 501), "a clean journal is left alone");
+
+    // Damage after the same record again gets a quarantine folder of its own.
+    OpenOptions::new().append(true).open(&seg).unwrap().write_all(&noise(300, 7)).unwrap();
+    let again = repair::<Event>(&d, false).unwrap();
+    assert_ne!(again.quarantine, done.quarantine);
+    assert_eq!(fs::read(&again.moved[0].to).unwrap(), noise(300, 7));
+    assert_eq!(read_all(&d).unwrap().len(), 501);
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn repair_moves_every_segment_after_a_missing_or_renumbered_one() {
+    let d = dir("repair-segments");
+    let segs = write_events(&d, 1_000, 16 * 1024);
+    fs::remove_file(&segs[2]).unwrap();
+    let done = repair::<Event>(&d, false).unwrap();
+    let missing = segment_first_seq(&segs[2]).unwrap();
+    assert_eq!(
+        done.damage.map(|x| x.problem),
+        Some(Problem::SegmentStart { expected: missing, found: segment_first_seq(&segs[3]).unwrap() })
+    );
+    assert_eq!((done.records_kept, done.last_good_seq, done.next_seq), (missing, Some(missing - 1), missing));
+    assert_eq!(
+        done.moved.iter().map(|m| (m.from.clone(), m.offset)).collect::<Vec<_>>(),
+        segs[3..].iter().map(|p| (p.clone(), 0)).collect::<Vec<_>>()
+    );
+    assert!(done.moved.iter().all(|m| m.to.exists() && !m.from.exists()));
+    assert_eq!(segments(&d).unwrap(), segs[..2]);
+    assert_eq!(JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap().1.next_seq, missing);
+    let _ = fs::remove_dir_all(&d);
+
+    // A header that disagrees with its name: that segment and the later ones move.
+    let d = dir("repair-header");
+    let segs = write_events(&d, 1_000, 16 * 1024);
+    let mut bytes = fs::read(&segs[1]).unwrap();
+    bytes[8] ^= 0x10;
+    fs::write(&segs[1], &bytes).unwrap();
+    let done = repair::<Event>(&d, false).unwrap();
+    assert!(matches!(done.damage.map(|x| x.problem), Some(Problem::HeaderSeq { .. })));
+    assert_eq!(done.moved.len(), segs.len() - 1);
+    assert_eq!(read_all(&d).unwrap().len() as u64, segment_first_seq(&segs[1]).unwrap());
+    let _ = fs::remove_dir_all(&d);
+}
