@@ -171,6 +171,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    process::survive_file_size_limit();
     let result = match cli.command {
         Command::Run(args) | Command::Core(args) => run_command(args),
         Command::Gateway(args) => gateway_cmd::run(args),

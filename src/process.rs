@@ -55,3 +55,13 @@ pub fn stop_flag(duration: Option<Duration>) -> anyhow::Result<Arc<AtomicBool>> 
     }
     Ok(stop)
 }
+
+/// Keeps the process alive past the file size limit (`ulimit -f`): by default SIGXFSZ kills
+/// it without a word; handled, the write that crossed the limit fails with EFBIG and the
+/// journal reports it like any other write error (and the engine stops deciding).
+pub fn survive_file_size_limit() {
+    let crossed = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, crossed) {
+        eprintln!("warning: could not handle SIGXFSZ ({e}): a write past `ulimit -f` will kill the process");
+    }
+}

@@ -10,7 +10,8 @@ use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::InstrumentRegistry;
 use sapphire_core::latency::{unix_nanos, LatencySnapshot};
 use sapphire_core::pipeline::{Pipeline, PipelineReport};
-use sapphire_core::ring::{Consumer, Poll};
+use sapphire_core::release::Released;
+use sapphire_core::ring::Poll;
 use sapphire_core::risk::{AlertKind, RiskOutput};
 use sapphire_core::wait::WaitStrategy;
 use sapphire_gateway::api::{ApiServer, EdgeState, FnSource, MetricsWriter};
@@ -88,12 +89,14 @@ struct EdgeReport {
     /// The output journal's first error (appending stops there; the next start rewrites the
     /// missing outputs from the input journal).
     error: Option<String>,
+    /// Outputs withheld because the input journal failed before it held their cause.
+    withheld: u64,
 }
 
 /// The edge thread: appends engine outputs to the output journal (which the Postgres sink and
 /// other tailers read), applies them to the API's [`EdgeState`], reports guard alerts at once.
 fn edge_loop(
-    mut outputs: Consumer<sapphire_core::engine::Output>,
+    mut outputs: Released<sapphire_core::engine::Output>,
     state: &EdgeState,
     mut journal: JournalWriter<Output>,
     head: &AtomicU64,
@@ -103,7 +106,7 @@ fn edge_loop(
     let mut idle = 0;
     let mut report = EdgeReport::default();
     loop {
-        let polled = outputs.poll(4_096, |o, _, _| {
+        let polled = outputs.poll(4_096, |o| {
             if report.error.is_none() {
                 match journal.append_record(o) {
                     Ok(_) => report.journaled += 1,
@@ -154,6 +157,7 @@ fn edge_loop(
             report.error = Some(e.to_string());
         }
     }
+    report.withheld = outputs.withheld();
     report
 }
 
@@ -578,7 +582,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     loop {
         let deadline = opts.duration.map(|d| started + d);
         let next = last_tick + cfg.status_every;
-        while Instant::now() < next && !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+        while Instant::now() < next
+            && !stop.load(Ordering::Relaxed)
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && stats.journal_errors.load(Ordering::Relaxed) == 0
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         if !pins_reported && started.elapsed() > Duration::from_millis(50) {
@@ -656,6 +664,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         stats
     });
     let tick_to_order = pipeline.latency().iter().find(|r| r.name() == "tick_to_order").cloned();
+    let pipeline_journal = pipeline.journal_progress();
     let report = pipeline.shutdown();
     // Published by the last stage as it stopped: every order's latency.
     let tick_to_order = tick_to_order.map(|r| r.recorded()).unwrap_or_default();
@@ -674,7 +683,28 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(h) = daily {
         let _ = h.join();
     }
-    summary(&cfg, &report, &edge, &stats, &core_use, &tick_to_order, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols)?;
+    // The journal's failure is the cause of everything after it: said first, and what it
+    // stopped from leaving the core said with it.
+    let journal_failure = report.journal.first_error().map(|e| {
+        let lost = report.journal.errors();
+        let through = pipeline_journal.through();
+        let msg = format!("the input journal failed ({lost} appends lost; it holds events through sequence {through}): {e}");
+        eprintln!("error: {msg}");
+        eprintln!(
+            "error: {} engine outputs and the orders decided after that event were withheld (nothing leaves the core unless its cause is journaled)",
+            edge_report.withheld
+        );
+        msg
+    });
+    let summarised =
+        summary(&cfg, &report, &edge, &stats, &core_use, &tick_to_order, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols);
+    if let Some(msg) = journal_failure {
+        if let Err(e) = summarised {
+            eprintln!("warning: {e:#}");
+        }
+        anyhow::bail!(msg);
+    }
+    summarised?;
     if cfg.sink.is_some() {
         sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
         println!(
@@ -757,9 +787,6 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             c.stale_reconnects,
             c.connect_failures
         );
-    }
-    if let Some(e) = report.journal.first_error() {
-        anyhow::bail!("the input journal failed ({} appends lost): {e}", report.journal.errors());
     }
     Ok(())
 }
@@ -907,7 +934,12 @@ fn summary(
         tick_to_order.iter().map(|(ns, n)| format!("[{ns},{n}]")).collect::<Vec<_>>().join(",")
     );
     let path = cfg.data_dir.join("last-run.json");
-    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    // Written beside and renamed over: a full disk leaves the previous summary, not an empty file.
+    let part = cfg.data_dir.join("last-run.json.part");
+    if let Err(e) = std::fs::write(&part, json).and_then(|()| std::fs::rename(&part, &path)) {
+        let _ = std::fs::remove_file(&part);
+        return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
+    }
     println!("  run summary written to {}", path.display());
     Ok(())
 }

@@ -96,7 +96,7 @@ fn run_pipeline(
         let mut got = Vec::new();
         let mut idle = 0;
         loop {
-            match outputs_rx.poll(1_024, |o, _, _| got.push(*o)) {
+            match outputs_rx.poll(1_024, |o| got.push(*o)) {
                 Poll::Handled(_) => idle = 0,
                 Poll::Empty => WaitStrategy::Yield.idle(&mut idle),
                 Poll::Closed => return got,

@@ -209,7 +209,7 @@ pub fn pipeline(lab: &Lab, layout: Layout, w: &Workload, interval_ns: u64) -> [C
     let mut outputs = pipeline.take_outputs().expect("outputs are taken once");
     let drain = std::thread::spawn(move || {
         let mut idle = 0;
-        while outputs.poll(4_096, |_, _, _| {}) != Poll::Closed {
+        while outputs.poll(4_096, |_| {}) != Poll::Closed {
             WaitStrategy::Sleep(Duration::from_micros(200)).idle(&mut idle);
         }
     });

@@ -7,8 +7,13 @@ use crate::event::Event;
 /// Appends inbound events in sequence order. Implementations must not lose an appended
 /// event once `append` returned; they may batch and flush on `end_of_batch`.
 pub trait InputJournal: Send {
-    /// Appends event `seq`. Sequences arrive gap-free and increasing.
+    /// Appends event `seq`. Sequences arrive gap-free and increasing. After a failure the
+    /// journal takes nothing more (a journal with a hole would replay a different history).
     fn append(&mut self, seq: i64, event: &Event, end_of_batch: bool);
+    /// The last `seq` the journal holds for good (handed to the OS: a process crash cannot
+    /// lose it); `None` before the first. The engine's outputs and orders caused by later
+    /// events wait at the journal gate ([`crate::release`]).
+    fn written(&self) -> Option<i64>;
     /// Flushes whatever is buffered (called on shutdown).
     fn flush(&mut self) {}
     /// Events appended so far.
@@ -65,6 +70,10 @@ impl InputJournal for MemoryJournal {
         if self.keep {
             self.events.push(*event);
         }
+    }
+
+    fn written(&self) -> Option<i64> {
+        (self.appended > 0).then_some(self.last_seq)
     }
 
     fn appended(&self) -> u64 {

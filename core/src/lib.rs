@@ -27,6 +27,7 @@
 //! - [`engine`]: the four stages and the fused engine.
 //! - [`journal`]: the journal stage's contract and an in-memory journal.
 //! - [`pipeline`]: threads, layouts, rings, shutdown.
+//! - [`release`]: the journal gate: outputs and orders leave once their cause is journaled.
 //!
 //! # Features
 //! None yet.
@@ -44,6 +45,7 @@ pub mod latency;
 pub mod matching;
 pub mod order;
 pub mod pipeline;
+pub mod release;
 pub mod portfolio;
 pub mod ring;
 pub mod risk;

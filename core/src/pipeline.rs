@@ -20,6 +20,7 @@ use crate::instrument::Instrument;
 use crate::journal::InputJournal;
 use crate::latency::{unix_nanos, LatencyReader, LatencySnapshot, StageLatency};
 use crate::order::Order;
+use crate::release::{JournalProgress, OutboundOrder, Released};
 use crate::ring::{ring, Consumer, Poll, Producer};
 use crate::wait::WaitStrategy;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -172,15 +173,17 @@ impl OutputSink for RingOutputs {
     }
 }
 
-/// Sends orders into the outbound ring without waiting.
+/// Sends orders into the outbound ring without waiting, each with the inbound sequence of
+/// the event being processed (the journal gate releases it once that event is journaled).
 struct RingOrders {
-    producer: Producer<Order>,
+    producer: Producer<OutboundOrder>,
+    seq: i64,
 }
 
 impl OrderSink for RingOrders {
     #[inline]
     fn send(&mut self, order: Order) -> Result<(), Order> {
-        self.producer.try_publish(order).map(|_| ())
+        self.producer.try_publish(OutboundOrder { seq: self.seq, order }).map(|_| ()).map_err(|o| o.order)
     }
 }
 
@@ -226,9 +229,10 @@ pub struct Pipeline {
     pins: std::sync::mpsc::Receiver<(&'static str, PinOutcome)>,
     pinned: Vec<(&'static str, PinOutcome)>,
     stats: Arc<PipelineStats>,
+    progress: Arc<JournalProgress>,
     latency: Vec<LatencyReader>,
     outputs: Option<Consumer<Output>>,
-    outbound: Option<Consumer<Order>>,
+    outbound: Option<Consumer<OutboundOrder>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -330,16 +334,19 @@ impl Pipeline {
         let engine_consumer = consumers.pop().expect("two consumers");
         let journal_consumer = consumers.pop().expect("two consumers");
         let (out_producer, mut out_consumers) = ring::<Output>(config.link_capacity, 1);
-        let (order_producer, mut order_consumers) = ring::<Order>(config.link_capacity, 1);
+        let (order_producer, mut order_consumers) = ring::<OutboundOrder>(config.link_capacity, 1);
         let stats = Arc::new(PipelineStats::default());
+        let progress = Arc::new(JournalProgress::new(first_seq));
         let (pin_tx, pins) = std::sync::mpsc::channel();
         let outputs = RingOutputs { producer: out_producer, stats: Arc::clone(&stats) };
-        let orders = RingOrders { producer: order_producer };
+        let orders = RingOrders { producer: order_producer, seq: first_seq };
 
         let journal = {
-            let stats = Arc::clone(&stats);
+            let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
             let (wait, batch) = (config.journal_wait, config.max_batch);
-            spawn("journal", config.journal_core, &pin_tx, move || journal_stage(journal_consumer, journal, wait, batch, &stats))
+            spawn("journal", config.journal_core, &pin_tx, move || {
+                journal_stage(journal_consumer, journal, first_seq, wait, batch, &stats, &progress)
+            })
         };
 
         let mut latency = Vec::new();
@@ -361,9 +368,9 @@ impl Pipeline {
                     recorder("tick_to_order"),
                     recorder("end_to_end"),
                 ];
-                let stats = Arc::clone(&stats);
+                let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
                 Worker::Fused(spawn("engine", core(0), &pin_tx, move || {
-                    fused_stage(engine_consumer, stages, first_seq, recs, sampler, wait, batch, &stats, orders, outputs)
+                    fused_stage(engine_consumer, stages, first_seq, recs, sampler, wait, batch, &stats, &progress, orders, outputs)
                 }))
             }
             Layout::Split => {
@@ -376,9 +383,9 @@ impl Pipeline {
                 let (book_rec, agg_rec, risk_rec) = (recorder("book"), recorder("aggregate"), recorder("risk"));
                 let route_recs = [recorder("route"), recorder("tick_to_order"), recorder("end_to_end")];
                 let book = {
-                    let stats = Arc::clone(&stats);
+                    let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
                     spawn("book", core(0), &pin_tx, move || {
-                        book_stage(engine_consumer, book, first_seq, to_agg, book_rec, sampler, wait, batch, &stats)
+                        book_stage(engine_consumer, book, first_seq, to_agg, book_rec, sampler, wait, batch, &stats, &progress)
                     })
                 };
                 let aggregate = {
@@ -413,6 +420,7 @@ impl Pipeline {
             pins,
             pinned: Vec::new(),
             stats,
+            progress,
             latency,
             outputs: out_consumers.pop(),
             outbound: order_consumers.pop(),
@@ -441,14 +449,21 @@ impl Pipeline {
         &self.latency
     }
 
-    /// The engine's outputs, for one edge consumer (take it once).
-    pub fn take_outputs(&mut self) -> Option<Consumer<Output>> {
-        self.outputs.take()
+    /// The engine's outputs, for one edge consumer (take it once), released through the
+    /// journal gate: an output leaves only once the event that caused it is journaled.
+    pub fn take_outputs(&mut self) -> Option<Released<Output>> {
+        self.outputs.take().map(|c| Released::new(c, Arc::clone(&self.progress)))
     }
 
-    /// Orders for external venues, for the venue gateway (take it once).
-    pub fn take_outbound(&mut self) -> Option<Consumer<Order>> {
-        self.outbound.take()
+    /// Orders for external venues, for the venue gateway (take it once), released through
+    /// the journal gate like the outputs.
+    pub fn take_outbound(&mut self) -> Option<Released<OutboundOrder>> {
+        self.outbound.take().map(|c| Released::new(c, Arc::clone(&self.progress)))
+    }
+
+    /// How far the input journal has got (the gate's side).
+    pub fn journal_progress(&self) -> Arc<JournalProgress> {
+        Arc::clone(&self.progress)
     }
 
     /// Events published but not yet released by the slowest inbound consumer.
@@ -483,25 +498,34 @@ impl Pipeline {
 fn journal_stage(
     mut consumer: Consumer<Event>,
     mut journal: Box<dyn InputJournal>,
+    first_seq: i64,
     wait: WaitStrategy,
     batch: usize,
     stats: &PipelineStats,
+    progress: &JournalProgress,
 ) -> Box<dyn InputJournal> {
     let mut idle = 0;
+    let publish = |journal: &dyn InputJournal| {
+        stats.journaled.store(journal.appended(), Ordering::Relaxed);
+        if let Some(seq) = journal.written() {
+            progress.written_through(first_seq + seq);
+        }
+        // After `written_through`: a gate that sees the failure sees the final position.
+        progress.set_failed(journal.errors());
+        stats.journal_errors.store(journal.errors(), Ordering::Relaxed);
+    };
     loop {
         match consumer.poll(batch, |e, seq, eob| journal.append(seq, e, eob)) {
             Poll::Handled(_) => {
                 idle = 0;
-                stats.journaled.store(journal.appended(), Ordering::Relaxed);
-                stats.journal_errors.store(journal.errors(), Ordering::Relaxed);
+                publish(&*journal);
             }
             Poll::Empty => wait.idle(&mut idle),
             Poll::Closed => break,
         }
     }
     journal.flush();
-    stats.journaled.store(journal.appended(), Ordering::Relaxed);
-    stats.journal_errors.store(journal.errors(), Ordering::Relaxed);
+    publish(&*journal);
     journal
 }
 
@@ -515,6 +539,7 @@ fn fused_stage(
     wait: WaitStrategy,
     batch: usize,
     stats: &PipelineStats,
+    journal: &JournalProgress,
     mut orders: RingOrders,
     mut outputs: RingOutputs,
 ) -> (Stages, Vec<LatencySnapshot>) {
@@ -523,8 +548,18 @@ fn fused_stage(
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
+        if journal.failed() {
+            // Nothing is decided on events the journal will never hold: drain, do not process.
+            match consumer.poll(batch, |_, _, _| {}) {
+                Poll::Closed => break,
+                Poll::Empty => wait.idle(&mut idle),
+                Poll::Handled(_) => idle = 0,
+            }
+            continue;
+        }
         let polled = consumer.poll(batch, |event, seq, _| {
             msg.reset(first_seq + seq, event);
+            orders.seq = msg.seq;
             let s = &mut stages;
             let sampled = sampler.tick();
             if sampled {
@@ -600,11 +635,21 @@ fn book_stage(
     wait: WaitStrategy,
     batch: usize,
     stats: &PipelineStats,
+    journal: &JournalProgress,
 ) -> (BookStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
+        if journal.failed() {
+            // Nothing is decided on events the journal will never hold: drain, do not process.
+            match consumer.poll(batch, |_, _, _| {}) {
+                Poll::Closed => break,
+                Poll::Empty => wait.idle(&mut idle),
+                Poll::Handled(_) => idle = 0,
+            }
+            continue;
+        }
         let polled = consumer.poll(batch, |event, seq, _| {
             let mut msg = StageMsg { seq: first_seq + seq, event: *event, ..StageMsg::default() };
             if sampler.tick() {
@@ -757,6 +802,7 @@ fn route_stage(
                 // The risk stage drains this ring while it waits, so this wait is short.
                 let _ = feedback.publish(wait, r);
             };
+            orders.seq = msg.seq;
             let sampled = sampler.tick();
             if sampled {
                 let t = Instant::now();

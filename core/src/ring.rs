@@ -238,6 +238,47 @@ impl<T: Copy> Consumer<T> {
         Poll::Handled((end - start) as usize)
     }
 
+    /// Like [`poll`](Self::poll), but `handle` may refuse an event (returns `false`): that
+    /// event and the rest of the batch stay in the ring for the next poll. For a reader that
+    /// may only take an event once something else has caught up with it (the journal gate).
+    /// `Handled(0)` means the first event was refused.
+    #[inline]
+    pub fn poll_while(&mut self, max_batch: usize, mut handle: impl FnMut(&T, i64) -> bool) -> Poll {
+        let ring = &*self.ring;
+        let start = self.next;
+        let limit = start.saturating_add(i64::try_from(max_batch).unwrap_or(i64::MAX));
+        let mut end = start;
+        while end < limit {
+            // SAFETY: `end & mask < capacity == slots.len()`.
+            let slot = unsafe { ring.slots.get_unchecked((end & ring.mask) as usize) };
+            if slot.published.load(Ordering::Acquire) != end {
+                break;
+            }
+            // SAFETY: as in `poll`: `end` is published and not yet released by this consumer.
+            let event = unsafe { &*slot.value.get() };
+            if !handle(event, end) {
+                break;
+            }
+            end += 1;
+        }
+        if end == start && ring.closed.load(Ordering::Acquire) && ring.claim.load(Ordering::Acquire) <= start {
+            return Poll::Closed;
+        }
+        if end == start && !self.has_published(start) {
+            return Poll::Empty;
+        }
+        self.next = end;
+        // SAFETY: `id < gating.len()` by construction.
+        unsafe { ring.gating.get_unchecked(self.id) }.store(end, Ordering::Release);
+        Poll::Handled((end - start) as usize)
+    }
+
+    fn has_published(&self, seq: i64) -> bool {
+        let ring = &*self.ring;
+        // SAFETY: `seq & mask < capacity == slots.len()`.
+        unsafe { ring.slots.get_unchecked((seq & ring.mask) as usize) }.published.load(Ordering::Acquire) == seq
+    }
+
     /// The next sequence this consumer will read (= events consumed).
     pub fn position(&self) -> i64 {
         self.next

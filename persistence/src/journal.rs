@@ -538,6 +538,10 @@ pub struct JournalWriter<R: Record = Event> {
     appended: u64,
     errors: u64,
     first_error: Option<String>,
+    /// The input journal's view: the last ring sequence appended, and the last one handed to
+    /// the OS (what the journal gate releases up to).
+    last_seq: Option<i64>,
+    written: Option<i64>,
     kind: PhantomData<fn(&R)>,
 }
 
@@ -588,6 +592,8 @@ impl<R: Record> JournalWriter<R> {
             appended: 0,
             errors: 0,
             first_error: None,
+            last_seq: None,
+            written: None,
             config,
             kind: PhantomData,
         };
@@ -698,7 +704,13 @@ impl JournalWriter<Event> {
 }
 
 impl InputJournal for JournalWriter<Event> {
-    fn append(&mut self, _seq: i64, event: &Event, end_of_batch: bool) {
+    fn append(&mut self, seq: i64, event: &Event, end_of_batch: bool) {
+        if self.first_error.is_some() {
+            // Sticky: after a failed write the file may end in a partial record; appending
+            // more would leave a hole in the record the engine is replayed from.
+            self.errors += 1;
+            return;
+        }
         let result = self.append_event(event).and_then(|_| {
             // Hand each batch to the OS promptly: a process crash then loses nothing.
             if end_of_batch {
@@ -707,19 +719,35 @@ impl InputJournal for JournalWriter<Event> {
                 Ok(())
             }
         });
-        if let Err(e) = result {
-            self.errors += 1;
-            if self.first_error.is_none() {
+        match result {
+            Ok(()) => {
+                self.last_seq = Some(seq);
+                if end_of_batch {
+                    self.written = Some(seq);
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
                 self.first_error = Some(e.to_string());
             }
         }
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.sync() {
-            self.errors += 1;
-            self.first_error.get_or_insert_with(|| e.to_string());
+        if self.first_error.is_some() {
+            return;
         }
+        match self.sync() {
+            Ok(()) => self.written = self.last_seq,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn written(&self) -> Option<i64> {
+        self.written
     }
 
     fn appended(&self) -> u64 {

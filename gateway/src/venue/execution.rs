@@ -28,7 +28,8 @@ use sapphire_core::event::{AgentId, Event, ExecKind, ExecReport, Liquidity, Reje
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::{Instrument, InstrumentId};
 use sapphire_core::order::{Order, OrderAction};
-use sapphire_core::ring::{Consumer, Poll, Producer};
+use sapphire_core::release::OrderSource;
+use sapphire_core::ring::{Poll, Producer};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -477,7 +478,7 @@ impl<V: ExecutionVenue> OrderGateway<V> {
     }
 
     /// Reads `orders` until it is closed (or stopped), publishing reports into `events`.
-    pub async fn run(mut self, mut orders: Consumer<Order>, mut events: Producer<Event>) -> Self {
+    pub async fn run(mut self, mut orders: impl OrderSource, mut events: Producer<Event>) -> Self {
         let mut batch: Vec<(Order, Instant)> = Vec::with_capacity(64);
         let mut last_poll = Instant::now();
         self.sync_time().await;
@@ -492,7 +493,7 @@ impl<V: ExecutionVenue> OrderGateway<V> {
                 last_sync = Instant::now();
             }
             batch.clear();
-            let polled = orders.poll(64, |o, _, _| batch.push((*o, Instant::now())));
+            let polled = orders.poll_orders(64, |o| batch.push((*o, Instant::now())));
             for &(order, taken) in &batch {
                 self.handle(order, taken).await;
                 self.publish(&mut events).await;

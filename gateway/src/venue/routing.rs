@@ -14,8 +14,8 @@ use crate::binance::BinanceMarket;
 use crate::bybit::BybitCategory;
 use sapphire_core::event::Event;
 use sapphire_core::instrument::Instrument;
-use sapphire_core::order::Order;
-use sapphire_core::ring::{Consumer, Producer};
+use sapphire_core::release::OrderSource;
+use sapphire_core::ring::Producer;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -107,7 +107,7 @@ impl RoutingHandle {
 pub fn start_routing(
     config: RoutingConfig,
     instruments: &[Instrument],
-    orders: Consumer<Order>,
+    orders: impl OrderSource,
     events: Producer<Event>,
     engine: Option<Arc<dyn EnginePositions>>,
 ) -> Result<RoutingHandle, VenueError> {
