@@ -15,7 +15,7 @@
 
 use crate::report::metrics::Metrics;
 use anyhow::Context;
-use sapphire_core::engine::{Engine, EngineConfig, Output, OutputSink};
+use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output, OutputSink};
 use sapphire_core::event::{Event, Timer};
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::{InstrumentRegistry, InstrumentSpec, MarketType};
@@ -210,6 +210,30 @@ struct Sink {
     metrics: Metrics,
     journal: Option<JournalWriter<Output>>,
     error: Option<sapphire_persistence::journal::JournalError>,
+    /// Sequence and event time of the last event through the engine (the closing snapshot's).
+    last: Option<(i64, u64)>,
+}
+
+impl Sink {
+    /// Before each event goes through the engine.
+    fn saw(&mut self, seq: i64, e: &Event) {
+        let ts = self.last.map_or(0, |l| l.1).max(e.ts_event());
+        self.last = Some((seq, ts));
+    }
+
+    /// The engine's state at the end of the input, as the outputs a timer would emit: the
+    /// portfolio's totals and every agent's. Without it the output journal would end at the
+    /// last timer, and a report over it would miss what changed after (fills, marks): the
+    /// summary and the report state the same PnL because both end at the same state.
+    fn close(&mut self, engine: &Engine) {
+        let Some((seq, ts_event)) = self.last else { return };
+        let pf = engine.stages.risk.risk.portfolio();
+        self.emit(Output { seq, output: EngineOutput::Pnl { ts_event, total: pf.total() } });
+        for a in 0..pf.agents() {
+            let agent = sapphire_core::event::AgentId(a as u16);
+            self.emit(Output { seq, output: EngineOutput::AgentPnl { ts_event, agent, summary: pf.agent_summary(agent) } });
+        }
+    }
 }
 
 impl OutputSink for Sink {
@@ -464,12 +488,13 @@ pub fn replay(input: &Input, config: &EngineConfig, opts: &ReplayOptions) -> any
         }
         None => None,
     };
-    let mut sink = Sink { metrics: Metrics::new(false), journal, error: None };
+    let mut sink = Sink { metrics: Metrics::new(false), journal, error: None, last: None };
     let started = Instant::now();
     let (engine, counts) = match input {
         Input::Recordings { paths, market } => replay_recordings(paths, *market, config, opts, &mut sink)?,
         Input::Journal(dir) => replay_journal(dir, config, opts, &mut sink)?,
     };
+    sink.close(&engine);
     let elapsed_s = started.elapsed().as_secs_f64();
     let mut outputs_written = 0;
     if let Some(mut j) = sink.journal.take() {
@@ -565,6 +590,7 @@ fn replay_recordings(
             if opts.pace.is_some() {
                 pacer.wait(ts_recv(e));
             }
+            sink.saw(seq, e);
             engine.process(seq, e, &mut outbound, sink);
             events += 1;
             progress.tick(events, events);
@@ -795,6 +821,7 @@ fn replay_journal(dir: &Path, config: &EngineConfig, opts: &ReplayOptions, sink:
             if opts.pace.is_some() {
                 pacer.wait(ts_recv(e));
             }
+            sink.saw(seq, e);
             engine.process(seq, e, &mut outbound, sink);
             events += 1;
             progress.tick(events, events);

@@ -120,6 +120,10 @@ fn out_keeps_every_output_for_journal_dump_and_report() {
         format!("{int}.{}", &frac[..2])
     };
     assert!(text.contains(&format!("PnL {}", money(&summary["pnl"]))), "{text}\n{summary}");
+    // Exactly, not only to the cent: the output journal ends at the state the summary states,
+    // whatever changed after the last timer.
+    let last_pnl = dump.lines().filter(|l| l.contains("\"kind\":\"pnl\"")).last().map(json).expect("a pnl record");
+    assert_eq!(last_pnl["equity"], summary["equity"], "{last_pnl}\n{summary}");
     assert!(text.contains(&format!("fees {}", money(&summary["fees"]))), "{text}\n{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -241,7 +245,14 @@ fn replaying_a_live_runs_input_journal_reproduces_its_outputs_exactly() {
     let again = ok(&sapphire().args(["journal", "dump"]).arg(&replayed).output().unwrap());
     assert!(live.lines().count() > 1, "the run wrote outputs: {live}");
     assert_eq!(summary["outputs_written"].as_u64().unwrap() as usize, again.lines().count());
-    assert!(live == again, "the replay's outputs differ from the live run's:\nlive:\n{live}\nreplay:\n{again}");
+    // The replay's outputs are the live run's, then its closing snapshot (the state at the end
+    // of the input: totals, then each agent's).
+    let (live, again): (Vec<_>, Vec<_>) = (live.lines().collect(), again.lines().collect());
+    assert!(again.len() > live.len(), "a closing snapshot follows: {again:?}");
+    assert!(live == again[..live.len()], "the replay's outputs differ from the live run's:\nlive:\n{live:?}\nreplay:\n{again:?}");
+    let closing = &again[live.len()..];
+    assert!(closing[0].contains("\"kind\":\"pnl\""), "{closing:?}");
+    assert!(closing[1..].iter().all(|l| l.contains("\"kind\":\"agent_pnl\"")), "{closing:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
