@@ -1,10 +1,15 @@
 //! `sapphire journal dump DIR [--format jsonl|csv]`: a journal's records for humans and
-//! scripts. The kind (input or output journal) is read from the segments' magic.
+//! scripts. `sapphire journal repair DIR [--dry-run]`: a damaged journal's damaged part moved
+//! aside. The kind (input or output journal) is read from the segments' magic.
+//!
+//! A dump of a damaged journal prints the records before the damage, then fails (exit 1)
+//! naming it; a dump that ends in a torn tail (a record being written, or what a crash left)
+//! says so on stderr.
 
 use anyhow::{bail, Context};
 use sapphire_core::engine::Output;
 use sapphire_core::event::Event;
-use sapphire_persistence::journal::{segments, Record, Tail};
+use sapphire_persistence::journal::{for_each_backwards, segments, Record, Repaired, Tail, QUARANTINE_DIR};
 use sapphire_persistence::text::{event_fields, output_fields, to_csv, to_json, Names, CSV_HEADER};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -71,14 +76,24 @@ fn names(dir: &Path) -> Names {
     Names::default()
 }
 
+/// What a dump read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dumped {
+    /// Records written.
+    pub records: u64,
+    /// What the operator should know about how the journal ended (a torn tail), if anything.
+    pub note: Option<String>,
+}
+
 /// Writes the records; returns how many. A closed pipe (`| head`) ends the dump quietly.
-pub fn dump(opts: &DumpOptions, mut out: impl Write) -> anyhow::Result<u64> {
+/// Damage ends it with an error after the records before it are written.
+pub fn dump(opts: &DumpOptions, mut out: impl Write) -> anyhow::Result<Dumped> {
     let m = magic(&opts.dir)?;
     let names = names(&opts.dir);
     let mut tail = Tail::open(&opts.dir, opts.from)?;
     let limit = opts.limit.unwrap_or(u64::MAX);
     let mut line = String::with_capacity(512);
-    let mut written = 0u64;
+    let emitted = std::cell::Cell::new(0u64);
     if opts.format == Format::Csv {
         line.push_str(CSV_HEADER);
         line.push('\n');
@@ -89,31 +104,151 @@ pub fn dump(opts: &DumpOptions, mut out: impl Write) -> anyhow::Result<u64> {
             Format::Csv => to_csv(line, seq, &fields),
         }
         line.push('\n');
+        // Counted here: a poll that meets damage hands out records before it but returns no count.
+        emitted.set(emitted.get() + 1);
     };
-    loop {
-        let want = (limit - written).min(4_096) as usize;
+    let mut to_the_end = false;
+    let damage = loop {
+        let want = (limit - emitted.get()).min(4_096) as usize;
         if want == 0 {
-            break;
+            break None;
         }
-        let n = if &m == Event::MAGIC {
-            tail.poll::<Event>(want, |seq, e| emit(seq, event_fields(e, &names), &mut line))?
+        let polled = if &m == Event::MAGIC {
+            tail.poll::<Event>(want, |seq, e| emit(seq, event_fields(e, &names), &mut line))
         } else if &m == Output::MAGIC {
-            tail.poll::<Output>(want, |seq, o| emit(seq, output_fields(o, &names), &mut line))?
+            tail.poll::<Output>(want, |seq, o| emit(seq, output_fields(o, &names), &mut line))
         } else {
             bail!("{} does not hold Sapphire journal segments", opts.dir.display());
         };
-        if n == 0 {
-            break;
+        // Records handed out before damage was met are in `line`: they are written first.
+        match polled {
+            Ok(0) => {
+                to_the_end = true;
+                break None;
+            }
+            Ok(_) => {}
+            Err(e) => break Some(e),
         }
-        written += n as u64;
         match out.write_all(line.as_bytes()) {
-            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(written),
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(Dumped { records: emitted.get(), note: None }),
             r => r.context("writing the dump")?,
         }
         line.clear();
-    }
+    };
+    let records = emitted.get();
     match out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(written),
-        r => r.context("writing the dump").map(|_| written),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(Dumped { records, note: None }),
+        r => r.context("writing the dump")?,
     }
+    if let Some(e) = damage {
+        return Err(anyhow::Error::new(e).context(format!("journal dump stopped after {records} records")));
+    }
+    let note = tail.unread().filter(|_| to_the_end).map(|(seg, offset, bytes)| {
+        format!(
+            "{} ends in {bytes} bytes after its last whole record (byte {offset}): a record still being written, or a torn tail a crash left, which `sapphire run` cuts when it opens the journal",
+            seg.display()
+        )
+    });
+    Ok(Dumped { records, note })
+}
+
+/// `sapphire journal repair DIR`: finds the first damage and moves it into a quarantine folder
+/// (or, with `dry_run`, says what it would move); prints what it did and what it means.
+pub fn repair(dir: &Path, dry_run: bool, mut out: impl Write) -> anyhow::Result<()> {
+    let m = magic(dir)?;
+    let input = &m == Event::MAGIC;
+    let repaired = if input {
+        sapphire_persistence::journal::repair::<Event>(dir, dry_run)
+    } else if &m == Output::MAGIC {
+        sapphire_persistence::journal::repair::<Output>(dir, dry_run)
+    } else {
+        bail!("{} does not hold Sapphire journal segments", dir.display());
+    }
+    .with_context(|| format!("repairing the journal {}", dir.display()))?;
+    let report = repair_report(dir, input, dry_run, &repaired);
+    out.write_all(report.as_bytes()).and_then(|_| out.flush()).context("writing the repair report")
+}
+
+fn repair_report(dir: &Path, input: bool, dry_run: bool, r: &Repaired) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let kind = if input { "input" } else { "output" };
+    let last = r.last_good_seq.map_or("none".to_string(), |seq| seq.to_string());
+    let Some(damage) = &r.damage else {
+        let _ = writeln!(
+            s,
+            "journal repair: the {kind} journal {} is clean: {} records, the last sequence {last}; nothing changed",
+            dir.display(),
+            r.records_kept
+        );
+        if let Some((seg, offset, bytes)) = &r.torn_tail {
+            let _ = writeln!(
+                s,
+                "it ends in a torn tail of {bytes} bytes at byte {offset} of {} (what a crash leaves); `sapphire run` cuts it when it opens the journal",
+                seg.display()
+            );
+        }
+        return s;
+    };
+    let _ = writeln!(
+        s,
+        "journal repair: the {kind} journal {} is damaged at byte {} of {}: {}",
+        dir.display(),
+        damage.offset,
+        damage.segment.display(),
+        damage.problem
+    );
+    let _ = writeln!(
+        s,
+        "kept: {} records, the last good one sequence {last}; the next record appended gets sequence {}",
+        r.records_kept, r.next_seq
+    );
+    let quarantine = r.quarantine.as_deref().unwrap_or(dir);
+    let _ = writeln!(s, "{} to {}:", if dry_run { "would move" } else { "moved" }, quarantine.display());
+    for m in &r.moved {
+        if m.offset == 0 {
+            let _ = writeln!(s, "  {} (the whole segment, {} bytes) -> {}", m.from.display(), m.bytes, m.to.display());
+        } else {
+            let _ =
+                writeln!(s, "  {} bytes {}..{} ({} bytes) -> {}", m.from.display(), m.offset, m.offset + m.bytes, m.bytes, m.to.display());
+        }
+    }
+    let _ = writeln!(
+        s,
+        "The moved bytes are kept, not deleted; nothing reads {}/ (journal dump, replay and run ignore it). Keep them until the incident is closed.",
+        dir.join(QUARANTINE_DIR).display()
+    );
+    if input {
+        let _ = writeln!(s, "What it means: events after sequence {last} are no longer in the input journal; a restart rebuilds the engine as of that event, and new events get sequences from {} on.", r.next_seq);
+        let output = dir.with_file_name("output");
+        if output.is_dir() {
+            let mut later = 0u64;
+            let after = r.last_good_seq.map_or(-1, |seq| seq as i64);
+            let counted = for_each_backwards::<Output>(&output, |_, o| {
+                if o.seq > after {
+                    later += 1;
+                }
+                o.seq > after
+            });
+            match counted {
+                Ok(()) => {
+                    let _ = writeln!(s, "The output journal {} holds {later} outputs the engine decided on events after sequence {last}, now no longer in the input journal (and so does Postgres, if the sink wrote them): they stay as they were, and a replay of the input journal will not reproduce them.", output.display());
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        s,
+                        "The output journal {} could not be read to count its outputs decided on events after sequence {last}: {e}",
+                        output.display()
+                    );
+                }
+            }
+        }
+    } else {
+        let _ = writeln!(s, "What it means: outputs after record {last} are no longer in the output journal, and new outputs get record sequences from {} on. A Postgres sink whose cursor is past {} already holds rows of the moved records and would skip new records with those sequences: see the runbook before restarting the sink.", r.next_seq, r.next_seq);
+    }
+    let _ = writeln!(s, "See docs/runbook.md, \"The journal reports corruption\".");
+    if dry_run {
+        let _ = writeln!(s, "--dry-run: nothing was changed; run again without --dry-run to move it.");
+    }
+    s
 }

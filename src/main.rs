@@ -92,6 +92,17 @@ enum JournalCommand {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Finds the first damage in a journal (a bad record with data after it, a sequence out
+    /// of order, a missing segment) and moves it aside into DIR/quarantine/, cutting the
+    /// damaged segment at its last good record; deletes nothing. A clean journal is left as
+    /// it is. Stop the engine first.
+    Repair {
+        /// The journal directory, e.g. data/journal/input.
+        dir: PathBuf,
+        /// Only say what would be moved.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,11 +205,15 @@ fn main() -> ExitCode {
         Command::Journal(JournalCommand::Dump { dir, format, from, limit }) => {
             journal_cmd::Format::parse(&format).map_err(|e| config::refuse("--format", e.to_string())).and_then(|format| {
                 let opts = journal_cmd::DumpOptions { dir, format, from, limit };
-                let n = journal_cmd::dump(&opts, std::io::BufWriter::new(std::io::stdout().lock()))?;
-                eprintln!("journal dump: {n} records");
+                let dumped = journal_cmd::dump(&opts, std::io::BufWriter::new(std::io::stdout().lock()))?;
+                eprintln!("journal dump: {} records", dumped.records);
+                if let Some(note) = dumped.note {
+                    eprintln!("journal dump: {note}");
+                }
                 Ok(())
             })
         }
+        Command::Journal(JournalCommand::Repair { dir, dry_run }) => journal_cmd::repair(&dir, dry_run, std::io::stdout().lock()),
         Command::Venue(cmd) => venue_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Sink(args) => sink_cmd::run(args),
