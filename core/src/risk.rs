@@ -77,6 +77,131 @@ impl Default for RiskConfig {
     }
 }
 
+/// Most open orders per agent a configuration may allow: the open-order table is allocated
+/// for every agent's limit up front.
+pub const MAX_OPEN_ORDERS_LIMIT: u32 = 10_000;
+/// Longest `stale_after_ns` (one day); anything longer would mean "never stale".
+pub const MAX_STALE_AFTER_NS: u64 = 86_400 * 1_000_000_000;
+/// Most money the configured amounts may add up to over every agent and instrument: an
+/// eighth of [`Money`]'s range (about 1.15e9 quote units). Capital, exposure, open-order
+/// notional, PnL and fees are summed in plain `i64` on the hot path; keeping each configured
+/// total this far below the limit leaves room for prices to move eightfold before any sum
+/// could overflow, so the hot path needs no checks of its own.
+pub const MONEY_HEADROOM: Money = Money::from_raw(i64::MAX / 8);
+
+/// A risk setting, by its configuration name (the `[risk]` key and the `/api/limits` name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RiskSetting {
+    /// `agent_budget_usd`.
+    AgentBudget,
+    /// `max_position_usd`.
+    MaxPosition,
+    /// `max_order_usd`.
+    MaxOrder,
+    /// `price_band_bps`.
+    PriceBand,
+    /// `orders_per_sec`.
+    OrdersPerSec,
+    /// `order_burst`.
+    OrderBurst,
+    /// `max_open_orders`.
+    MaxOpenOrders,
+    /// `stale_after_ms`.
+    StaleAfter,
+    /// `leverage`.
+    Leverage,
+}
+
+impl RiskSetting {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskSetting::AgentBudget => "agent_budget_usd",
+            RiskSetting::MaxPosition => "max_position_usd",
+            RiskSetting::MaxOrder => "max_order_usd",
+            RiskSetting::PriceBand => "price_band_bps",
+            RiskSetting::OrdersPerSec => "orders_per_sec",
+            RiskSetting::OrderBurst => "order_burst",
+            RiskSetting::MaxOpenOrders => "max_open_orders",
+            RiskSetting::StaleAfter => "stale_after_ms",
+            RiskSetting::Leverage => "leverage",
+        }
+    }
+}
+
+/// Why a [`RiskConfig`] cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", setting.as_str())]
+pub struct RiskConfigError {
+    /// The setting at fault.
+    pub setting: RiskSetting,
+    /// What is wrong, with the numbers.
+    pub reason: String,
+}
+
+impl RiskConfig {
+    /// Checks that every limit is usable and that the money it allows, summed over `agents`
+    /// agents and `instruments` instruments, stays within [`MONEY_HEADROOM`].
+    pub fn validate(&self, agents: usize, instruments: usize) -> Result<(), RiskConfigError> {
+        let fail = |setting, reason: String| Err(RiskConfigError { setting, reason });
+        let (agents, instruments) = (agents.max(1) as i128, instruments.max(1) as i128);
+        let room = i128::from(MONEY_HEADROOM.raw);
+        // Totals may be past i64: shown from i128, two decimals, truncated.
+        let scale = i128::from(Money::SCALE);
+        let units = |raw: i128| format!("{}.{:02}", raw / scale, raw % scale / (scale / 100));
+        if !(1..=MAX_OPEN_ORDERS_LIMIT).contains(&self.max_open_orders) {
+            return fail(RiskSetting::MaxOpenOrders, format!("{} is outside 1..={MAX_OPEN_ORDERS_LIMIT}", self.max_open_orders));
+        }
+        // (setting, amount, how many of it can add up, what those are)
+        let totals = [
+            (RiskSetting::AgentBudget, self.agent_budget, agents, "agents"),
+            (RiskSetting::MaxPosition, self.max_position_notional, agents * instruments, "agent-instrument positions"),
+            (
+                RiskSetting::MaxOrder,
+                self.max_order_notional,
+                agents * (i128::from(self.max_open_orders) + ORDERS_PER_EVENT as i128),
+                "open orders (every agent's max_open_orders, plus one event's orders)",
+            ),
+        ];
+        for (setting, amount, count, what) in totals {
+            if amount.raw <= 0 {
+                return fail(setting, format!("{amount:.2} must be above zero"));
+            }
+            let total = i128::from(amount.raw) * count;
+            if total > room {
+                return fail(
+                    setting,
+                    format!(
+                        "{amount:.2} × {count} {what} = {}, more than the {:.2} the engine's fixed-point money carries with headroom; at most {} here",
+                        units(total),
+                        MONEY_HEADROOM,
+                        units(room / count),
+                    ),
+                );
+            }
+        }
+        if !(1..=10_000).contains(&self.price_band_bps) {
+            return fail(RiskSetting::PriceBand, format!("{} is outside 1..=10000", self.price_band_bps));
+        }
+        if self.orders_per_sec == 0 {
+            return fail(RiskSetting::OrdersPerSec, "must be at least 1 (0 would refuse every order)".into());
+        }
+        if self.order_burst == 0 {
+            return fail(RiskSetting::OrderBurst, "must be at least 1".into());
+        }
+        if !(1..=MAX_STALE_AFTER_NS).contains(&self.stale_after_ns) {
+            return fail(
+                RiskSetting::StaleAfter,
+                format!("{} ms is outside 1..={} ms (one day)", self.stale_after_ns / 1_000_000, MAX_STALE_AFTER_NS / 1_000_000),
+            );
+        }
+        if !(1..=125).contains(&self.leverage) {
+            return fail(RiskSetting::Leverage, format!("{} is outside 1..=125", self.leverage));
+        }
+        Ok(())
+    }
+}
+
 /// A refused intent.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -367,46 +492,60 @@ impl RiskEngine {
             }
             ControlKind::SetLimit => {
                 let v = c.value;
-                let cfg = &mut self.config;
-                let applied = match c.limit {
-                    LimitKind::AgentBudget if v >= 0 => {
-                        if c.agent == ALL_AGENTS {
-                            cfg.agent_budget = Money::from_raw(v);
-                            for a in 0..self.portfolio.agents() {
-                                self.portfolio.set_budget(AgentId(a as u16), Money::from_raw(v));
-                            }
-                        } else {
-                            self.portfolio.set_budget(c.agent, Money::from_raw(v));
+                // A change applies only when the whole configuration stays valid: an operator
+                // cannot set a limit the configuration file would have refused.
+                let mut next = self.config.clone();
+                let one_agent_budget = c.limit == LimitKind::AgentBudget && c.agent != ALL_AGENTS;
+                let set = match c.limit {
+                    LimitKind::AgentBudget if v > 0 => {
+                        if !one_agent_budget {
+                            next.agent_budget = Money::from_raw(v);
                         }
                         true
                     }
                     LimitKind::MaxPositionNotional if v >= 0 => {
-                        cfg.max_position_notional = Money::from_raw(v);
+                        next.max_position_notional = Money::from_raw(v);
                         true
                     }
                     LimitKind::MaxOrderNotional if v >= 0 => {
-                        cfg.max_order_notional = Money::from_raw(v);
+                        next.max_order_notional = Money::from_raw(v);
                         true
                     }
                     LimitKind::PriceBandBps if v >= 0 => {
-                        cfg.price_band_bps = v;
+                        next.price_band_bps = v;
                         true
                     }
                     LimitKind::MaxOpenOrders if v >= 0 => {
-                        cfg.max_open_orders = u32::try_from(v).unwrap_or(u32::MAX);
+                        next.max_open_orders = u32::try_from(v).unwrap_or(u32::MAX);
                         true
                     }
                     LimitKind::StaleAfterNs if v >= 0 => {
-                        cfg.stale_after_ns = v as u64;
+                        next.stale_after_ns = v as u64;
                         true
                     }
                     LimitKind::DrawdownHaltBps if (0..=10_000).contains(&v) => {
-                        cfg.drawdown_halt_bps = v;
+                        next.drawdown_halt_bps = v;
                         true
                     }
                     _ => false,
                 };
+                let (agents, instruments) = (self.portfolio.agents(), self.portfolio.instruments());
+                let budgets_fit = !one_agent_budget || {
+                    let others: i128 = (0..agents)
+                        .filter(|&a| a != c.agent.index())
+                        .map(|a| i128::from(self.portfolio.budget(AgentId(a as u16)).raw))
+                        .sum();
+                    others + i128::from(v) <= i128::from(MONEY_HEADROOM.raw)
+                };
+                let applied = set && budgets_fit && next.validate(agents, instruments).is_ok();
                 if applied {
+                    if c.limit == LimitKind::AgentBudget {
+                        let targets = if one_agent_budget { c.agent.index()..c.agent.index() + 1 } else { 0..agents };
+                        for a in targets {
+                            self.portfolio.set_budget(AgentId(a as u16), Money::from_raw(v));
+                        }
+                    }
+                    self.config = next;
                     self.alert(AlertKind::LimitChanged, c.agent, v, out);
                 }
             }

@@ -360,3 +360,61 @@ mod props {
         }
     }
 }
+
+#[test]
+fn limits_that_would_overflow_money_are_refused_naming_the_setting() {
+    use crate::aggregate::MAX_AGENTS;
+    assert_eq!(RiskConfig::default().validate(MAX_AGENTS, 3), Ok(()));
+    // 600M × 16 agents wrapped the capital to -8.8e9 in release builds.
+    let budget = RiskConfig { agent_budget: Money::from_units(600_000_000), ..Default::default() };
+    let err = budget.validate(MAX_AGENTS, 3).unwrap_err();
+    assert_eq!(err.setting, RiskSetting::AgentBudget, "{err}");
+    assert!(err.to_string().starts_with("agent_budget_usd: 600000000.00 × 16 agents = 9600000000.00, "), "{err}");
+    assert!(err.to_string().ends_with("at most 72057594.03 here"), "{err}");
+    // The largest budget allowed keeps capital within the headroom.
+    let most = Money::from_raw(MONEY_HEADROOM.raw / MAX_AGENTS as i64);
+    assert_eq!(RiskConfig { agent_budget: most, ..Default::default() }.validate(MAX_AGENTS, 3), Ok(()));
+    let position = RiskConfig { max_position_notional: Money::from_units(100_000_000), ..Default::default() };
+    assert_eq!(position.validate(MAX_AGENTS, 3).unwrap_err().setting, RiskSetting::MaxPosition);
+    let orders = RiskConfig { max_open_orders: 10_000, max_order_notional: Money::from_units(10_000), ..Default::default() };
+    assert_eq!(orders.validate(MAX_AGENTS, 3).unwrap_err().setting, RiskSetting::MaxOrder);
+    for (bad, setting) in [
+        (RiskConfig { agent_budget: Money::ZERO, ..Default::default() }, RiskSetting::AgentBudget),
+        (RiskConfig { max_position_notional: Money::ZERO, ..Default::default() }, RiskSetting::MaxPosition),
+        (RiskConfig { max_order_notional: Money::ZERO, ..Default::default() }, RiskSetting::MaxOrder),
+        (RiskConfig { orders_per_sec: 0, ..Default::default() }, RiskSetting::OrdersPerSec),
+        (RiskConfig { order_burst: 0, ..Default::default() }, RiskSetting::OrderBurst),
+        (RiskConfig { max_open_orders: 0, ..Default::default() }, RiskSetting::MaxOpenOrders),
+        (RiskConfig { max_open_orders: MAX_OPEN_ORDERS_LIMIT + 1, ..Default::default() }, RiskSetting::MaxOpenOrders),
+        (RiskConfig { stale_after_ns: 0, ..Default::default() }, RiskSetting::StaleAfter),
+        (RiskConfig { stale_after_ns: u64::MAX, ..Default::default() }, RiskSetting::StaleAfter),
+        (RiskConfig { price_band_bps: 0, ..Default::default() }, RiskSetting::PriceBand),
+        (RiskConfig { leverage: 0, ..Default::default() }, RiskSetting::Leverage),
+    ] {
+        assert_eq!(bad.validate(MAX_AGENTS, 3).unwrap_err().setting, setting, "{bad:?}");
+    }
+}
+
+#[test]
+fn an_operator_cannot_set_a_limit_the_configuration_would_refuse() {
+    let mut r = RiskEngine::new(RiskConfig::default(), &instruments(), crate::aggregate::MAX_AGENTS);
+    let set = |r: &mut RiskEngine, limit, agent, value| {
+        let mut out = RiskOutputBatch::default();
+        let c = Control { kind: ControlKind::SetLimit, limit, agent, value, ..Default::default() };
+        r.on_control(&c, &mut OrderBatch::default(), &mut out);
+        !out.as_slice().is_empty()
+    };
+    let huge = Money::from_units(600_000_000).raw;
+    assert!(!set(&mut r, LimitKind::AgentBudget, ALL_AGENTS, huge), "every agent's budget");
+    assert!(r.portfolio().total().capital > Money::ZERO);
+    assert!(!set(&mut r, LimitKind::AgentBudget, AgentId(2), i64::MAX), "one agent's budget");
+    assert!(!set(&mut r, LimitKind::AgentBudget, AgentId(2), 0));
+    assert!(!set(&mut r, LimitKind::MaxOpenOrders, ALL_AGENTS, i64::from(u32::MAX)));
+    assert!(!set(&mut r, LimitKind::StaleAfterNs, ALL_AGENTS, i64::MAX));
+    assert_eq!(r.config(), &RiskConfig::default(), "nothing refused was applied");
+    assert_eq!(r.portfolio().total().capital, Money::from_units(16_000));
+    assert!(set(&mut r, LimitKind::AgentBudget, AgentId(2), Money::from_units(5_000).raw));
+    assert_eq!(r.portfolio().budget(AgentId(2)), Money::from_units(5_000));
+    assert!(set(&mut r, LimitKind::MaxOrderNotional, ALL_AGENTS, Money::from_units(500).raw));
+    assert_eq!(r.config().max_order_notional, Money::from_units(500));
+}
