@@ -199,14 +199,15 @@ fn quic_link_config(args: &AgentsArgs) -> anyhow::Result<Option<AgentLinkConfig>
     if !sapphire_gateway::quic::is_external_agent(agent) {
         return Err(config::refuse("--agent-id", format!("{agent} is not an external agent id")));
     }
-    let text = match (std::env::var(TOKEN_ENV).ok().filter(|t| !t.trim().is_empty()), &args.token_file) {
-        (Some(t), _) => t,
+    let token = match (std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()), &args.token_file) {
+        (Some(t), _) => AgentToken::new(&t).map_err(|e| config::refuse(TOKEN_ENV, e))?,
         (None, Some(path)) => {
-            std::fs::read_to_string(path).map_err(|e| config::refuse("--token-file", format!("cannot read {}: {e}", path.display())))?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| config::refuse("--token-file", format!("cannot read {}: {e}", path.display())))?;
+            AgentToken::from_file_text(&text).map_err(|e| config::refuse("--token-file", format!("{}: {e}", path.display())))?
         }
         (None, None) => return Err(config::refuse(TOKEN_ENV, "the agent's token is needed with --core-quic: set it, or --token-file")),
     };
-    let token = AgentToken::new(&text).ok_or_else(|| config::refuse("--token-file", "the token is empty"))?;
     let trust = match &args.quic_cert {
         Some(pem) => ClientTrust::Pinned(pem.clone()),
         None => ClientTrust::WebPki,

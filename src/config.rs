@@ -7,7 +7,7 @@ use sapphire_core::engine::{EngineConfig, VenueMode};
 use sapphire_core::fixed::Money;
 use sapphire_core::matching::MatchingConfig;
 use sapphire_core::pipeline::{Layout, PipelineConfig};
-use sapphire_core::risk::RiskConfig;
+use sapphire_core::risk::{RiskConfig, MAX_STALE_AFTER_NS};
 use sapphire_core::wait::WaitStrategy;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -144,16 +144,19 @@ impl QuicSection {
             if in_process.enabled && (arbitrator || in_process.agent.iter().any(|c| c.enabled && c.id == a.id)) {
                 return Err(bad(&key, "is also an in-process agent ([agents.runtime]): a remote agent needs an id of its own (its own sub-account and budget)"));
             }
-            let text = match (&a.token_env, &a.token_file) {
+            let token = match (&a.token_env, &a.token_file) {
                 (Some(var), None) => {
-                    std::env::var(var).map_err(|_| bad(&key, format!("token_env: the environment variable {var} is not set")))?
+                    let text =
+                        std::env::var(var).map_err(|_| bad(&key, format!("token_env: the environment variable {var} is not set")))?;
+                    AgentToken::new(&text).map_err(|e| bad(&key, format!("token_env {var}: {e}")))?
                 }
                 (None, Some(path)) => {
-                    std::fs::read_to_string(path).map_err(|e| bad(&key, format!("token_file: cannot read {}: {e}", path.display())))?
+                    let text =
+                        std::fs::read_to_string(path).map_err(|e| bad(&key, format!("token_file: cannot read {}: {e}", path.display())))?;
+                    AgentToken::from_file_text(&text).map_err(|e| bad(&key, format!("token_file {}: {e}", path.display())))?
                 }
                 _ => return Err(bad(&key, "give exactly one of token_env or token_file")),
             };
-            let token = AgentToken::new(&text).ok_or_else(|| bad(&key, "the token is empty"))?;
             agents.push(RemoteAgent { id: a.id, token });
         }
         if self.max_signals_per_sec == 0 || self.max_signals_per_sec > 100_000 {
@@ -454,7 +457,7 @@ pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
 /// Applies the environment (the old platform's names keep working).
 pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     if let Some(v) = env("TRADING_SYMBOLS") {
-        cfg.market.symbols = v.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+        cfg.market.symbols = parse_symbols("TRADING_SYMBOLS", &v)?;
     }
     if let Some(v) = env("ENABLE_PAPER_TRADING") {
         cfg.paper.enabled = parse_bool(&v).ok_or_else(|| bad("ENABLE_PAPER_TRADING", format!("{v:?} is not true or false")))?;
@@ -476,8 +479,8 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_HTTP_BIND") {
         cfg.api.bind = v;
     }
-    if let Some(v) = env("SAPPHIRE_API_TOKEN") {
-        cfg.api.token = sapphire_gateway::api::ApiToken::new(&v);
+    if let Some(v) = env("SAPPHIRE_API_TOKEN").filter(|v| !v.is_empty()) {
+        cfg.api.token = Some(sapphire_gateway::api::ApiToken::new(&v).map_err(|e| bad("SAPPHIRE_API_TOKEN", e))?);
     }
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
@@ -489,6 +492,22 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
         cfg.database.url = Some(v).filter(|v| !v.trim().is_empty());
     }
     Ok(())
+}
+
+/// A comma-separated symbol list (`TRADING_SYMBOLS`, `--symbols`): upper-cased, spaces around
+/// each symbol ignored. An empty value is an empty list, which means every listed symbol (the
+/// synthetic market's three; a venue's first `MAX_SYMBOLS_PER_AGENT`); a blank value or an
+/// empty element (`" "`, `","`, `"BTCUSDT,"`) is refused, never read as "every symbol".
+pub fn parse_symbols(key: &str, v: &str) -> anyhow::Result<Vec<String>> {
+    if v.is_empty() {
+        return Ok(Vec::new());
+    }
+    v.split(',')
+        .map(|s| match s.trim() {
+            "" => Err(bad(key, format!("{v:?} has an empty symbol (leave it unset or empty for every listed symbol)"))),
+            s => Ok(s.to_uppercase()),
+        })
+        .collect()
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -583,6 +602,7 @@ impl FileConfig {
         // Kubernetes pod with exclusive CPUs that set is whatever the CPU manager assigned; on
         // a plain machine it is every CPU, so positions equal CPU ids).
         let allowed: Vec<usize> = core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+        check_cores(e, layout, &allowed)?;
         let cpu = |position: usize| allowed.get(position).copied().unwrap_or(position);
         let cores = allowed.len().max(1);
         let engine_positions = match &e.engine_cores {
@@ -626,6 +646,9 @@ impl FileConfig {
         if m.depth == 0 || m.depth > 1_000 {
             return Err(bad("market.depth", format!("{} is outside 1..=1000", m.depth)));
         }
+        if !(1..=60_000).contains(&m.timer_ms) {
+            return Err(bad("market.timer_ms", format!("{} is outside 1..=60000", m.timer_ms)));
+        }
         for s in &m.symbols {
             if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric()) {
                 return Err(bad("market.symbols (TRADING_SYMBOLS)", format!("{s:?} is not a symbol like BTCUSDT")));
@@ -642,6 +665,9 @@ impl FileConfig {
         if a.momentum_window < 2 || a.momentum_window > 256 {
             return Err(bad("agents.momentum_window", format!("{} is outside 2..=256", a.momentum_window)));
         }
+        if !(1..=60_000).contains(&a.momentum_sample_ms) {
+            return Err(bad("agents.momentum_sample_ms", format!("{} is outside 1..=60000", a.momentum_sample_ms)));
+        }
 
         let r = &self.risk;
         let budget = money("risk.agent_budget_usd", &r.agent_budget_usd)?;
@@ -649,25 +675,28 @@ impl FileConfig {
             agent_budget: budget,
             max_position_notional: money("risk.max_position_usd", &r.max_position_usd)?,
             max_order_notional: money("risk.max_order_usd", &r.max_order_usd)?,
-            price_band_bps: if (1..=10_000).contains(&r.price_band_bps) {
-                r.price_band_bps
-            } else {
-                return Err(bad("risk.price_band_bps", format!("{} is outside 1..=10000", r.price_band_bps)));
-            },
+            price_band_bps: r.price_band_bps,
             orders_per_sec: r.orders_per_sec,
-            order_burst: if r.order_burst > 0 { r.order_burst } else { return Err(bad("risk.order_burst", "must be at least 1")) },
+            order_burst: r.order_burst,
             max_open_orders: r.max_open_orders,
-            stale_after_ns: r.stale_after_ms.saturating_mul(1_000_000),
+            stale_after_ns: r.stale_after_ms.checked_mul(1_000_000).ok_or_else(|| {
+                bad("risk.stale_after_ms", format!("{} is outside 1..={} (one day)", r.stale_after_ms, MAX_STALE_AFTER_NS / 1_000_000))
+            })?,
             drawdown_warn_bps: pct_to_bps("risk.drawdown_warn_pct", r.drawdown_warn_pct)?,
             drawdown_halt_bps: pct_to_bps("risk.drawdown_halt_pct", r.drawdown_halt_pct)?,
             margin_reduce_only_bps: pct_to_bps("risk.margin_reduce_only_pct", r.margin_reduce_only_pct)?,
             margin_deleverage_bps: pct_to_bps("risk.margin_deleverage_pct", r.margin_deleverage_pct)?,
-            leverage: if (1..=125).contains(&r.leverage) {
-                r.leverage
-            } else {
-                return Err(bad("risk.leverage", format!("{} is outside 1..=125", r.leverage)));
-            },
+            leverage: r.leverage,
         };
+        // Every agent slot gets a budget (capital = budget × MAX_AGENTS), and every agent may
+        // hold a position in every instrument: the instruments are the symbols given, the
+        // synthetic market's own, or at most MAX_SYMBOLS_PER_AGENT from a venue.
+        let instruments = match (m.symbols.len(), m.source.as_str()) {
+            (0, "synthetic") => sapphire_gateway::synthetic::default_instruments().len(),
+            (0, _) => a.max_symbols_per_agent,
+            (n, _) => n,
+        };
+        risk.validate(MAX_AGENTS, instruments).map_err(|e| bad(&format!("risk.{}", e.setting.as_str()), e.reason))?;
         if risk.drawdown_warn_bps > risk.drawdown_halt_bps {
             return Err(bad("risk.drawdown_warn_pct", "must not be above risk.drawdown_halt_pct"));
         }
@@ -676,6 +705,14 @@ impl FileConfig {
         }
 
         let p = &self.paper;
+        for (key, fee) in [("paper.taker_fee_bps", p.taker_fee_bps), ("paper.maker_fee_bps", p.maker_fee_bps)] {
+            if !(-MAX_FEE_BPS..=MAX_FEE_BPS).contains(&fee) {
+                return Err(bad(key, format!("{fee} is outside -{MAX_FEE_BPS}..={MAX_FEE_BPS} bps (10%; venues charge under 10 bps)")));
+            }
+        }
+        if p.latency_us > 60_000_000 {
+            return Err(bad("paper.latency_us", format!("{} is outside 0..=60000000 (one minute)", p.latency_us)));
+        }
         let routing = if p.enabled {
             None
         } else {
@@ -722,7 +759,7 @@ impl FileConfig {
         let engine = EngineConfig {
             aggregate: AggregateConfig {
                 momentum_window: a.momentum_window,
-                momentum_sample_ns: a.momentum_sample_ms.max(1) * 1_000_000,
+                momentum_sample_ns: a.momentum_sample_ms * 1_000_000,
                 imbalance_threshold_bps: a.imbalance_threshold_bps,
                 weights_bps: weights,
                 target_notional: Money::from_raw(budget.raw / covered / 2),
@@ -762,8 +799,8 @@ impl FileConfig {
                 let text =
                     std::fs::read_to_string(path).map_err(|e| bad("api.token_file", format!("cannot read {}: {e}", path.display())))?;
                 Some(
-                    sapphire_gateway::api::ApiToken::new(&text)
-                        .ok_or_else(|| bad("api.token_file", format!("{} is empty", path.display())))?,
+                    sapphire_gateway::api::ApiToken::from_file_text(&text)
+                        .map_err(|e| bad("api.token_file", format!("{}: {e}", path.display())))?,
                 )
             }
             (None, None) => None,
@@ -859,6 +896,43 @@ impl FileConfig {
     }
 }
 
+/// Largest paper fee, either sign: 10%. Venues charge under 10 bps; more is a unit mistake.
+pub const MAX_FEE_BPS: i64 = 1_000;
+
+/// Configured cores must exist among the CPUs this process may use, and a layout takes at
+/// most as many engine cores as it has engine threads.
+fn check_cores(e: &EngineSection, layout: Layout, allowed: &[usize]) -> anyhow::Result<()> {
+    if let Some(cores) = &e.engine_cores {
+        let threads = if layout == Layout::Fused { 1 } else { 4 };
+        if cores.len() > threads {
+            return Err(bad(
+                "engine.engine_cores (--engine-cores)",
+                format!("{cores:?} names {} cores, but the {} layout has {threads} engine thread(s)", cores.len(), e.layout),
+            ));
+        }
+    }
+    // Without the CPU list (the affinity call failed) pinning is skipped with a warning anyway.
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let given = e.engine_cores.iter().flatten().map(|&c| ("engine.engine_cores (--engine-cores)", c));
+    for (key, position) in
+        given.chain(e.journal_core.map(|c| ("engine.journal_core", c))).chain(e.edge_core.map(|c| ("engine.edge_core", c)))
+    {
+        if position >= allowed.len() {
+            return Err(bad(
+                key,
+                format!(
+                    "core {position} does not exist here: this process may use {} core(s), numbered 0..={} (CPUs {allowed:?})",
+                    allowed.len(),
+                    allowed.len() - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a configuration with a message naming the key (flag checks).
 pub fn refuse(key: &str, what: impl std::fmt::Display) -> anyhow::Error {
     bad(key, what)
@@ -923,6 +997,29 @@ mod tests {
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[database]\nurl = \"postgres://127.0.0.1/x\"\nbatch_method = \"telepathy\"\n", "database.batch_method"),
             ("[redis]\nurl = \"redis://127.0.0.1\"\nprefix = \"a b\"\n", "redis.prefix"),
+            // Amounts the fixed-point money cannot carry with headroom, and zero limits.
+            ("[risk]\nagent_budget_usd = \"600000000\"\n", "risk.agent_budget_usd"),
+            ("[risk]\nagent_budget_usd = \"0\"\n", "risk.agent_budget_usd"),
+            ("[risk]\nmax_position_usd = \"0\"\n", "risk.max_position_usd"),
+            ("[risk]\nmax_position_usd = \"100000000\"\n", "risk.max_position_usd"),
+            ("[risk]\nmax_order_usd = \"0\"\n", "risk.max_order_usd"),
+            ("[risk]\norders_per_sec = 0\n", "risk.orders_per_sec"),
+            ("[risk]\norder_burst = 0\n", "risk.order_burst"),
+            ("[risk]\nmax_open_orders = 0\n", "risk.max_open_orders"),
+            ("[risk]\nmax_open_orders = 4000000000\n", "risk.max_open_orders"),
+            ("[risk]\nstale_after_ms = 0\n", "risk.stale_after_ms"),
+            ("[risk]\nstale_after_ms = 9200000000000000000\n", "risk.stale_after_ms"),
+            ("[risk]\nstale_after_ms = 86400001\n", "risk.stale_after_ms"),
+            ("[market]\ntimer_ms = 0\n", "market.timer_ms"),
+            ("[agents]\nmomentum_sample_ms = 0\n", "agents.momentum_sample_ms"),
+            ("[paper]\ntaker_fee_bps = 1000000\n", "paper.taker_fee_bps"),
+            ("[paper]\nmaker_fee_bps = -1001\n", "paper.maker_fee_bps"),
+            ("[paper]\nlatency_us = 9223372036854775807\n", "paper.latency_us"),
+            ("[engine]\nedge_core = 99999\n", "engine.edge_core"),
+            ("[engine]\njournal_core = 99999\n", "engine.journal_core"),
+            ("[engine]\nengine_cores = [99999]\n", "engine.engine_cores"),
+            ("[engine]\nlayout = \"fused\"\nengine_cores = [0, 1]\n", "engine.engine_cores"),
+            ("[engine]\nlayout = \"split\"\nengine_cores = [0, 0, 0, 0, 0]\n", "engine.engine_cores"),
         ];
         for (text, key) in cases {
             let cfg: FileConfig = toml::from_str(text).unwrap();
@@ -932,6 +1029,49 @@ mod tests {
         }
         let unknown = toml::from_str::<FileConfig>("[risk]\nmax_leverage = 3\n").unwrap_err();
         assert!(unknown.to_string().contains("max_leverage"), "{unknown}");
+    }
+
+    #[test]
+    fn trading_symbols_empty_means_every_listed_symbol_and_blank_entries_are_refused() {
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(&[("TRADING_SYMBOLS", "")])).unwrap();
+        assert!(cfg.market.symbols.is_empty());
+        for blank in [",", " ", "BTCUSDT,", "BTCUSDT,,ETHUSDT"] {
+            let err = parse_symbols("TRADING_SYMBOLS", blank).unwrap_err();
+            assert!(err.to_string().contains("TRADING_SYMBOLS") && err.downcast_ref::<ConfigError>().is_some(), "{blank:?}: {err}");
+        }
+        assert_eq!(parse_symbols("--symbols", " btcusdt , ethusdt").unwrap(), ["BTCUSDT", "ETHUSDT"]);
+    }
+
+    #[test]
+    fn the_largest_budget_that_fits_is_accepted_and_the_message_says_it() {
+        // 16 agent slots share MONEY_HEADROOM (i64::MAX / 8 raw ≈ 1152921504.6 units).
+        let ok: FileConfig = toml::from_str("[risk]\nagent_budget_usd = \"72000000\"\n").unwrap();
+        assert_eq!(ok.resolve().unwrap().engine.risk.agent_budget, Money::from_units(72_000_000));
+        let too_big: FileConfig = toml::from_str("[risk]\nagent_budget_usd = \"500000000\"\n").unwrap();
+        let err = too_big.resolve().unwrap_err().to_string();
+        assert!(err.contains("risk.agent_budget_usd") && err.contains("at most 72057594.03"), "{err}");
+    }
+
+    #[test]
+    fn api_tokens_are_exact_but_a_token_file_may_end_with_a_newline() {
+        let mut cfg = FileConfig::default();
+        let err = apply_env(&mut cfg, &env_of(&[("SAPPHIRE_API_TOKEN", "secret ")])).unwrap_err();
+        assert!(err.to_string().contains("SAPPHIRE_API_TOKEN") && err.downcast_ref::<ConfigError>().is_some(), "{err}");
+        let file = std::env::temp_dir().join(format!("sapphire-token-exact-{}", std::process::id()));
+        for (text, ok) in [("secret\n", true), ("secret", true), ("secret \n", false), ("secret\n\n", false)] {
+            std::fs::write(&file, text).unwrap();
+            let cfg: FileConfig = toml::from_str(&format!("[api]\ntoken_file = {:?}\n", file.display().to_string())).unwrap();
+            match cfg.resolve() {
+                Ok(run) => {
+                    assert!(ok, "{text:?} was accepted");
+                    let token = run.api.token.unwrap();
+                    assert!(token.matches("secret") && !token.matches("secret "), "{text:?}");
+                }
+                Err(e) => assert!(!ok && e.to_string().contains("api.token_file"), "{text:?}: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -257,7 +257,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         file.market.seed = s;
     }
     if let Some(s) = args.symbols {
-        file.market.symbols = s.split(',').map(|s| s.trim().to_uppercase()).filter(|s| !s.is_empty()).collect();
+        file.market.symbols = config::parse_symbols("--symbols", &s)?;
     }
     let cfg = file.resolve()?;
     run::run(cfg, run::RunOptions { duration, quiet: args.quiet })

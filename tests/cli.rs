@@ -902,3 +902,43 @@ fn real_routing_on_bybit_takes_fills_from_the_private_stream_and_adopts_the_venu
     assert!(!summary.contains("fills 0,"), "the engine booked the adjustment: {summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn configurations_that_cannot_work_exit_2_naming_the_key() {
+    let dir = temp_dir("unworkable");
+    let file = dir.with_extension("toml");
+    // (configuration file, environment, the key the message must name)
+    type Case = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+    let cases: &[Case] = &[
+        // 600M × 16 agents wrapped the capital to -8846744073.70 and the engine ran.
+        ("[risk]\nagent_budget_usd = \"600000000\"\n", &[], "risk.agent_budget_usd"),
+        ("[risk]\nagent_budget_usd = \"0\"\n", &[], "risk.agent_budget_usd"),
+        ("[risk]\nmax_order_usd = \"0\"\n", &[], "risk.max_order_usd"),
+        ("[risk]\norders_per_sec = 0\n", &[], "risk.orders_per_sec"),
+        ("[risk]\nstale_after_ms = 9200000000000000000\n", &[], "risk.stale_after_ms"),
+        ("[market]\ntimer_ms = 0\n", &[], "market.timer_ms"),
+        ("[paper]\ntaker_fee_bps = 1000000\n", &[], "paper.taker_fee_bps"),
+        ("[engine]\nedge_core = 99999\n", &[], "engine.edge_core"),
+        ("[engine]\njournal_core = 99999\n", &[], "engine.journal_core"),
+        ("[engine]\nlayout = \"fused\"\nengine_cores = [0, 1]\n", &[], "engine.engine_cores"),
+        ("", &[("TRADING_SYMBOLS", ",")], "TRADING_SYMBOLS"),
+        ("", &[("TRADING_SYMBOLS", " ")], "TRADING_SYMBOLS"),
+        ("", &[("SAPPHIRE_API_TOKEN", "secret ")], "SAPPHIRE_API_TOKEN"),
+    ];
+    for (text, env, key) in cases {
+        std::fs::write(&file, text).unwrap();
+        let out = sapphire()
+            .args(["run", "--duration", "1s", "--config"])
+            .arg(&file)
+            .envs(env.iter().copied())
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .expect("sapphire runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?} {env:?}: {stderr}");
+        assert!(stderr.contains(key), "{text:?} {env:?}: message should name {key}: {stderr}");
+    }
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,7 @@
 //! - [`connection`]: feed clients over WebSocket: subscribe, reconnect, resync, publish into the ring.
 //! - [`local_exchange`]: a local Binance-speaking exchange replaying recordings, with fault injection.
 //! - [`quic`]: remote agents over QUIC (quinn): the core's ingress and the agent's link.
+//! - [`secret`]: the bearer-token type, compared exactly in constant time.
 //! - [`synthetic`]: the seeded synthetic market.
 //! - [`venue`]: order routing to Binance and Bybit: signing, credentials, execution clients, the order gateway.
 //!
@@ -37,6 +38,8 @@ pub mod json;
 pub mod local_exchange;
 /// Remote agents over QUIC: signals in as validated rkyv frames, market snapshots out as datagrams.
 pub mod quic;
+/// Bearer tokens (API control, remote agents): exact, constant-time comparison, never shown.
+pub mod secret;
 /// The seeded synthetic market.
 pub mod synthetic;
 /// Order routing to real venues: signing, credentials, Binance/Bybit execution, the order gateway.

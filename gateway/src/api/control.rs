@@ -34,7 +34,7 @@ fn refusal(ctx: &ApiContext, headers: &HeaderMap) -> Option<Response> {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             Some(r)
         }
-        Some(p) if token.matches(p.trim()) => None,
+        Some(p) if token.matches(p) => None,
         Some(_) => Some(error(StatusCode::FORBIDDEN, "the bearer token is not the configured API token")),
     }
 }

@@ -229,6 +229,16 @@ fn write(
     m.counter("sapphire_http_connections_total", "HTTP connections accepted and served.", load(&server.http_accepted));
     m.counter("sapphire_http_connections_refused_total", "HTTP connections refused at the connection cap.", load(&server.http_refused));
     m.counter(
+        "sapphire_http_connections_evicted_total",
+        "Idle HTTP connections closed to make room for a new one at the connection cap.",
+        load(&server.http_evicted),
+    );
+    m.counter(
+        "sapphire_http_probe_lane_total",
+        "Connections served on the probe lane because every place under the cap was busy.",
+        load(&server.probe_lane),
+    );
+    m.counter(
         "sapphire_http_header_timeouts_total",
         "Connections cut because request headers did not arrive in time.",
         load(&server.header_timeouts),

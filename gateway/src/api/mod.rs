@@ -23,8 +23,11 @@
 //! | `POST /api/limits` | bearer token; JSON `{"limit": "max_order_usd", "value": "500"}`; a Control event |
 //!
 //! # Limits
-//! Connections are capped ([`ApiLimits::max_connections`]; past it a connection gets a 503
-//! and is closed at once), request headers must arrive within
+//! Connections are capped ([`ApiLimits::max_connections`]); at the cap a new connection takes
+//! the place of the connection idle longest (waiting for request headers), which is closed,
+//! so idle connections can never keep `/healthz` and `/readyz` from being answered. When every
+//! place is busy with a request, `/healthz` and `/readyz` are still answered on a small probe
+//! lane and anything else gets a 503. Request headers must arrive within
 //! [`ApiLimits::header_read_timeout`] (a slowloris client is cut, and an idle keep-alive
 //! connection too), bodies are capped at [`BODY_LIMIT`], requests at [`REQUEST_TIMEOUT`].
 //! WebSocket clients are capped separately ([`ApiLimits::ws_max_clients`]); each one's
@@ -69,38 +72,8 @@ pub const MAX_PAGE: usize = 500;
 /// Records a page returns when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 100;
 
-/// The control bearer token. Its `Debug` never shows it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    /// A token; `None` when empty or blank.
-    pub fn new(token: &str) -> Option<Self> {
-        let t = token.trim();
-        (!t.is_empty()).then(|| Self(t.to_string()))
-    }
-
-    /// Compares in time that depends on the lengths only, not on where the bytes differ.
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-        }
-        std::hint::black_box(diff) == 0
-    }
-
-    /// The token's bytes, as a key (signing control messages between processes); never log.
-    pub fn secret_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl std::fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(<redacted>)")
-    }
-}
+/// The control bearer token: compared exactly, in constant time; its `Debug` never shows it.
+pub type ApiToken = crate::secret::SecretToken;
 
 /// Where and how the API serves.
 #[derive(Clone, Debug)]
@@ -117,11 +90,15 @@ pub struct ApiConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApiLimits {
     /// HTTP connections served at once (upgraded WebSockets not counted: they have their own
-    /// cap). One more is answered with a 503 and closed.
+    /// cap). One more takes the place of the longest-idle connection (no request in
+    /// progress), which is closed; when all are busy, only the probes are answered.
     pub max_connections: usize,
     /// Time a client has to send a request's headers (from the connection or the end of the
     /// previous response); past it the connection is closed.
     pub header_read_timeout: Duration,
+    /// The same on the probe lane (every place under the cap busy): short, so that idle
+    /// connections cannot hold the lane.
+    pub probe_header_timeout: Duration,
     /// WebSocket clients at once; one more gets a 503.
     pub ws_max_clients: usize,
     /// How often a WebSocket client gets a snapshot and what it has not seen.
@@ -150,6 +127,7 @@ impl Default for ApiLimits {
         Self {
             max_connections: 256,
             header_read_timeout: Duration::from_secs(10),
+            probe_header_timeout: Duration::from_secs(1),
             ws_max_clients: 64,
             ws_tick: Duration::from_millis(250),
             low_priority: false,

@@ -40,6 +40,25 @@ pub(super) fn router(ctx: Arc<ApiContext>) -> Router {
         .with_state(ctx)
 }
 
+/// The probe lane's router (every place under the connection cap is busy): the probes, and a
+/// 503 for anything else.
+pub(super) fn probe_router(ctx: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(too_busy)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(timeout))
+        .with_state(ctx)
+}
+
+async fn too_busy(State(ctx): Ctx) -> Response {
+    ctx.stats.http_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "too many connections; retry shortly");
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
 /// A JSON error body: `{"error": "..."}`.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()

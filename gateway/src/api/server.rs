@@ -2,22 +2,93 @@
 //! timeout, with graceful shutdown.
 //!
 //! `axum::serve` offers neither a header timeout nor a cap, so connections are served here
-//! (the mini-redis `Listener` shape). At the cap a new connection gets a short 503 written
-//! without waiting and is closed, rather than waiting in the kernel's backlog behind
-//! connections that may be slowloris clients; the header timeout cuts those within
-//! [`ApiLimits::header_read_timeout`](super::ApiLimits::header_read_timeout).
+//! (the mini-redis `Listener` shape). Each connection holds a [`Place`] under the cap. A
+//! connection is *idle* while it waits for a request's headers (a new one, a keep-alive one
+//! between requests, a slowloris one) and *busy* while a request is handled. At the cap a new
+//! connection takes the place of the longest-idle one, which is closed at once: idle
+//! connections, however many and however often they reconnect, cannot keep a liveness probe
+//! out. Only when every place is busy does a new connection go to the probe lane: at most
+//! [`PROBE_LANE`] connections, one request each, headers within
+//! [`ApiLimits::probe_header_timeout`](super::ApiLimits::probe_header_timeout), where
+//! `/healthz` and `/readyz` are answered and anything else gets a 503. Past that a connection
+//! gets a short 503 written without waiting and is closed.
 
 use super::{routes, ApiContext, SHUTDOWN_GRACE};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 const R: Ordering = Ordering::Relaxed;
+
+/// Connections served at once on the probe lane (when every place under the cap is busy).
+pub(super) const PROBE_LANE: usize = 16;
+
+/// `Place::idle_since` of a connection handling a request.
+const BUSY: u64 = u64::MAX;
+
+/// A connection's place under the cap.
+#[derive(Debug)]
+struct Place {
+    /// [`BUSY`] while a request is handled; otherwise when the connection went idle, on
+    /// [`Places`]' own counter (the lowest is the longest idle). No clock: ordering is enough.
+    idle_since: AtomicU64,
+    /// Notified when the place is given to a new connection: this one closes.
+    evict: Notify,
+}
+
+/// The places under the cap. Touched only by the server's own (single-threaded) runtime: the
+/// lock is never contended.
+#[derive(Debug)]
+struct Places {
+    max: usize,
+    held: Mutex<Vec<Arc<Place>>>,
+    /// Orders idle moments.
+    clock: AtomicU64,
+}
+
+impl Places {
+    fn new(max: usize) -> Self {
+        Self { max: max.max(1), held: Mutex::new(Vec::with_capacity(max.max(1))), clock: AtomicU64::new(0) }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.fetch_add(1, R)
+    }
+
+    /// A place for a new connection: a free one, or the longest-idle connection's (which is
+    /// told to close, counted in `evicted`); `None` when every place is busy.
+    fn admit(&self, evicted: &AtomicU64) -> Option<Arc<Place>> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() >= self.max {
+            let (i, _) =
+                held.iter().enumerate().map(|(i, p)| (i, p.idle_since.load(R))).filter(|&(_, t)| t != BUSY).min_by_key(|&(_, t)| t)?;
+            held.swap_remove(i).evict.notify_one();
+            evicted.fetch_add(1, R);
+        }
+        let place = Arc::new(Place { idle_since: AtomicU64::new(self.now()), evict: Notify::new() });
+        held.push(Arc::clone(&place));
+        Some(place)
+    }
+
+    /// Gives a closed connection's place back (nothing when it was taken from it).
+    fn release(&self, place: &Arc<Place>) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| !Arc::ptr_eq(p, place));
+    }
+}
+
+/// Holds a place for as long as its connection is served.
+struct Held(Arc<Places>, Arc<Place>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.release(&self.1);
+    }
+}
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -83,6 +154,10 @@ pub(super) struct ServerStats {
     pub(super) http_refused: AtomicU64,
     /// Connections cut because the request headers did not arrive in time.
     pub(super) header_timeouts: AtomicU64,
+    /// Idle connections closed to make room for a new one at the cap.
+    pub(super) http_evicted: AtomicU64,
+    /// Connections served on the probe lane (every place busy).
+    pub(super) probe_lane: AtomicU64,
     /// WebSocket clients connected now.
     pub(super) ws_clients: AtomicU64,
     /// WebSocket clients accepted.
@@ -130,10 +205,18 @@ pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Serves until `stop` turns true, then gives connections in flight [`SHUTDOWN_GRACE`].
 pub(super) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, mut stop: watch::Receiver<bool>) {
-    let router = routes::router(Arc::clone(&ctx));
-    let permits = Arc::new(Semaphore::new(ctx.limits.max_connections.max(1)));
+    let router = TowerToHyperService::new(routes::router(Arc::clone(&ctx)));
+    let probes = TowerToHyperService::new(routes::probe_router(Arc::clone(&ctx)));
+    let places = Arc::new(Places::new(ctx.limits.max_connections));
+    let lane = Arc::new(Semaphore::new(PROBE_LANE));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(ctx.limits.header_read_timeout).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
+    let mut probe_http = hyper::server::conn::http1::Builder::new();
+    probe_http
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.limits.probe_header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(false);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -149,30 +232,63 @@ pub(super) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, mut stop:
                         continue;
                     }
                 };
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    ctx.stats.http_refused.fetch_add(1, R);
-                    refuse(stream);
+                let _ = stream.set_nodelay(true);
+                let Some(place) = places.admit(&ctx.stats.http_evicted) else {
+                    let Ok(permit) = Arc::clone(&lane).try_acquire_owned() else {
+                        ctx.stats.http_refused.fetch_add(1, R);
+                        refuse(stream);
+                        continue;
+                    };
+                    ctx.stats.probe_lane.fetch_add(1, R);
+                    let conn = probe_http.serve_connection(TokioIo::new(stream), probes.clone());
+                    let (ctx, mut stop) = (Arc::clone(&ctx), stop.clone());
+                    connections.spawn(async move {
+                        let _permit = permit;
+                        let mut conn = std::pin::pin!(conn);
+                        let served = tokio::select! {
+                            r = conn.as_mut() => r,
+                            _ = stopped(&mut stop) => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        };
+                        if served.is_err_and(|e| e.is_timeout()) {
+                            ctx.stats.header_timeouts.fetch_add(1, R);
+                        }
+                    });
                     continue;
                 };
                 ctx.stats.http_accepted.fetch_add(1, R);
-                let _ = stream.set_nodelay(true);
-                let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone())).with_upgrades();
-                let (ctx, mut stop) = (Arc::clone(&ctx), stop.clone());
+                let service = {
+                    let (router, place, places) = (router.clone(), Arc::clone(&place), Arc::clone(&places));
+                    hyper::service::service_fn(move |req| {
+                        place.idle_since.store(BUSY, R);
+                        let handled = hyper::service::Service::call(&router, req);
+                        let (place, places) = (Arc::clone(&place), Arc::clone(&places));
+                        async move {
+                            let response = handled.await;
+                            place.idle_since.store(places.now(), R);
+                            response
+                        }
+                    })
+                };
+                let conn = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                let (ctx, mut stop, held) = (Arc::clone(&ctx), stop.clone(), Held(Arc::clone(&places), place));
                 connections.spawn(async move {
-                    let _permit = permit;
                     let _open = OpenConnection::new(&ctx.stats.http_open);
                     let mut conn = std::pin::pin!(conn);
                     let served = tokio::select! {
                         r = conn.as_mut() => r,
+                        // Its place went to a new connection: dropping it closes the socket.
+                        _ = held.1.evict.notified() => return,
                         _ = stopped(&mut stop) => {
                             conn.as_mut().graceful_shutdown();
                             conn.await
                         }
                     };
-                    if let Err(e) = served {
-                        if e.is_timeout() {
-                            ctx.stats.header_timeouts.fetch_add(1, R);
-                        }
+                    drop(held);
+                    if served.is_err_and(|e| e.is_timeout()) {
+                        ctx.stats.header_timeouts.fetch_add(1, R);
                     }
                 });
             }

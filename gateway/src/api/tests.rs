@@ -37,7 +37,7 @@ impl Harness {
         rec.publish();
         let state = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), vec![reader], symbols, 1));
         state.set_core_running(true);
-        let config = ApiConfig { bind: "127.0.0.1:0".parse().unwrap(), token: token.and_then(ApiToken::new), core: None };
+        let config = ApiConfig { bind: "127.0.0.1:0".parse().unwrap(), token: token.map(|t| ApiToken::new(t).unwrap()), core: None };
         let server = ApiServer::start_with_limits(config, limits, Arc::clone(&state), producer).expect("the API starts");
         Self { server: Some(server), state, engine: consumers.pop().unwrap() }
     }
@@ -217,6 +217,11 @@ async fn control_needs_the_token_and_reaches_the_ring() {
     assert_eq!(status, 401, "{body}");
     let (status, body) = h.post("/api/kill", Some("wrong-token"), "").await;
     assert_eq!(status, 403, "{body}");
+    // The header value must be the token exactly: no spaces inside the value are dropped.
+    for near in [format!(" {TOKEN}"), format!("{TOKEN} x"), format!("{TOKEN}\t.")] {
+        let (status, body) = h.post("/api/kill", Some(&near), "").await;
+        assert_eq!(status, 403, "{near:?}: {body}");
+    }
     assert!(h.controls().is_empty(), "refused requests publish nothing");
 
     for (path, kind) in [("/api/kill", ControlKind::Kill), ("/api/halt", ControlKind::Halt), ("/api/resume", ControlKind::Resume)] {
@@ -297,12 +302,12 @@ async fn hostile_requests_get_4xx_not_a_panic() {
 
 #[test]
 fn the_token_never_shows_in_debug() {
-    let config = ApiConfig { bind: "127.0.0.1:1".parse().unwrap(), token: ApiToken::new(TOKEN), core: None };
+    let config = ApiConfig { bind: "127.0.0.1:1".parse().unwrap(), token: ApiToken::new(TOKEN).ok(), core: None };
     let shown = format!("{config:?}");
     assert!(!shown.contains(TOKEN) && shown.contains("redacted"), "{shown}");
     let t = ApiToken::new(TOKEN).unwrap();
     assert!(t.matches(TOKEN) && !t.matches("s3cret-tokem") && !t.matches("s3cret") && !t.matches(""));
-    assert!(ApiToken::new("  ").is_none());
+    assert!(ApiToken::new("  ").is_err());
 }
 
 #[test]
@@ -826,33 +831,98 @@ async fn a_slowloris_client_is_cut_and_does_not_block_others() {
     assert!(metric(&h, "sapphire_http_header_timeouts_total ").await >= Some(1.0));
 }
 
+/// A connection holding its place with a request in progress: a body that never ends.
+async fn busy_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /api/limits HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").await.unwrap();
+    s
+}
+
+/// True once the server has closed `s` (EOF or reset), within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
 #[tokio::test]
-async fn connections_past_the_cap_get_a_503_at_once() {
-    let h = Harness::start_with(None, ApiLimits { max_connections: 3, ..ApiLimits::default() });
+async fn idle_connections_give_their_place_to_probes() {
+    let h = Harness::start_with(None, ApiLimits { max_connections: 4, ..ApiLimits::default() });
     let mut idle = Vec::new();
-    for _ in 0..3 {
+    for i in 0..4 {
         let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
-        s.write_all(b"GET /hea").await.unwrap(); // a request in progress holds its connection
+        if i % 2 == 1 {
+            s.write_all(b"GET /hea").await.unwrap(); // headers begun, never finished
+        }
         idle.push(s);
     }
-    // Connections are accepted in the order they arrived: the three above hold every place.
-    let mut extra = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
-    let (status, body) = read_response(&mut extra).await;
+    // Every place is held by a connection without a request: a probe takes the place of the
+    // longest idle one, which is closed.
+    for k in 0..3 {
+        let (status, body) = h.get(if k == 1 { "/readyz" } else { "/healthz" }).await;
+        assert!(status == 200 && (body == "ok\n" || body.contains("\"ready\":true")), "{k}: {status} {body}");
+        assert!(closed_within(&mut idle[k], Duration::from_secs(2)).await, "{k}: the longest-idle connection was closed");
+        // The probe's connection closed after its answer: fill its place again.
+        idle.push(tokio::net::TcpStream::connect(h.addr()).await.unwrap());
+    }
+    let metrics = h.get("/metrics").await.1;
+    assert!(metrics.lines().any(|l| l == "sapphire_http_connections_evicted_total 4"), "{metrics}");
+}
+
+#[tokio::test]
+async fn probes_are_answered_while_clients_keep_reconnecting_idle() {
+    let h = Harness::start_with(None, ApiLimits { max_connections: 16, ..ApiLimits::default() });
+    let addr = h.addr();
+    // A client that keeps opening connections and never sends a byte, reconnecting as they
+    // are closed: today's 256 idle connections, scaled down.
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                held.push(s);
+            }
+            if held.len() > 64 {
+                held.remove(0);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await; // the flood holds every place
+    for _ in 0..20 {
+        assert_eq!(h.get("/healthz").await.0, 200);
+    }
+    flood.abort();
+}
+
+#[tokio::test]
+async fn when_every_place_is_busy_only_the_probes_are_answered() {
+    let h = Harness::start_with(None, ApiLimits { max_connections: 3, ..ApiLimits::default() });
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(busy_connection(h.addr()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // their headers are read: busy
+    assert_eq!(h.get("/healthz").await, (200, "ok\n".to_string()), "the probe lane answers");
+    let (status, body) = h.get("/dashboard").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("too many connections"), "{body}");
-    drop(idle.pop());
+    // A connection on the probe lane that sends nothing is cut after the short probe timeout.
+    let mut silent = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await, "the probe lane does not wait for idle clients");
+    drop(busy.pop());
     // The freed place is taken by the next request.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, _) = h.get("/healthz").await;
+        let (status, _) = h.get("/dashboard").await;
         if status == 200 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the cap never freed a place");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let refused = h.get("/metrics").await.1;
-    assert!(refused.lines().any(|l| l.starts_with("sapphire_http_connections_refused_total ") && !l.ends_with(" 0")), "{refused}");
+    let metrics = h.get("/metrics").await.1;
+    for name in ["sapphire_http_connections_refused_total ", "sapphire_http_probe_lane_total "] {
+        assert!(metrics.lines().any(|l| l.starts_with(name) && !l.ends_with(" 0")), "{name}: {metrics}");
+    }
 }
 
 #[tokio::test]

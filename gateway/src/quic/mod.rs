@@ -92,39 +92,8 @@ impl QuicError {
     }
 }
 
-/// An agent's secret token: compared in constant time, never shown by `Debug`.
-#[derive(Clone)]
-pub struct AgentToken(String);
-
-impl AgentToken {
-    /// A token; `None` when empty or blank (surrounding whitespace, e.g. a file's newline, is
-    /// not part of it).
-    pub fn new(token: &str) -> Option<Self> {
-        let t = token.trim();
-        (!t.is_empty()).then(|| Self(t.to_string()))
-    }
-
-    /// Compares in time that depends on the lengths only, not on where the bytes differ.
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-        }
-        std::hint::black_box(diff) == 0
-    }
-
-    /// The token, to put in a hello; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for AgentToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AgentToken(<redacted>)")
-    }
-}
+/// An agent's secret token: compared exactly, in constant time; never shown by `Debug`.
+pub type AgentToken = crate::secret::SecretToken;
 
 /// True for an id a remote agent may use.
 pub fn is_external_agent(id: u16) -> bool {
@@ -189,11 +158,11 @@ mod tests {
 
     #[test]
     fn tokens_compare_whole_and_never_show() {
-        let t = AgentToken::new(" s3cret\n").unwrap();
+        let t = AgentToken::from_file_text("s3cret\n").unwrap();
         assert!(t.matches("s3cret"));
-        assert!(!t.matches("s3cre") && !t.matches("s3cret!") && !t.matches(""));
+        assert!(!t.matches("s3cre") && !t.matches("s3cret!") && !t.matches("") && !t.matches("s3cret "));
         assert!(!format!("{t:?}").contains("s3cret"));
-        assert!(AgentToken::new("  ").is_none());
+        assert!(AgentToken::new("  ").is_err() && AgentToken::new(" s3cret").is_err());
         assert!(!is_external_agent(0) && !is_external_agent(1) && is_external_agent(2) && !is_external_agent(MAX_AGENTS as u16));
     }
 }
