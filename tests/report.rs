@@ -185,6 +185,30 @@ fn latency_comes_from_last_run_and_bad_input_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_directory_that_is_not_an_output_journal_is_refused() {
+    let dir = temp_dir("not-a-journal");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "not a journal\n").unwrap();
+    let input = dir.join("input");
+    let cfg = JournalConfig::new(&input);
+    let (mut w, _) = JournalWriter::<sapphire_core::event::Event>::open(cfg).unwrap();
+    w.append_event(&sapphire_core::event::Event::Timer(Default::default())).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    for (journal, says) in [(&empty, "no journal segments"), (&other, "no journal segments"), (&input, "")] {
+        let out = sapphire().args(["report", "--journal"]).arg(journal).arg("--out").arg(dir.join("report")).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{}: {stdout}", journal.display());
+        assert!(!stdout.contains("0 of 0 outputs"), "{stdout}");
+        assert!(stderr.contains(&*journal.display().to_string()) && stderr.contains(says), "{stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One HTTP request as the fake Bot API saw it.
 #[derive(Debug)]
 struct Seen {

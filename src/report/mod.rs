@@ -184,6 +184,9 @@ fn output_ts(o: &Output) -> Option<u64> {
 /// Builds the report of `req`: reads the journal, writes charts, `index.html` and `summary.md`.
 pub fn build(req: &ReportRequest) -> anyhow::Result<Report> {
     anyhow::ensure!(req.journal.is_dir(), "output journal {} is not a directory", req.journal.display());
+    // Like `journal dump`: a directory without segments is not a journal, never "0 of 0 outputs".
+    let segments = sapphire_persistence::journal::segments(&req.journal).with_context(|| format!("listing {}", req.journal.display()))?;
+    anyhow::ensure!(!segments.is_empty(), "{} has no journal segments (*.seg): it is not an output journal", req.journal.display());
     std::fs::create_dir_all(&req.out).with_context(|| format!("creating {}", req.out.display()))?;
     let mut m = Metrics::new(true);
     let (mut read, mut inside) = (0u64, 0u64);
