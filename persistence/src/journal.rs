@@ -10,12 +10,30 @@
 //! crc      = CRC32C(seq bytes ++ payload)
 //! ```
 //!
-//! Segments roll at a configured size and are named by their first sequence. Opening a
-//! journal scans the last segment and truncates a torn tail (a record cut short or failing
-//! its CRC — what a crash mid-write leaves), reporting how many bytes and records it
-//! dropped. Readers map sealed segments read-only and read the last one (which a writer may
-//! still extend or truncate) into an aligned buffer; either way each archive is used in place,
-//! after validating its bytes (they came from disk).
+//! Segments roll at a configured size and are named by their first sequence. Readers map
+//! sealed segments read-only and read the last one (which a writer may still extend or
+//! truncate) into an aligned buffer; either way each archive is used in place, after
+//! validating its bytes (they came from disk).
+//!
+//! # Torn tails and damage
+//! Every reader (the writer's open, [`for_each_record`], [`Tail`], [`last_record`],
+//! [`for_each_backwards`]) checks each record's length, CRC and archive, and that sequences
+//! are dense: consecutive within a segment, the first equal to the header's `first_seq`,
+//! which equals the file name, and each segment starting where the previous one ended. (The
+//! first segment may start past 0: retention prunes the oldest.)
+//!
+//! A *torn tail* is only what a crash can leave at the end of the last segment: fewer bytes
+//! than a record header, a record whose header announces more bytes than the file has, zeros
+//! (a power loss that kept the file's length but not its data), or one last record failing
+//! its checks with nothing but zeros after it; or a header cut short while a segment was being
+//! created. Opening the journal cuts it and reports it in [`Recovery`]; readers stop before it.
+//!
+//! Anything else — a bad record with data after it, a sequence repeated or skipped, a missing
+//! or renumbered segment, a torn-looking end of a sealed segment — is *damage*:
+//! [`JournalError::Corrupt`] names the segment, the byte offset and the last good sequence, and
+//! nothing is changed. [`repair`] (`sapphire journal repair`) moves the damaged part into a
+//! quarantine folder inside the journal directory and cuts the segment at its last good record.
+//! The append path does none of this work: checks cost only at open and read.
 //!
 //! # Durability
 //! - [`Durability::EveryRecord`]: `fsync` after each record. Nothing acknowledged is lost even
@@ -897,6 +915,8 @@ impl Tail {
     }
 
     /// Hands up to `max` new records to `f(seq, record)`; `Ok(0)` means nothing new yet.
+    /// Damage is an error from the call that meets it first thing: records before it are
+    /// handed out by an `Ok` call, so a caller that drops a failed call's batch loses nothing.
     pub fn poll<R: Record>(&mut self, max: usize, mut f: impl FnMut(u64, &R)) -> Result<usize, JournalError> {
         if self.path.is_none() {
             match self.find_segment(self.next_seq)? {
@@ -922,10 +942,13 @@ impl Tail {
                         }
                         self.refill()?;
                         if self.buf.len() < HEADER {
-                            return Err(self.damage(&path, 0, Problem::Header));
+                            return refuse(handed, self.damage(&path, 0, Problem::Header));
                         }
                     }
-                    let first = self.check_header::<R>(&path)?;
+                    let first = match self.check_header::<R>(&path) {
+                        Ok(first) => first,
+                        Err(e) => return refuse(handed, e),
+                    };
                     self.expect = Some(first);
                     first
                 }
@@ -933,7 +956,7 @@ impl Tail {
             match next_record::<R>(&self.buf, self.pos) {
                 Next::Record(r, end) => {
                     if r.seq != expect {
-                        return Err(self.damage(&path, self.pos, Problem::Sequence { expected: expect, found: r.seq }));
+                        return refuse(handed, self.damage(&path, self.pos, Problem::Sequence { expected: expect, found: r.seq }));
                     }
                     self.record_len = Some(end - self.pos);
                     self.pos = end;
@@ -957,7 +980,7 @@ impl Tail {
                         if is_torn_tail(&self.buf, self.pos, self.record_len) {
                             return Ok(handed);
                         }
-                        return Err(self.damage(&path, self.pos, Problem::BadRecord));
+                        return refuse(handed, self.damage(&path, self.pos, Problem::BadRecord));
                     };
                     // A later segment exists, so this one is sealed; the writer handed all of
                     // it to the OS before creating the next, so one more read sees it whole.
@@ -974,11 +997,21 @@ impl Tail {
                         continue;
                     }
                     let problem = if is_torn_tail(&self.buf, self.pos, self.record_len) { Problem::SealedTail } else { Problem::BadRecord };
-                    return Err(self.damage(&path, self.pos, problem));
+                    return refuse(handed, self.damage(&path, self.pos, problem));
                 }
             }
         }
         Ok(handed)
+    }
+}
+
+/// What a poll that met damage returns: the records it handed out first, if any (the next
+/// poll meets the damage again at once, before handing out anything).
+fn refuse(handed: usize, damage: JournalError) -> Result<usize, JournalError> {
+    if handed > 0 {
+        Ok(handed)
+    } else {
+        Err(damage)
     }
 }
 
