@@ -1,7 +1,7 @@
 //! The L2 order book: price levels per side, kept sorted with the best level last so the
 //! common update (near the top) moves only a few entries.
 
-use crate::event::{BookDelta, Side, DELTA_CLEAR};
+use crate::event::{BookDelta, Side, DELTA_CLEAR, DELTA_RESYNC};
 use crate::fixed::{Price, Quantity};
 
 /// One price level.
@@ -102,6 +102,15 @@ impl OrderBook {
     /// Applies a venue delta with its sequencing rule (see [`BookDelta`]).
     pub fn apply_delta(&mut self, d: &BookDelta) -> DeltaOutcome {
         let mut outcome = DeltaOutcome::Applied;
+        if d.flags & DELTA_RESYNC != 0 {
+            // The feed lost its place: out of sync until the next snapshot, counted once.
+            if self.in_sync {
+                self.gaps += 1;
+            }
+            self.in_sync = false;
+            self.ts_last_update = d.ts_event;
+            return DeltaOutcome::Gap;
+        }
         if d.flags & DELTA_CLEAR != 0 {
             self.clear();
             self.in_sync = true;
@@ -321,6 +330,19 @@ mod tests {
         assert!(!b.in_sync());
         assert_eq!(b.gaps(), 1);
         b.apply_delta(&delta(0, 20, 0, DELTA_SNAPSHOT | DELTA_CLEAR));
+        assert!(b.in_sync());
+    }
+
+    #[test]
+    fn a_resync_marker_breaks_sync_even_when_its_ids_point_backwards() {
+        let mut b = OrderBook::default();
+        b.apply_delta(&delta(0, 910_000, 0, DELTA_SNAPSHOT | DELTA_CLEAR | DELTA_LAST));
+        let marker = BookDelta { qty: Quantity::ZERO, ..delta(911, 920, 910, DELTA_LAST | crate::event::DELTA_RESYNC) };
+        assert_eq!(b.apply_delta(&marker), DeltaOutcome::Gap);
+        assert!(!b.in_sync());
+        assert_eq!((b.gaps(), b.last_update_id()), (1, 910_000));
+        assert_eq!(b.best_bid().unwrap().price, p("100"), "the marker changes no level");
+        b.apply_delta(&delta(0, 5, 0, DELTA_SNAPSHOT | DELTA_CLEAR | DELTA_LAST));
         assert!(b.in_sync());
     }
 }

@@ -110,6 +110,10 @@ pub const DELTA_SNAPSHOT: u8 = 1;
 pub const DELTA_CLEAR: u8 = 2;
 /// [`BookDelta::flags`]: last level of its venue message; the book is consistent after it.
 pub const DELTA_LAST: u8 = 4;
+/// [`BookDelta::flags`]: the feed lost the venue's sequence: the book is out of sync until the
+/// next snapshot, whatever the ids say (they may point backwards after a corrupt id). The
+/// delta changes no level.
+pub const DELTA_RESYNC: u8 = 8;
 
 /// One L2 level change: `qty` zero removes the level.
 ///

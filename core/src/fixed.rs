@@ -47,6 +47,9 @@ pub enum DecimalError {
     /// A negative value where only non-negative values make sense.
     #[error("negative value not allowed")]
     Negative,
+    /// Zero or negative where only a positive value makes sense (a price).
+    #[error("value must be positive")]
+    NotPositive,
 }
 
 /// Parses `s` as a decimal with `decimals` fractional digits into a scaled `i64`.
@@ -364,6 +367,18 @@ impl Quantity {
 }
 
 impl Price {
+    /// Parses a price that must be positive (every price on the wire: a level, a quote, a
+    /// trade). Text that is not an exact decimal in range (`NaN`, `inf`, `1e400`) is refused by
+    /// the parse itself.
+    #[inline]
+    pub fn parse_positive_bytes(s: &[u8]) -> Result<Self, DecimalError> {
+        let p = Self::parse_bytes(s)?;
+        if p.raw <= 0 {
+            return Err(DecimalError::NotPositive);
+        }
+        Ok(p)
+    }
+
     /// Writes the price with `decimals` digits after the point.
     pub fn display_with(self, decimals: u32) -> impl fmt::Display {
         struct Shown(i64, u32);
@@ -455,6 +470,18 @@ mod tests {
             assert_eq!(Price::parse(s), Err(err), "{s:?}");
         }
         assert_eq!(Quantity::parse_unsigned("-1"), Err(DecimalError::Negative));
+        for (s, err) in [
+            ("-1", DecimalError::NotPositive),
+            ("0", DecimalError::NotPositive),
+            ("-0.000000001", DecimalError::NotPositive),
+            ("NaN", DecimalError::InvalidChar('N')),
+            ("inf", DecimalError::InvalidChar('i')),
+            ("1e400", DecimalError::InvalidChar('e')),
+            ("99999999999", DecimalError::Overflow),
+        ] {
+            assert_eq!(Price::parse_positive_bytes(s.as_bytes()), Err(err), "{s:?}");
+        }
+        assert_eq!(Price::parse_positive_bytes(b"0.000000001"), Ok(Price::from_raw(1)));
         assert_eq!(Quantity::parse("0.000000001"), Err(DecimalError::TooPrecise(8)));
     }
 
