@@ -28,6 +28,12 @@ pub enum FeedError {
     /// A symbol we do not trade.
     #[error("unknown symbol")]
     UnknownSymbol,
+    /// A best bid above the best ask.
+    #[error("crossed quote: bid above ask")]
+    CrossedQuote,
+    /// A timestamp whose nanoseconds do not fit the event clock (see [`ms_to_ns`]).
+    #[error("field `{0}`: timestamp out of range")]
+    Timestamp(&'static str),
 }
 
 impl FeedError {
@@ -38,6 +44,8 @@ impl FeedError {
             FeedError::Field(_) => "missing_field",
             FeedError::Decimal { .. } => "bad_decimal",
             FeedError::UnknownSymbol => "unknown_symbol",
+            FeedError::CrossedQuote => "crossed_quote",
+            FeedError::Timestamp(_) => "bad_timestamp",
         }
     }
 }
@@ -108,13 +116,17 @@ pub struct FeedCounters {
     pub bad_decimal: u64,
     /// Frames skipped: a symbol we do not trade.
     pub unknown_symbol: u64,
+    /// Frames skipped: a quote whose bid is above its ask.
+    pub crossed_quote: u64,
+    /// Frames skipped: a timestamp out of the event clock's range.
+    pub bad_timestamp: u64,
     /// Frames with nothing for the engine (acks, klines, pongs).
     pub ignored: u64,
     /// Book sequence gaps.
     pub gaps: u64,
     /// Snapshots applied (initial syncs and resyncs).
     pub snapshots: u64,
-    /// Depth updates older than the book, dropped while syncing.
+    /// Depth updates older than the book, dropped (a run of them past a bound is a gap).
     pub stale: u64,
     /// Reconnects for any reason (drops, errors, stale feeds, planned).
     pub reconnects: u64,
@@ -142,12 +154,14 @@ impl FeedCounters {
             FeedError::Field(_) => self.missing_field += 1,
             FeedError::Decimal { .. } => self.bad_decimal += 1,
             FeedError::UnknownSymbol => self.unknown_symbol += 1,
+            FeedError::CrossedQuote => self.crossed_quote += 1,
+            FeedError::Timestamp(_) => self.bad_timestamp += 1,
         }
     }
 
     /// Frames skipped for any reason.
     pub fn skipped(&self) -> u64 {
-        self.malformed_json + self.missing_field + self.bad_decimal + self.unknown_symbol
+        self.malformed_json + self.missing_field + self.bad_decimal + self.unknown_symbol + self.crossed_quote + self.bad_timestamp
     }
 }
 
@@ -199,16 +213,52 @@ impl SymbolTable {
     }
 }
 
-/// Parses a price field.
+/// Parses a price field: an exact decimal, positive (`NaN`, `1e400`, `-1`, `0` are refused).
+/// Every price a venue adapter reads (levels, quotes, trades) goes through here.
 #[inline]
-pub(crate) fn price(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::fixed::Price, FeedError> {
-    sapphire_core::fixed::Price::parse_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+pub(crate) fn price(field: &'static str, bytes: &[u8]) -> Result<Price, FeedError> {
+    Price::parse_positive_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
 }
 
-/// Parses a quantity field (never negative).
+/// Parses a quantity field: an exact decimal, never negative (zero deletes a level).
 #[inline]
-pub(crate) fn qty(field: &'static str, bytes: &[u8]) -> Result<sapphire_core::fixed::Quantity, FeedError> {
-    sapphire_core::fixed::Quantity::parse_unsigned_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+pub(crate) fn qty(field: &'static str, bytes: &[u8]) -> Result<Quantity, FeedError> {
+    Quantity::parse_unsigned_bytes(bytes).map_err(|error| FeedError::Decimal { field, error })
+}
+
+/// Refuses a quote whose bid is above its ask (a locked quote, bid == ask, passes).
+#[inline]
+pub(crate) fn uncrossed(bid: Price, ask: Price) -> Result<(), FeedError> {
+    if bid > ask {
+        return Err(FeedError::CrossedQuote);
+    }
+    Ok(())
+}
+
+/// The latest event time the engine accepts, ns: `i64::MAX` (2262-04-11), so every
+/// timestamp also fits the signed columns and clocks downstream.
+pub const MAX_TS_NS: u64 = i64::MAX as u64;
+
+/// A venue's millisecond timestamp as event-time nanoseconds: the one conversion every venue
+/// adapter and tool uses. Past [`MAX_TS_NS`] (it would wrap or overflow downstream) the frame
+/// is refused as [`FeedError::Timestamp`], never wrapped or saturated.
+#[inline]
+pub fn ms_to_ns(field: &'static str, ms: u64) -> Result<u64, FeedError> {
+    scaled_ns(field, ms, 1_000_000)
+}
+
+/// [`ms_to_ns`] for microsecond timestamps.
+#[inline]
+pub fn us_to_ns(field: &'static str, us: u64) -> Result<u64, FeedError> {
+    scaled_ns(field, us, 1_000)
+}
+
+#[inline]
+fn scaled_ns(field: &'static str, t: u64, per: u64) -> Result<u64, FeedError> {
+    match t.checked_mul(per) {
+        Some(ns) if ns <= MAX_TS_NS => Ok(ns),
+        _ => Err(FeedError::Timestamp(field)),
+    }
 }
 
 /// One venue message's book levels, all parsed before any is emitted, so a bad level skips
@@ -222,11 +272,6 @@ impl LevelBuffer {
     /// Room for `n` levels before it allocates.
     pub(crate) fn with_capacity(n: usize) -> Self {
         Self { levels: Vec::with_capacity(n) }
-    }
-
-    /// Forgets the levels (the next emit is a no-op marker carrying only ids).
-    pub(crate) fn clear(&mut self) {
-        self.levels.clear();
     }
 
     /// Parses a message's bids then asks.
@@ -276,5 +321,30 @@ impl LevelBuffer {
             emit(Event::BookDelta(BookDelta { side, price, qty, flags, ..delta }));
         }
         n as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_convert_checked_never_wrapping() {
+        let cases: &[(u64, Result<u64, FeedError>)] = &[
+            (0, Ok(0)),
+            (1_672_515_782_136, Ok(1_672_515_782_136_000_000)),
+            (9_223_372_036_854, Ok(9_223_372_036_854_000_000)),
+            // Past i64::MAX ns: refused, though it still fits u64.
+            (9_223_372_036_855, Err(FeedError::Timestamp("T"))),
+            // Wrapped to 448384 ns before.
+            (18_446_744_073_710, Err(FeedError::Timestamp("T"))),
+            (u64::MAX, Err(FeedError::Timestamp("T"))),
+        ];
+        for &(ms, want) in cases {
+            assert_eq!(ms_to_ns("T", ms), want, "{ms} ms");
+        }
+        assert_eq!(us_to_ns("T", 1_672_515_782_136_123), Ok(1_672_515_782_136_123_000));
+        assert_eq!(us_to_ns("T", u64::MAX / 1_000 + 1), Err(FeedError::Timestamp("T")));
+        assert_eq!(FeedError::Timestamp("T").label(), "bad_timestamp");
     }
 }

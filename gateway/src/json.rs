@@ -53,6 +53,18 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// A venue symbol: a plain string of 1 to 64 printable ASCII characters (no space, no
+    /// escape). Anything else (`""`, control bytes, non-ASCII) is no symbol.
+    #[inline]
+    pub fn as_symbol(&self) -> Option<&'a str> {
+        match *self {
+            Value::Str(s) if (1..=64).contains(&s.len()) && s.iter().all(|&c| c.is_ascii_graphic() && c != b'\\') => {
+                std::str::from_utf8(s).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// An unsigned integer, from a number or a numeric string.
     #[inline]
     pub fn as_u64(&self) -> Option<u64> {
@@ -344,6 +356,11 @@ mod tests {
         assert_eq!(got[5].1.as_u64(), Some(12_345));
         assert_eq!(got[6].1, Value::Str(br#"a\"b"#));
         assert_eq!(got[6].1.as_plain_str(), None, "escaped strings are not plain");
+        assert_eq!(Value::Str(b"BTCUSDT").as_symbol(), Some("BTCUSDT"));
+        for bad in [&b""[..], b" ", b"BTC USDT", b"BTC\\u0000", b"\xc3\xa9", b"\x01"] {
+            assert_eq!(Value::Str(bad).as_symbol(), None, "{bad:?}");
+        }
+        assert_eq!(Value::Num(b"1").as_symbol(), None);
     }
 
     #[test]

@@ -166,7 +166,7 @@ fn parse_payload(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
             b"e" => r.e = v.as_str_bytes(),
             b"E" => r.big_e = v.as_u64(),
             b"T" => r.big_t = v.as_u64(),
-            b"s" => r.s = v.as_plain_str(),
+            b"s" => r.s = v.as_symbol(),
             b"u" => r.u = v.as_u64(),
             b"U" => r.big_u = v.as_u64(),
             b"pu" => r.pu = v.as_u64(),
@@ -216,14 +216,10 @@ fn parse_payload(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
                 aggregate,
             }))
         }
-        // Spot bookTicker frames carry no `e` at all.
-        Some(b"bookTicker") | None if r.u.is_some() && r.big_b.is_some() => Ok(BinanceFrame::BookTicker(BinanceBookTicker {
-            symbol: need(r.s, "s")?,
-            update_id: need(r.u, "u")?,
-            time_ms: r.big_t.or(r.big_e),
-            bid: (str_bytes(need(r.b, "b")?, "b")?, need(r.big_b, "B")?),
-            ask: (str_bytes(need(r.a, "a")?, "a")?, need(r.big_a, "A")?),
-        })),
+        // Spot bookTicker frames carry no `e` at all: a frame without `e` that has `u` and no
+        // `lastUpdateId` is one, and a bad one is a counted skip, never an ignored frame.
+        Some(b"bookTicker") => book_ticker(&r),
+        None if r.last_update_id.is_none() && (r.u.is_some() || r.big_b.is_some() || r.big_a.is_some()) => book_ticker(&r),
         None if r.last_update_id.is_some() => Ok(BinanceFrame::Snapshot(BinanceSnapshot {
             last_update_id: need(r.last_update_id, "lastUpdateId")?,
             time_ms: r.big_t.or(r.big_e),
@@ -234,4 +230,14 @@ fn parse_payload(bytes: &[u8]) -> Result<BinanceFrame<'_>, FeedError> {
         Some(other) => Ok(BinanceFrame::Other(other)),
         None => Err(FeedError::Field("e")),
     }
+}
+
+fn book_ticker<'a>(r: &Raw<'a>) -> Result<BinanceFrame<'a>, FeedError> {
+    Ok(BinanceFrame::BookTicker(BinanceBookTicker {
+        symbol: need(r.s, "s")?,
+        update_id: need(r.u, "u")?,
+        time_ms: r.big_t.or(r.big_e),
+        bid: (str_bytes(need(r.b, "b")?, "b")?, need(r.big_b, "B")?),
+        ask: (str_bytes(need(r.a, "a")?, "a")?, need(r.big_a, "A")?),
+    }))
 }

@@ -8,22 +8,38 @@
 //! 4. then every event must continue the last (spot `U == previous u + 1`, futures `pu == previous u`).
 //!
 //! A break marks the core's book out of sync (risk refuses orders on it), is counted, and
-//! asks the caller for a new snapshot.
+//! asks the caller for a new snapshot. So that a book can never stay frozen while it says it
+//! is in sync, two more things are breaks:
+//!
+//! - in sequence, an event that neither continues the last one nor repeats it (`u` equal to the
+//!   last `u`): an id that went backwards means an earlier id was corrupt;
+//! - more than [`MAX_STALE_RUN`] live events in a row that are older than the book (a snapshot
+//!   whose `lastUpdateId` the stream never reaches, or repeats that never end).
+//!
+//! Prices must be positive, quantities non-negative, quotes uncrossed and timestamps in range
+//! ([`crate::feed`]); anything else skips the whole frame, counted with its reason.
 
 /// `exchangeInfo` into the instrument registry.
 pub mod instruments;
 pub mod market;
 
-use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};
+use crate::feed::{ms_to_ns, price, qty, uncrossed, FeedCounters, FeedError, LevelBuffer, SymbolTable};
 use crate::json::Levels;
 pub use market::BinanceMarket;
 use market::{parse_frame, BinanceDepth, BinanceFrame};
-use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_LAST};
+use sapphire_core::event::{BookDelta, Event, Quote, Side, Trade, DELTA_LAST, DELTA_RESYNC};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 
 /// Depth frames kept per symbol while waiting for a snapshot; past it the oldest are dropped
 /// and the sync starts over when the snapshot arrives.
 const MAX_BUFFERED: usize = 10_000;
+
+/// Live depth events in a row older than the book (or repeating its last one) before the
+/// sync is declared lost. A snapshot fetched while the stream lags is legitimately ahead of it
+/// for a few events; a stream that never catches up means the snapshot's or an event's id was
+/// wrong, and the book, frozen, would otherwise say it is in sync forever. Buffered events
+/// replayed after a snapshot do not count (there are at most [`MAX_BUFFERED`]).
+pub const MAX_STALE_RUN: u32 = 1_000;
 
 /// What the caller should do after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +68,14 @@ enum SyncState {
 struct BookSync {
     state: SyncState,
     buffer: Vec<(u64, Vec<u8>)>,
+    /// Live stale events in a row (see [`MAX_STALE_RUN`]).
+    stale_run: u32,
+}
+
+impl BookSync {
+    fn new() -> Self {
+        Self { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new(), stale_run: 0 }
+    }
 }
 
 /// One Binance market's feed adapter: frames in, core events out.
@@ -68,21 +92,13 @@ pub struct BinanceFeed {
     pub counters: FeedCounters,
 }
 
-/// Milliseconds to nanoseconds.
-#[inline]
-fn ms(t: u64) -> u64 {
-    t.saturating_mul(1_000_000)
-}
-
 impl BinanceFeed {
     /// An adapter for the instruments of `venue` (e.g. `binance`, `binance-usdm`) in `registry`.
     pub fn new(market: BinanceMarket, registry: &InstrumentRegistry, venue: &str) -> Self {
         Self {
             market,
             symbols: SymbolTable::for_venue(registry, venue),
-            books: (0..registry.len())
-                .map(|_| BookSync { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new() })
-                .collect(),
+            books: (0..registry.len()).map(|_| BookSync::new()).collect(),
             last_depth_instrument: None,
             levels: LevelBuffer::with_capacity(2_048),
             counters: FeedCounters::default(),
@@ -97,7 +113,7 @@ impl BinanceFeed {
         }
         let id = InstrumentId(self.books.len() as u32);
         self.symbols.insert(symbol, id);
-        self.books.push(BookSync { state: SyncState::AwaitingSnapshot { requested: false }, buffer: Vec::new() });
+        self.books.push(BookSync::new());
         id
     }
 
@@ -127,16 +143,17 @@ impl BinanceFeed {
                     ts_event: recv_ns,
                     ts_recv: recv_ns,
                     instrument: InstrumentId(i as u32),
-                    flags: DELTA_LAST,
-                    first_update_id: last + 2,
-                    last_update_id: last + 2,
-                    prev_update_id: last + 1,
+                    flags: DELTA_LAST | DELTA_RESYNC,
+                    first_update_id: last.saturating_add(2),
+                    last_update_id: last.saturating_add(2),
+                    prev_update_id: last.saturating_add(1),
                     ..BookDelta::default()
                 }));
                 self.counters.events += 1;
             }
             b.state = SyncState::AwaitingSnapshot { requested: false };
             b.buffer.clear();
+            b.stale_run = 0;
         }
     }
 
@@ -194,7 +211,7 @@ impl BinanceFeed {
             BinanceFrame::BookTicker(t) => {
                 let instrument = self.instrument(t.symbol)?;
                 let quote = Quote {
-                    ts_event: t.time_ms.map_or(recv_ns, ms),
+                    ts_event: t.time_ms.map_or(Ok(recv_ns), |m| ms_to_ns("T", m))?,
                     ts_recv: recv_ns,
                     instrument,
                     _pad: 0,
@@ -203,6 +220,7 @@ impl BinanceFeed {
                     bid_qty: qty("B", t.bid.1)?,
                     ask_qty: qty("A", t.ask.1)?,
                 };
+                uncrossed(quote.bid_price, quote.ask_price)?;
                 self.counters.events += 1;
                 emit(Event::Quote(quote));
                 Ok(FrameOutcome::Applied)
@@ -210,7 +228,7 @@ impl BinanceFeed {
             BinanceFrame::Trade(t) => {
                 let instrument = self.instrument(t.symbol)?;
                 let trade = Trade {
-                    ts_event: ms(t.time_ms),
+                    ts_event: ms_to_ns("T", t.time_ms)?,
                     ts_recv: recv_ns,
                     instrument,
                     aggressor: if t.buyer_is_maker { Side::Sell } else { Side::Buy },
@@ -226,7 +244,7 @@ impl BinanceFeed {
             BinanceFrame::Depth(d) => {
                 let instrument = self.instrument(d.symbol)?;
                 self.last_depth_instrument = Some(instrument);
-                self.on_depth(instrument, recv_ns, d, raw, emit)
+                self.on_depth(instrument, recv_ns, d, raw, false, emit)
             }
             BinanceFrame::Snapshot(s) => match self.last_depth_instrument {
                 Some(inst) => self.apply_snapshot(inst, recv_ns, s.last_update_id, s.time_ms, s.bids, s.asks, emit),
@@ -250,19 +268,24 @@ impl BinanceFeed {
         asks: Levels<'_>,
         emit: &mut impl FnMut(Event),
     ) -> Result<FrameOutcome, FeedError> {
+        let ts_event = time_ms.map_or(Ok(recv_ns), |m| ms_to_ns("T", m))?;
         self.levels.collect(bids, asks)?;
+        if self.books.get(instrument.index()).is_none() {
+            return Err(FeedError::UnknownSymbol);
+        }
         self.counters.snapshots += 1;
-        self.counters.events += self.levels.emit(instrument, time_ms.map_or(recv_ns, ms), recv_ns, (lid, lid, 0), true, emit);
+        self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (lid, lid, 0), true, emit);
         let Some(book) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
         book.state = SyncState::Bracketing { lid };
+        book.stale_run = 0;
         // Replay what was buffered while we waited.
         let buffered = std::mem::take(&mut book.buffer);
         let mut outcome = FrameOutcome::Applied;
         for (recv, raw) in &buffered {
             if let Ok(BinanceFrame::Depth(d)) = parse_frame(raw) {
-                if let Ok(FrameOutcome::NeedSnapshot(i)) = self.on_depth(instrument, *recv, d, raw, emit) {
+                if let Ok(FrameOutcome::NeedSnapshot(i)) = self.on_depth(instrument, *recv, d, raw, true, emit) {
                     outcome = FrameOutcome::NeedSnapshot(i);
                 }
             }
@@ -277,16 +300,20 @@ impl BinanceFeed {
         Ok(outcome)
     }
 
+    /// One depth event; `buffered` when it is replayed from the buffer after a snapshot.
+    #[allow(clippy::too_many_arguments)]
     fn on_depth(
         &mut self,
         instrument: InstrumentId,
         recv_ns: u64,
         d: BinanceDepth<'_>,
         raw: &[u8],
+        buffered: bool,
         emit: &mut impl FnMut(Event),
     ) -> Result<FrameOutcome, FeedError> {
         let market = self.market;
-        // Every level is checked before anything is buffered or emitted.
+        // Every field is checked before anything is buffered or emitted.
+        let ts_event = ms_to_ns("E", d.time_ms)?;
         self.levels.collect(d.bids.clone(), d.asks.clone())?;
         let Some(book) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
@@ -306,46 +333,79 @@ impl BinanceFeed {
                     BinanceMarket::UsdM => d.last_id < lid,
                 };
                 if stale {
-                    self.counters.stale += 1;
-                    return Ok(FrameOutcome::Applied);
+                    return Ok(self.on_stale(instrument, ts_event, recv_ns, &d, raw, buffered, emit));
                 }
-                let brackets = match market {
-                    BinanceMarket::Spot => d.first_id <= lid + 1 && lid < d.last_id,
-                    BinanceMarket::UsdM => d.first_id <= lid && lid <= d.last_id,
-                };
+                let brackets = d.first_id <= d.last_id
+                    && match market {
+                        BinanceMarket::Spot => d.first_id <= lid.saturating_add(1) && lid < d.last_id,
+                        BinanceMarket::UsdM => d.first_id <= lid && lid <= d.last_id,
+                    };
                 if !brackets {
-                    return Ok(self.lose_sync(instrument, recv_ns, &d, raw, emit));
+                    return Ok(self.lose_sync(instrument, ts_event, recv_ns, &d, raw, emit));
                 }
                 lid
             }
             SyncState::Synced { last } => {
-                if d.last_id <= last {
-                    self.counters.stale += 1;
-                    return Ok(FrameOutcome::Applied);
-                }
-                let continues = match market {
-                    BinanceMarket::Spot => d.first_id == last + 1,
-                    BinanceMarket::UsdM => d.prev_id == Some(last),
-                };
+                let continues = d.first_id <= d.last_id
+                    && last < d.last_id
+                    && match market {
+                        BinanceMarket::Spot => last.checked_add(1) == Some(d.first_id),
+                        BinanceMarket::UsdM => d.prev_id == Some(last),
+                    };
                 if !continues {
-                    return Ok(self.lose_sync(instrument, recv_ns, &d, raw, emit));
+                    // Only a repeat of the last event is harmless; an id that went backwards
+                    // means an earlier one (already applied) was corrupt.
+                    if d.last_id == last {
+                        return Ok(self.on_stale(instrument, ts_event, recv_ns, &d, raw, buffered, emit));
+                    }
+                    return Ok(self.lose_sync(instrument, ts_event, recv_ns, &d, raw, emit));
                 }
                 last
             }
         };
-        let (first, last, time) = (d.first_id, d.last_id, d.time_ms);
-        self.counters.events += self.levels.emit(instrument, ms(time), recv_ns, (first, last, prev), false, emit);
+        let (first, last) = (d.first_id, d.last_id);
+        self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (first, last, prev), false, emit);
         if let Some(book) = self.books.get_mut(instrument.index()) {
             book.state = SyncState::Synced { last };
+            book.stale_run = 0;
         }
         Ok(FrameOutcome::Applied)
     }
 
-    /// A break in the sequence: the core is told with the venue's own previous id (so its
-    /// book goes out of sync and risk refuses orders on it), and a new snapshot is needed.
+    /// An event older than the book: dropped and counted; past [`MAX_STALE_RUN`] live ones in
+    /// a row, the stream is not going to reach the book: a break.
+    #[allow(clippy::too_many_arguments)]
+    fn on_stale(
+        &mut self,
+        instrument: InstrumentId,
+        ts_event: u64,
+        recv_ns: u64,
+        d: &BinanceDepth<'_>,
+        raw: &[u8],
+        buffered: bool,
+        emit: &mut impl FnMut(Event),
+    ) -> FrameOutcome {
+        self.counters.stale += 1;
+        if buffered {
+            return FrameOutcome::Applied;
+        }
+        let Some(book) = self.books.get_mut(instrument.index()) else {
+            return FrameOutcome::Applied;
+        };
+        book.stale_run += 1;
+        if book.stale_run > MAX_STALE_RUN {
+            return self.lose_sync(instrument, ts_event, recv_ns, d, raw, emit);
+        }
+        FrameOutcome::Applied
+    }
+
+    /// A break in the sequence: the core is told by a [`DELTA_RESYNC`] marker (so its book goes
+    /// out of sync and risk refuses orders on it, whatever the ids), and a new snapshot is
+    /// needed. The marker carries the venue's ids of the event that broke the sequence.
     fn lose_sync(
         &mut self,
         instrument: InstrumentId,
+        ts_event: u64,
         recv_ns: u64,
         d: &BinanceDepth<'_>,
         raw: &[u8],
@@ -355,14 +415,23 @@ impl BinanceFeed {
             BinanceMarket::Spot => d.first_id.saturating_sub(1),
             BinanceMarket::UsdM => d.prev_id.unwrap_or(0),
         };
-        self.levels.clear();
-        self.counters.events +=
-            self.levels.emit(instrument, ms(d.time_ms), recv_ns, (d.first_id, d.last_id, venue_prev.max(1)), false, emit);
+        emit(Event::BookDelta(BookDelta {
+            ts_event,
+            ts_recv: recv_ns,
+            instrument,
+            flags: DELTA_LAST | DELTA_RESYNC,
+            first_update_id: d.first_id,
+            last_update_id: d.last_id,
+            prev_update_id: venue_prev.max(1),
+            ..BookDelta::default()
+        }));
+        self.counters.events += 1;
         self.counters.gaps += 1;
         if let Some(book) = self.books.get_mut(instrument.index()) {
             book.buffer.clear();
             book.buffer.push((recv_ns, raw.to_vec()));
             book.state = SyncState::AwaitingSnapshot { requested: true };
+            book.stale_run = 0;
         }
         FrameOutcome::NeedSnapshot(instrument)
     }

@@ -213,3 +213,157 @@ fn a_reset_takes_the_core_book_out_of_sync_until_the_next_snapshot() {
     apply(&mut book, &out);
     assert!(book.in_sync());
 }
+
+/// The four-line repro of a book frozen while in sync: a snapshot, an event whose `u` jumped
+/// far ahead (one corrupt digit), then events behind it that remove the top levels.
+fn frozen_book_repro(market: BinanceMarket) -> (BinanceFeed, OrderBook, FrameOutcome) {
+    let venue = if market == BinanceMarket::Spot { "binance" } else { "binance-usdm" };
+    let mut feed = BinanceFeed::new(market, &registry(venue), venue);
+    let mut book = OrderBook::default();
+    let pu = |p: u64| if market == BinanceMarket::UsdM { format!(r#","pu":{p}"#) } else { String::new() };
+    let d = |u0: u64, u1: u64, p: u64, levels: &str| {
+        format!(r#"{{"e":"depthUpdate","E":1,"T":1,"s":"BNBUSDT","U":{u0},"u":{u1}{},{levels}}}"#, pu(p))
+    };
+    apply(&mut book, &run(&mut feed, &d(100, 110, 99, r#""b":[["25.0","1"]],"a":[["26.0","1"]]"#)).1);
+    let mut out = Vec::new();
+    let snapshot = r#"{"lastUpdateId":105,"bids":[["24.0","1"]],"asks":[["27.0","1"]]}"#;
+    feed.on_snapshot(None, 9, snapshot.as_bytes(), &mut |e| out.push(e));
+    apply(&mut book, &out);
+    assert_eq!(book.best_bid().unwrap().price, Price::parse("25.0").unwrap());
+    let (o, ev) = run(&mut feed, &d(111, 910_000, 110, r#""b":[],"a":[]"#));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::Applied, "it continues 110: nothing can tell it is wrong yet");
+    let (o, ev) = run(&mut feed, &d(911, 920, 910, r#""b":[["25.0","0"]],"a":[["26.0","0"]]"#));
+    apply(&mut book, &ev);
+    (feed, book, o)
+}
+
+#[test]
+fn an_id_that_jumped_ahead_then_events_behind_it_are_a_gap_not_a_frozen_book() {
+    for market in [BinanceMarket::UsdM, BinanceMarket::Spot] {
+        let (mut feed, mut book, o) = frozen_book_repro(market);
+        let inst = InstrumentId(0);
+        assert_eq!(o, FrameOutcome::NeedSnapshot(inst), "{market:?}");
+        assert!(!feed.in_sync(inst) && !book.in_sync(), "{market:?}: the book says it is out of sync");
+        assert_eq!((feed.counters.gaps, feed.counters.stale), (1, 0), "{market:?}");
+        // A new snapshot resyncs from the buffered event that broke the sequence.
+        let mut out = Vec::new();
+        let snapshot = r#"{"lastUpdateId":915,"bids":[["25.0","2"],["23.0","1"]],"asks":[["26.0","2"],["28.0","1"]]}"#;
+        feed.on_snapshot(Some(inst), 10, snapshot.as_bytes(), &mut |e| out.push(e));
+        apply(&mut book, &out);
+        assert!(feed.in_sync(inst) && book.in_sync(), "{market:?}");
+        assert_eq!(
+            (book.best_bid().unwrap().price, book.best_ask().unwrap().price),
+            (Price::parse("23.0").unwrap(), Price::parse("28.0").unwrap()),
+            "{market:?}: the buffered 911-920 removed both top levels"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_the_stream_never_reaches_is_a_gap() {
+    for market in [BinanceMarket::UsdM, BinanceMarket::Spot] {
+        let venue = if market == BinanceMarket::Spot { "binance" } else { "binance-usdm" };
+        let mut feed = BinanceFeed::new(market, &registry(venue), venue);
+        let mut book = OrderBook::default();
+        let inst = InstrumentId(0);
+        run(&mut feed, &depth(150, 158, Some(149), "25.5"));
+        let mut out = Vec::new();
+        let huge = r#"{"lastUpdateId":9158000000,"bids":[["25.0","1"]],"asks":[["30.0","3"]]}"#;
+        feed.on_snapshot(Some(inst), 9, huge.as_bytes(), &mut |e| out.push(e));
+        apply(&mut book, &out);
+        // A stream lagging the snapshot is stale for a while: allowed, up to the bound.
+        for k in 0..u64::from(MAX_STALE_RUN) {
+            let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, Some(158 + k), "25.6"));
+            assert_eq!((o, ev.len()), (FrameOutcome::Applied, 0));
+        }
+        assert!(feed.in_sync(inst) && book.in_sync());
+        let k = u64::from(MAX_STALE_RUN);
+        let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, Some(158 + k), "25.6"));
+        apply(&mut book, &ev);
+        assert_eq!(o, FrameOutcome::NeedSnapshot(inst), "{market:?}");
+        assert!(!feed.in_sync(inst) && !book.in_sync(), "{market:?}");
+        // The buffered event was stale too, but it does not count towards the run.
+        assert_eq!((feed.counters.gaps, feed.counters.stale), (1, u64::from(MAX_STALE_RUN) + 2), "{market:?}");
+    }
+}
+
+#[test]
+fn repeats_of_the_last_event_without_end_are_a_gap() {
+    let mut feed = BinanceFeed::new(BinanceMarket::UsdM, &registry("binance-usdm"), "binance-usdm");
+    let mut book = OrderBook::default();
+    run(&mut feed, &depth(150, 158, Some(149), "25.5"));
+    let mut out = Vec::new();
+    feed.on_snapshot(None, 9, SNAPSHOT.as_bytes(), &mut |e| out.push(e));
+    apply(&mut book, &out);
+    let mut last = FrameOutcome::Applied;
+    for _ in 0..=MAX_STALE_RUN {
+        let (o, ev) = run(&mut feed, &depth(150, 158, Some(149), "25.5"));
+        apply(&mut book, &ev);
+        last = o;
+    }
+    assert_eq!(last, FrameOutcome::NeedSnapshot(InstrumentId(0)));
+    assert!(!book.in_sync());
+    assert_eq!(feed.counters.gaps, 1);
+}
+
+#[test]
+fn impossible_numbers_and_vanishing_frames_are_counted_skips_never_events() {
+    for market in [BinanceMarket::UsdM, BinanceMarket::Spot] {
+        let venue = if market == BinanceMarket::Spot { "binance" } else { "binance-usdm" };
+        let mut feed = BinanceFeed::new(market, &registry(venue), venue);
+        let trade =
+            |p: &str, q: &str, t: &str| format!(r#"{{"e":"trade","E":1,"s":"BNBUSDT","t":1,"p":"{p}","q":"{q}","T":{t},"m":true}}"#);
+        let ticker = |b: &str, bq: &str, a: &str, aq: &str| {
+            format!(r#"{{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BNBUSDT","b":"{b}","B":"{bq}","a":"{a}","A":"{aq}"}}"#)
+        };
+        let level =
+            |p: &str, q: &str| format!(r#"{{"e":"depthUpdate","E":1,"s":"BNBUSDT","U":1,"u":2,"pu":0,"b":[["{p}","{q}"]],"a":[]}}"#);
+        let cases = [
+            (trade("-0.001", "1", "1"), "bad_decimal"),
+            (trade("0", "1", "1"), "bad_decimal"),
+            (trade("0.000", "1", "1"), "bad_decimal"),
+            (trade("NaN", "1", "1"), "bad_decimal"),
+            (trade("inf", "1", "1"), "bad_decimal"),
+            (trade("1e400", "1", "1"), "bad_decimal"),
+            (trade("99999999999", "1", "1"), "bad_decimal"),
+            (trade("1", "-5", "1"), "bad_decimal"),
+            (trade("1", "NaN", "1"), "bad_decimal"),
+            (trade("1", "1", "18446744073710"), "bad_timestamp"),
+            (trade("1", "1", "9223372036855"), "bad_timestamp"),
+            (r#"{"e":"trade","E":1,"s":"","t":1,"p":"1","q":"1","T":1,"m":true}"#.to_string(), "missing_field"),
+            (ticker("-25.3", "1", "25.4", "1"), "bad_decimal"),
+            (ticker("25.3", "NaN", "25.4", "1"), "bad_decimal"),
+            (ticker("25.3", "1", "1e400", "1"), "bad_decimal"),
+            (ticker("25.3", "1", "25.4", "-5"), "bad_decimal"),
+            (ticker("25.5", "1", "25.4", "1"), "crossed_quote"),
+            (r#"{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BNBUSDT","b":"25.3","B":31.2,"a":"25.4","A":"1"}"#.to_string(), "missing_field"),
+            (r#"{"e":"bookTicker","E":1,"T":1,"s":"BNBUSDT","b":"25.3","B":"31.2","a":"25.4","A":"1"}"#.to_string(), "missing_field"),
+            (r#"{"s":"BNBUSDT","b":"25.3","B":"31.2","a":"25.4","A":"1"}"#.to_string(), "missing_field"),
+            (
+                r#"{"e":"bookTicker","u":5,"E":1,"T":99999999999999999,"s":"BNBUSDT","b":"1","B":"1","a":"2","A":"1"}"#.to_string(),
+                "bad_timestamp",
+            ),
+            (level("-25.0", "1"), "bad_decimal"),
+            (level("0", "1"), "bad_decimal"),
+            (level("25.0", "-1"), "bad_decimal"),
+            (level("NaN", "1"), "bad_decimal"),
+            (r#"{"e":"depthUpdate","E":18446744073710,"s":"BNBUSDT","U":1,"u":2,"pu":0,"b":[],"a":[]}"#.to_string(), "bad_timestamp"),
+        ];
+        for (frame, label) in &cases {
+            let (o, ev) = run(&mut feed, frame);
+            let FrameOutcome::Skipped(e) = o else { panic!("{market:?} {frame}: {o:?}") };
+            assert_eq!(e.label(), *label, "{market:?} {frame}: {e}");
+            assert!(ev.is_empty(), "{frame}: nothing emitted");
+        }
+        assert_eq!(feed.counters.skipped(), cases.len() as u64);
+        assert_eq!((feed.counters.events, feed.counters.ignored), (0, 0), "{market:?}: nothing vanished");
+        // A bad snapshot level is a skip too, and the book keeps waiting.
+        let mut out = Vec::new();
+        let o = feed.on_snapshot(Some(InstrumentId(0)), 9, br#"{"lastUpdateId":5,"bids":[["-1","1"]],"asks":[]}"#, &mut |e| out.push(e));
+        assert!(matches!(o, FrameOutcome::Skipped(FeedError::Decimal { .. })), "{o:?}");
+        assert!(out.is_empty() && !feed.in_sync(InstrumentId(0)));
+        // A locked quote (bid == ask) is a quote.
+        assert_eq!(run(&mut feed, &ticker("25.4", "1", "25.4", "1")).0, FrameOutcome::Applied);
+    }
+}

@@ -252,7 +252,7 @@ fn parse_book<'a>(env: &Envelope<'a>) -> Result<BybitBook<'a>, FeedError> {
     for field in fields(data_object(env)?)? {
         let (key, v) = field?;
         match key {
-            b"s" => s = v.as_plain_str(),
+            b"s" => s = v.as_symbol(),
             b"u" => u = v.as_u64(),
             b"seq" => seq = v.as_u64(),
             b"b" => b = Some(v),
@@ -278,7 +278,7 @@ fn parse_trade(element: &[u8]) -> Result<BybitTrade<'_>, FeedError> {
         let (key, value) = field?;
         match key {
             b"T" => t = value.as_u64(),
-            b"s" => s = value.as_plain_str(),
+            b"s" => s = value.as_symbol(),
             b"S" => {
                 side = match value.as_str_bytes() {
                     Some(b"Buy") => Some(Side::Buy),
@@ -314,7 +314,7 @@ fn parse_ticker<'a>(env: &Envelope<'a>) -> Result<BybitTicker<'a>, FeedError> {
         let (key, v) = field?;
         let (slot, name) = match key {
             b"symbol" => {
-                symbol = v.as_plain_str();
+                symbol = v.as_symbol();
                 continue;
             }
             b"bid1Price" => (&mut bid_price, "bid1Price"),

@@ -4,7 +4,10 @@
 //!
 //! 1. on subscription Bybit pushes a `snapshot`; a snapshot, or any message with `u == 1`
 //!    (the service restarted), replaces the book;
-//! 2. every `delta` must continue the last message: `u == previous u + 1`;
+//! 2. every `delta` must continue the last message: `u == previous u + 1`; a repeat of the
+//!    last `u` is dropped (stale), but an id that went backwards is a break (an earlier id,
+//!    already applied, was corrupt: the book would otherwise freeze, every later delta
+//!    "stale"), and so is a run of more than [`MAX_STALE_RUN`] repeats;
 //! 3. there is no REST snapshot to fetch: after a break the caller resubscribes the topic
 //!    and Bybit pushes a fresh snapshot.
 //!
@@ -13,6 +16,9 @@
 //! that arrive while no snapshot is applied (before the first one, after a gap), and repeats
 //! of an applied `u`, are dropped and counted in [`FeedCounters::stale`]: they are not gaps of
 //! their own, the gap was counted once.
+//!
+//! Prices must be positive, quantities non-negative, merged ticker quotes uncrossed and
+//! timestamps in range ([`crate::feed`]); anything else skips the whole frame, counted.
 //!
 //! `publicTrade` messages are arrays: one [`Trade`] per element, `S` the taker's side.
 //! `tickers` deltas leave out unchanged fields, so the last best bid/ask of each instrument
@@ -26,10 +32,11 @@ pub mod instruments;
 pub mod market;
 
 use crate::binance::FrameOutcome;
-use crate::feed::{price, qty, FeedCounters, FeedError, LevelBuffer, SymbolTable};
+pub use crate::binance::MAX_STALE_RUN;
+use crate::feed::{ms_to_ns, price, qty, uncrossed, FeedCounters, FeedError, LevelBuffer, SymbolTable};
 use market::{parse_frame, BybitBook, BybitTicker, BybitTrades};
 pub use market::{BybitCategory, BybitFrame};
-use sapphire_core::event::{BookDelta, Event, Quote, Trade, DELTA_LAST};
+use sapphire_core::event::{BookDelta, Event, Quote, Trade, DELTA_LAST, DELTA_RESYNC};
 use sapphire_core::fixed::{Price, Quantity};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 
@@ -37,8 +44,9 @@ use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 enum SyncState {
     /// No snapshot applied; `requested` once the caller was told to resubscribe.
     AwaitingSnapshot { requested: bool },
-    /// In sequence; `last` is the update id (`u`) of the last message applied.
-    Synced { last: u64 },
+    /// In sequence; `last` is the update id (`u`) of the last message applied, `repeats` the
+    /// repeats of it seen in a row since.
+    Synced { last: u64, repeats: u32 },
 }
 
 /// The last best bid/ask a `tickers` stream told us; `None` until the venue sent the field.
@@ -97,12 +105,6 @@ pub struct BybitFeed {
     pub counters: FeedCounters,
 }
 
-/// Milliseconds to nanoseconds.
-#[inline]
-fn ms(t: u64) -> u64 {
-    t.saturating_mul(1_000_000)
-}
-
 impl BybitFeed {
     /// An adapter for the instruments of `venue` (e.g. `bybit`, `bybit-linear`) in `registry`.
     pub fn new(category: BybitCategory, registry: &InstrumentRegistry, venue: &str) -> Self {
@@ -147,15 +149,15 @@ impl BybitFeed {
     /// instead of trading on a frozen book until the new snapshot.
     pub fn reset_books(&mut self, recv_ns: u64, emit: &mut impl FnMut(Event)) {
         for (i, state) in self.books.iter_mut().enumerate() {
-            if let SyncState::Synced { last } = *state {
+            if let SyncState::Synced { last, .. } = *state {
                 emit(Event::BookDelta(BookDelta {
                     ts_event: recv_ns,
                     ts_recv: recv_ns,
                     instrument: InstrumentId(i as u32),
-                    flags: DELTA_LAST,
-                    first_update_id: last + 2,
-                    last_update_id: last + 2,
-                    prev_update_id: last + 1,
+                    flags: DELTA_LAST | DELTA_RESYNC,
+                    first_update_id: last.saturating_add(2),
+                    last_update_id: last.saturating_add(2),
+                    prev_update_id: last.saturating_add(1),
                     ..BookDelta::default()
                 }));
                 self.counters.events += 1;
@@ -209,7 +211,7 @@ impl BybitFeed {
             let t = t?;
             let instrument = self.instrument(t.symbol)?;
             self.trades.push(Trade {
-                ts_event: ms(t.time_ms),
+                ts_event: ms_to_ns("T", t.time_ms)?,
                 ts_recv: recv_ns,
                 instrument,
                 aggressor: t.taker_side,
@@ -234,6 +236,7 @@ impl BybitFeed {
     fn on_ticker(&mut self, recv_ns: u64, t: BybitTicker<'_>, emit: &mut impl FnMut(Event)) -> Result<FrameOutcome, FeedError> {
         let instrument = self.instrument(t.symbol)?;
         // Every field is checked before the kept state changes.
+        let ts_event = ms_to_ns("ts", t.ts_ms)?;
         let bid_price = TickerField::parse(t.bid_price, |b| price("bid1Price", b))?;
         let bid_qty = TickerField::parse(t.bid_qty, |b| qty("bid1Size", b))?;
         let ask_price = TickerField::parse(t.ask_price, |b| price("ask1Price", b))?;
@@ -241,20 +244,23 @@ impl BybitFeed {
         let Some(top) = self.tops.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
-        if t.snapshot {
-            *top = TopOfBook::default();
-        }
         let changed = !(bid_price.is_unchanged() && bid_qty.is_unchanged() && ask_price.is_unchanged() && ask_qty.is_unchanged());
-        bid_price.merge_into(&mut top.bid_price);
-        bid_qty.merge_into(&mut top.bid_qty);
-        ask_price.merge_into(&mut top.ask_price);
-        ask_qty.merge_into(&mut top.ask_qty);
+        let mut merged = if t.snapshot { TopOfBook::default() } else { *top };
+        bid_price.merge_into(&mut merged.bid_price);
+        bid_qty.merge_into(&mut merged.bid_qty);
+        ask_price.merge_into(&mut merged.ask_price);
+        ask_qty.merge_into(&mut merged.ask_qty);
+        // A crossed result skips the frame and keeps the last good state.
+        if let (Some(bid), Some(ask)) = (merged.bid_price, merged.ask_price) {
+            uncrossed(bid, ask)?;
+        }
+        *top = merged;
         let (Some(bid_price), Some(bid_qty), Some(ask_price), Some(ask_qty), true) =
             (top.bid_price, top.bid_qty, top.ask_price, top.ask_qty, changed)
         else {
             return Ok(self.ignore());
         };
-        let quote = Quote { ts_event: ms(t.ts_ms), ts_recv: recv_ns, instrument, _pad: 0, bid_price, ask_price, bid_qty, ask_qty };
+        let quote = Quote { ts_event, ts_recv: recv_ns, instrument, _pad: 0, bid_price, ask_price, bid_qty, ask_qty };
         self.counters.events += 1;
         emit(Event::Quote(quote));
         Ok(FrameOutcome::Applied)
@@ -262,14 +268,14 @@ impl BybitFeed {
 
     fn on_book(&mut self, recv_ns: u64, b: BybitBook<'_>, emit: &mut impl FnMut(Event)) -> Result<FrameOutcome, FeedError> {
         let instrument = self.instrument(b.symbol)?;
-        let (u, ts_event, resets) = (b.update_id, ms(b.time_ms()), b.resets());
+        let (u, ts_event, resets) = (b.update_id, ms_to_ns("cts", b.time_ms())?, b.resets());
         // Every level is checked before the sequence moves or anything is emitted.
         self.levels.collect(b.bids, b.asks)?;
         let Some(state) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
         if resets {
-            *state = SyncState::Synced { last: u };
+            *state = SyncState::Synced { last: u, repeats: 0 };
             self.counters.snapshots += 1;
             self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, 0), true, emit);
             return Ok(FrameOutcome::Applied);
@@ -280,26 +286,37 @@ impl BybitFeed {
                 self.counters.stale += 1;
                 Ok(if requested { FrameOutcome::Applied } else { FrameOutcome::NeedSnapshot(instrument) })
             }
-            // A repeat of a message already applied.
-            SyncState::Synced { last } if u <= last => {
+            // A repeat of the last message applied, a bounded number of times.
+            SyncState::Synced { last, repeats } if u == last && repeats < MAX_STALE_RUN => {
+                *state = SyncState::Synced { last, repeats: repeats + 1 };
                 self.counters.stale += 1;
                 Ok(FrameOutcome::Applied)
             }
-            SyncState::Synced { last } if u - 1 == last => {
-                *state = SyncState::Synced { last: u };
+            SyncState::Synced { last, .. } if last.checked_add(1) == Some(u) => {
+                *state = SyncState::Synced { last: u, repeats: 0 };
                 self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, last), false, emit);
                 Ok(FrameOutcome::Applied)
             }
+            // Ahead (a message lost), behind (an earlier id was corrupt), or repeats without end.
             SyncState::Synced { .. } => Ok(self.lose_sync(instrument, ts_event, recv_ns, u, emit)),
         }
     }
 
-    /// A break in the sequence: the core is told with the venue's own previous id (`u - 1`,
-    /// not the id it holds, so its book goes out of sync and risk refuses orders on it), and
-    /// the caller must resubscribe for a new snapshot.
+    /// A break in the sequence: the core is told by a [`DELTA_RESYNC`] marker (so its book
+    /// goes out of sync and risk refuses orders on it, whatever the ids), and the caller must
+    /// resubscribe for a new snapshot.
     fn lose_sync(&mut self, instrument: InstrumentId, ts_event: u64, recv_ns: u64, u: u64, emit: &mut impl FnMut(Event)) -> FrameOutcome {
-        self.levels.clear();
-        self.counters.events += self.levels.emit(instrument, ts_event, recv_ns, (u, u, u.saturating_sub(1).max(1)), false, emit);
+        emit(Event::BookDelta(BookDelta {
+            ts_event,
+            ts_recv: recv_ns,
+            instrument,
+            flags: DELTA_LAST | DELTA_RESYNC,
+            first_update_id: u,
+            last_update_id: u,
+            prev_update_id: u.saturating_sub(1).max(1),
+            ..BookDelta::default()
+        }));
+        self.counters.events += 1;
         self.counters.gaps += 1;
         if let Some(state) = self.books.get_mut(instrument.index()) {
             *state = SyncState::AwaitingSnapshot { requested: true };

@@ -2,7 +2,7 @@
 
 use super::*;
 use sapphire_core::book::OrderBook;
-use sapphire_core::event::{Side, DELTA_CLEAR, DELTA_LAST, DELTA_SNAPSHOT};
+use sapphire_core::event::{Side, DELTA_CLEAR, DELTA_LAST, DELTA_RESYNC, DELTA_SNAPSHOT};
 use sapphire_core::fixed::Money;
 use sapphire_core::instrument::{InstrumentSpec, MarketType};
 
@@ -198,7 +198,11 @@ fn book_sync_snapshot_continuity_gap_and_resync() {
     let (o, ev) = run(&mut feed, &book_frame("delta", 505, ("100.7", "1")));
     apply(&mut book, &ev);
     assert_eq!(o, FrameOutcome::NeedSnapshot(BTC));
-    assert_eq!(deltas(&ev), vec![(Side::Buy, Price::ZERO, Quantity::ZERO, DELTA_LAST, 505, 505, 504)], "a no-op carrying the break");
+    assert_eq!(
+        deltas(&ev),
+        vec![(Side::Buy, Price::ZERO, Quantity::ZERO, DELTA_LAST | DELTA_RESYNC, 505, 505, 504)],
+        "a no-op carrying the break"
+    );
     assert!(!book.in_sync() && !feed.in_sync(BTC));
     assert_eq!(feed.counters.gaps, 1);
     assert_eq!(book.best_bid().unwrap().price, px("100.5"), "the gapped message's levels are not applied");
@@ -479,4 +483,96 @@ mod props {
             }
         }
     }
+}
+
+#[test]
+fn an_id_that_went_backwards_is_a_gap_not_a_frozen_book() {
+    let mut feed = feed();
+    let mut book = OrderBook::default();
+    apply(&mut book, &run(&mut feed, &book_frame("snapshot", 500, ("100.0", "1"))).1);
+    // One corrupt digit: a snapshot far ahead of the stream (a delta would already be a gap).
+    let (o, ev) = run(&mut feed, &book_frame("snapshot", 9_000_501, ("100.5", "1")));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::Applied);
+    // The next delta is behind it: not stale for ever, a break.
+    let (o, ev) = run(&mut feed, &book_frame("delta", 502, ("100.0", "0")));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::NeedSnapshot(BTC));
+    assert!(!feed.in_sync(BTC) && !book.in_sync());
+    assert_eq!((feed.counters.gaps, feed.counters.stale), (1, 0));
+}
+
+#[test]
+fn repeats_of_the_last_message_without_end_are_a_gap() {
+    let mut feed = feed();
+    let mut book = OrderBook::default();
+    apply(&mut book, &run(&mut feed, &book_frame("snapshot", 500, ("100.0", "1"))).1);
+    for _ in 0..MAX_STALE_RUN {
+        let (o, ev) = run(&mut feed, &book_frame("delta", 500, ("100.0", "1")));
+        assert_eq!((o, ev.len()), (FrameOutcome::Applied, 0));
+    }
+    assert!(feed.in_sync(BTC));
+    let (o, ev) = run(&mut feed, &book_frame("delta", 500, ("100.0", "1")));
+    apply(&mut book, &ev);
+    assert_eq!(o, FrameOutcome::NeedSnapshot(BTC));
+    assert!(!book.in_sync());
+    assert_eq!((feed.counters.gaps, feed.counters.stale), (1, u64::from(MAX_STALE_RUN)));
+}
+
+#[test]
+fn impossible_numbers_are_counted_skips_never_events() {
+    let mut feed = feed();
+    let trade = |p: &str, v: &str, t: &str| {
+        format!(
+            r#"{{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[{{"T":{t},"s":"BTCUSDT","S":"Buy","v":"{v}","p":"{p}","i":"1"}}]}}"#
+        )
+    };
+    let book = |p: &str, q: &str| {
+        format!(r#"{{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":1,"data":{{"s":"BTCUSDT","b":[["{p}","{q}"]],"a":[],"u":5}}}}"#)
+    };
+    let ticker = |kind: &str, fields: &str| {
+        format!(r#"{{"topic":"tickers.BTCUSDT","type":"{kind}","ts":1,"data":{{"symbol":"BTCUSDT",{fields}}}}}"#)
+    };
+    let cases = [
+        (trade("-30000", "1", "1"), "bad_decimal"),
+        (trade("0", "1", "1"), "bad_decimal"),
+        (trade("NaN", "1", "1"), "bad_decimal"),
+        (trade("1e400", "1", "1"), "bad_decimal"),
+        (trade("30000", "-1", "1"), "bad_decimal"),
+        (trade("30000", "1", "18446744073710"), "bad_timestamp"),
+        (
+            r#"{"topic":"publicTrade.BTCUSDT","type":"snapshot","ts":1,"data":[{"T":1,"s":"","S":"Buy","v":"1","p":"1","i":"1"}]}"#
+                .to_string(),
+            "missing_field",
+        ),
+        (book("-1", "1"), "bad_decimal"),
+        (book("0", "1"), "bad_decimal"),
+        (book("inf", "1"), "bad_decimal"),
+        (book("1", "-1"), "bad_decimal"),
+        (
+            r#"{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":18446744073710,"data":{"s":"BTCUSDT","b":[],"a":[],"u":5}}"#
+                .to_string(),
+            "bad_timestamp",
+        ),
+        (r#"{"topic":"orderbook.50.BTCUSDT","type":"snapshot","ts":1,"data":{"s":"","b":[],"a":[],"u":5}}"#.to_string(), "missing_field"),
+        (ticker("snapshot", r#""bid1Price":"-1","bid1Size":"1","ask1Price":"2","ask1Size":"1""#), "bad_decimal"),
+        (ticker("snapshot", r#""bid1Price":"1","bid1Size":"-1","ask1Price":"2","ask1Size":"1""#), "bad_decimal"),
+        (ticker("snapshot", r#""bid1Price":"3","bid1Size":"1","ask1Price":"2","ask1Size":"1""#), "crossed_quote"),
+        (r#"{"topic":"tickers.BTCUSDT","type":"snapshot","ts":1,"data":{"symbol":""}}"#.to_string(), "missing_field"),
+    ];
+    for (frame, label) in &cases {
+        let (o, ev) = run(&mut feed, frame);
+        let FrameOutcome::Skipped(e) = o else { panic!("{frame}: {o:?}") };
+        assert_eq!(e.label(), *label, "{frame}: {e}");
+        assert!(ev.is_empty(), "{frame}: nothing emitted");
+    }
+    assert_eq!(feed.counters.skipped(), cases.len() as u64);
+    // A delta that would cross the kept quote is skipped, and the kept quote stays.
+    let good = ticker("snapshot", r#""bid1Price":"1","bid1Size":"1","ask1Price":"2","ask1Size":"1""#);
+    assert_eq!(run(&mut feed, &good).0, FrameOutcome::Applied);
+    let (o, ev) = run(&mut feed, &ticker("delta", r#""bid1Price":"2.5""#));
+    assert_eq!((o, ev.len()), (FrameOutcome::Skipped(FeedError::CrossedQuote), 0));
+    let (_, ev) = run(&mut feed, &ticker("delta", r#""ask1Size":"3""#));
+    let Event::Quote(q) = ev[0] else { panic!("{ev:?}") };
+    assert_eq!((q.bid_price, q.ask_price, q.ask_qty), (px("1"), px("2"), self::q("3")));
 }
