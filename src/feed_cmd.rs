@@ -8,6 +8,7 @@ use sapphire_gateway::binance::market::{parse_frame, BinanceFrame};
 use sapphire_gateway::binance::{BinanceFeed, BinanceMarket, FrameOutcome};
 use sapphire_gateway::bybit::market::{parse_frame as parse_bybit, BybitCategory, BybitFrame};
 use sapphire_gateway::bybit::BybitFeed;
+use sapphire_gateway::feed::ms_to_ns;
 use sapphire_gateway::json::Levels;
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
@@ -36,19 +37,49 @@ impl Source {
     }
 }
 
-/// The non-empty input lines as `(line number, recv_ns or 0, frame)`.
-fn frame_lines(input: impl BufRead) -> impl Iterator<Item = anyhow::Result<(usize, u64, String)>> {
-    input.lines().enumerate().filter_map(|(n, line)| {
+/// One non-empty input line.
+enum Line {
+    /// `(line number, recv_ns or 0, frame)`.
+    Frame(usize, u64, String),
+    /// A line that is not UTF-8: skipped and counted, like `replay` does, and reading goes on.
+    NotUtf8(usize),
+}
+
+/// The non-empty input lines.
+fn frame_lines(input: impl BufRead) -> impl Iterator<Item = anyhow::Result<Line>> {
+    input.split(b'\n').enumerate().filter_map(|(n, line)| {
         let line_no = n + 1;
-        match line.with_context(|| format!("reading input line {line_no}")) {
-            Err(e) => Some(Err(e)),
+        let line = match line.with_context(|| format!("reading input line {line_no}")) {
+            Err(e) => return Some(Err(e)),
+            Ok(line) => line,
+        };
+        match String::from_utf8(line) {
+            Err(_) => Some(Ok(Line::NotUtf8(line_no))),
             Ok(line) if line.trim().is_empty() => None,
             Ok(line) => {
                 let (recv, frame) = split_recv(line.trim());
-                Some(Ok((line_no, recv.unwrap_or(0), frame.to_string())))
+                Some(Ok(Line::Frame(line_no, recv.unwrap_or(0), frame.to_string())))
             }
         }
     })
+}
+
+/// The next frame of `lines`, or `None` after a line that was counted as skipped.
+fn next_frame(line: anyhow::Result<Line>, skipped: &mut u64, errors: &mut impl Write) -> anyhow::Result<Option<(usize, u64, String)>> {
+    match line? {
+        Line::Frame(n, recv, frame) => Ok(Some((n, recv, frame))),
+        Line::NotUtf8(n) => {
+            *skipped += 1;
+            writeln!(errors, "line {n}: skipped: not UTF-8")?;
+            Ok(None)
+        }
+    }
+}
+
+/// A venue's millisecond time as the feed converts it (the frame was accepted by the feed, so
+/// it is in range; a frame it refused never gets here).
+fn ns(ms: u64) -> u64 {
+    ms_to_ns("T", ms).unwrap_or_default()
 }
 
 /// Splits an optional `<recv_ns> ` prefix off a line.
@@ -163,7 +194,7 @@ fn decode_bybit(
         let _ = write!(out, ",\"ts_event\":{ts}");
     };
     for line in frame_lines(input) {
-        let (line_no, recv, frame) = line?;
+        let Some((line_no, recv, frame)) = next_frame(line, &mut skipped, &mut errors)? else { continue };
         let frame = frame.as_str();
         let parsed = match parse_bybit(frame.as_bytes()) {
             Ok(f) => f,
@@ -200,7 +231,7 @@ fn decode_bybit(
         match parsed {
             BybitFrame::Book(b) => {
                 let kind = if b.resets() { "book_snapshot" } else { "book_delta" };
-                head(&mut out, kind, b.symbol, b.time_ms() * 1_000_000);
+                head(&mut out, kind, b.symbol, ns(b.time_ms()));
                 let _ = write!(out, ",\"first_id\":{},\"last_id\":{},\"prev_id\":null", b.update_id, b.update_id);
                 levels(&mut out, "bids", b.bids.clone());
                 levels(&mut out, "asks", b.asks.clone());
@@ -214,7 +245,7 @@ fn decode_bybit(
             }
             BybitFrame::Trades(trades) => {
                 for t in trades.flatten() {
-                    head(&mut out, "trade", t.symbol, t.time_ms * 1_000_000);
+                    head(&mut out, "trade", t.symbol, ns(t.time_ms));
                     out.push_str(",\"px\":");
                     json_str(&mut out, text(t.price));
                     out.push_str(",\"qty\":");
@@ -276,13 +307,14 @@ fn decode_binance(
         BinanceMarket::Spot => "binance",
         BinanceMarket::UsdM => "binance-usdm",
     };
-    let mut books =
-        with_book.then(|| Books { feed: BinanceFeed::new(market, &InstrumentRegistry::new(), venue), books: Vec::new(), last_depth: None });
+    // Every frame goes through the feed adapter, book or not: validation never depends on the
+    // output mode. The book's top is printed only with `--book`.
+    let mut b = Books { feed: BinanceFeed::new(market, &InstrumentRegistry::new(), venue), books: Vec::new(), last_depth: None };
     let mut last_depth_symbol: Option<String> = None;
     let (mut written, mut skipped) = (0u64, 0u64);
     let mut out = String::with_capacity(4_096);
     for line in frame_lines(input) {
-        let (line_no, recv, frame) = line?;
+        let Some((line_no, recv, frame)) = next_frame(line, &mut skipped, &mut errors)? else { continue };
         let frame = frame.as_str();
         let parsed = match parse_frame(frame.as_bytes()) {
             Ok(f) => f,
@@ -299,7 +331,7 @@ fn decode_binance(
                 json_str(&mut out, venue);
                 out.push_str(",\"symbol\":");
                 json_str(&mut out, t.symbol);
-                let _ = write!(out, ",\"ts_event\":{}", t.time_ms.map_or(recv, |m| m * 1_000_000));
+                let _ = write!(out, ",\"ts_event\":{}", t.time_ms.map_or(recv, ns));
                 for (k, v) in [("bid_px", t.bid.0), ("bid_qty", t.bid.1), ("ask_px", t.ask.0), ("ask_qty", t.ask.1)] {
                     let _ = write!(out, ",\"{k}\":");
                     json_str(&mut out, text(v));
@@ -312,7 +344,7 @@ fn decode_binance(
                 json_str(&mut out, venue);
                 out.push_str(",\"symbol\":");
                 json_str(&mut out, t.symbol);
-                let _ = write!(out, ",\"ts_event\":{},\"px\":", t.time_ms * 1_000_000);
+                let _ = write!(out, ",\"ts_event\":{},\"px\":", ns(t.time_ms));
                 json_str(&mut out, text(t.price));
                 out.push_str(",\"qty\":");
                 json_str(&mut out, text(t.qty));
@@ -325,13 +357,7 @@ fn decode_binance(
                 json_str(&mut out, venue);
                 out.push_str(",\"symbol\":");
                 json_str(&mut out, d.symbol);
-                let _ = write!(
-                    out,
-                    ",\"ts_event\":{},\"first_id\":{},\"last_id\":{},\"prev_id\":",
-                    d.time_ms * 1_000_000,
-                    d.first_id,
-                    d.last_id
-                );
+                let _ = write!(out, ",\"ts_event\":{},\"first_id\":{},\"last_id\":{},\"prev_id\":", ns(d.time_ms), d.first_id, d.last_id);
                 match d.prev_id {
                     Some(p) => {
                         let _ = write!(out, "{p}");
@@ -353,7 +379,7 @@ fn decode_binance(
                 let _ = write!(
                     out,
                     ",\"ts_event\":{},\"first_id\":{},\"last_id\":{},\"prev_id\":null",
-                    s.time_ms.map_or(recv, |m| m * 1_000_000),
+                    s.time_ms.map_or(recv, ns),
                     s.last_update_id,
                     s.last_update_id
                 );
@@ -366,32 +392,30 @@ fn decode_binance(
         if !ok {
             continue;
         }
-        if let Some(b) = books.as_mut() {
-            let is_book = matches!(parsed, BinanceFrame::Depth(_) | BinanceFrame::Snapshot(_));
-            let instrument = match &parsed {
-                BinanceFrame::Depth(d) => Some(b.feed.ensure_symbol(d.symbol)),
-                BinanceFrame::BookTicker(t) => Some(b.feed.ensure_symbol(t.symbol)),
-                BinanceFrame::Trade(t) => Some(b.feed.ensure_symbol(t.symbol)),
-                _ => None,
-            };
-            if let BinanceFrame::Depth(_) = parsed {
-                b.last_depth = instrument;
-            }
-            let snapshot = matches!(parsed, BinanceFrame::Snapshot(_));
-            let target = if snapshot { b.last_depth } else { instrument };
-            if let Err(e) = b.apply(recv, frame.as_bytes(), target, snapshot) {
-                skipped += 1;
-                writeln!(errors, "line {line_no}: skipped: {e}")?;
-                continue;
-            }
-            if is_book {
+        let is_book = matches!(parsed, BinanceFrame::Depth(_) | BinanceFrame::Snapshot(_));
+        let instrument = match &parsed {
+            BinanceFrame::Depth(d) => Some(b.feed.ensure_symbol(d.symbol)),
+            BinanceFrame::BookTicker(t) => Some(b.feed.ensure_symbol(t.symbol)),
+            BinanceFrame::Trade(t) => Some(b.feed.ensure_symbol(t.symbol)),
+            _ => None,
+        };
+        if let BinanceFrame::Depth(_) = parsed {
+            b.last_depth = instrument;
+        }
+        let snapshot = matches!(parsed, BinanceFrame::Snapshot(_));
+        let target = if snapshot { b.last_depth } else { instrument };
+        if let Err(e) = b.apply(recv, frame.as_bytes(), target, snapshot) {
+            skipped += 1;
+            writeln!(errors, "line {line_no}: skipped: {e}")?;
+            continue;
+        }
+        if is_book {
+            if with_book {
                 match target {
                     Some(t) => b.top(&mut out, t),
                     None => out.push_str(",\"in_sync\":false"),
                 }
-                out.push('}');
             }
-        } else if matches!(parsed, BinanceFrame::Depth(_) | BinanceFrame::Snapshot(_)) {
             out.push('}');
         }
         writeln!(output, "{out}")?;
@@ -511,5 +535,85 @@ mod tests {
             lines[1]
         );
         assert!(lines[2].contains(r#""book_bid_px":"0.0023","book_bid_qty":"1""#), "{}", lines[2]);
+    }
+
+    fn run_on(source: Source, input: &[u8], book: bool) -> (Vec<String>, String, (u64, u64)) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let counts = decode(source, book, input, &mut out, &mut err).unwrap();
+        (String::from_utf8(out).unwrap().lines().map(String::from).collect(), String::from_utf8(err).unwrap(), counts)
+    }
+
+    #[test]
+    fn the_four_line_frozen_book_repro_ends_out_of_sync() {
+        for (market, pu) in [(BinanceMarket::UsdM, true), (BinanceMarket::Spot, false)] {
+            let pu = |p: u64| if pu { format!(r#","pu":{p}"#) } else { String::new() };
+            let input = format!(
+                "{}\n{}\n{}\n{}\n",
+                format_args!(
+                    r#"{{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":100,"u":110{},"b":[["100.0","1"]],"a":[["101.0","1"]]}}"#,
+                    pu(99)
+                ),
+                r#"{"lastUpdateId":105,"bids":[["99.0","1"]],"asks":[["102.0","1"]]}"#,
+                format_args!(r#"{{"e":"depthUpdate","E":2,"s":"BTCUSDT","U":111,"u":910000{},"b":[],"a":[]}}"#, pu(110)),
+                format_args!(
+                    r#"{{"e":"depthUpdate","E":3,"s":"BTCUSDT","U":911,"u":920{},"b":[["100.0","0"]],"a":[["101.0","0"]]}}"#,
+                    pu(910)
+                ),
+            );
+            let (lines, err, _) = run_on(Source::Binance(market), input.as_bytes(), true);
+            assert!(err.is_empty(), "{err}");
+            assert!(lines[2].ends_with(r#""in_sync":true}"#), "{market:?}: {}", lines[2]);
+            assert!(lines[3].ends_with(r#""in_sync":false}"#), "{market:?}: the book says it lost its place: {}", lines[3]);
+        }
+    }
+
+    #[test]
+    fn validation_is_the_same_with_and_without_the_book() {
+        let input = concat!(
+            r#"{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BTCUSDT","b":"25.3","B":"NaN","a":"1e400","A":"-5"}"#,
+            "\n",
+            r#"{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BTCUSDT","b":"25.3","B":"1","a":"25.4","A":"-5"}"#,
+            "\n",
+            r#"{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BTCUSDT","b":"25.5","B":"1","a":"25.4","A":"1"}"#,
+            "\n",
+            r#"{"e":"bookTicker","u":5,"E":1,"T":1,"s":"BTCUSDT","b":"25.3","B":31,"a":"25.4","A":"1"}"#,
+            "\n",
+            r#"{"e":"bookTicker","E":1,"T":1,"s":"BTCUSDT","b":"25.3","B":"1","a":"25.4","A":"1"}"#,
+            "\n",
+            r#"{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"-1","q":"1","T":1,"m":true}"#,
+            "\n",
+            r#"{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"0","q":"1","T":1,"m":true}"#,
+            "\n",
+            r#"{"e":"trade","E":1,"s":"","t":1,"p":"1","q":"1","T":1,"m":true}"#,
+            "\n",
+            r#"{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":18446744073710,"m":true}"#,
+            "\n",
+            r#"{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":1,"u":2,"pu":0,"b":[["-1","1"]],"a":[]}"#,
+            "\n",
+            r#"{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1","q":"1","T":1,"m":true}"#,
+            "\n",
+        );
+        for book in [false, true] {
+            let (lines, err, counts) = run_on(Source::Binance(BinanceMarket::UsdM), input.as_bytes(), book);
+            assert_eq!(counts, (1, 10), "book {book}: {lines:?} {err}");
+            assert!(lines[0].contains(r#""kind":"trade""#) && lines[0].contains(r#""ts_event":1000000,"#), "{}", lines[0]);
+            assert!(!err.contains("448384"));
+            for n in 1..=10 {
+                assert!(err.contains(&format!("line {n}: skipped: ")), "book {book}: line {n} not reported: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_skipped_and_reading_goes_on() {
+        let mut input = b"\xff\xfe{\"e\":\"trade\"}\n".to_vec();
+        input.extend_from_slice(br#"{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1","q":"1","T":1,"m":true}"#);
+        input.push(b'\n');
+        for source in [Source::Binance(BinanceMarket::Spot), Source::Bybit(BybitCategory::Linear)] {
+            let (lines, err, counts) = run_on(source, &input, false);
+            assert!(err.contains("line 1: skipped: not UTF-8"), "{err}");
+            let written = if matches!(source, Source::Binance(_)) { 1 } else { 0 };
+            assert_eq!((counts, lines.len() as u64), ((written, if written == 1 { 1 } else { 2 }), written), "{source:?}: {err}");
+        }
     }
 }
