@@ -450,8 +450,9 @@ impl<V: ExecutionVenue> OrderGateway<V> {
         r.last_qty = new;
         r.fee = fee;
         r.liquidity = if e.maker { Liquidity::Maker } else { Liquidity::Taker };
-        if e.time_ms > 0 {
-            r.ts_event = e.time_ms * 1_000_000;
+        // A fill is never dropped for its time: out of range keeps the report's own time.
+        if let (true, Ok(ns)) = (e.time_ms > 0, crate::feed::ms_to_ns("T", e.time_ms)) {
+            r.ts_event = ns;
         }
         self.stats.fills.fetch_add(1, Ordering::Relaxed);
         self.stats.executions.fetch_add(1, Ordering::Relaxed);
@@ -724,8 +725,8 @@ impl<V: ExecutionVenue> OrderGateway<V> {
             if done {
                 r.leaves_qty = Quantity::ZERO;
             }
-            if v.update_ms > 0 {
-                r.ts_event = v.update_ms * 1_000_000;
+            if let (true, Ok(ns)) = (v.update_ms > 0, crate::feed::ms_to_ns("updateTime", v.update_ms)) {
+                r.ts_event = ns;
             }
             self.stats.fills.fetch_add(1, Ordering::Relaxed);
             self.last_fill.insert(w.order.instrument, Instant::now());
