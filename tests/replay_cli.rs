@@ -122,7 +122,7 @@ fn out_keeps_every_output_for_journal_dump_and_report() {
     assert!(text.contains(&format!("PnL {}", money(&summary["pnl"]))), "{text}\n{summary}");
     // Exactly, not only to the cent: the output journal ends at the state the summary states,
     // whatever changed after the last timer.
-    let last_pnl = dump.lines().filter(|l| l.contains("\"kind\":\"pnl\"")).last().map(json).expect("a pnl record");
+    let last_pnl = dump.lines().rfind(|l| l.contains("\"kind\":\"pnl\"")).map(json).expect("a pnl record");
     assert_eq!(last_pnl["equity"], summary["equity"], "{last_pnl}\n{summary}");
     assert!(text.contains(&format!("fees {}", money(&summary["fees"]))), "{text}\n{summary}");
     let _ = std::fs::remove_dir_all(&dir);
