@@ -74,6 +74,12 @@ fn run_refuses_a_damaged_journal_and_repair_moves_the_damage_aside() {
     let dumped = out.lines().count();
     assert!(dumped > 0 && err.contains(&format!("stopped after {dumped} records")) && err.contains(&name), "{dumped}: {err}");
 
+    // A replay of the journal refuses it too, rather than replaying part of it as if whole.
+    let replay = sapphire().arg("replay").arg(&input).output().unwrap();
+    let (_, err) = text(&replay);
+    assert_eq!(replay.status.code(), Some(1), "{err}");
+    assert!(err.contains("journal damaged") && err.contains(&name), "{err}");
+
     // A dry run changes nothing; the repair moves the rest of the segment aside.
     let dry = sapphire().args(["journal", "repair", "--dry-run"]).arg(&input).output().unwrap();
     let (out, err) = text(&dry);
