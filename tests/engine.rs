@@ -4,7 +4,7 @@ mod common;
 
 use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output};
 use sapphire_core::event::{Event, ExecKind};
-use sapphire_core::journal::MemoryJournal;
+use sapphire_core::journal::{InputJournal, MemoryJournal};
 use sapphire_core::order::{Order, OrderAction};
 use sapphire_core::pipeline::{Layout, Pipeline, PipelineConfig};
 use sapphire_core::ring::Poll;
@@ -81,6 +81,16 @@ fn run_pipeline(
     instruments: &[sapphire_core::instrument::Instrument],
     events: &[Event],
 ) -> (Vec<Output>, sapphire_core::pipeline::PipelineReport, u64) {
+    run_pipeline_with(layout, config, instruments, events, Box::new(MemoryJournal::keeping()))
+}
+
+fn run_pipeline_with(
+    layout: Layout,
+    config: &EngineConfig,
+    instruments: &[sapphire_core::instrument::Instrument],
+    events: &[Event],
+    journal: Box<dyn InputJournal>,
+) -> (Vec<Output>, sapphire_core::pipeline::PipelineReport, u64) {
     let pipeline_config = PipelineConfig {
         layout,
         link_capacity: 1 << 12,
@@ -90,7 +100,7 @@ fn run_pipeline(
         latency_sample_every: 1,
         ..PipelineConfig::default()
     };
-    let mut pipeline = Pipeline::start(&pipeline_config, config, instruments, Box::new(MemoryJournal::keeping()));
+    let mut pipeline = Pipeline::start(&pipeline_config, config, instruments, journal);
     let mut outputs_rx = pipeline.take_outputs().expect("outputs");
     let collector = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -168,4 +178,51 @@ fn external_venue_mode_sends_orders_outbound_and_takes_reports_from_the_ring() {
     assert!(orders > 0);
     assert_eq!(fills, 0);
     assert_eq!(engine.stages.risk.risk.open_orders(), 0, "rejects closed every order");
+}
+
+/// A journal whose disk fills after `capacity` events: every later append fails.
+struct FillingJournal {
+    capacity: u64,
+    appended: u64,
+    failed: u64,
+}
+
+impl InputJournal for FillingJournal {
+    fn append(&mut self, _seq: i64, _event: &Event, _end_of_batch: bool) {
+        if self.appended < self.capacity && self.failed == 0 {
+            self.appended += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+    fn written(&self) -> Option<i64> {
+        self.appended.checked_sub(1).map(|s| s as i64)
+    }
+    fn appended(&self) -> u64 {
+        self.appended
+    }
+    fn errors(&self) -> u64 {
+        self.failed
+    }
+    fn first_error(&self) -> Option<String> {
+        (self.failed > 0).then(|| "no space left".to_string())
+    }
+}
+
+#[test]
+fn when_the_journal_fails_only_what_it_holds_leaves_the_core() {
+    let (instruments, events) = common::scripted_events(5, 30_000);
+    let config = EngineConfig::default();
+    let (direct, _) = run_direct(&config, &instruments, &events);
+    let capacity = 12_000u64;
+    // What the engine decides on the journaled events, exactly; nothing after them.
+    let expected: Vec<Output> = direct.iter().filter(|o| o.seq < capacity as i64).copied().collect();
+    assert!(count(&expected).1 > 0 && expected.len() < direct.len(), "the scenario trades on both sides of the failure");
+    for layout in [Layout::Fused, Layout::Split] {
+        let journal = Box::new(FillingJournal { capacity, appended: 0, failed: 0 });
+        let (outputs, report, dropped) = run_pipeline_with(layout, &config, &instruments, &events, journal);
+        assert_eq!(dropped, 0, "{layout:?}: outputs dropped");
+        assert_eq!(report.journal.appended(), capacity, "{layout:?}");
+        assert!(outputs == expected, "{layout:?}: {} outputs released, {} expected", outputs.len(), expected.len());
+    }
 }

@@ -529,6 +529,18 @@ fn journal_stage(
     journal
 }
 
+/// The last inbound sequence the engine may decide on: every one while the journal works;
+/// after it failed, only those it holds (the rest are read and dropped, never processed, so
+/// producers are not blocked while the process stops).
+#[inline]
+fn decide_through(journal: &JournalProgress) -> i64 {
+    if journal.failed() {
+        journal.through()
+    } else {
+        i64::MAX
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fused_stage(
     mut consumer: Consumer<Event>,
@@ -548,16 +560,11 @@ fn fused_stage(
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
-        if journal.failed() {
-            // Nothing is decided on events the journal will never hold: drain, do not process.
-            match consumer.poll(batch, |_, _, _| {}) {
-                Poll::Closed => break,
-                Poll::Empty => wait.idle(&mut idle),
-                Poll::Handled(_) => idle = 0,
-            }
-            continue;
-        }
+        let decide_through = decide_through(journal);
         let polled = consumer.poll(batch, |event, seq, _| {
+            if first_seq + seq > decide_through {
+                return;
+            }
             msg.reset(first_seq + seq, event);
             orders.seq = msg.seq;
             let s = &mut stages;
@@ -641,16 +648,11 @@ fn book_stage(
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
-        if journal.failed() {
-            // Nothing is decided on events the journal will never hold: drain, do not process.
-            match consumer.poll(batch, |_, _, _| {}) {
-                Poll::Closed => break,
-                Poll::Empty => wait.idle(&mut idle),
-                Poll::Handled(_) => idle = 0,
-            }
-            continue;
-        }
+        let decide_through = decide_through(journal);
         let polled = consumer.poll(batch, |event, seq, _| {
+            if first_seq + seq > decide_through {
+                return;
+            }
             let mut msg = StageMsg { seq: first_seq + seq, event: *event, ..StageMsg::default() };
             if sampler.tick() {
                 let t = Instant::now();
