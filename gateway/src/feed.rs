@@ -8,7 +8,8 @@ use sapphire_core::fixed::{Price, Quantity};
 use sapphire_core::instrument::{InstrumentId, InstrumentRegistry};
 use std::collections::HashMap;
 
-/// Why a frame was skipped. Every variant is counted; none is fatal.
+/// Why a frame was skipped. Every variant is counted; only [`FeedError::WrongMarket`] is
+/// terminal for a live client (see [`FeedError::is_terminal`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FeedError {
     /// Not valid JSON.
@@ -34,6 +35,19 @@ pub enum FeedError {
     /// A timestamp whose nanoseconds do not fit the event clock (see [`ms_to_ns`]).
     #[error("field `{0}`: timestamp out of range")]
     Timestamp(&'static str),
+    /// Frames of another market than the one configured (USD-M depth frames to a spot
+    /// client, or the reverse): every book would break on every frame and resync forever.
+    #[error(
+        "the feed's frames do not match the configured market: venue_market is \"{configured}\" but the frames are {seen}; set [market] venue_market = \"{fix}\" (or point ws_url and rest_url at a {configured} feed)"
+    )]
+    WrongMarket {
+        /// The configured market (`spot`, `usdm`).
+        configured: &'static str,
+        /// What the frames look like.
+        seen: &'static str,
+        /// The `venue_market` that matches the frames.
+        fix: &'static str,
+    },
 }
 
 impl FeedError {
@@ -46,7 +60,13 @@ impl FeedError {
             FeedError::UnknownSymbol => "unknown_symbol",
             FeedError::CrossedQuote => "crossed_quote",
             FeedError::Timestamp(_) => "bad_timestamp",
+            FeedError::WrongMarket { .. } => "wrong_market",
         }
+    }
+
+    /// True when skipping cannot help: a live client must stop and say why.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, FeedError::WrongMarket { .. })
     }
 }
 
@@ -120,6 +140,8 @@ pub struct FeedCounters {
     pub crossed_quote: u64,
     /// Frames skipped: a timestamp out of the event clock's range.
     pub bad_timestamp: u64,
+    /// Frames skipped: frames of another market than the configured one.
+    pub wrong_market: u64,
     /// Frames with nothing for the engine (acks, klines, pongs).
     pub ignored: u64,
     /// Book sequence gaps.
@@ -140,6 +162,9 @@ pub struct FeedCounters {
     pub snapshot_requests: u64,
     /// REST depth snapshot requests that failed.
     pub snapshot_failures: u64,
+    /// Snapshot requests not sent because the symbol reached its cap for the window: its
+    /// book stays out of sync until the window lets another through.
+    pub snapshots_capped: u64,
     /// Times an event waited for a free ring slot: the engine was behind.
     pub ring_full_waits: u64,
     /// Pings from the venue (answered with pongs).
@@ -156,12 +181,19 @@ impl FeedCounters {
             FeedError::UnknownSymbol => self.unknown_symbol += 1,
             FeedError::CrossedQuote => self.crossed_quote += 1,
             FeedError::Timestamp(_) => self.bad_timestamp += 1,
+            FeedError::WrongMarket { .. } => self.wrong_market += 1,
         }
     }
 
     /// Frames skipped for any reason.
     pub fn skipped(&self) -> u64 {
-        self.malformed_json + self.missing_field + self.bad_decimal + self.unknown_symbol + self.crossed_quote + self.bad_timestamp
+        self.malformed_json
+            + self.missing_field
+            + self.bad_decimal
+            + self.unknown_symbol
+            + self.crossed_quote
+            + self.bad_timestamp
+            + self.wrong_market
     }
 }
 

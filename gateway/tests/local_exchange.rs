@@ -15,7 +15,7 @@ use sapphire_core::instrument::InstrumentRegistry;
 use sapphire_core::ring::{ring, Consumer, Poll};
 use sapphire_gateway::binance::{BinanceFeed, BinanceMarket};
 use sapphire_gateway::connection::binance::ConnectionOutcome;
-use sapphire_gateway::connection::{http, BinanceConnection, BinanceConnectionConfig, Shutdown, SubscribeMode};
+use sapphire_gateway::connection::{http, BinanceConnection, BinanceConnectionConfig, ConnectionError, Shutdown, SubscribeMode};
 use sapphire_gateway::feed::FeedCounters;
 use sapphire_gateway::local_exchange::tape::Tape;
 use sapphire_gateway::local_exchange::{ExchangeStats, Faults, LocalExchange, LocalExchangeConfig, Pace};
@@ -273,5 +273,121 @@ async fn rest_endpoints_answer_like_binance() {
     assert!(info.contains(r#""tickSize":"0.1""#) && info.contains(r#""stepSize":"0.01""#), "{info}");
     let err = http::get(&format!("{base}/api/v3/depth?symbol=NOPE")).await.unwrap_err();
     assert!(matches!(err, sapphire_gateway::connection::ConnectionError::HttpStatus { status: 400, .. }), "{err}");
+    exchange.shutdown().await;
+}
+
+/// `n` depth updates for BTCUSDT, 10 ms apart; `usdm` frames carry `pu` and `T`. With `gap`,
+/// every update skips an id (spot `U` = previous `u` + 2): a feed that never stays in sequence.
+fn depth_tape(n: u64, usdm: bool, gap: bool) -> Tape {
+    let mut text = String::new();
+    let (mut prev, step) = (1_000u64, if gap { 2 } else { 1 });
+    for k in 0..n {
+        let (u0, u1) = (prev + step, prev + step + 1);
+        let ms = 1_723_161_600_000 + 10 * k;
+        let extra = if usdm { format!(r#","T":{ms},"pu":{prev}"#) } else { String::new() };
+        text.push_str(&format!(
+            "{} {{\"stream\":\"btcusdt@depth@100ms\",\"data\":{{\"e\":\"depthUpdate\",\"E\":{ms}{extra},\"s\":\"BTCUSDT\",\"U\":{u0},\"u\":{u1},\"b\":[[\"60000.00\",\"1.{k:03}\"]],\"a\":[[\"60000.50\",\"1.000\"]]}}}}\n",
+            ms * 1_000_000
+        ));
+        prev = u1;
+    }
+    let mut tape = Tape::default();
+    tape.add_text("depth_tape", &text).unwrap();
+    tape
+}
+
+/// A client configured for `client` reading `tape` served as `served`, with `max_snapshots`
+/// per minute; returns the exchange, the client's counters, the ring's consumer and its task.
+async fn client_for(
+    served: BinanceMarket,
+    tape: Tape,
+    client: BinanceMarket,
+    max_snapshots: u32,
+) -> (LocalExchange, watch::Receiver<FeedCounters>, Consumer<Event>, broadcast::Sender<()>, tokio::task::JoinHandle<ConnectionOutcome>) {
+    let mut cfg = LocalExchangeConfig::new(served, Pace::Recorded);
+    cfg.ping_interval = Duration::from_secs(1);
+    let exchange = LocalExchange::start(cfg, tape).await.unwrap();
+    let mut config = BinanceConnectionConfig::new(exchange.ws_url(), exchange.rest_url(), client, &["BTCUSDT"]);
+    config.stale_after = Duration::from_secs(3);
+    config.snapshot_retry = Duration::from_millis(50);
+    config.max_snapshots_per_window = max_snapshots;
+    let venue = if client == BinanceMarket::Spot { "binance" } else { "binance-usdm" };
+    let connection = BinanceConnection::new(config, BinanceFeed::new(client, &InstrumentRegistry::new(), venue));
+    let counters = connection.counters();
+    let (mut producer, mut consumers) = ring::<Event>(1 << 16, 1);
+    let (stop, stop_rx) = broadcast::channel(1);
+    let task = tokio::spawn(async move { connection.run(&mut producer, Shutdown::new(stop_rx)).await });
+    (exchange, counters, consumers.remove(0), stop, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_usdm_feed_read_by_a_spot_client_stops_naming_venue_market() {
+    // (served, tape, configured, what the error must say)
+    let cases = [
+        (
+            BinanceMarket::UsdM,
+            depth_tape(50, true, false),
+            BinanceMarket::Spot,
+            ["venue_market is \"spot\"", "`pu`", "venue_market = \"usdm\""],
+        ),
+        (
+            BinanceMarket::Spot,
+            Tape::load(&[FIXTURE]).unwrap(),
+            BinanceMarket::UsdM,
+            ["venue_market is \"usdm\"", "spot", "venue_market = \"spot\""],
+        ),
+    ];
+    for (served, tape, configured, says) in cases {
+        let (exchange, _counters, _consumer, _stop, task) = client_for(served, tape, configured, 6).await;
+        // It stops on its own, at the first depth frame: no resync loop, no snapshot asked for.
+        let outcome = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap_or_else(|_| panic!("{configured:?}: the client kept running on frames of the other market"))
+            .unwrap();
+        let err = outcome.result.expect_err("a terminal error");
+        assert!(err.is_terminal() && matches!(err, ConnectionError::WrongMarket(_)), "{err:?}");
+        let text = err.to_string();
+        for s in says {
+            assert!(text.contains(s), "{configured:?}: {s:?} not in {text}");
+        }
+        let c = outcome.feed.counters;
+        assert_eq!((c.wrong_market, c.gaps, c.snapshot_requests, c.reconnects), (1, 0, 0, 0), "{c:?}");
+        assert_eq!(exchange.stats().borrow().rest_requests, 0);
+        exchange.shutdown().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_feed_that_keeps_breaking_sequence_stops_asking_for_snapshots_at_the_cap() {
+    // 200 updates over 2 s, each one a gap: uncapped, that is a snapshot request per frame.
+    let (exchange, counters, mut consumer, stop, task) =
+        client_for(BinanceMarket::Spot, depth_tape(200, false, true), BinanceMarket::Spot, 3).await;
+    let stats = exchange.stats();
+    let mut book = OrderBook::default();
+    let mut drain = |book: &mut OrderBook| {
+        while let Poll::Handled(_) = consumer.poll(1_024, |e, _, _| {
+            if let Event::BookDelta(d) = e {
+                book.apply_delta(d);
+            }
+        }) {}
+    };
+    while !stats.borrow().finished {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drain(&mut book);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drain(&mut book);
+    let c = *counters.borrow();
+    assert_eq!((c.snapshot_requests, c.snapshots_capped, c.reconnects), (3, 1, 0), "{c:?}");
+    assert!(c.gaps >= 3, "{c:?}");
+    assert_eq!(stats.borrow().rest_requests, 3, "the exchange saw exactly the cap");
+    assert!(!book.in_sync(), "the book stays out of sync while the cap holds");
+    // After the window the held request goes, once.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let c = *counters.borrow();
+    assert_eq!((c.snapshot_requests, c.snapshots_capped), (4, 1), "{c:?}");
+    assert_eq!(stats.borrow().rest_requests, 4);
+    stop.send(()).unwrap();
+    assert_eq!(task.await.unwrap().result, Ok(()));
     exchange.shutdown().await;
 }

@@ -16,6 +16,9 @@
 //! - more than [`MAX_STALE_RUN`] live events in a row that are older than the book (a snapshot
 //!   whose `lastUpdateId` the stream never reaches, or repeats that never end).
 //!
+//! A depth frame of the other market (USD-M frames carry `pu`, spot ones do not) is a
+//! [`FeedError::WrongMarket`] skip, which a live client treats as terminal.
+//!
 //! Prices must be positive, quantities non-negative, quotes uncrossed and timestamps in range
 //! ([`crate::feed`]); anything else skips the whole frame, counted with its reason.
 
@@ -315,6 +318,7 @@ impl BinanceFeed {
         // Every field is checked before anything is buffered or emitted.
         let ts_event = ms_to_ns("E", d.time_ms)?;
         self.levels.collect(d.bids.clone(), d.asks.clone())?;
+        check_market(market, &d)?;
         let Some(book) = self.books.get_mut(instrument.index()) else {
             return Err(FeedError::UnknownSymbol);
         };
@@ -434,6 +438,22 @@ impl BinanceFeed {
             book.stale_run = 0;
         }
         FrameOutcome::NeedSnapshot(instrument)
+    }
+}
+
+/// USD-M depth frames always carry `pu` (the previous final update id), spot ones never do:
+/// a frame of the other market would break every book's sequence on every frame, and the
+/// client would resync forever. One field test per depth frame decides it.
+#[inline]
+fn check_market(market: BinanceMarket, d: &BinanceDepth<'_>) -> Result<(), FeedError> {
+    match (market, d.prev_id) {
+        (BinanceMarket::Spot, Some(_)) => {
+            Err(FeedError::WrongMarket { configured: "spot", seen: "USD-M futures depth updates (they carry `pu`)", fix: "usdm" })
+        }
+        (BinanceMarket::UsdM, None) => {
+            Err(FeedError::WrongMarket { configured: "usdm", seen: "spot depth updates (they carry no `pu`)", fix: "spot" })
+        }
+        _ => Ok(()),
     }
 }
 

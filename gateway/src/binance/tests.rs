@@ -267,19 +267,21 @@ fn a_snapshot_the_stream_never_reaches_is_a_gap() {
         let mut feed = BinanceFeed::new(market, &registry(venue), venue);
         let mut book = OrderBook::default();
         let inst = InstrumentId(0);
-        run(&mut feed, &depth(150, 158, Some(149), "25.5"));
+        // Only USD-M frames carry `pu`.
+        let pu = |p: u64| (market == BinanceMarket::UsdM).then_some(p);
+        run(&mut feed, &depth(150, 158, pu(149), "25.5"));
         let mut out = Vec::new();
         let huge = r#"{"lastUpdateId":9158000000,"bids":[["25.0","1"]],"asks":[["30.0","3"]]}"#;
         feed.on_snapshot(Some(inst), 9, huge.as_bytes(), &mut |e| out.push(e));
         apply(&mut book, &out);
         // A stream lagging the snapshot is stale for a while: allowed, up to the bound.
         for k in 0..u64::from(MAX_STALE_RUN) {
-            let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, Some(158 + k), "25.6"));
+            let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, pu(158 + k), "25.6"));
             assert_eq!((o, ev.len()), (FrameOutcome::Applied, 0));
         }
         assert!(feed.in_sync(inst) && book.in_sync());
         let k = u64::from(MAX_STALE_RUN);
-        let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, Some(158 + k), "25.6"));
+        let (o, ev) = run(&mut feed, &depth(159 + k, 159 + k, pu(158 + k), "25.6"));
         apply(&mut book, &ev);
         assert_eq!(o, FrameOutcome::NeedSnapshot(inst), "{market:?}");
         assert!(!feed.in_sync(inst) && !book.in_sync(), "{market:?}");
@@ -366,4 +368,39 @@ fn impossible_numbers_and_vanishing_frames_are_counted_skips_never_events() {
         // A locked quote (bid == ask) is a quote.
         assert_eq!(run(&mut feed, &ticker("25.4", "1", "25.4", "1")).0, FrameOutcome::Applied);
     }
+}
+
+#[test]
+fn depth_frames_of_the_other_market_are_a_terminal_wrong_market_never_a_gap() {
+    // (configured, frame, the fix the error names)
+    let usdm =
+        r#"{"e":"depthUpdate","E":1672515782136,"T":1672515782130,"s":"BNBUSDT","U":157,"u":160,"pu":149,"b":[["25.0","10"]],"a":[]}"#;
+    let spot = depth(150, 155, None, "20.0");
+    let combined_usdm = format!(r#"{{"stream":"bnbusdt@depth@100ms","data":{usdm}}}"#);
+    let cases = [
+        (BinanceMarket::Spot, usdm.to_string(), "\"usdm\""),
+        (BinanceMarket::Spot, combined_usdm, "\"usdm\""),
+        (BinanceMarket::UsdM, spot, "\"spot\""),
+    ];
+    for (market, frame, fix) in &cases {
+        let venue = if *market == BinanceMarket::Spot { "binance" } else { "binance-usdm" };
+        let mut feed = BinanceFeed::new(*market, &registry(venue), venue);
+        // Twice: before a snapshot (no request is asked for) and after one (no gap, no resync).
+        for _ in 0..2 {
+            let (o, ev) = run(&mut feed, frame);
+            let FrameOutcome::Skipped(e) = o else { panic!("{market:?} {frame}: {o:?}") };
+            assert!(e.is_terminal() && e.label() == "wrong_market", "{e}");
+            let text = e.to_string();
+            assert!(text.contains("venue_market") && text.contains(fix), "{text}");
+            assert!(ev.is_empty());
+            feed.on_snapshot(Some(InstrumentId(0)), 9, SNAPSHOT.as_bytes(), &mut |_| {});
+        }
+        let c = feed.counters;
+        assert_eq!((c.wrong_market, c.gaps, c.skipped()), (2, 0, 2), "{market:?}: {c:?}");
+    }
+    // Matching frames are not flagged.
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &registry("binance"), "binance");
+    assert_eq!(run(&mut feed, &depth(150, 155, None, "20.0")).0, FrameOutcome::NeedSnapshot(InstrumentId(0)));
+    let mut feed = BinanceFeed::new(BinanceMarket::UsdM, &registry("binance-usdm"), "binance-usdm");
+    assert_eq!(run(&mut feed, &depth(150, 155, Some(149), "20.0")).0, FrameOutcome::NeedSnapshot(InstrumentId(0)));
 }

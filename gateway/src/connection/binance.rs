@@ -4,6 +4,15 @@
 //! jittered exponential backoff when the connection drops, goes stale, or nears Binance's
 //! 24-hour connection limit. Every reconnect, gap, resync and skipped frame is counted in
 //! [`FeedCounters`], which a [`watch`] channel publishes while the client runs.
+//!
+//! Two things stop a feed from hammering the venue's REST weight:
+//! - frames of another market than the configured one (USD-M depth frames carry `pu`, spot
+//!   ones do not) end the client at the first depth frame with
+//!   [`ConnectionError::WrongMarket`], instead of a resync on every frame;
+//! - REST depth snapshots are capped per symbol per window
+//!   ([`BinanceConnectionConfig::max_snapshots_per_window`]); past the cap the symbol's book
+//!   stays out of sync (risk refuses orders on it), the skip is counted
+//!   (`snapshots_capped`) and said on stderr, and the request goes when the window allows.
 
 use super::tls::{self, Endpoint, Transport};
 use super::{http, publish_all, Backoff, ConnectionError, EventSink, Shutdown};
@@ -13,7 +22,7 @@ use futures_util::{SinkExt, StreamExt};
 use sapphire_core::event::Event;
 use sapphire_core::instrument::InstrumentId;
 use sapphire_core::latency::unix_nanos;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -66,7 +75,18 @@ pub struct BinanceConnectionConfig {
     pub snapshot_retry: Duration,
     /// Snapshot failures in one connection before reconnecting.
     pub max_snapshot_failures: u32,
+    /// REST depth snapshots per symbol per [`Self::snapshot_window`] (at least 1). Binance
+    /// weighs a 1,000-level snapshot 50 of spot's 6,000 per minute (`/api/v3/depth`) and 20 of
+    /// USD-M's 2,400 (`/fapi/v1/depth`): 120 a minute per IP either way, for every symbol.
+    pub max_snapshots_per_window: u32,
+    /// The window of [`Self::max_snapshots_per_window`] (sliding).
+    pub snapshot_window: Duration,
 }
+
+/// Default [`BinanceConnectionConfig::max_snapshots_per_window`]: 6 a minute per symbol is
+/// 5% of either market's weight budget at 1,000 levels, and far more than a healthy feed
+/// needs (one per connection, one per rare gap).
+pub const DEFAULT_MAX_SNAPSHOTS_PER_MINUTE: u32 = 6;
 
 impl BinanceConnectionConfig {
     /// Defaults for `market` at the given endpoints.
@@ -87,6 +107,8 @@ impl BinanceConnectionConfig {
             snapshot_timeout: Duration::from_secs(10),
             snapshot_retry: Duration::from_millis(500),
             max_snapshot_failures: 5,
+            max_snapshots_per_window: DEFAULT_MAX_SNAPSHOTS_PER_MINUTE,
+            snapshot_window: Duration::from_secs(60),
         }
     }
 
@@ -147,6 +169,35 @@ pub struct ConnectionOutcome {
     pub result: Result<(), ConnectionError>,
 }
 
+/// REST depth snapshot requests per symbol in a sliding window. Kept across reconnects, so
+/// a reconnect storm is capped too.
+#[derive(Debug)]
+struct SnapshotBudget {
+    cap: usize,
+    window: Duration,
+    /// Send times in the window, oldest first (a delayed retry's is in the future).
+    sent: HashMap<InstrumentId, VecDeque<Instant>>,
+}
+
+impl SnapshotBudget {
+    fn new(cap: u32, window: Duration) -> Self {
+        Self { cap: cap.max(1) as usize, window, sent: HashMap::new() }
+    }
+
+    /// Takes a request sent `at`; past the cap, `Err` carries when the next may go.
+    fn take(&mut self, instrument: InstrumentId, at: Instant) -> Result<(), Instant> {
+        let sent = self.sent.entry(instrument).or_default();
+        while sent.front().is_some_and(|&t| at.saturating_duration_since(t) >= self.window) {
+            sent.pop_front();
+        }
+        if sent.len() < self.cap {
+            sent.push_back(at);
+            return Ok(());
+        }
+        Err(sent.front().map_or(at, |&t| t + self.window))
+    }
+}
+
 /// One Binance market-data connection, kept alive until shutdown.
 #[derive(Debug)]
 pub struct BinanceConnection {
@@ -158,6 +209,7 @@ pub struct BinanceConnection {
     /// Events of the frame being handled (reused: no allocation once warm).
     events: Vec<Event>,
     counters: watch::Sender<FeedCounters>,
+    budget: SnapshotBudget,
 }
 
 impl BinanceConnection {
@@ -167,7 +219,8 @@ impl BinanceConnection {
         let seed = unix_nanos() ^ (config.ws_url.len() as u64).rotate_left(32);
         let backoff = Backoff::new(config.backoff_initial, config.backoff_max, seed);
         let (counters, _) = watch::channel(feed.counters);
-        Self { config, feed, instruments, backoff, events: Vec::with_capacity(4_096), counters }
+        let budget = SnapshotBudget::new(config.max_snapshots_per_window, config.snapshot_window);
+        Self { config, feed, instruments, backoff, events: Vec::with_capacity(4_096), counters, budget }
     }
 
     /// The counters, updated after every frame and connection event.
@@ -244,6 +297,8 @@ impl BinanceConnection {
         let stale = tokio::time::sleep(stale_after);
         tokio::pin!(planned, stale);
         let mut fetches: JoinSet<(InstrumentId, Result<Vec<u8>, ConnectionError>)> = JoinSet::new();
+        // Snapshot requests held back by the cap, each waking when its window allows.
+        let mut deferred: JoinSet<InstrumentId> = JoinSet::new();
         let mut in_flight: HashSet<InstrumentId> = HashSet::new();
         let mut snapshot_failures = 0u32;
         let mut healthy = false;
@@ -259,6 +314,11 @@ impl BinanceConnection {
                     return SessionEnd::Planned;
                 }
                 _ = &mut stale => return SessionEnd::Stale,
+                Some(joined) = deferred.join_next(), if !deferred.is_empty() => {
+                    let Ok(instrument) = joined else { continue };
+                    in_flight.remove(&instrument);
+                    Some((instrument, false))
+                }
                 Some(joined) = fetches.join_next(), if !fetches.is_empty() => {
                     let Ok((instrument, body)) = joined else { continue };
                     in_flight.remove(&instrument);
@@ -305,6 +365,11 @@ impl BinanceConnection {
                     }
                     match self.on_frame(bytes.as_bytes(), sink, shutdown).await {
                         Ok(FrameOutcome::NeedSnapshot(i)) => Some((i, false)),
+                        // Every frame would break every book: stop and say why.
+                        Ok(FrameOutcome::Skipped(e)) if e.is_terminal() => {
+                            let _ = ws.close(None).await;
+                            return SessionEnd::Fatal(ConnectionError::WrongMarket(e));
+                        }
                         Ok(_) => None,
                         Err(e) => return SessionEnd::Fatal(e),
                     }
@@ -316,21 +381,40 @@ impl BinanceConnection {
             }
             if let Some((instrument, retry)) = need {
                 if in_flight.insert(instrument) {
-                    self.fetch(&mut fetches, instrument, if retry { self.config.snapshot_retry } else { Duration::ZERO });
+                    let after = if retry { self.config.snapshot_retry } else { Duration::ZERO };
+                    self.fetch(&mut fetches, &mut deferred, instrument, after);
                 }
             }
         }
     }
 
+    /// Asks for `instrument`'s snapshot `after` from now, or, past its cap, holds the request
+    /// in `deferred` until the window allows one (the book stays out of sync meanwhile).
     fn fetch(
         &mut self,
         fetches: &mut JoinSet<(InstrumentId, Result<Vec<u8>, ConnectionError>)>,
+        deferred: &mut JoinSet<InstrumentId>,
         instrument: InstrumentId,
         after: Duration,
     ) {
         let Some((_, symbol)) = self.instruments.iter().find(|(i, _)| *i == instrument) else {
             return;
         };
+        let now = Instant::now();
+        if let Err(next) = self.budget.take(instrument, now + after) {
+            self.feed.counters.snapshots_capped += 1;
+            eprintln!(
+                "feed: {symbol}: {} depth snapshots in {}s reached the cap (market.max_snapshots_per_minute); its book stays out of sync, and nothing trades on it, until the next snapshot in {:.1}s. A feed that keeps breaking sequence: check venue_market and the stream",
+                self.config.max_snapshots_per_window.max(1),
+                self.config.snapshot_window.as_secs(),
+                next.saturating_duration_since(now).as_secs_f64()
+            );
+            deferred.spawn(async move {
+                tokio::time::sleep_until(next).await;
+                instrument
+            });
+            return;
+        }
         let url = self.config.snapshot_url(symbol);
         let timeout = self.config.snapshot_timeout;
         self.feed.counters.snapshot_requests += 1;
@@ -410,5 +494,24 @@ mod tests {
         );
         let f = BinanceConnectionConfig::binance(BinanceMarket::UsdM, &["BTCUSDT"]);
         assert_eq!(f.snapshot_url("BTCUSDT"), "https://fapi.binance.com/fapi/v1/depth?symbol=BTCUSDT&limit=1000");
+    }
+
+    #[test]
+    fn snapshot_budget_caps_each_symbol_per_sliding_window() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (a, b) = (InstrumentId(0), InstrumentId(1));
+        let mut budget = SnapshotBudget::new(3, Duration::from_secs(60));
+        assert_eq!((budget.take(a, at(0)), budget.take(a, at(10)), budget.take(a, at(20))), (Ok(()), Ok(()), Ok(())));
+        // The fourth within the window waits for the oldest to leave it.
+        assert_eq!(budget.take(a, at(30)), Err(at(60_000)));
+        assert_eq!(budget.take(a, at(59_999)), Err(at(60_000)));
+        // Another symbol has its own budget.
+        assert_eq!(budget.take(b, at(30)), Ok(()));
+        assert_eq!(budget.take(a, at(60_000)), Ok(()));
+        assert_eq!(budget.take(a, at(60_001)), Err(at(60_010)));
+        // A cap of 0 would never sync: it is at least 1.
+        let mut one = SnapshotBudget::new(0, Duration::from_secs(60));
+        assert_eq!((one.take(a, at(0)), one.take(a, at(1))), (Ok(()), Err(at(60_000))));
     }
 }

@@ -79,6 +79,10 @@ pub enum ConnectionError {
     /// The ring was closed: the engine is gone.
     #[error("the inbound ring is closed")]
     RingClosed,
+    /// The feed's frames belong to another market than the configured one (see
+    /// [`crate::feed::FeedError::WrongMarket`]): every book would resync on every frame.
+    #[error("{0}")]
+    WrongMarket(crate::feed::FeedError),
     /// The venue refused a request that asking again cannot fix (a subscription to a topic
     /// it does not serve).
     #[error("{url} refused: {reason}")]
@@ -95,7 +99,13 @@ impl ConnectionError {
     /// TLS failures included (a venue's certificate rotation or a middlebox), is retried with
     /// backoff and logged.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, ConnectionError::BadUrl { .. } | ConnectionError::RingClosed | ConnectionError::Refused { .. })
+        matches!(
+            self,
+            ConnectionError::BadUrl { .. }
+                | ConnectionError::RingClosed
+                | ConnectionError::Refused { .. }
+                | ConnectionError::WrongMarket(_)
+        )
     }
 }
 
