@@ -32,6 +32,8 @@ fn bad(key: &str, what: impl std::fmt::Display) -> anyhow::Error {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
+    /// Which node this is: its shard.
+    pub node: NodeSection,
     /// Threads, cores, waits.
     pub engine: EngineSection,
     /// The market source.
@@ -58,6 +60,47 @@ pub struct FileConfig {
     pub venue: VenueSection,
     /// Remote agents over QUIC (off unless `bind` is given).
     pub quic: QuicSection,
+}
+
+/// `[node]`: this process's place among several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// The shard this core is (`SAPPHIRE_SHARD` wins): every Postgres row, sink cursor,
+    /// Redis key and channel it writes carries it. 1–32 characters of a-z, 0-9, `-`.
+    pub shard: String,
+    /// The shards a gateway or agents process follows over Redis (`SAPPHIRE_SHARDS`,
+    /// comma-separated, wins). Empty: just `shard`.
+    pub shards: Vec<String>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self { shard: sapphire_persistence::shard::DEFAULT_SHARD.into(), shards: Vec::new() }
+    }
+}
+
+impl NodeSection {
+    /// The shard, checked; the error names the key.
+    pub fn shard(&self) -> anyhow::Result<String> {
+        sapphire_persistence::shard::check_shard(&self.shard).map_err(|e| bad("node.shard (SAPPHIRE_SHARD)", e))?;
+        Ok(self.shard.clone())
+    }
+
+    /// The shards to follow, checked, without repeats: `shards`, or just `shard` when empty.
+    pub fn shards(&self) -> anyhow::Result<Vec<String>> {
+        if self.shards.is_empty() {
+            return Ok(vec![self.shard()?]);
+        }
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.shards {
+            sapphire_persistence::shard::check_shard(s).map_err(|e| bad("node.shards (SAPPHIRE_SHARDS)", e))?;
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `[quic]`: the QUIC ingress for remote agents (`sapphire agents --core-quic`).
@@ -335,6 +378,8 @@ pub struct MarketSection {
     pub venue_market: String,
     pub ws_url: String,
     pub rest_url: String,
+    /// REST depth snapshots per symbol per minute (Binance); past it the book stays out of sync.
+    pub max_snapshots_per_minute: u32,
 }
 
 impl Default for MarketSection {
@@ -349,6 +394,7 @@ impl Default for MarketSection {
             venue_market: "spot".into(),
             ws_url: String::new(),
             rest_url: String::new(),
+            max_snapshots_per_minute: sapphire_gateway::connection::binance::DEFAULT_MAX_SNAPSHOTS_PER_MINUTE,
         }
     }
 }
@@ -482,6 +528,12 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_API_TOKEN").filter(|v| !v.is_empty()) {
         cfg.api.token = Some(sapphire_gateway::api::ApiToken::new(&v).map_err(|e| bad("SAPPHIRE_API_TOKEN", e))?);
     }
+    if let Some(v) = env("SAPPHIRE_SHARD") {
+        cfg.node.shard = v.trim().to_string();
+    }
+    if let Some(v) = env("SAPPHIRE_SHARDS") {
+        cfg.node.shards = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    }
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
     }
@@ -552,6 +604,8 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 /// Everything `sapphire run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// This core's shard (`[node] shard`, `SAPPHIRE_SHARD`).
+    pub shard: String,
     pub pipeline: PipelineConfig,
     pub edge_core: Option<usize>,
     /// Most symbols taken from a venue when TRADING_SYMBOLS is empty.
@@ -585,6 +639,8 @@ pub struct RunConfig {
 impl FileConfig {
     /// Validates and converts into the parts' configurations.
     pub fn resolve(&self) -> anyhow::Result<RunConfig> {
+        let shard = self.node.shard()?;
+        self.node.shards()?;
         let e = &self.engine;
         let layout = Layout::parse(&e.layout).ok_or_else(|| bad("engine.layout", format!("{:?} is not `fused` or `split`", e.layout)))?;
         let wait = WaitStrategy::parse(&e.wait)
@@ -639,6 +695,9 @@ impl FileConfig {
         }
         if (m.ws_url.is_empty()) != (m.rest_url.is_empty()) {
             return Err(bad("market.ws_url / market.rest_url", "give both endpoints or neither (neither: the venue's public endpoints)"));
+        }
+        if !(1..=60).contains(&m.max_snapshots_per_minute) {
+            return Err(bad("market.max_snapshots_per_minute", format!("{} is outside 1..=60", m.max_snapshots_per_minute)));
         }
         if m.events_per_sec == 0 || m.events_per_sec > 50_000_000 {
             return Err(bad("market.events_per_sec", format!("{} is outside 1..=50000000", m.events_per_sec)));
@@ -806,6 +865,7 @@ impl FileConfig {
             (None, None) => None,
         };
         Ok(RunConfig {
+            shard: shard.clone(),
             pipeline,
             edge_core,
             max_symbols: a.max_symbols_per_agent,
@@ -888,6 +948,7 @@ impl FileConfig {
                     }
                     sink.batch_max = self.database.batch;
                     sink.leverage = self.risk.leverage.max(1);
+                    sink.shard = shard.clone();
                     Some(sink)
                 }
             },
@@ -955,6 +1016,27 @@ mod tests {
     }
 
     #[test]
+    fn the_shard_comes_from_node_shard_or_sapphire_shard_and_is_checked() {
+        let run = FileConfig::default().resolve().unwrap();
+        assert_eq!(run.shard, "main");
+        let mut cfg: FileConfig = toml::from_str("[node]\nshard = \"a\"\n[database]\nurl = \"postgres://db/x\"\n").unwrap();
+        assert_eq!(cfg.resolve().unwrap().sink.unwrap().shard, "a");
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_SHARD", "b"), ("SAPPHIRE_SHARDS", "a, b,a")])).unwrap();
+        assert_eq!(cfg.resolve().unwrap().sink.unwrap().shard, "b");
+        assert_eq!(cfg.node.shards().unwrap(), ["a", "b"]);
+        for (bad_value, key) in [("Shard A", "node.shard (SAPPHIRE_SHARD)"), ("", "node.shard (SAPPHIRE_SHARD)")] {
+            let mut cfg = FileConfig::default();
+            apply_env(&mut cfg, &env_of(if bad_value.is_empty() { &[("SAPPHIRE_SHARD", "")] } else { &[("SAPPHIRE_SHARD", "Shard A")] }))
+                .unwrap();
+            let err = cfg.resolve().unwrap_err();
+            assert!(err.to_string().contains(key) && err.downcast_ref::<ConfigError>().is_some(), "{bad_value:?}: {err}");
+        }
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_SHARDS", "a,b:c")])).unwrap();
+        assert!(cfg.resolve().unwrap_err().to_string().contains("node.shards (SAPPHIRE_SHARDS)"));
+    }
+
+    #[test]
     fn old_platform_environment_names_work() {
         let mut cfg = FileConfig::default();
         apply_env(
@@ -1011,6 +1093,7 @@ mod tests {
             ("[risk]\nstale_after_ms = 9200000000000000000\n", "risk.stale_after_ms"),
             ("[risk]\nstale_after_ms = 86400001\n", "risk.stale_after_ms"),
             ("[market]\ntimer_ms = 0\n", "market.timer_ms"),
+            ("[market]\nmax_snapshots_per_minute = 0\n", "market.max_snapshots_per_minute"),
             ("[agents]\nmomentum_sample_ms = 0\n", "agents.momentum_sample_ms"),
             ("[paper]\ntaker_fee_bps = 1000000\n", "paper.taker_fee_bps"),
             ("[paper]\nmaker_fee_bps = -1001\n", "paper.maker_fee_bps"),

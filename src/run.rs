@@ -234,7 +234,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 services
                     .block_on(pg::check_schema(&pool))
                     .with_context(|| format!("the database at {target} (DATABASE_URL) cannot take this build's rows"))?;
-                services.block_on(pg::upsert_instruments(&pool, &instruments)).context("recording the instruments in Postgres")?;
+                services
+                    .block_on(pg::upsert_instruments(&pool, &cfg.shard, &instruments))
+                    .context("recording the instruments in Postgres")?;
                 services.block_on(pool.close());
             }
             Err(e) => eprintln!(

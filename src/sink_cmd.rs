@@ -23,6 +23,10 @@ pub struct SinkArgs {
     /// Most journal records per transaction.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+    /// The shard whose journal this is: every row written carries it, and the cursor is
+    /// (shard, name). 1-32 characters of a-z, 0-9, `-`.
+    #[arg(long, env = "SAPPHIRE_SHARD", default_value = sapphire_persistence::shard::DEFAULT_SHARD)]
+    pub shard: String,
     /// The cursor's name in sink_cursor (one per journal followed).
     #[arg(long, default_value = "output")]
     pub name: String,
@@ -48,6 +52,8 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         return Err(config::refuse("--batch", "must be at least 1"));
     }
     sink.batch_max = args.batch;
+    sapphire_persistence::shard::check_shard(&args.shard).map_err(|e| config::refuse("--shard (SAPPHIRE_SHARD)", e))?;
+    sink.shard = args.shard;
     sink.name = args.name;
     sink.leverage = args.leverage.max(1);
     let duration = match args.duration.as_deref() {

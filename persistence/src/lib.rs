@@ -12,6 +12,7 @@
 //! - [`bus`]: the Redis publisher (documented channels) and remote agents' signal ingress.
 //! - [`pg`]: the Postgres sink — migrations, the schema check, the journal-tailing writer
 //!   (exactly once through a cursor committed with the rows).
+//! - [`shard`]: the shard id every row, cursor, Redis key and channel carries.
 //!
 //! # Features
 //! None.
@@ -26,5 +27,7 @@ pub mod journal;
 pub mod pg;
 /// Crash recovery from the input journal.
 pub mod recovery;
+/// The shard id (which core a record came from) and its validation.
+pub mod shard;
 /// Journal records as named fields, JSON and CSV.
 pub mod text;

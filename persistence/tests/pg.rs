@@ -154,13 +154,13 @@ async fn assert_exactly_once(s: &TestSchema, outs: &[Output]) {
 async fn migrations_apply_and_are_idempotent() {
     let s = TestSchema::new("migrate").await;
     let err = check_schema(&s.pool).await.unwrap_err();
-    assert!(matches!(err, SchemaError::Fresh { needs: 2 }), "{err:?}");
+    assert!(matches!(err, SchemaError::Fresh { needs: 3 }), "{err:?}");
     assert!(err.to_string().contains("run `sapphire migrate`"), "{err}");
 
     let applied = migrate(&s.pool).await.unwrap();
     let versions: Vec<i64> = applied.iter().map(|a| a.version).collect();
     assert_eq!(versions, MIGRATOR.iter().map(|m| m.version).collect::<Vec<_>>());
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     assert!(migrate(&s.pool).await.unwrap().is_empty(), "second run applies nothing");
     check_schema(&s.pool).await.unwrap();
 
@@ -182,28 +182,28 @@ async fn check_schema_refuses_behind_ahead_and_altered_schemas() {
     let applied = migrate_to(&s.pool, Some(1)).await.unwrap();
     assert_eq!(applied.len(), 1);
     let err = check_schema(&s.pool).await.unwrap_err();
-    assert_eq!(err.to_string(), "database schema is at version 1, this build needs 2: run `sapphire migrate`");
+    assert_eq!(err.to_string(), "database schema is at version 1, this build needs 3: run `sapphire migrate`");
     assert!(err.is_terminal());
 
     // Catching up makes it acceptable.
-    assert_eq!(migrate(&s.pool).await.unwrap().len(), 1);
+    assert_eq!(migrate(&s.pool).await.unwrap().len(), 2);
     check_schema(&s.pool).await.unwrap();
 
     // A migration this build does not know: ahead.
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (3, 'from the future', true, '\\x00', 0)",
+         VALUES (4, 'from the future', true, '\\x00', 0)",
     )
     .execute(&s.pool)
     .await
     .unwrap();
     let err = check_schema(&s.pool).await.unwrap_err();
-    assert!(matches!(err, SchemaError::Ahead { at: 3, needs: 2 }), "{err:?}");
+    assert!(matches!(err, SchemaError::Ahead { at: 4, needs: 3 }), "{err:?}");
     assert!(err.to_string().contains("newer than this build"), "{err}");
     assert!(matches!(migrate(&s.pool).await.unwrap_err(), SchemaError::Ahead { .. }));
 
     // An applied migration whose text differs from ours.
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 3").execute(&s.pool).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 4").execute(&s.pool).await.unwrap();
     sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x01' WHERE version = 2").execute(&s.pool).await.unwrap();
     let err = check_schema(&s.pool).await.unwrap_err();
     assert!(matches!(err, SchemaError::Modified { version: 2 }), "{err:?}");
@@ -552,10 +552,10 @@ async fn instruments_upsert_exactly() {
         price_precision: 9,
         qty_precision: 8,
     };
-    assert_eq!(upsert_instruments(&s.pool, &[btc.clone(), pepe]).await.unwrap(), 2);
+    assert_eq!(upsert_instruments(&s.pool, "main", &[btc.clone(), pepe]).await.unwrap(), 2);
     btc.tick_size = Price::parse("0.01").unwrap();
-    assert_eq!(upsert_instruments(&s.pool, &[btc]).await.unwrap(), 1);
-    assert_eq!(upsert_instruments(&s.pool, &[]).await.unwrap(), 0);
+    assert_eq!(upsert_instruments(&s.pool, "main", &[btc]).await.unwrap(), 1);
+    assert_eq!(upsert_instruments(&s.pool, "main", &[]).await.unwrap(), 0);
     let rows: Vec<(i64, String, String, String, String, String)> =
         sqlx::query_as("SELECT id, symbol, market, tick_size::text, lot_size::text, min_notional::text FROM instruments ORDER BY id")
             .fetch_all(&s.pool)
@@ -679,4 +679,172 @@ async fn a_replayed_batch_is_idempotent_under_copy() {
     assert_exactly_once(&s, &outs).await;
     assert!(stats.errors() >= 1, "COPY met the duplicates");
     assert!(stats.last_error().unwrap_or_default().contains("duplicate key"), "{:?}", stats.last_error());
+}
+
+/// Rows of one shard: `(journal_seq)` of every journal-fed table but agent_margin, sorted.
+async fn shard_journal_seqs(s: &TestSchema, shard: &str) -> Vec<i64> {
+    let q = format!(
+        "SELECT journal_seq FROM (SELECT shard, journal_seq FROM orders UNION ALL SELECT shard, journal_seq FROM executions \
+         UNION ALL SELECT shard, journal_seq FROM signals UNION ALL SELECT shard, journal_seq FROM risk_events \
+         UNION ALL SELECT shard, journal_seq FROM pnl_snapshots) s WHERE shard = '{shard}' ORDER BY 1"
+    );
+    sqlx::query_scalar(&q).fetch_all(&s.pool).await.unwrap()
+}
+
+/// Two cores (shards) share one database: their sinks write records with the same journal
+/// sequences, one by UNNEST and one by COPY. Every record of both is there exactly once with
+/// its shard, and each shard has its own cursor. (Before shards, the key was `journal_seq`
+/// alone: the second sink's rows were silently dropped and both moved one cursor.)
+#[tokio::test]
+async fn two_shards_with_the_same_journal_seqs_keep_every_row_and_their_own_cursor() {
+    let s = TestSchema::migrated("shards").await;
+    let (outs_a, outs_b) = (sample_outputs(400, 11), sample_outputs(300, 12));
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let mut stats = Vec::new();
+    for (shard, outs, method) in [("a", &outs_a, BatchMethod::Unnest), ("b", &outs_b, BatchMethod::Copy)] {
+        let source = MemorySource::new();
+        for o in outs {
+            source.push(*o);
+        }
+        let mut config = s.sink_config();
+        config.shard = shard.into();
+        config.method = method;
+        config.batch_max = 64;
+        let st = SinkStats::new();
+        stats.push((st.clone(), outs.len() as u64));
+        let (stop_tx, stop) = stop_channel();
+        stops.push(stop_tx);
+        tasks.push(tokio::spawn(run_sink(config, source, st, stop)));
+    }
+    for (st, n) in &stats {
+        let st = st.clone();
+        let n = *n;
+        wait_for("both sinks caught up", Duration::from_secs(20), move || st.cursor() == n).await;
+    }
+    for stop_tx in stops {
+        stop_tx.send(true).unwrap();
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for (shard, outs) in [("a", &outs_a), ("b", &outs_b)] {
+        let want: Vec<i64> = (0..outs.len() as i64).collect();
+        assert_eq!(shard_journal_seqs(&s, shard).await, want, "shard {shard}: each record exactly once");
+        for (table, n) in expected_rows(outs) {
+            let got = s.count(&format!("SELECT count(*) FROM {table} WHERE shard = '{shard}'")).await;
+            assert_eq!(got, n, "shard {shard}: {table}");
+        }
+        let cursor = s.count(&format!("SELECT next_seq FROM sink_cursor WHERE shard = '{shard}' AND name = 'output'")).await;
+        assert_eq!(cursor, outs.len() as i64, "shard {shard}'s cursor");
+    }
+    assert_eq!(s.count("SELECT count(*) FROM sink_cursor").await, 2, "one cursor per shard");
+    assert_eq!(s.count("SELECT count(DISTINCT shard) FROM executions WHERE shard NOT IN ('a', 'b')").await, 0);
+}
+
+fn instrument(id: u32, venue: &str, symbol: &str) -> Instrument {
+    Instrument {
+        id: InstrumentId(id),
+        symbol: symbol.into(),
+        venue: venue.into(),
+        market: MarketType::LinearPerpetual,
+        tick_size: Price::parse("0.1").unwrap(),
+        lot_size: Quantity::parse("0.001").unwrap(),
+        min_notional: Money::parse("5").unwrap(),
+        price_precision: 1,
+        qty_precision: 3,
+    }
+}
+
+/// Each shard's process-local ids keep their own symbols: shard a's id 0 and shard b's id 0
+/// are two rows, and a (venue, symbol) lookup finds each shard's id. (Before shards the key
+/// was `id` alone and the second upsert overwrote the first.)
+#[tokio::test]
+async fn two_shards_keep_their_own_instrument_ids() {
+    let s = TestSchema::migrated("shard_instr").await;
+    let a = [instrument(0, "binance", "BTCUSDT"), instrument(1, "binance", "ETHUSDT")];
+    let b = [instrument(0, "binance", "SOLUSDT"), instrument(1, "binance", "BTCUSDT")];
+    assert_eq!(upsert_instruments(&s.pool, "a", &a).await.unwrap(), 2);
+    assert_eq!(upsert_instruments(&s.pool, "b", &b).await.unwrap(), 2);
+    // A shard's restart with new ids updates its own rows only.
+    assert_eq!(upsert_instruments(&s.pool, "b", &b).await.unwrap(), 2);
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT shard, id, symbol FROM instruments ORDER BY shard, id").fetch_all(&s.pool).await.unwrap();
+    let want = [("a", 0, "BTCUSDT"), ("a", 1, "ETHUSDT"), ("b", 0, "SOLUSDT"), ("b", 1, "BTCUSDT")];
+    assert_eq!(rows, want.map(|(s, i, y)| (s.to_string(), i, y.to_string())));
+    let btc: Vec<(String, i64)> =
+        sqlx::query_as("SELECT shard, id FROM instruments WHERE venue = 'binance' AND symbol = 'BTCUSDT' ORDER BY shard")
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(btc, [("a".to_string(), 0), ("b".to_string(), 1)]);
+}
+
+/// Every row of a journal-fed or instrument table as JSON without the shard column, sorted.
+async fn rows_without_shard(s: &TestSchema) -> Vec<String> {
+    let mut rows = Vec::new();
+    for t in ["orders", "executions", "signals", "risk_events", "pnl_snapshots", "agent_margin", "instruments", "sink_cursor"] {
+        let q = format!("SELECT '{t} ' || (to_jsonb(x) - 'shard' - 'updated_at')::text FROM {t} x ORDER BY 1");
+        rows.extend(sqlx::query_scalar::<_, String>(&q).fetch_all(&s.pool).await.unwrap());
+    }
+    rows
+}
+
+/// A database written by one core before shards existed moves forward without losing a row:
+/// the rows of schema version 2 are all still there after migration 3, as the default
+/// shard's, and that shard's sink carries on from its old cursor.
+#[tokio::test]
+async fn the_shard_migration_keeps_every_row_of_a_single_shard_database() {
+    let s = TestSchema::new("shard_migrate").await;
+    assert_eq!(migrate_to(&s.pool, Some(2)).await.unwrap().len(), 2);
+    // What a version-2 sink and core wrote (columns as in 0001_tables.sql).
+    sqlx::raw_sql(
+        "INSERT INTO instruments (id, symbol, venue, market, tick_size, lot_size, min_notional, price_precision, qty_precision)
+             VALUES (0, 'BTCUSDT', 'binance', 'linear_perpetual', 0.1, 0.001, 5, 1, 3),
+                    (1, 'ETHUSDT', 'binance', 'linear_perpetual', 0.01, 0.01, 5, 2, 2);
+         INSERT INTO orders SELECT g, g, to_timestamp(g), g::bigint * 1000000000, g, g + 1, g + 2, g % 2, 1, 'new', 'buy', 'limit',
+             'gtc', false, 100.5 + g, 0.25 FROM generate_series(0, 39) g;
+         INSERT INTO executions SELECT g, g, to_timestamp(g), g::bigint * 1000000000, g, g - 39, g % 2, 1, 'fill', 'buy', 'none',
+             'taker', 100.5, 0.25, 0, 0.001 FROM generate_series(40, 79) g;
+         INSERT INTO signals SELECT g, g, to_timestamp(g), g::bigint * 1000000000, g, g, g % 2, 2, 50, 9000, 1000, true
+             FROM generate_series(80, 89) g;
+         INSERT INTO risk_events SELECT g, g, to_timestamp(g), g::bigint * 1000000000, 'refusal', 'price_band', 1, 0, g, 'sell',
+             99, 1, NULL FROM generate_series(90, 94) g;
+         INSERT INTO pnl_snapshots SELECT g, g, to_timestamp(g), g::bigint * 1000000000, CASE WHEN g % 2 = 0 THEN 1 END,
+             1.5, -0.5, 0.01, 1000, 1001, 250 FROM generate_series(95, 99) g;
+         INSERT INTO agent_margin (journal_seq, engine_seq, ts, ts_ns, agent_id, capital, equity, gross_exposure,
+             leverage, margin_used, margin_remaining)
+             SELECT g, g, to_timestamp(g), g::bigint * 1000000000, 1, 1000, 1001, 250, 1, 250, 750 FROM generate_series(96, 98, 2) g;
+         INSERT INTO sink_cursor (name, next_seq) VALUES ('output', 100);",
+    )
+    .execute(&s.pool)
+    .await
+    .unwrap();
+    let before = rows_without_shard(&s).await;
+    assert_eq!(before.len(), 2 + 40 + 40 + 10 + 5 + 5 + 2 + 1);
+
+    let applied = migrate(&s.pool).await.unwrap();
+    assert_eq!(applied.iter().map(|a| a.version).collect::<Vec<_>>(), [3]);
+    check_schema(&s.pool).await.unwrap();
+    assert_eq!(rows_without_shard(&s).await, before, "every row kept, unchanged");
+    for t in ["orders", "executions", "signals", "risk_events", "pnl_snapshots", "agent_margin", "instruments", "sink_cursor"] {
+        let other = s.count(&format!("SELECT count(*) FROM {t} WHERE shard <> 'main'")).await;
+        assert_eq!(other, 0, "{t}: existing rows are the default shard's");
+    }
+
+    // The default shard's sink resumes at its old cursor; another shard starts its own at 0,
+    // and its rows with the same journal sequences sit beside the old ones.
+    let outs = sample_outputs(130, 3);
+    let mut conn = s.options.connect().await.unwrap();
+    assert_eq!(ensure_cursor(&mut conn, "output", 0).await.unwrap(), 100);
+    let mut main = BatchWriter::new(1);
+    main.load(&(100..130u64).map(|i| (i, outs[i as usize])).collect::<Vec<_>>());
+    main.write(&mut conn, "output", BatchMethod::Unnest, 100, 130).await.unwrap();
+    assert_eq!(sapphire_persistence::pg::ensure_shard_cursor(&mut conn, "b", "output", 0).await.unwrap(), 0);
+    let mut b = BatchWriter::for_shard(1, "b");
+    b.load(&(0..100u64).map(|i| (i, outs[i as usize])).collect::<Vec<_>>());
+    b.write(&mut conn, "output", BatchMethod::Copy, 0, 100).await.unwrap();
+    assert_eq!(shard_journal_seqs(&s, "main").await, (0..130).collect::<Vec<_>>(), "the 100 old records and the 30 new ones");
+    assert_eq!(shard_journal_seqs(&s, "b").await, (0..100).collect::<Vec<_>>());
+    let _ = conn.close().await;
 }

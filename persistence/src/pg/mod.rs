@@ -12,13 +12,22 @@
 //! - [`sample_outputs`]: a deterministic mix of every output kind for tests and benchmarks.
 //!
 //! # Exactly once
-//! The table `sink_cursor` holds, per sink name, the next journal sequence to write. Each
-//! batch is one transaction: lock the cursor row, check it is where this sink left it,
-//! insert the rows, move the cursor, commit. A crash anywhere before the commit rolls back
-//! rows and cursor together, and the restarted sink re-reads from the stored cursor; after
-//! the commit both are durable. Every journal-fed table's primary key is `journal_seq`, a
-//! second guard: a replayed record can never become a second row (UNNEST skips it, COPY
-//! fails the batch, which is retried with UNNEST).
+//! The table `sink_cursor` holds, per shard and sink name, the next journal sequence to
+//! write. Each batch is one transaction: lock the cursor row, check it is where this sink
+//! left it, insert the rows, move the cursor, commit. A crash anywhere before the commit
+//! rolls back rows and cursor together, and the restarted sink re-reads from the stored
+//! cursor; after the commit both are durable. Every journal-fed table's primary key is
+//! `(shard, journal_seq)`, a second guard: a replayed record can never become a second row
+//! (UNNEST skips it, COPY fails the batch, which is retried with UNNEST).
+//!
+//! # Shards
+//! Several cores (one per symbol shard) may share one database, each with its own sink.
+//! Every row carries the `shard` of the core that wrote it ([`SinkConfig::shard`], from
+//! `[node] shard` / `SAPPHIRE_SHARD`, default [`crate::shard::DEFAULT_SHARD`]); journal
+//! sequences and instrument ids are per shard, so a row is identified by
+//! `(shard, journal_seq)` and an instrument by `(shard, id)` (with `(venue, symbol)`
+//! indexed to find every shard's id for a symbol). Migration 0003 moved single-shard
+//! databases forward: existing rows and the existing cursor became the default shard's.
 //!
 //! # Values
 //! - Prices, quantities and money are `numeric` with the engine's scale (9, 8, 9 decimals),
@@ -51,8 +60,8 @@ pub use rows::decimal_string;
 pub use sample::sample_outputs;
 pub use schema::{check_schema, execute, migrate, migrate_to, required_version, upsert_instruments, Applied, SchemaError, MIGRATOR};
 pub use sink::{
-    connect_pool, describe_target, ensure_cursor, run_sink, BatchMethod, BatchWriter, JournalSource, MemorySource, OutputSource,
-    SinkConfig, SinkError, SinkStats,
+    connect_pool, describe_target, ensure_cursor, ensure_shard_cursor, run_sink, BatchMethod, BatchWriter, JournalSource, MemorySource,
+    OutputSource, SinkConfig, SinkError, SinkStats,
 };
 /// The Postgres types callers need to connect (so they need no sqlx dependency of their own).
 pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

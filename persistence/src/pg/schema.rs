@@ -167,8 +167,14 @@ pub(crate) async fn check_schema_conn(conn: &mut sqlx::PgConnection) -> Result<(
     }
 }
 
-/// Inserts or updates the instrument list (by id); returns the rows written.
-pub async fn upsert_instruments(pool: &PgPool, instruments: &[sapphire_core::instrument::Instrument]) -> Result<u64, sqlx::Error> {
+/// Inserts or updates `shard`'s instrument list (keyed by `(shard, id)`: each shard's
+/// process-local ids map to their venue and symbol side by side, no shard overwrites
+/// another's); returns the rows written.
+pub async fn upsert_instruments(
+    pool: &PgPool,
+    shard: &str,
+    instruments: &[sapphire_core::instrument::Instrument],
+) -> Result<u64, sqlx::Error> {
     use super::rows::decimal_string;
     use sapphire_core::fixed::{Money, Price, Quantity};
     use sapphire_core::instrument::MarketType;
@@ -194,11 +200,11 @@ pub async fn upsert_instruments(pool: &PgPool, instruments: &[sapphire_core::ins
         qp.push(i16::from(i.qty_precision));
     }
     let r = sqlx::query(
-        "INSERT INTO instruments (id, symbol, venue, market, tick_size, lot_size, min_notional, \
+        "INSERT INTO instruments (shard, id, symbol, venue, market, tick_size, lot_size, min_notional, \
          price_precision, qty_precision) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
+         SELECT $10::text, * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::numeric[], \
          $6::numeric[], $7::numeric[], $8::smallint[], $9::smallint[]) \
-         ON CONFLICT (id) DO UPDATE SET symbol = EXCLUDED.symbol, venue = EXCLUDED.venue, \
+         ON CONFLICT (shard, id) DO UPDATE SET symbol = EXCLUDED.symbol, venue = EXCLUDED.venue, \
          market = EXCLUDED.market, tick_size = EXCLUDED.tick_size, lot_size = EXCLUDED.lot_size, \
          min_notional = EXCLUDED.min_notional, price_precision = EXCLUDED.price_precision, \
          qty_precision = EXCLUDED.qty_precision, updated_at = now()",
@@ -212,6 +218,7 @@ pub async fn upsert_instruments(pool: &PgPool, instruments: &[sapphire_core::ins
     .bind(notionals)
     .bind(pp)
     .bind(qp)
+    .bind(shard)
     .execute(pool)
     .await?;
     Ok(r.rows_affected())

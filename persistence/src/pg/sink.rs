@@ -6,6 +6,7 @@ use super::rows::{RowBatch, TABLES};
 use super::schema::{check_schema_conn, SchemaError};
 use super::write::{insert_copy, insert_unnest};
 use crate::journal::{JournalError, Tail};
+use crate::shard::{check_shard, DEFAULT_SHARD};
 use sapphire_core::engine::Output;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
@@ -19,7 +20,7 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BatchMethod {
     /// One `INSERT … SELECT FROM UNNEST($1::bigint[], …)` per table: array parameters,
-    /// `ON CONFLICT (journal_seq) DO NOTHING`.
+    /// `ON CONFLICT (shard, journal_seq) DO NOTHING`.
     #[default]
     Unnest,
     /// One binary `COPY … FROM STDIN` per table (the format written by hand): fewer bytes
@@ -43,7 +44,10 @@ impl std::str::FromStr for BatchMethod {
 pub struct SinkConfig {
     /// Where Postgres is (from `DATABASE_URL`; options such as `search_path` included).
     pub connect: PgConnectOptions,
-    /// The cursor's name in `sink_cursor`: one per journal the sink follows.
+    /// The shard whose output journal this sink follows: every row it writes carries it, and
+    /// its cursor is the `(shard, name)` row of `sink_cursor`.
+    pub shard: String,
+    /// The cursor's name in `sink_cursor`: one per journal the sink follows, within its shard.
     pub name: String,
     /// UNNEST inserts or binary COPY.
     pub method: BatchMethod,
@@ -65,11 +69,12 @@ pub struct SinkConfig {
 }
 
 impl SinkConfig {
-    /// Defaults: cursor `output`, UNNEST, 1,000 records per batch, 50 ms idle poll, backoff
+    /// Defaults: shard [`DEFAULT_SHARD`], cursor `output`, UNNEST, 1,000 records per batch, 50 ms idle poll, backoff
     /// 100 ms → 10 s, 5 s connect timeout, 30 s write timeout, leverage 1.
     pub fn new(connect: PgConnectOptions) -> Self {
         Self {
             connect,
+            shard: DEFAULT_SHARD.into(),
             name: "output".into(),
             method: BatchMethod::Unnest,
             batch_max: 1_000,
@@ -120,6 +125,7 @@ impl std::fmt::Debug for SinkConfig {
             .field("target", &self.target())
             .field("user", &self.connect.get_username())
             .field("password", &"<redacted>")
+            .field("shard", &self.shard)
             .field("name", &self.name)
             .field("method", &self.method)
             .field("batch_max", &self.batch_max)
@@ -161,8 +167,10 @@ pub enum SinkError {
     Source(String),
     /// The stored cursor is not where this sink left it (another writer, or a manual reset):
     /// the sink re-reads from the stored cursor.
-    #[error("cursor {name:?} is at {found} in the database, this sink was at {expected}; re-reading from {found}")]
+    #[error("cursor {name:?} of shard {shard:?} is at {found} in the database, this sink was at {expected}; re-reading from {found}")]
     CursorMoved {
+        /// The cursor's shard.
+        shard: String,
         /// The cursor's name.
         name: String,
         /// Where this sink thought it was.
@@ -405,12 +413,25 @@ pub struct BatchWriter {
     rows: RowBatch,
     copy_buf: Vec<u8>,
     leverage: i64,
+    /// The shard of every row written and of the cursor moved.
+    shard: String,
 }
 
 impl BatchWriter {
-    /// A writer for a risk configuration with this leverage (for `agent_margin`).
+    /// A writer for the default shard and a risk configuration with this leverage (for
+    /// `agent_margin`).
     pub fn new(leverage: i64) -> Self {
-        Self { leverage, ..Self::default() }
+        Self::for_shard(leverage, DEFAULT_SHARD)
+    }
+
+    /// A writer whose rows and cursor belong to `shard`.
+    pub fn for_shard(leverage: i64, shard: &str) -> Self {
+        Self { leverage, shard: shard.to_string(), ..Self::default() }
+    }
+
+    /// The shard this writer writes as.
+    pub fn shard(&self) -> &str {
+        &self.shard
     }
 
     /// Turns records into rows, replacing the previous batch; returns the rows.
@@ -427,8 +448,9 @@ impl BatchWriter {
         self.rows.skipped
     }
 
-    /// One transaction: lock cursor `name`, check it is at `cursor`, insert the loaded rows
-    /// with `method`, set the cursor to `next`, commit. Returns the rows inserted.
+    /// One transaction: lock cursor `(shard, name)`, check it is at `cursor`, insert the
+    /// loaded rows as the writer's shard with `method`, set the cursor to `next`, commit.
+    /// Returns the rows inserted.
     pub async fn write(
         &mut self,
         conn: &mut PgConnection,
@@ -439,17 +461,21 @@ impl BatchWriter {
     ) -> Result<u64, SinkError> {
         let next_i64 = i64::try_from(next).map_err(|_| SinkError::Source(format!("journal sequence {next} above 2^63")))?;
         let mut tx = conn.begin().await?;
-        let stored: i64 =
-            sqlx::query_scalar("SELECT next_seq FROM sink_cursor WHERE name = $1 FOR UPDATE").bind(name).fetch_one(&mut *tx).await?;
+        let stored: i64 = sqlx::query_scalar("SELECT next_seq FROM sink_cursor WHERE shard = $1 AND name = $2 FOR UPDATE")
+            .bind(&self.shard)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
         if u64::try_from(stored).ok() != Some(cursor) {
             tx.rollback().await?;
-            return Err(SinkError::CursorMoved { name: name.to_string(), expected: cursor, found: stored });
+            return Err(SinkError::CursorMoved { shard: self.shard.clone(), name: name.to_string(), expected: cursor, found: stored });
         }
         let written = match method {
-            BatchMethod::Copy => insert_copy(&mut tx, &self.rows, &mut self.copy_buf).await?,
-            BatchMethod::Unnest => insert_unnest(&mut tx, &self.rows).await?,
+            BatchMethod::Copy => insert_copy(&mut tx, &self.rows, &self.shard, &mut self.copy_buf).await?,
+            BatchMethod::Unnest => insert_unnest(&mut tx, &self.rows, &self.shard).await?,
         };
-        sqlx::query("UPDATE sink_cursor SET next_seq = $2, updated_at = now() WHERE name = $1")
+        sqlx::query("UPDATE sink_cursor SET next_seq = $3, updated_at = now() WHERE shard = $1 AND name = $2")
+            .bind(&self.shard)
             .bind(name)
             .bind(next_i64)
             .execute(&mut *tx)
@@ -459,19 +485,30 @@ impl BatchWriter {
     }
 }
 
-/// Creates cursor `name` at `start` unless it exists; returns the stored cursor.
+/// Creates the default shard's cursor `name` at `start` unless it exists; returns the
+/// stored cursor.
 pub async fn ensure_cursor(conn: &mut PgConnection, name: &str, start: u64) -> Result<u64, SinkError> {
+    ensure_shard_cursor(conn, DEFAULT_SHARD, name, start).await
+}
+
+/// Creates cursor `(shard, name)` at `start` unless it exists; returns the stored cursor.
+pub async fn ensure_shard_cursor(conn: &mut PgConnection, shard: &str, name: &str, start: u64) -> Result<u64, SinkError> {
     let start = i64::try_from(start).map_err(|_| SinkError::Config(format!("cursor start {start} above 2^63")))?;
-    sqlx::query("INSERT INTO sink_cursor (name, next_seq) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+    sqlx::query("INSERT INTO sink_cursor (shard, name, next_seq) VALUES ($1, $2, $3) ON CONFLICT (shard, name) DO NOTHING")
+        .bind(shard)
         .bind(name)
         .bind(start)
         .execute(&mut *conn)
         .await?;
-    let c: i64 = sqlx::query_scalar("SELECT next_seq FROM sink_cursor WHERE name = $1").bind(name).fetch_one(&mut *conn).await?;
+    let c: i64 = sqlx::query_scalar("SELECT next_seq FROM sink_cursor WHERE shard = $1 AND name = $2")
+        .bind(shard)
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(u64::try_from(c).unwrap_or(0))
 }
 
-/// Runs the sink until `stop` completes. Reads the cursor named `config.name` from
+/// Runs the sink until `stop` completes. Reads the cursor `(config.shard, config.name)` from
 /// `sink_cursor` (creating it at 0), then repeatedly: reads up to `batch_max` records from
 /// `source`, writes their rows and the new cursor in one transaction, and on any failure
 /// keeps the same batch, backs off (capped exponential) and tries again. A crash at any
@@ -485,6 +522,7 @@ pub async fn run_sink<S: OutputSource>(
     stats: Arc<SinkStats>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), SinkError> {
+    check_shard(&config.shard).map_err(|e| SinkError::Config(format!("shard {e}")))?;
     if config.batch_max == 0 {
         return Err(SinkError::Config("batch_max must be at least 1".into()));
     }
@@ -498,7 +536,7 @@ pub async fn run_sink<S: OutputSource>(
         conn: None,
         cursor: None,
         pending: Vec::with_capacity(config.batch_max),
-        writer: BatchWriter::new(config.leverage),
+        writer: BatchWriter::for_shard(config.leverage, &config.shard),
         unnest_once: false,
         config,
     };
@@ -645,7 +683,7 @@ impl<S: OutputSource> Sink<S> {
     async fn load_cursor(&mut self) -> Result<u64, SinkError> {
         let conn = self.conn.as_mut().ok_or_else(|| SinkError::Source("not connected".into()))?;
         let timeout = self.config.write_timeout;
-        match tokio::time::timeout(timeout, ensure_cursor(conn, &self.config.name, 0)).await {
+        match tokio::time::timeout(timeout, ensure_shard_cursor(conn, &self.config.shard, &self.config.name, 0)).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => {
                 self.conn = None;

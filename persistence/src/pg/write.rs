@@ -1,6 +1,7 @@
 //! The two batch methods: a multi-row `INSERT … SELECT FROM UNNEST(arrays)` and a binary
 //! `COPY … FROM STDIN`, both writing the rows of a [`RowBatch`] on a connection that is
-//! inside the caller's transaction.
+//! inside the caller's transaction. Every row gets the writing sink's shard as its first
+//! column (a scalar parameter under UNNEST, a field of every tuple under COPY).
 
 use super::rows::{ColType, RowBatch, Table, Value, TABLES};
 use sqlx::postgres::PgConnection;
@@ -25,8 +26,8 @@ fn column_list(t: &Table) -> String {
     t.columns.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }
 
-/// `INSERT INTO t (cols) SELECT exprs FROM UNNEST($1::bigint[], …) AS u(cols)
-/// ON CONFLICT (journal_seq) DO NOTHING` — numbers and times are sent as their raw integers
+/// `INSERT INTO t (shard, cols) SELECT $n::text, exprs FROM UNNEST($1::bigint[], …) AS u(cols)
+/// ON CONFLICT (shard, journal_seq) DO NOTHING` — numbers and times are sent as their raw integers
 /// and made exact in SQL (`raw::numeric * 0.000000001` has exactly the scale's decimals).
 fn unnest_sql(t: &Table) -> String {
     let cols = column_list(t);
@@ -53,8 +54,10 @@ fn unnest_sql(t: &Table) -> String {
         params.push(format!("${p}::{array}"));
         exprs.push(expr);
     }
+    let shard_param = t.columns.len() + 1;
     format!(
-        "INSERT INTO {} ({cols}) SELECT {} FROM UNNEST({}) AS u({cols}) ON CONFLICT (journal_seq) DO NOTHING",
+        "INSERT INTO {} (shard, {cols}) SELECT ${shard_param}::text, {} FROM UNNEST({}) AS u({cols}) \
+         ON CONFLICT (shard, journal_seq) DO NOTHING",
         t.name,
         exprs.join(", "),
         params.join(", ")
@@ -62,16 +65,16 @@ fn unnest_sql(t: &Table) -> String {
 }
 
 fn copy_sql(t: &Table) -> String {
-    format!("COPY {} ({}) FROM STDIN WITH (FORMAT binary)", t.name, column_list(t))
+    format!("COPY {} (shard, {}) FROM STDIN WITH (FORMAT binary)", t.name, column_list(t))
 }
 
 fn cell_error(t: &Table, col: &str, v: Value) -> sqlx::Error {
     sqlx::Error::Encode(format!("{}.{col}: value {v:?} does not fit the column", t.name).into())
 }
 
-/// Writes every table's rows with UNNEST inserts; returns the rows inserted (a row whose
-/// `journal_seq` is already there is skipped, not duplicated).
-pub(crate) async fn insert_unnest(conn: &mut PgConnection, batch: &RowBatch) -> Result<u64, sqlx::Error> {
+/// Writes every table's rows with UNNEST inserts as `shard`'s; returns the rows inserted (a
+/// row whose `(shard, journal_seq)` is already there is skipped, not duplicated).
+pub(crate) async fn insert_unnest(conn: &mut PgConnection, batch: &RowBatch, shard: &str) -> Result<u64, sqlx::Error> {
     let mut inserted = 0;
     for (t, rows) in TABLES.iter().zip(&batch.tables) {
         if rows.rows == 0 {
@@ -124,22 +127,22 @@ pub(crate) async fn insert_unnest(conn: &mut PgConnection, batch: &RowBatch) -> 
                 }
             };
         }
-        inserted += q.execute(&mut *conn).await?.rows_affected();
+        inserted += q.bind(shard).execute(&mut *conn).await?.rows_affected();
     }
     Ok(inserted)
 }
 
-/// Writes every table's rows with binary COPY; returns the rows copied. `buf` is scratch
-/// space reused across batches. A row whose `journal_seq` is already there fails the COPY
-/// (unique violation): COPY cannot skip conflicts.
-pub(crate) async fn insert_copy(conn: &mut PgConnection, batch: &RowBatch, buf: &mut Vec<u8>) -> Result<u64, sqlx::Error> {
+/// Writes every table's rows with binary COPY as `shard`'s; returns the rows copied. `buf`
+/// is scratch space reused across batches. A row whose `(shard, journal_seq)` is already
+/// there fails the COPY (unique violation): COPY cannot skip conflicts.
+pub(crate) async fn insert_copy(conn: &mut PgConnection, batch: &RowBatch, shard: &str, buf: &mut Vec<u8>) -> Result<u64, sqlx::Error> {
     let mut copied = 0;
     for (t, rows) in TABLES.iter().zip(&batch.tables) {
         if rows.rows == 0 {
             continue;
         }
         buf.clear();
-        encode_copy(t, &rows.cells, buf)?;
+        encode_copy(t, &rows.cells, shard, buf)?;
         let mut copy = conn.copy_in_raw(&statements()[t.index].copy).await?;
         if let Err(e) = copy.send(buf.as_slice()).await {
             // Leave the connection usable: end the COPY before reporting.
@@ -151,15 +154,17 @@ pub(crate) async fn insert_copy(conn: &mut PgConnection, batch: &RowBatch, buf: 
     Ok(copied)
 }
 
-/// The binary COPY stream of one table: signature and header, one tuple per row, trailer.
-pub(crate) fn encode_copy(t: &Table, cells: &[Value], buf: &mut Vec<u8>) -> Result<(), sqlx::Error> {
+/// The binary COPY stream of one table: signature and header, one tuple per row (the shard,
+/// then the table's columns), trailer.
+pub(crate) fn encode_copy(t: &Table, cells: &[Value], shard: &str, buf: &mut Vec<u8>) -> Result<(), sqlx::Error> {
     buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
     buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     let width = t.columns.len();
-    let fields = i16::try_from(width).map_err(|_| sqlx::Error::Encode("too many columns".into()))?;
+    let fields = i16::try_from(width + 1).map_err(|_| sqlx::Error::Encode("too many columns".into()))?;
     for row in cells.chunks(width) {
         buf.extend_from_slice(&fields.to_be_bytes());
+        field(buf, shard.as_bytes());
         for ((name, ty), v) in t.columns.iter().zip(row) {
             match (*ty, *v) {
                 (_, Value::Null) => buf.extend_from_slice(&(-1i32).to_be_bytes()),
@@ -264,5 +269,9 @@ mod tests {
             }
         }
         assert!(statements()[0].unnest.contains("0.000000001"), "{}", statements()[0].unnest);
+        for st in statements() {
+            assert!(st.unnest.contains("ON CONFLICT (shard, journal_seq)"), "{}", st.unnest);
+            assert!(st.copy.contains("(shard, journal_seq,"), "{}", st.copy);
+        }
     }
 }
