@@ -46,8 +46,9 @@ impl LiveSource {
         }
     }
 
-    /// Runs the feed and a timer until `stop`; returns the events published.
-    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> u64 {
+    /// Runs the feed and a timer until `stop` or a terminal feed error (which sets `stop`, so
+    /// the whole run ends); returns the events published and the error, if any.
+    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> FeedRun {
         match self {
             Self::Binance(s) => s.run(producer, timer_ms, stop, full),
             Self::Bybit(s) => s.run(producer, timer_ms, stop, full),
@@ -102,7 +103,7 @@ impl BybitSource {
     }
 
     /// Runs the feed and a timer until `stop`; returns the events published.
-    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> u64 {
+    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> FeedRun {
         let counters = self.connection.counters();
         let connection = self.connection;
         run_with_timers(&self.runtime, producer, timer_ms, stop, full, counters, move |mut sink, shutdown| async move {
@@ -111,8 +112,16 @@ impl BybitSource {
     }
 }
 
-/// Runs `feed` on `runtime` with a wall-clock timer thread beside it until `stop`; returns
-/// the events published (the feed's and the timers').
+/// How a live feed ended.
+pub struct FeedRun {
+    /// Events published (the feed's and the timers').
+    pub published: u64,
+    /// The terminal error that stopped the feed (and the run), if one did.
+    pub error: Option<ConnectionError>,
+}
+
+/// Runs `feed` on `runtime` with a wall-clock timer thread beside it until `stop`; a feed
+/// that ends with an error sets `stop`: a run whose feed is gone must not go on trading.
 fn run_with_timers<F, Fut>(
     runtime: &tokio::runtime::Runtime,
     producer: Producer<Event>,
@@ -121,14 +130,14 @@ fn run_with_timers<F, Fut>(
     full: &AtomicU64,
     counters: tokio::sync::watch::Receiver<FeedCounters>,
     feed: F,
-) -> u64
+) -> FeedRun
 where
     F: FnOnce(Producer<Event>, Shutdown) -> Fut,
     Fut: Future<Output = Result<(), ConnectionError>>,
 {
     let (tx, rx) = tokio::sync::broadcast::channel(1);
     let timers = AtomicU64::new(0);
-    std::thread::scope(|scope| {
+    let error = std::thread::scope(|scope| {
         // Timers on the wall clock, stamped as events: the engine's guards and PnL
         // snapshots run as with the synthetic market, and replay sees the same timers.
         let mut timer_producer = producer.clone();
@@ -154,12 +163,15 @@ where
             }
             let _ = tx.send(());
         });
-        if let Err(e) = runtime.block_on(feed(producer, Shutdown::new(rx))) {
+        let result = runtime.block_on(feed(producer, Shutdown::new(rx)));
+        if let Err(e) = &result {
             eprintln!("feed: stopped: {e}");
+            stop.store(true, Ordering::SeqCst);
         }
+        result.err()
     });
     let events = counters.borrow().events;
-    events + timers.load(Ordering::Relaxed)
+    FeedRun { published: events + timers.load(Ordering::Relaxed), error }
 }
 
 /// A configured Binance feed, its instruments registered, not yet connected.
@@ -181,6 +193,7 @@ impl BinanceSource {
         } else {
             BinanceConnectionConfig::new(market.ws_url.clone(), market.rest_url.clone(), venue_market, &symbols)
         };
+        config.max_snapshots_per_window = market.max_snapshots_per_minute;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the feed runtime")?;
         let url = format!("{}{info_path}", config.rest_url.trim_end_matches('/'));
         let body = runtime.block_on(sapphire_gateway::connection::http::get(&url)).with_context(|| format!("reading {url}"))?;
@@ -198,7 +211,7 @@ impl BinanceSource {
     }
 
     /// Runs the feed and a timer until `stop`; returns the events published.
-    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> u64 {
+    pub fn run(self, producer: Producer<Event>, timer_ms: u64, stop: &AtomicBool, full: &AtomicU64) -> FeedRun {
         let counters = self.connection.counters();
         let connection = self.connection;
         run_with_timers(&self.runtime, producer, timer_ms, stop, full, counters, move |mut sink, shutdown| async move {

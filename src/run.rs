@@ -527,8 +527,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
                 match binance {
-                    Some(source) => source.run(producer, timer_ms, &stop, &full),
-                    None => market_loop(market, producer, rate, &stop, &full),
+                    Some(source) => {
+                        let run = source.run(producer, timer_ms, &stop, &full);
+                        (run.published, run.error)
+                    }
+                    None => (market_loop(market, producer, rate, &stop, &full), None),
                 }
             })
             .context("starting the market thread")?
@@ -653,7 +656,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             Err(e) => eprintln!("warning: {name} failed: {e}"),
         }
     }
-    let published = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
+    let (published, feed_error) = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
     // Routing publishes reports into the ring: it stops before the ring closes (it may wait
     // for a request in flight, up to its timeout).
     let routing_stats = routing.map(|r| {
@@ -779,16 +782,22 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(c) = feed_counters {
         let c = *c.borrow();
         println!(
-            "  feed: {} frames, {} events, {} skipped, {} snapshots, {} gaps, {} reconnects ({} stale), {} connect failures",
+            "  feed: {} frames, {} events, {} skipped, {} snapshots ({} requested, {} held back by the cap), {} gaps, {} reconnects ({} stale), {} connect failures",
             c.frames,
             c.events,
             c.skipped(),
             c.snapshots,
+            c.snapshot_requests,
+            c.snapshots_capped,
             c.gaps,
             c.reconnects,
             c.stale_reconnects,
             c.connect_failures
         );
+    }
+    // A feed that stopped on its own (wrong market, the engine gone) ends the run as a failure.
+    if let Some(e) = feed_error {
+        anyhow::bail!("the market feed stopped: {e}");
     }
     Ok(())
 }
@@ -966,6 +975,17 @@ fn write_feed_metrics(
         m.counter("sapphire_feed_skipped_total", "Frames skipped (malformed, missing field, bad decimal, unknown symbol).", c.skipped());
         m.counter("sapphire_feed_gaps_total", "Sequence gaps (the book resyncs from a snapshot).", c.gaps);
         m.counter("sapphire_feed_snapshots_total", "Book snapshots applied.", c.snapshots);
+        m.counter("sapphire_feed_snapshot_requests_total", "REST depth snapshots requested.", c.snapshot_requests);
+        m.counter(
+            "sapphire_feed_snapshots_capped_total",
+            "Snapshot requests held back by market.max_snapshots_per_minute (the book stays out of sync until the window allows one).",
+            c.snapshots_capped,
+        );
+        m.counter(
+            "sapphire_feed_wrong_market_total",
+            "Frames of another market than market.venue_market (the feed stops).",
+            c.wrong_market,
+        );
         m.counters(
             "sapphire_feed_reconnects_total",
             "Reconnections, by cause.",

@@ -351,9 +351,66 @@ fn run_trades_a_binance_feed_served_by_the_local_exchange() {
     assert!(out.status.success(), "exit {:?}: {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let feed = stdout.lines().find(|l| l.trim_start().starts_with("feed:")).unwrap_or_else(|| panic!("no feed line:\n{stdout}"));
     // The fixture's 71 frames: every one parsed, the book synced once from the REST snapshot.
-    assert!(feed.contains(" 0 skipped, 1 snapshots, 0 gaps"), "{feed}");
+    assert!(feed.contains(" 0 skipped, 1 snapshots (1 requested, 0 held back by the cap), 0 gaps"), "{feed}");
     let events: u64 = feed.split(" frames, ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(events > 50, "{feed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_stops_with_exit_1_naming_venue_market_when_the_feed_is_usdm_and_the_config_spot() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("wrong-market");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A USD-M recording: depth updates carry `pu` and `T`.
+    let recording = dir.join("usdm.txt");
+    let mut text = String::new();
+    let mut prev = 1_000u64;
+    for k in 0..100u64 {
+        let ms = 1_723_161_600_000 + 100 * k;
+        let (u0, u1) = (prev + 3, prev + 7);
+        text.push_str(&format!(
+            "{} {{\"stream\":\"btcusdt@depth@100ms\",\"data\":{{\"e\":\"depthUpdate\",\"E\":{ms},\"T\":{ms},\"s\":\"BTCUSDT\",\"U\":{u0},\"u\":{u1},\"pu\":{prev},\"b\":[[\"60000.00\",\"1.000\"]],\"a\":[[\"60000.50\",\"1.000\"]]}}}}\n",
+            ms * 1_000_000
+        ));
+        prev = u1;
+    }
+    std::fs::write(&recording, text).unwrap();
+    let mut server = sapphire()
+        .args(["feed", "serve", "--market", "usdm", "--pace", "recorded", "--bind", "127.0.0.1:0"])
+        .arg(&recording)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut line).expect("serve prints its address");
+    let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    let config = dir.join("feed.toml");
+    // venue_market left at its default: spot.
+    std::fs::write(
+        &config,
+        format!("[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = sapphire()
+        .args(["run", "--duration", "30s", "--wait", "yield", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .expect("sapphire runs");
+    let _ = server.kill();
+    let _ = server.wait();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "it stops at once, not at --duration");
+    for says in ["venue_market is \"spot\"", "`pu`", "venue_market = \"usdm\""] {
+        assert!(stderr.contains(says), "{says:?} not in:\n{stderr}");
+    }
+    let feed = stdout.lines().find(|l| l.trim_start().starts_with("feed:")).unwrap_or_else(|| panic!("no feed line:\n{stdout}"));
+    assert!(feed.contains("(0 requested, 0 held back by the cap), 0 gaps"), "no snapshot asked for, no resync: {feed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
