@@ -1,8 +1,11 @@
 //! `sapphire agents`: the agents runtime as a process of its own (the deployment's agents
-//! role), talking to a core through Redis: market context from the core's conflated ticks
-//! (`<prefix>:ticks:*`) into a local board, positions and PnL from its outputs
-//! (`<prefix>:outputs`), signals out on `<prefix>:signals:in` (the documented remote-agent
-//! format; the core checks and journals them). `/healthz`, `/readyz` (ready once every
+//! role), talking to the cores of every shard it is configured for (`[node] shards`,
+//! `SAPPHIRE_SHARDS`; by default the one `[node] shard`) through Redis: market context from
+//! each core's conflated ticks (`<prefix>:<shard>:ticks:*`) into one local board, positions
+//! and PnL from their outputs (`<prefix>:<shard>:outputs`, instrument ids moved into one merged
+//! id space, [`bus::ShardSet`]), each signal out on the `<prefix>:<shard>:signals:in` of the
+//! shard that trades its instrument (the documented remote-agent format; the core checks and
+//! journals it). `/healthz`, `/readyz` (ready once every
 //! instrument has a fresh, in-sync top) and `/metrics` (the agents' counters) on `--http-bind`.
 
 use crate::agents_bridge::{AgentPositions, BoardContext};
@@ -78,11 +81,22 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     }
     let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
-    println!("agents: waiting for a core's instrument list on {} (prefix {:?})", bus::redact(&bus.url), bus.prefix);
-    let Some(names) = runtime.block_on(bus::read_instruments(&bus, &stop))? else {
+    println!(
+        "agents: waiting for the instrument lists of shard(s) {} on {} (prefix {:?})",
+        cfg.shards.join(","),
+        bus::redact(&bus.url),
+        bus.prefix
+    );
+    let Some(set) = runtime.block_on(bus::read_shard_instruments(&bus, &cfg.shards, &stop))? else {
         return Ok(());
     };
-    println!("agents: instruments {}", names.join(","));
+    for s in &set.shards {
+        println!("agents: shard {} instruments {}", s.shard, s.symbols.join(","));
+    }
+    // One merged id space over every shard's instruments (ticks name symbols, so each
+    // shard's tick subscriber finds its symbols in the merged list).
+    let names = set.names();
+    let set = Arc::new(set);
 
     let board = Arc::new(MarketBoard::new(names.len()));
     let positions = Arc::new(AgentPositions::new(names.len()));
@@ -124,25 +138,38 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
     println!("api: http://{}", api.addr());
 
-    let tick_task =
-        runtime.spawn(bus::run_tick_subscriber(bus.clone(), names.clone(), Arc::clone(&board), Arc::clone(&ticks), Arc::clone(&stop)));
-    let output_task = {
-        let (positions, edge) = (Arc::clone(&positions), Arc::clone(&edge));
-        runtime.spawn(bus::run_output_subscriber(
+    let mut tasks: Vec<_> = set
+        .shard_names()
+        .iter()
+        .map(|shard| {
+            runtime.spawn(bus::run_tick_subscriber(
+                bus.for_shard(shard),
+                names.clone(),
+                Arc::clone(&board),
+                Arc::clone(&ticks),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    tasks.push({
+        let (positions, edge, merged) = (Arc::clone(&positions), Arc::clone(&edge), Arc::clone(&set));
+        runtime.spawn(bus::run_shards_output_subscriber(
             bus.clone(),
+            Arc::clone(&set),
             Arc::clone(&outputs),
             Arc::new(AtomicU64::new(0)),
             Arc::clone(&stop),
-            move |_, o| {
-                positions.on_output(o);
-                edge.apply(o);
+            move |shard, _, o| {
+                let o = merged.to_merged(shard, o);
+                positions.on_output(&o);
+                edge.apply(&o);
             },
         ))
-    };
+    });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Signal>(1_024);
     let publisher = {
-        let (bus, names, stop, published, refused) =
-            (bus.clone(), names.clone(), Arc::clone(&stop), Arc::clone(&published), Arc::clone(&refused));
+        let (bus, names, set, stop, published, refused) =
+            (bus.clone(), names.clone(), Arc::clone(&set), Arc::clone(&stop), Arc::clone(&published), Arc::clone(&refused));
         runtime.spawn(async move {
             let mut conn = None;
             while !stop.load(Ordering::Relaxed) {
@@ -150,8 +177,10 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
                 if conn.is_none() {
                     conn = bus::connection(&bus).await.map_err(|e| eprintln!("agents: {e}")).ok();
                 }
+                // The signal goes to the core whose shard trades its instrument.
+                let Some(shard) = set.shard_of(signal.instrument) else { continue };
                 let sent = match conn.as_mut() {
-                    Some(c) => bus::publish_signal(c, &bus, &names, &signal).await.map_err(|e| e.to_string()),
+                    Some(c) => bus::publish_signal(c, &bus.for_shard(shard), &names, &signal).await.map_err(|e| e.to_string()),
                     None => Err("Redis unreachable".to_string()),
                 };
                 match sent {
@@ -179,7 +208,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = runtime.block_on(agents_task);
     api.shutdown();
-    for t in [tick_task, output_task] {
+    for t in tasks {
         let _ = runtime.block_on(t);
     }
     let _ = runtime.block_on(publisher);

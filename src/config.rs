@@ -606,6 +606,9 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
 pub struct RunConfig {
     /// This core's shard (`[node] shard`, `SAPPHIRE_SHARD`).
     pub shard: String,
+    /// The shards a gateway or agents process follows (`[node] shards`, `SAPPHIRE_SHARDS`;
+    /// just `shard` by default).
+    pub shards: Vec<String>,
     pub pipeline: PipelineConfig,
     pub edge_core: Option<usize>,
     /// Most symbols taken from a venue when TRADING_SYMBOLS is empty.
@@ -640,7 +643,7 @@ impl FileConfig {
     /// Validates and converts into the parts' configurations.
     pub fn resolve(&self) -> anyhow::Result<RunConfig> {
         let shard = self.node.shard()?;
-        self.node.shards()?;
+        let shards = self.node.shards()?;
         let e = &self.engine;
         let layout = Layout::parse(&e.layout).ok_or_else(|| bad("engine.layout", format!("{:?} is not `fused` or `split`", e.layout)))?;
         let wait = WaitStrategy::parse(&e.wait)
@@ -866,6 +869,7 @@ impl FileConfig {
         };
         Ok(RunConfig {
             shard: shard.clone(),
+            shards,
             pipeline,
             edge_core,
             max_symbols: a.max_symbols_per_agent,
@@ -898,6 +902,7 @@ impl FileConfig {
                     }
                     Some(sapphire_persistence::bus::BusConfig {
                         prefix: self.redis.prefix.clone(),
+                        shard: shard.clone(),
                         tick_interval: std::time::Duration::from_millis(self.redis.tick_interval_ms),
                         ..sapphire_persistence::bus::BusConfig::new(url.clone())
                     })

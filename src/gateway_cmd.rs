@@ -1,12 +1,15 @@
 //! `sapphire gateway`: the API and dashboard as a process of its own, fed by a core through
 //! Redis — the deployment's gateway role, scaled horizontally apart from the engine.
 //!
-//! It reads the core's instrument list (`<prefix>:instruments`) and every output from
-//! `<prefix>:outputs` (validated rkyv records) into the same [`EdgeState`] that `sapphire run`
-//! serves, so `/`, `/ws`, `/dashboard`, `/api/*` and `/metrics` answer the same way. Operator
-//! control (`POST /api/kill` …) is checked against the same bearer token, then forwarded to the
-//! cores on `<prefix>:control:in`, signed with that token (HMAC-SHA256, fresh within 30 s,
-//! taken once); the core journals it like any control. Pub/sub keeps nothing while the
+//! It follows every shard it is configured for (`[node] shards`, `SAPPHIRE_SHARDS`; by default
+//! the one `[node] shard`): each core's instrument list (`<prefix>:<shard>:instruments`) and
+//! every output from `<prefix>:<shard>:outputs` (validated rkyv records) go into the same
+//! [`EdgeState`] that `sapphire run` serves, so `/`, `/ws`, `/dashboard`, `/api/*` and
+//! `/metrics` answer the same way. Each core's process-local instrument ids are moved into one
+//! merged id space ([`bus::ShardSet`]), so two shards' id 0 stay two instruments. Operator
+//! control (`POST /api/kill` …) is checked against the same bearer token, then forwarded to
+//! every shard's core on `<prefix>:<shard>:control:in`, signed with that token (HMAC-SHA256,
+//! fresh within 30 s, taken once); the core journals it like any control. Pub/sub keeps nothing while the
 //! gateway is away: its history starts when it connects, and sequence jumps are counted.
 //!
 //! Not served from here: stage latency and the engine's own counters (events/s, ring
@@ -50,11 +53,20 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
-    println!("gateway: waiting for a core's instrument list on {} (prefix {:?})", bus::redact(&bus.url), bus.prefix);
-    let Some(symbols) = runtime.block_on(bus::read_instruments(&bus, &stop))? else {
+    println!(
+        "gateway: waiting for the instrument lists of shard(s) {} on {} (prefix {:?})",
+        cfg.shards.join(","),
+        bus::redact(&bus.url),
+        bus.prefix
+    );
+    let Some(set) = runtime.block_on(bus::read_shard_instruments(&bus, &cfg.shards, &stop))? else {
         return Ok(());
     };
-    println!("gateway: instruments {}", symbols.join(","));
+    for s in &set.shards {
+        println!("gateway: shard {} instruments {}", s.shard, s.symbols.join(","));
+    }
+    let symbols = set.names();
+    let set = Arc::new(set);
 
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), symbols, cfg.engine.risk.leverage));
     edge.set_core_running(true);
@@ -83,13 +95,19 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     println!("api: http://{}", api.addr());
     let subscriber = {
         let edge = Arc::clone(&edge);
-        runtime.spawn(bus::run_output_subscriber(bus.clone(), Arc::clone(&stats), Arc::clone(&gaps), Arc::clone(&stop), move |_, o| {
-            edge.apply(o)
-        }))
+        let merged = Arc::clone(&set);
+        runtime.spawn(bus::run_shards_output_subscriber(
+            bus.clone(),
+            Arc::clone(&set),
+            Arc::clone(&stats),
+            Arc::clone(&gaps),
+            Arc::clone(&stop),
+            move |shard, _, o| edge.apply(&merged.to_merged(shard, o)),
+        ))
     };
     let token = cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec());
     let forwarder = {
-        let (bus, stop) = (bus.clone(), Arc::clone(&stop));
+        let (bus, stop, shards) = (bus.clone(), Arc::clone(&stop), set.shard_names());
         runtime.spawn(async move {
             let mut conn = None;
             let mut last_ts = 0u64;
@@ -110,15 +128,18 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
                     if conn.is_none() {
                         conn = bus::connection(&bus).await.map_err(|e| eprintln!("gateway: {e}")).ok();
                     }
-                    match conn.as_mut() {
-                        Some(c) => match bus::publish_control(c, &bus, &signed).await {
-                            Ok(n) => eprintln!("gateway: operator control forwarded to {n} core(s): {event:?}"),
-                            Err(e) => {
-                                eprintln!("gateway: forwarding operator control failed: {e}");
-                                conn = None;
-                            }
-                        },
-                        None => eprintln!("gateway: operator control NOT forwarded: Redis unreachable"),
+                    // Every shard's core takes the same operator control (a kill stops them all).
+                    for shard in &shards {
+                        match conn.as_mut() {
+                            Some(c) => match bus::publish_control(c, &bus.for_shard(shard), &signed).await {
+                                Ok(n) => eprintln!("gateway: operator control forwarded to {n} core(s) of shard {shard}: {event:?}"),
+                                Err(e) => {
+                                    eprintln!("gateway: forwarding operator control to shard {shard} failed: {e}");
+                                    conn = None;
+                                }
+                            },
+                            None => eprintln!("gateway: operator control NOT forwarded to shard {shard}: Redis unreachable"),
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

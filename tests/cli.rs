@@ -461,7 +461,7 @@ fn real_routing_needs_credentials_and_sends_signed_orders_to_the_venue() {
     let signal = r#"{"agent":5,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(250));
-        redis_publish(&format!("{prefix}:signals:in"), signal).expect("the Redis the test script provides");
+        redis_publish(&format!("{prefix}:main:signals:in"), signal).expect("the Redis the test script provides");
     }
     let out = child.wait_with_output().unwrap();
     let _ = server.kill();
@@ -920,7 +920,7 @@ fn real_routing_on_bybit_takes_fills_from_the_private_stream_and_adopts_the_venu
     let signal = r#"{"agent":12,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(250));
-        redis_publish(&format!("{prefix}:signals:in"), signal).expect("the Redis the test script provides");
+        redis_publish(&format!("{prefix}:main:signals:in"), signal).expect("the Redis the test script provides");
     }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

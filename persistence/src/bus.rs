@@ -1,20 +1,25 @@
 //! The Redis bus: fan-out of market data and engine outputs, and signal ingress for remote
 //! agents (the platform this replaces ran its agents through Redis; remote agents still can).
 //!
-//! # Channels (`<prefix>` is `sapphire` by default)
+//! # Channels (`<prefix>` is `sapphire` by default, `<shard>` the core's shard, `main` by default)
+//! Every key and channel is per shard, `<prefix>:<shard>:…`: cores of several shards share one
+//! Redis without overwriting each other's instrument lists or mixing their outputs. A gateway
+//! or agents process follows every shard it is configured for ([`ShardSet`],
+//! [`read_shard_instruments`], [`run_shards_output_subscriber`]).
+//!
 //! | channel | what | delivery |
 //! |---|---|---|
-//! | `<prefix>:ticks:<SYMBOL>` | top of book: `{"symbol","bid","bid_qty","ask","ask_qty","last_trade","ts_event","in_sync"}` | conflated per symbol: at most one per tick interval, the latest; dropped (and counted) while Redis is down |
-//! | `<prefix>:fills` | fills (`kind` `fill`) | every one, in order |
-//! | `<prefix>:orders` | orders and cancels sent (`kind` `order`) and other execution reports | every one, in order |
-//! | `<prefix>:signals` | agent signals as the engine saw them (`taken`) | every one, in order |
-//! | `<prefix>:pnl` | portfolio and per-agent PnL snapshots (`pnl`, `agent_pnl`) | every one, in order |
-//! | `<prefix>:risk` | refusals and guard alerts (`risk_refusal`, `risk_alert`) | every one, in order |
-//! | `<prefix>:outputs` | every output as bytes: `journal_seq:u64le` then the rkyv archive of the `Output` (validated by readers) — for Sapphire's own processes (the gateway role) | every one, in order |
-//! | `<prefix>:control:in` | **ingress**: operator control from a gateway: `ts_ns:u64le`, the rkyv archive of an `Event::Control`, then HMAC-SHA256 over both with the API token as key; the core takes it only with a valid MAC, a time within 30 s of its clock and a time later than the last one taken | each valid one becomes a `Control` event in the inbound ring (journaled, replayable) |
-//! | `<prefix>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
+//! | `<prefix>:<shard>:ticks:<SYMBOL>` | top of book: `{"symbol","bid","bid_qty","ask","ask_qty","last_trade","ts_event","in_sync"}` | conflated per symbol: at most one per tick interval, the latest; dropped (and counted) while Redis is down |
+//! | `<prefix>:<shard>:fills` | fills (`kind` `fill`) | every one, in order |
+//! | `<prefix>:<shard>:orders` | orders and cancels sent (`kind` `order`) and other execution reports | every one, in order |
+//! | `<prefix>:<shard>:signals` | agent signals as the engine saw them (`taken`) | every one, in order |
+//! | `<prefix>:<shard>:pnl` | portfolio and per-agent PnL snapshots (`pnl`, `agent_pnl`) | every one, in order |
+//! | `<prefix>:<shard>:risk` | refusals and guard alerts (`risk_refusal`, `risk_alert`) | every one, in order |
+//! | `<prefix>:<shard>:outputs` | every output as bytes: `journal_seq:u64le` then the rkyv archive of the `Output` (validated by readers) — for Sapphire's own processes (the gateway role) | every one, in order |
+//! | `<prefix>:<shard>:control:in` | **ingress**: operator control from a gateway: `ts_ns:u64le`, the rkyv archive of an `Event::Control`, then HMAC-SHA256 over both with the API token as key; the core takes it only with a valid MAC, a time within 30 s of its clock and a time later than the last one taken | each valid one becomes a `Control` event in the inbound ring (journaled, replayable) |
+//! | `<prefix>:<shard>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
 //!
-//! Key `<prefix>:instruments` holds the publishing core's instrument symbols, one per line in
+//! Key `<prefix>:<shard>:instruments` holds the publishing core's instrument symbols, one per line in
 //! id order (set on every connect), so other processes (the gateway role) name ids as it does.
 //!
 //! Output messages are the output journal's records as JSON (see [`crate::text`]): decimals
@@ -29,6 +34,7 @@
 //! restarts begins at the journal's end (the Postgres sink is the durable record).
 
 use crate::journal::{JournalError, Record, Tail};
+use crate::shard::DEFAULT_SHARD;
 use crate::text::{output_fields, to_json, Names};
 use futures_util::StreamExt;
 use sapphire_core::board::MarketBoard;
@@ -50,6 +56,9 @@ pub struct BusConfig {
     pub url: String,
     /// Channel prefix.
     pub prefix: String,
+    /// The core's shard: every key and channel is `<prefix>:<shard>:…`, so cores sharing
+    /// one Redis never overwrite each other's instrument lists or mix their outputs.
+    pub shard: String,
     /// Conflation interval of tick messages.
     pub tick_interval: Duration,
     /// Outputs published per round trip.
@@ -61,6 +70,7 @@ impl std::fmt::Debug for BusConfig {
         f.debug_struct("BusConfig")
             .field("url", &redact(&self.url))
             .field("prefix", &self.prefix)
+            .field("shard", &self.shard)
             .field("tick_interval", &self.tick_interval)
             .field("batch", &self.batch)
             .finish()
@@ -68,9 +78,26 @@ impl std::fmt::Debug for BusConfig {
 }
 
 impl BusConfig {
-    /// Defaults for `url`: prefix `sapphire`, ticks every 100 ms, batches of 256.
+    /// Defaults for `url`: prefix `sapphire`, shard [`DEFAULT_SHARD`], ticks every 100 ms,
+    /// batches of 256.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), prefix: "sapphire".into(), tick_interval: Duration::from_millis(100), batch: 256 }
+        Self {
+            url: url.into(),
+            prefix: "sapphire".into(),
+            shard: DEFAULT_SHARD.into(),
+            tick_interval: Duration::from_millis(100),
+            batch: 256,
+        }
+    }
+
+    /// `<prefix>:<shard>:<name>`: a key or channel of this shard.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{}:{name}", self.prefix, self.shard)
+    }
+
+    /// The same settings for another shard (a gateway or agents process follows several).
+    pub fn for_shard(&self, shard: &str) -> Self {
+        Self { shard: shard.to_string(), ..self.clone() }
     }
 }
 
@@ -213,7 +240,7 @@ pub async fn run_publisher(
                     stats.connected.store(true, Relaxed);
                     *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     let mut c = c;
-                    let key = format!("{}:instruments", config.prefix);
+                    let key = config.key("instruments");
                     if let Err(e) = redis::cmd("SET").arg(&key).arg(names.join("\n")).query_async::<()>(&mut c).await {
                         stats.fail("recording the instruments", &e);
                     }
@@ -238,7 +265,7 @@ pub async fn run_publisher(
                 }
                 *seen = top.updates;
                 let symbol = names.get(i).map_or("?", String::as_str);
-                pipe.publish(format!("{}:ticks:{symbol}", config.prefix), tick_json(symbol, &top)).ignore();
+                pipe.publish(config.key(&format!("ticks:{symbol}")), tick_json(symbol, &top)).ignore();
                 count += 1;
             }
             if count > 0 {
@@ -277,9 +304,9 @@ pub async fn run_publisher(
         }
         if let (false, Some(c)) = (pending.is_empty(), conn.as_mut()) {
             let mut pipe = redis::pipe();
-            let outputs_channel = format!("{}:outputs", config.prefix);
+            let outputs_channel = config.key("outputs");
             for (_, channel, json, bin) in &pending {
-                pipe.publish(format!("{}:{channel}", config.prefix), json).ignore();
+                pipe.publish(config.key(channel), json).ignore();
                 pipe.publish(&outputs_channel, bin.as_slice()).ignore();
             }
             match pipe.query_async::<()>(c).await {
@@ -302,7 +329,7 @@ pub async fn run_publisher(
     Ok(())
 }
 
-/// The `<prefix>:outputs` message for an output: its journal sequence, then its archive.
+/// The `<prefix>:<shard>:outputs` message for an output: its journal sequence, then its archive.
 pub fn encode_output_message(seq: u64, o: &Output) -> Result<Vec<u8>, JournalError> {
     let archive = o.encode(rkyv::util::AlignedVec::new())?;
     let mut out = Vec::with_capacity(8 + archive.len());
@@ -311,7 +338,7 @@ pub fn encode_output_message(seq: u64, o: &Output) -> Result<Vec<u8>, JournalErr
     Ok(out)
 }
 
-/// Reads a `<prefix>:outputs` message, validating the archive (the bytes came over the network).
+/// Reads a `<prefix>:<shard>:outputs` message, validating the archive (the bytes came over the network).
 pub fn decode_output_message(payload: &[u8]) -> Result<(u64, Output), String> {
     if payload.len() < 9 {
         return Err(format!("{} bytes is too short", payload.len()));
@@ -400,7 +427,7 @@ async fn follow(
     Ok(())
 }
 
-/// Follows `<prefix>:outputs` (the gateway role's view of a core) until `stop`, handing each
+/// Follows `<prefix>:<shard>:outputs` (the gateway role's view of a core) until `stop`, handing each
 /// output to `f`; resubscribes after Redis comes back. Pub/sub keeps nothing while a
 /// subscriber is away: jumps in the sequence are counted in `gaps`.
 pub async fn run_output_subscriber(
@@ -411,7 +438,7 @@ pub async fn run_output_subscriber(
     mut f: impl FnMut(u64, &Output) + Send,
 ) -> Result<(), BusError> {
     let mut next: Option<u64> = None;
-    let topics = Topics::Channels(vec![format!("{}:outputs", config.prefix)]);
+    let topics = Topics::Channels(vec![config.key("outputs")]);
     follow(&config, "outputs", topics, &stats, true, &stop, |msg| match decode_output_message(msg.get_payload_bytes()) {
         Ok((seq, o)) => {
             if next.is_some_and(|n| seq > n) {
@@ -427,11 +454,11 @@ pub async fn run_output_subscriber(
     .await
 }
 
-/// The instrument symbols a core recorded under `<prefix>:instruments` (id order); waits,
+/// The instrument symbols a core recorded under `<prefix>:<shard>:instruments` (id order); waits,
 /// retrying, until one has (or `stop`).
 pub async fn read_instruments(config: &BusConfig, stop: &AtomicBool) -> Result<Option<Vec<String>>, BusError> {
     let client = redis::Client::open(config.url.as_str()).map_err(|e| BusError::Url { url: redact(&config.url), reason: e.to_string() })?;
-    let key = format!("{}:instruments", config.prefix);
+    let key = config.key("instruments");
     let mut attempt = 0u32;
     while !stop.load(Relaxed) {
         if let Ok(mut c) = connect(&client).await {
@@ -445,10 +472,10 @@ pub async fn read_instruments(config: &BusConfig, stop: &AtomicBool) -> Result<O
     Ok(None)
 }
 
-/// Publishes a signed control message on `<prefix>:control:in`; returns how many cores took
+/// Publishes a signed control message on `<prefix>:<shard>:control:in`; returns how many cores took
 /// delivery (subscribers).
 pub async fn publish_control(conn: &mut redis::aio::MultiplexedConnection, config: &BusConfig, signed: &[u8]) -> redis::RedisResult<i64> {
-    redis::cmd("PUBLISH").arg(format!("{}:control:in", config.prefix)).arg(signed).query_async(conn).await
+    redis::cmd("PUBLISH").arg(config.key("control:in")).arg(signed).query_async(conn).await
 }
 
 /// A multiplexed connection with this module's timeouts.
@@ -469,7 +496,7 @@ struct TickMessage<'a> {
     in_sync: bool,
 }
 
-/// Reads a `<prefix>:ticks:<SYMBOL>` message into the instrument id (by `names`) and its top.
+/// Reads a `<prefix>:<shard>:ticks:<SYMBOL>` message into the instrument id (by `names`) and its top.
 pub fn parse_tick(payload: &[u8], names: &[String]) -> Result<(InstrumentId, sapphire_core::board::Top), String> {
     use sapphire_core::fixed::{Price, Quantity};
     let t: TickMessage<'_> = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
@@ -491,7 +518,7 @@ pub fn parse_tick(payload: &[u8], names: &[String]) -> Result<(InstrumentId, sap
     ))
 }
 
-/// Follows `<prefix>:ticks:*` into a local board (the agents role's market context) until
+/// Follows `<prefix>:<shard>:ticks:*` into a local board (the agents role's market context) until
 /// `stop`; resubscribes after Redis comes back. Bad messages are counted and skipped.
 pub async fn run_tick_subscriber(
     config: BusConfig,
@@ -500,7 +527,7 @@ pub async fn run_tick_subscriber(
     stats: Arc<BusStats>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), BusError> {
-    let topics = Topics::Pattern(format!("{}:ticks:*", config.prefix));
+    let topics = Topics::Pattern(config.key("ticks:*"));
     follow(&config, "ticks", topics, &stats, true, &stop, |msg| match parse_tick(msg.get_payload_bytes(), &names) {
         Ok((id, top)) => {
             board.publish(id, &top);
@@ -511,7 +538,7 @@ pub async fn run_tick_subscriber(
     .await
 }
 
-/// Publishes a signal as a remote agent would (`<prefix>:signals:in`, the documented JSON).
+/// Publishes a signal as a remote agent would (`<prefix>:<shard>:signals:in`, the documented JSON).
 pub async fn publish_signal(
     conn: &mut redis::aio::MultiplexedConnection,
     config: &BusConfig,
@@ -531,10 +558,10 @@ pub async fn publish_signal(
         (s.ttl_ns / 1_000_000).clamp(1, 3_600_000),
         s.signal_id
     );
-    redis::cmd("PUBLISH").arg(format!("{}:signals:in", config.prefix)).arg(json).query_async(conn).await
+    redis::cmd("PUBLISH").arg(config.key("signals:in")).arg(json).query_async(conn).await
 }
 
-/// Signs an operator's control event for `<prefix>:control:in` with the API token.
+/// Signs an operator's control event for `<prefix>:<shard>:control:in` with the API token.
 pub fn sign_control(event: &Event, ts_ns: u64, token: &[u8]) -> Result<Vec<u8>, JournalError> {
     let archive = event.encode(rkyv::util::AlignedVec::new())?;
     let mut out = Vec::with_capacity(8 + archive.len() + 32);
@@ -649,8 +676,8 @@ pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result
     })
 }
 
-/// Takes remote agents' signals from `<prefix>:signals:in` — and, with an API token, signed
-/// operator control from `<prefix>:control:in` — into the inbound ring until `stop` is set;
+/// Takes remote agents' signals from `<prefix>:<shard>:signals:in` — and, with an API token, signed
+/// operator control from `<prefix>:<shard>:control:in` — into the inbound ring until `stop` is set;
 /// resubscribes after Redis comes back.
 pub async fn run_signal_ingress(
     config: BusConfig,
@@ -661,8 +688,8 @@ pub async fn run_signal_ingress(
     stats: Arc<BusStats>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), BusError> {
-    let channel = format!("{}:signals:in", config.prefix);
-    let control_channel = format!("{}:control:in", config.prefix);
+    let channel = config.key("signals:in");
+    let control_channel = config.key("control:in");
     let mut channels = vec![channel];
     if control_token.is_some() {
         channels.push(control_channel.clone());
@@ -710,6 +737,9 @@ pub async fn run_signal_ingress(
     })
     .await
 }
+
+mod shards;
+pub use shards::{read_shard_instruments, run_shards_output_subscriber, ShardInstruments, ShardSet};
 
 #[cfg(test)]
 mod tests;

@@ -102,7 +102,7 @@ async fn outputs_reach_their_channels_in_order_with_exact_values() {
     let got = collect(&mut sub, 5, Duration::from_secs(5)).await;
     stop.store(true, Relaxed);
     task.await.unwrap().unwrap();
-    let channels: Vec<&str> = got.iter().map(|(c, _)| c.strip_prefix(&format!("{prefix}:")).unwrap()).collect();
+    let channels: Vec<&str> = got.iter().map(|(c, _)| c.strip_prefix(&format!("{prefix}:main:")).unwrap()).collect();
     assert_eq!(channels, ["orders", "fills", "signals", "pnl", "fills"]);
     assert!(got.iter().enumerate().all(|(i, (_, v))| v["journal_seq"] == i as u64));
     let fill = &got[1].1;
@@ -143,7 +143,7 @@ async fn ticks_are_conflated_to_the_latest_per_symbol() {
     stop.store(true, Relaxed);
     task.await.unwrap().unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].0, format!("{prefix}:ticks:BTCUSDT"));
+    assert_eq!(first[0].0, format!("{prefix}:main:ticks:BTCUSDT"));
     assert_eq!(first[0].1["bid"], "10000.000000000");
     assert_eq!(more.len(), 1, "one message for 10,000 updates in one interval, none for an unchanged symbol: {more:?}");
     assert_eq!(more[0].1["bid"], "20000.000000000");
@@ -297,7 +297,7 @@ async fn remote_signals_enter_the_ring_and_bad_ones_are_counted() {
     let task = tokio::spawn(run_signal_ingress(config, names(), producer, || 123, None, Arc::clone(&stats), Arc::clone(&stop)));
     let client = redis::Client::open(REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let channel = format!("{prefix}:signals:in");
+    let channel = format!("{prefix}:main:signals:in");
     // Publish until the subscription is in place (pub/sub keeps nothing for late subscribers).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -418,7 +418,7 @@ async fn signed_control_reaches_the_ring_and_outputs_reach_a_subscriber() {
     };
     let client = redis::Client::open(REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let channel = format!("{prefix}:control:in");
+    let channel = format!("{prefix}:main:control:in");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     // A bad signature first (also the probe that the subscription is up), then a good one.
     loop {
@@ -446,7 +446,7 @@ async fn signed_control_reaches_the_ring_and_outputs_reach_a_subscriber() {
     while tokio::time::Instant::now() < deadline {
         let receivers: i64 = redis::cmd("PUBSUB")
             .arg("NUMSUB")
-            .arg(format!("{prefix}:outputs"))
+            .arg(format!("{prefix}:main:outputs"))
             .query_async::<Vec<redis::Value>>(&mut conn)
             .await
             .map(|v| match v.get(1) {
@@ -472,4 +472,82 @@ async fn signed_control_reaches_the_ring_and_outputs_reach_a_subscriber() {
     assert_eq!(seen, sample_outputs().into_iter().enumerate().map(|(i, o)| (i as u64, o)).collect::<Vec<_>>());
     assert_eq!(gaps.load(Relaxed), 0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two cores (shards a and b) on one Redis with one prefix: each keeps its own instrument
+/// list (before shards both wrote `<prefix>:instruments` and the second overwrote the first),
+/// and a subscriber to both gets every output of each, the same journal sequences apart by
+/// their shard, with instrument ids moved into one merged id space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_on_one_redis_keep_their_instruments_and_outputs_apart() {
+    let prefix = unique("shards");
+    let base = BusConfig { prefix: prefix.clone(), ..BusConfig::new(REDIS) };
+    let shards = ["a".to_string(), "b".to_string()];
+    let lists = [vec!["BTCUSDT".to_string(), "ETHUSDT".to_string()], vec!["SOLUSDT".to_string(), "XRPUSDT".to_string()]];
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let set = Arc::new(ShardSet::new(shards.iter().cloned().zip(lists.iter().cloned()).collect()));
+    let sub = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(run_shards_output_subscriber(
+            base.clone(),
+            Arc::clone(&set),
+            Arc::new(BusStats::default()),
+            Arc::new(AtomicU64::new(0)),
+            Arc::clone(&stop),
+            move |shard, seq, o| seen.lock().unwrap().push((shard, seq, *o)),
+        ))
+    };
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for shard in &shards {
+        let channel = format!("{prefix}:{shard}:outputs");
+        loop {
+            let v: Vec<redis::Value> = redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel).query_async(&mut conn).await.unwrap();
+            if matches!(v.get(1), Some(redis::Value::Int(n)) if *n > 0) || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let mut publishers = Vec::new();
+    let mut dirs = Vec::new();
+    for (shard, list) in shards.iter().zip(&lists) {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{shard}"));
+        write_outputs(&dir, &sample_outputs());
+        let config = base.for_shard(shard);
+        let board = Arc::new(MarketBoard::new(list.len()));
+        let stats = Arc::new(BusStats::default());
+        publishers.push(tokio::spawn(run_publisher(config, dir.clone(), 0, board, list.clone(), stats, Arc::clone(&stop))));
+        dirs.push(dir);
+    }
+    while seen.lock().unwrap().len() < 10 && tokio::time::Instant::now() < deadline + Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both cores have connected (and recorded their lists) before publishing outputs.
+    let never = AtomicBool::new(false);
+    let read = read_shard_instruments(&base, &shards, &never);
+    let got = tokio::time::timeout(Duration::from_secs(5), read).await.expect("both shards record their instruments").unwrap().unwrap();
+    assert_eq!(*set, got, "each shard's list as it wrote it");
+    assert_eq!(got.names(), ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]);
+    assert_eq!((got.shard_of(InstrumentId(1)), got.shard_of(InstrumentId(2))), (Some("a"), Some("b")));
+    assert_eq!(got.shard_of_symbol("XRPUSDT"), Some("b"));
+    stop.store(true, Relaxed);
+    for t in publishers.into_iter().chain([sub]) {
+        t.await.unwrap().unwrap();
+    }
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_by_key(|(shard, seq, _)| (*shard, *seq));
+    let want: Vec<_> = (0..2).flat_map(|shard| sample_outputs().into_iter().enumerate().map(move |(i, o)| (shard, i as u64, o))).collect();
+    assert_eq!(seen, want, "every output of both shards, once each, with its shard");
+    // The signal (instrument 1 of its core) is ETHUSDT from shard a and XRPUSDT from shard b.
+    let signal = |shard: usize| match set.to_merged(shard, &seen[shard * 5 + 2].2).output {
+        EngineOutput::Signal { signal, .. } => set.names()[signal.instrument.0 as usize].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((signal(0), signal(1)), ("ETHUSDT".to_string(), "XRPUSDT".to_string()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
