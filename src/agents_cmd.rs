@@ -114,6 +114,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     // Health and metrics: the edge state's books check reads the local board (fresh ticks).
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), names.clone(), cfg.engine.risk.leverage));
     edge.attach_board(Arc::clone(&board));
+    edge.set_instrument_shards(set.instrument_shards());
     edge.set_core_running(true);
     let (ticks, outputs, published, refused) =
         (Arc::new(BusStats::default()), Arc::new(BusStats::default()), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

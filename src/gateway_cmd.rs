@@ -69,6 +69,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let set = Arc::new(set);
 
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), symbols, cfg.engine.risk.leverage));
+    edge.set_instrument_shards(set.instrument_shards());
     edge.set_core_running(true);
     let stats = Arc::new(BusStats::default());
     let gaps = Arc::new(AtomicU64::new(0));

@@ -510,6 +510,51 @@ def check_core_shards(docs: list[dict]) -> list[str]:
     return out
 
 
+SHARD_ID = re.compile(r"^[a-z0-9-]{1,32}$")
+
+
+def check_shard_ids(docs: list[dict]) -> list[str]:
+    """Each core shard names its shard (SAPPHIRE_SHARD) as its label sapphire.dev/shard says,
+    in the engine and in its sink alike, and no two cores name the same shard (their Postgres
+    rows and Redis channels would mix); the gateway and the agents follow every core's shard
+    (SAPPHIRE_SHARDS, default: the default shard `main`)."""
+    out = []
+    shards: dict[str, str] = {}
+    for doc, spec in workloads(docs):
+        if component_of(doc) != "core":
+            continue
+        where = name_of(doc)
+        label = labels_of(doc).get("sapphire.dev/shard")
+        named = set()
+        for c in regular_containers(spec):
+            if c.get("name") not in ("sapphire", "sink"):
+                continue
+            value = env_value(docs, doc, c, "SAPPHIRE_SHARD") or "main"
+            if not SHARD_ID.match(value):
+                out.append(f"{where}: container {c.get('name')}: SAPPHIRE_SHARD {value!r} is not 1-32 of a-z, 0-9, -")
+            named.add(value)
+        if len(named) != 1:
+            out.append(f"{where}: the engine and the sink name different shards {sorted(named)}")
+            continue
+        shard = named.pop()
+        if label is not None and label != shard:
+            out.append(f"{where}: SAPPHIRE_SHARD {shard!r} differs from its label sapphire.dev/shard {label!r}")
+        if shard in shards:
+            out.append(f"{where}: shard {shard!r} is already {shards[shard]}'s")
+        shards[shard] = where
+    for doc, spec in workloads(docs):
+        if component_of(doc) not in ("gateway", "agents"):
+            continue
+        engine = next((c for c in regular_containers(spec) if c.get("name") == "sapphire"), {})
+        listed = env_value(docs, doc, engine, "SAPPHIRE_SHARDS")
+        follows = {s.strip() for s in (listed or "").split(",") if s.strip()} or {
+            env_value(docs, doc, engine, "SAPPHIRE_SHARD") or "main"}
+        missing = sorted(set(shards) - follows)
+        if missing:
+            out.append(f"{name_of(doc)}: does not follow core shard(s) {missing} (SAPPHIRE_SHARDS)")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Secrets
 

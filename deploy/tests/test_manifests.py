@@ -83,6 +83,11 @@ def test_core_shards_own_disjoint_symbols(environments):
 
 
 @pytest.mark.parametrize("env", ENVS)
+def test_every_core_names_its_own_shard_and_the_gateway_and_agents_follow_all(environments, env):
+    assert_holds(policy.check_shard_ids(environments[env]))
+
+
+@pytest.mark.parametrize("env", ENVS)
 def test_configuration_files_use_known_keys(environments, env):
     assert_holds(policy.check_config_files(environments[env]))
 

@@ -238,6 +238,8 @@ pub struct EdgeState {
     board: OnceLock<Arc<MarketBoard>>,
     /// Wall-clock start (ns), telling a reconnecting page that ids restarted.
     instance: u64,
+    /// Per instrument: the shard (core) that trades it, when known; set once at start.
+    instrument_shards: OnceLock<Vec<String>>,
 }
 
 impl EdgeState {
@@ -281,6 +283,7 @@ impl EdgeState {
             sources: Sources::default(),
             board: OnceLock::new(),
             instance: sapphire_core::latency::unix_nanos(),
+            instrument_shards: OnceLock::new(),
         }
     }
 
@@ -578,6 +581,17 @@ impl EdgeState {
     /// An instrument's latest top of book, when a board is attached and has published it.
     pub fn top(&self, instrument: InstrumentId) -> Option<Top> {
         self.board.get().and_then(|b| b.read(instrument))
+    }
+
+    /// Names the shard (core) of each instrument, in registry order (index = instrument id),
+    /// so history rows say which core they came from. Once; later calls are ignored.
+    pub fn set_instrument_shards(&self, shards: Vec<String>) {
+        let _ = self.instrument_shards.set(shards);
+    }
+
+    /// The shard that trades `instrument`, when known.
+    pub fn shard_of(&self, instrument: sapphire_core::instrument::InstrumentId) -> Option<&str> {
+        self.instrument_shards.get().and_then(|s| s.get(instrument.index())).map(String::as_str)
     }
 
     /// Traded symbols, in registry order (index = instrument id).

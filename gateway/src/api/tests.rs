@@ -994,3 +994,21 @@ async fn readyz_waits_for_every_book_and_fails_while_the_feed_has_one_out_of_syn
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ETHUSDT"), "{body}");
 }
+
+/// A gateway following two cores names each row's shard (merged instrument ids: 0 is shard
+/// a's BTCUSDT, 1 shard b's SOLUSDT); a state that was told no shards says null.
+#[tokio::test]
+async fn trades_show_the_shard_they_came_from() {
+    let h = Harness::start_full(None, ApiLimits::default(), vec!["BTCUSDT".into(), "SOLUSDT".into()]);
+    h.state.set_instrument_shards(vec!["a".into(), "b".into()]);
+    h.state.apply(&fill_report(1, 0, 0, sapphire_core::event::Side::Buy, "0.001", "50000.5"));
+    h.state.apply(&fill_report(2, 0, 1, sapphire_core::event::Side::Sell, "1", "150"));
+    let page = json(&h.get("/api/trades").await.1);
+    let rows: Vec<(Option<&str>, Option<&str>)> =
+        page["items"].as_array().unwrap().iter().map(|i| (i["shard"].as_str(), i["symbol"].as_str())).collect();
+    assert_eq!(rows, [(Some("b"), Some("SOLUSDT")), (Some("a"), Some("BTCUSDT"))]);
+    let plain = Harness::start(None);
+    plain.state.apply(&buy(1));
+    let page = json(&plain.get("/api/trades").await.1);
+    assert!(page["items"][0]["shard"].is_null(), "{page}");
+}

@@ -48,6 +48,11 @@ impl ShardSet {
         self.shards.iter().flat_map(|s| s.symbols.iter().cloned()).collect()
     }
 
+    /// The shard of every merged id, in id order.
+    pub fn instrument_shards(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.symbols.iter().map(|_| s.shard.clone())).collect()
+    }
+
     /// The shard names, in order.
     pub fn shard_names(&self) -> Vec<String> {
         self.shards.iter().map(|s| s.shard.clone()).collect()
