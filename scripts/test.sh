@@ -32,6 +32,23 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+# Instructions per operation on the hot paths (engine events, Binance frames, order signing)
+# counted by callgrind against benches/instruction-budget.toml: fails when a case is more
+# than 10% above its budget (installs valgrind when absent). Builds one release binary.
+say "instruction budget"
+bash scripts/instruction-budget.sh
+# The check can fail: one case against a budget of 1 instruction must be refused.
+if command -v valgrind >/dev/null 2>&1; then
+  printf 'binance_trade = 1\n' >target/instruction-budget-tiny.toml
+  rc=0
+  bash scripts/instruction-budget.sh --budget target/instruction-budget-tiny.toml --cases binance_trade >/dev/null 2>&1 || rc=$?
+  if [ "$rc" != 1 ]; then
+    echo "instruction budget: a case far over a tiny budget should fail the check (exit 1), got exit $rc" >&2
+    exit 1
+  fi
+  echo "(a case over its budget fails the check: ok)"
+fi
+
 # The dashboard in a real headless Chromium against a running `sapphire run` (installs
 # Debian's chromium and the pinned playwright-core when absent; SAPPHIRE_SKIP_BROWSER_TEST=1
 # skips it). Screenshots: target/browser/.
