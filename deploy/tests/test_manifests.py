@@ -87,6 +87,28 @@ def test_every_core_names_its_own_shard_and_the_gateway_and_agents_follow_all(en
     assert_holds(policy.check_shard_ids(environments[env]))
 
 
+def set_env(container: dict, name: str, value: str | None) -> None:
+    env = [v for v in container.get("env") or [] if v.get("name") != name]
+    container["env"] = env + ([{"name": name, "value": value}] if value is not None else [])
+
+
+def test_shard_ids_that_would_mix_two_cores_rows_are_refused(environments):
+    docs = copy.deepcopy(environments["gke"])
+    set_env(core_container(docs, "b", "sink"), "SAPPHIRE_SHARD", "a")
+    problems = policy.check_shard_ids(docs)
+    assert any("engine and the sink name different shards" in p for p in problems), problems
+    docs = copy.deepcopy(environments["gke"])
+    for c in ("sapphire", "sink"):
+        set_env(core_container(docs, "b", c), "SAPPHIRE_SHARD", "a")
+    problems = policy.check_shard_ids(docs)
+    assert any("already" in p for p in problems) and any("label" in p for p in problems), problems
+    docs = copy.deepcopy(environments["gke"])
+    gateway = next(c for c in pod_spec(docs, "Deployment", "sapphire-gateway")["containers"] if c["name"] == "sapphire")
+    set_env(gateway, "SAPPHIRE_SHARDS", "a")
+    problems = policy.check_shard_ids(docs)
+    assert any("does not follow core shard(s) ['b']" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_configuration_files_use_known_keys(environments, env):
     assert_holds(policy.check_config_files(environments[env]))
