@@ -153,7 +153,8 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
         })
         .collect();
     tasks.push({
-        let (positions, edge, merged) = (Arc::clone(&positions), Arc::clone(&edge), Arc::clone(&set));
+        let (positions, edge) = (Arc::clone(&positions), Arc::clone(&edge));
+        let mut merger = bus::ShardMerger::new(Arc::clone(&set));
         runtime.spawn(bus::run_shards_output_subscriber(
             bus.clone(),
             Arc::clone(&set),
@@ -161,7 +162,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
             Arc::new(AtomicU64::new(0)),
             Arc::clone(&stop),
             move |shard, _, o| {
-                let o = merged.to_merged(shard, o);
+                let o = merger.merge(shard, o);
                 positions.on_output(&o);
                 edge.apply(&o);
             },

@@ -6,11 +6,13 @@
 //! every output from `<prefix>:<shard>:outputs` (validated rkyv records) go into the same
 //! [`EdgeState`] that `sapphire run` serves, so `/`, `/ws`, `/dashboard`, `/api/*` and
 //! `/metrics` answer the same way. Each core's process-local instrument ids are moved into one
-//! merged id space ([`bus::ShardSet`]), so two shards' id 0 stay two instruments. Operator
-//! control (`POST /api/kill` …) is checked against the same bearer token, then forwarded to
-//! every shard's core on `<prefix>:<shard>:control:in`, signed with that token (HMAC-SHA256,
-//! fresh within 30 s, taken once); the core journals it like any control. Pub/sub keeps nothing while the
-//! gateway is away: its history starts when it connects, and sequence jumps are counted.
+//! merged id space ([`bus::ShardSet`]), so two shards' id 0 stay two instruments, and the
+//! portfolio and per-agent PnL shown are the sums of every shard's latest
+//! ([`bus::ShardMerger`]). Operator control (`POST /api/kill` …) is checked against the same
+//! bearer token, then forwarded to every shard's core on `<prefix>:<shard>:control:in`,
+//! signed with that token (HMAC-SHA256, fresh within 30 s, taken once); the core journals it
+//! like any control. Pub/sub keeps nothing while the gateway is away: its history starts when
+//! it connects, and sequence jumps are counted.
 //!
 //! Not served from here: stage latency and the engine's own counters (events/s, ring
 //! backlog) — they live in the core process (`/metrics` of the core pod).
@@ -96,14 +98,14 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     println!("api: http://{}", api.addr());
     let subscriber = {
         let edge = Arc::clone(&edge);
-        let merged = Arc::clone(&set);
+        let mut merger = bus::ShardMerger::new(Arc::clone(&set));
         runtime.spawn(bus::run_shards_output_subscriber(
             bus.clone(),
             Arc::clone(&set),
             Arc::clone(&stats),
             Arc::clone(&gaps),
             Arc::clone(&stop),
-            move |shard, _, o| edge.apply(&merged.to_merged(shard, o)),
+            move |shard, _, o| edge.apply(&merger.merge(shard, o)),
         ))
     };
     let token = cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec());

@@ -739,7 +739,7 @@ pub async fn run_signal_ingress(
 }
 
 mod shards;
-pub use shards::{read_shard_instruments, run_shards_output_subscriber, ShardInstruments, ShardSet};
+pub use shards::{read_shard_instruments, run_shards_output_subscriber, ShardInstruments, ShardMerger, ShardSet};
 
 #[cfg(test)]
 mod tests;

@@ -2,8 +2,11 @@
 //! space, and their outputs taken from every shard's `outputs` channel with the shard named.
 
 use super::{backoff, connect, decode_output_message, follow, redact, BusConfig, BusError, BusStats, Topics};
+use sapphire_core::aggregate::MAX_AGENTS;
 use sapphire_core::engine::{EngineOutput, Output};
+use sapphire_core::fixed::Money;
 use sapphire_core::instrument::InstrumentId;
+use sapphire_core::portfolio::PnlSummary;
 use sapphire_core::risk::RiskOutput;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -139,4 +142,102 @@ pub async fn run_shards_output_subscriber(
         }
     })
     .await
+}
+
+/// Turns several shards' outputs into one stream for one board and one API: instrument ids
+/// moved into the merged id space ([`ShardSet::to_merged`]), and each portfolio or per-agent
+/// PnL snapshot replaced by the sum of every shard's latest one (each core keeps its own
+/// portfolio; without summing, the totals would jump from one core's to the other's).
+#[derive(Debug)]
+pub struct ShardMerger {
+    set: Arc<ShardSet>,
+    /// Per shard: its latest portfolio total.
+    totals: Vec<Option<PnlSummary>>,
+    /// Per shard and agent: its latest figures.
+    agents: Vec<[Option<PnlSummary>; MAX_AGENTS]>,
+}
+
+impl ShardMerger {
+    /// A merger for the shards of `set`.
+    pub fn new(set: Arc<ShardSet>) -> Self {
+        let n = set.shards.len();
+        Self { set, totals: vec![None; n], agents: vec![[None; MAX_AGENTS]; n] }
+    }
+
+    /// `o`, from shard number `shard`, as the merged stream carries it.
+    pub fn merge(&mut self, shard: usize, o: &Output) -> Output {
+        let mut o = self.set.to_merged(shard, o);
+        match &mut o.output {
+            EngineOutput::Pnl { total, .. } => {
+                if let Some(t) = self.totals.get_mut(shard) {
+                    *t = Some(*total);
+                }
+                *total = sum(self.totals.iter().flatten());
+            }
+            EngineOutput::AgentPnl { agent, summary, .. } => {
+                let a = usize::from(agent.0);
+                if let Some(slot) = self.agents.get_mut(shard).and_then(|s| s.get_mut(a)) {
+                    *slot = Some(*summary);
+                    *summary = sum(self.agents.iter().filter_map(|s| s[a].as_ref()));
+                }
+            }
+            _ => {}
+        }
+        o
+    }
+}
+
+/// Field-wise sum (saturating: figures near the range edge stay there instead of wrapping).
+fn sum<'a>(parts: impl Iterator<Item = &'a PnlSummary>) -> PnlSummary {
+    let add = |a: Money, b: Money| Money::from_raw(a.raw.saturating_add(b.raw));
+    parts.fold(PnlSummary::default(), |s, p| PnlSummary {
+        realized: add(s.realized, p.realized),
+        unrealized: add(s.unrealized, p.unrealized),
+        fees: add(s.fees, p.fees),
+        capital: add(s.capital, p.capital),
+        equity: add(s.equity, p.equity),
+        gross_exposure: add(s.gross_exposure, p.gross_exposure),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sapphire_core::event::AgentId;
+
+    #[test]
+    fn totals_of_several_shards_are_summed_and_ids_moved() {
+        let set = Arc::new(ShardSet::new(vec![("a".into(), vec!["BTCUSDT".into()]), ("b".into(), vec!["SOLUSDT".into()])]));
+        assert_eq!(set.instrument_shards(), ["a", "b"]);
+        let mut m = ShardMerger::new(Arc::clone(&set));
+        let pnl = |equity: i64| Output {
+            seq: 1,
+            output: EngineOutput::Pnl { ts_event: 5, total: PnlSummary { equity: Money::from_units(equity), ..PnlSummary::default() } },
+        };
+        let equity = |o: Output| match o.output {
+            EngineOutput::Pnl { total, .. } | EngineOutput::AgentPnl { summary: total, .. } => total.equity,
+            _ => Money::default(),
+        };
+        assert_eq!(equity(m.merge(0, &pnl(1_000))), Money::from_units(1_000));
+        assert_eq!(equity(m.merge(1, &pnl(2_000))), Money::from_units(3_000));
+        assert_eq!(equity(m.merge(0, &pnl(1_100))), Money::from_units(3_100), "a's latest replaces a's previous");
+        let agent = |equity: i64| Output {
+            seq: 2,
+            output: EngineOutput::AgentPnl {
+                ts_event: 5,
+                agent: AgentId(3),
+                summary: PnlSummary { equity: Money::from_units(equity), ..PnlSummary::default() },
+            },
+        };
+        assert_eq!(equity(m.merge(1, &agent(10))), Money::from_units(10));
+        assert_eq!(equity(m.merge(0, &agent(20))), Money::from_units(30));
+        let exec = Output {
+            seq: 3,
+            output: EngineOutput::Exec(sapphire_core::event::ExecReport { instrument: InstrumentId(0), ..Default::default() }),
+        };
+        match m.merge(1, &exec).output {
+            EngineOutput::Exec(r) => assert_eq!(r.instrument, InstrumentId(1)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
