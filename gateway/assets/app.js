@@ -34,7 +34,11 @@
     if (!/[1-9]/.test(str)) return '';
     return str.startsWith('-') ? 'neg' : 'pos';
   }
-  function qty(s) {
+  // A row's symbol, after its core's shard when the gateway follows named shards ("a:SOLUSDT").
+  function sym(x) {
+    return (x.shard && x.shard !== 'main' ? x.shard + ':' : '') + x.symbol;
+  }
+    function qty(s) {
     return s === null || s === undefined ? '—' : String(s).replace(/^-/, '−');
   }
   // A decimal string cut (not rounded) to at most `places` decimals, for dense columns.
@@ -314,13 +318,13 @@
 
   function renderFills() {
     fill($('fills-body'), st.fills.slice(0, SHOWN_ROWS).map((f) => row([
-      [clock(f.ts_event), 'l t'], [f.agent, 'l'], [f.symbol, 'l'], [f.side, 'l side-' + f.side], qty(f.qty), qty(f.price), cut(f.fee, 4), [f.liquidity, 'l t'],
+      [clock(f.ts_event), 'l t'], [f.agent, 'l'], [sym(f), 'l'], [f.side, 'l side-' + f.side], qty(f.qty), qty(f.price), cut(f.fee, 4), [f.liquidity, 'l t'],
     ])), 'no fills yet', 8);
     $('fills-count').textContent = st.fills.length ? 'last ' + Math.min(st.fills.length, SHOWN_ROWS) : '';
   }
   function renderSignals() {
     fill($('signals-body'), st.signals.slice(0, SHOWN_ROWS).map((g) => row([
-      [clock(g.ts_event), 'l t'], [g.agent, 'l'], [g.symbol, 'l'],
+      [clock(g.ts_event), 'l t'], [g.agent, 'l'], [sym(g), 'l'],
       [(g.strength_bps / 100).toFixed(2) + '%', g.strength_bps > 0 ? 'pos' : g.strength_bps < 0 ? 'neg' : ''],
       (g.confidence_bps / 100).toFixed(0) + '%', (g.ttl_ms / 1000).toFixed(1) + 's', tag(g.taken ? 'taken' : 'ignored', g.taken ? 'good' : ''),
     ])), 'no signals yet', 7);
@@ -329,7 +333,7 @@
   function renderOrders() {
     const cls = { filled: 'good', rejected: 'bad', canceled: '', open: 'warn', partially_filled: 'warn', sent: '' };
     fill($('orders-body'), st.orders.slice(0, SHOWN_ROWS).map((o) => row([
-      [clock(o.ts_event), 'l t'], [o.agent, 'l'], [o.symbol, 'l'],
+      [clock(o.ts_event), 'l t'], [o.agent, 'l'], [sym(o), 'l'],
       o.action === 'new' ? [o.side, 'l side-' + o.side] : ['cancel all', 'l t'],
       o.action === 'new' ? qty(o.qty) : '', o.action === 'new' ? qty(o.price) : '', o.action === 'new' ? qty(o.filled) : '',
       tag(o.status.replace('_', ' ') + (o.reason ? ': ' + o.reason : ''), cls[o.status] || ''),
@@ -344,7 +348,7 @@
   function onPositions(msg) {
     const items = msg.items.slice().sort((a, b) => (a.symbol < b.symbol ? -1 : a.symbol > b.symbol ? 1 : a.agent_id - b.agent_id));
     fill($('positions-body'), items.map((p) => row([
-      [p.agent, 'l'], [p.symbol, 'l'], [qty(p.qty), signClass(p.qty)], cut(p.avg_price, 4), qty(p.mark), money(p.notional),
+      [p.agent, 'l'], [sym(p), 'l'], [qty(p.qty), signClass(p.qty)], cut(p.avg_price, 4), qty(p.mark), money(p.notional),
       [signed(p.unrealized), signClass(p.unrealized)], [signed(p.realized), signClass(p.realized)],
     ])), 'flat: no positions', 8);
     const open = msg.items.filter((p) => /[1-9]/.test(p.qty)).length;
