@@ -104,3 +104,61 @@ fn a_gateway_following_two_shards_shows_both_with_their_shard() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(a && b, "signals of both shards reached the gateway, each with its shard: {last}");
 }
+
+fn signals_taken(core_api: &str) -> u64 {
+    let (_, metrics) = http(core_api, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("sapphire_redis_ingress_total{kind=\"signal\",outcome=\"taken\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An agents process following shards `a` and `b` trades both: its board holds both cores'
+/// symbols, and each signal reaches the core whose shard trades the symbol (both cores take
+/// remote signals). Before shards, one core's instrument list overwrote the other's and the
+/// agents' signals all went to the one `signals:in` channel both cores read.
+#[test]
+fn an_agents_process_following_two_shards_signals_to_each_core() {
+    let dir = std::env::temp_dir().join(format!("sapphire-shards-agents-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let prefix = format!("sapphire-shards-agents-{}-{nanos}", std::process::id());
+    let redis = format!("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n");
+    // The cores run no agents of their own: every signal they take comes from the agents process.
+    let (core_config, agents_config) = (dir.join("core.toml"), dir.join("agents.toml"));
+    std::fs::write(&core_config, format!("{redis}\n[agents.runtime]\nenabled = false\n")).unwrap();
+    std::fs::write(&agents_config, &redis).unwrap();
+    let spawn = |role: &str, config: &std::path::Path, env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = sapphire();
+        cmd.arg(role).args(["--duration", "25s", "--http-bind", "127.0.0.1:0", "--config"]).arg(config).args(extra);
+        cmd.envs(env.iter().copied());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts")
+    };
+    let (data_a, data_b) = (dir.join("a"), dir.join("b"));
+    let mut core_a =
+        spawn("core", &core_config, &[("SAPPHIRE_SHARD", "a"), ("TRADING_SYMBOLS", "SOLUSDT")], &["--data-dir", data_a.to_str().unwrap()]);
+    let mut core_b = spawn(
+        "core",
+        &core_config,
+        &[("SAPPHIRE_SHARD", "b"), ("TRADING_SYMBOLS", "BTCUSDT,ETHUSDT")],
+        &["--data-dir", data_b.to_str().unwrap()],
+    );
+    let (api_a, api_b) = (api_address(&mut core_a), api_address(&mut core_b));
+    let mut agents = spawn("agents", &agents_config, &[("SAPPHIRE_SHARDS", "a,b")], &[]);
+    let _ = api_address(&mut agents);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut a, mut b) = (0, 0);
+    while Instant::now() < deadline && (a == 0 || b == 0) {
+        std::thread::sleep(Duration::from_millis(250));
+        (a, b) = (signals_taken(&api_a), signals_taken(&api_b));
+    }
+    for child in [&mut core_a, &mut core_b, &mut agents] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(a > 0 && b > 0, "both cores took the agents' signals: shard a {a}, shard b {b}");
+}
