@@ -4,8 +4,9 @@
 //! # Channels (`<prefix>` is `sapphire` by default, `<shard>` the core's shard, `main` by default)
 //! Every key and channel is per shard, `<prefix>:<shard>:…`: cores of several shards share one
 //! Redis without overwriting each other's instrument lists or mixing their outputs. A gateway
-//! or agents process follows every shard it is configured for ([`ShardSet`],
-//! [`read_shard_instruments`], [`run_shards_output_subscriber`]).
+//! or agents process follows every shard it is configured for ([`ShardSet`](crate::bus::ShardSet),
+//! [`read_shard_instruments`](crate::bus::read_shard_instruments),
+//! [`run_shards_output_subscriber`](crate::bus::run_shards_output_subscriber)).
 //!
 //! | channel | what | delivery |
 //! |---|---|---|
