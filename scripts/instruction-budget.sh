@@ -26,6 +26,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 TOLERANCE_PCT=10
+if [ "$UPDATE" = 1 ] && [ -n "$CASES" ]; then
+  echo "instruction-budget: --update rewrites every case; run it without --cases" >&2
+  exit 2
+fi
 
 if ! command -v valgrind >/dev/null 2>&1; then
   as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
@@ -101,6 +105,6 @@ for c in $CASES; do
   printf '%-22s %12s %12s %7s%s\n' "$c" "$b" "$m" "$ratio" "$note"
 done
 if [ "$status" != 0 ]; then
-  echo "instruction-budget: over budget ($BUDGET). If the rise is intended, run scripts/instruction-budget.sh --update and commit the file with the change." >&2
+  echo "instruction-budget: over budget or without one ($BUDGET). If the rise is intended, run scripts/instruction-budget.sh --update and commit the file with the change." >&2
 fi
 exit "$status"
