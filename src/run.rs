@@ -973,7 +973,11 @@ fn write_feed_metrics(
     );
     if let Some(c) = counters {
         m.counter("sapphire_feed_frames_total", "Frames received from the venue.", c.frames);
-        m.counter("sapphire_feed_skipped_total", "Frames skipped (malformed, missing field, bad decimal, unknown symbol).", c.skipped());
+        m.counter(
+            "sapphire_feed_skipped_total",
+            "Frames skipped (malformed, missing field, bad decimal, unknown symbol, crossed quote, bad timestamp, wrong market).",
+            c.skipped(),
+        );
         m.counter("sapphire_feed_gaps_total", "Sequence gaps (the book resyncs from a snapshot).", c.gaps);
         m.counter("sapphire_feed_snapshots_total", "Book snapshots applied.", c.snapshots);
         m.counter("sapphire_feed_snapshot_requests_total", "REST depth snapshots requested.", c.snapshot_requests);
