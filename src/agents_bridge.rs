@@ -13,6 +13,7 @@ use sapphire_core::event::{AgentId, Event, Side, Signal};
 use sapphire_core::fixed::{Money, Quantity};
 use sapphire_core::instrument::InstrumentId;
 use sapphire_core::latency::unix_nanos;
+use sapphire_core::ownership::{AgentOwners, Ingress};
 use sapphire_core::ring::Producer;
 use sapphire_gateway::api::EdgeState;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -85,13 +86,23 @@ impl ContextSource for BoardContext {
 }
 
 /// Signals into the inbound ring; a full ring refuses (the runtime counts it), never waits.
+/// A signal for an agent id the in-process runtime does not own is refused like a full ring
+/// (the runtime counts it): ownership is fixed at start, so only a bug can send one.
 #[derive(Debug)]
-pub struct RingSink(pub Producer<Event>);
+pub struct RingSink {
+    /// Into the inbound ring.
+    pub producer: Producer<Event>,
+    /// Each agent id's one producer.
+    pub owners: AgentOwners,
+}
 
 impl SignalSink for RingSink {
     fn publish(&mut self, mut s: Signal) -> bool {
+        if self.owners.check(s.agent, Ingress::InProcess).is_err() {
+            return false;
+        }
         s.ts_recv = unix_nanos();
-        self.0.try_publish(Event::Signal(s)).is_ok()
+        self.producer.try_publish(Event::Signal(s)).is_ok()
     }
 }
 
@@ -138,5 +149,25 @@ mod tests {
         };
         table.on_output(&Output { seq: 1, output: EngineOutput::AgentPnl { ts_event: 1, agent: AgentId(3), summary } });
         assert_eq!(table.state(AgentId(3), InstrumentId(1)).pnl, Money::from_units(10));
+    }
+
+    #[test]
+    fn the_in_process_sink_takes_only_the_ids_the_runtime_owns() {
+        use sapphire_core::ownership::Owner;
+        let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(8, 1);
+        let mut owners = AgentOwners::default();
+        owners.assign(3, Owner::InProcess).unwrap();
+        let mut sink = RingSink { producer, owners };
+        let signal = |agent| Signal { agent: AgentId(agent), ..Signal::default() };
+        assert!(sink.publish(signal(3)));
+        assert!(!sink.publish(signal(4)), "4 is Redis's");
+        assert!(!sink.publish(signal(0)), "0 is the engine's");
+        let mut seen = Vec::new();
+        consumers[0].poll(8, |e, _, _| {
+            if let Event::Signal(s) = e {
+                seen.push(s.agent.0);
+            }
+        });
+        assert_eq!(seen, [3]);
     }
 }

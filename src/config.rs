@@ -270,11 +270,23 @@ pub struct RedisSection {
     pub tick_interval_ms: u64,
     /// Take remote agents' signals from `<prefix>:signals:in`.
     pub signal_ingress: bool,
+    /// The external agent ids Redis may carry; empty: every one the in-process runtime and
+    /// QUIC do not own.
+    pub agents: Vec<u16>,
+    /// A Redis producer holds an agent id until it has been silent this long (ms).
+    pub agent_lease_ms: u64,
 }
 
 impl Default for RedisSection {
     fn default() -> Self {
-        Self { url: None, prefix: "sapphire".into(), tick_interval_ms: 100, signal_ingress: true }
+        Self {
+            url: None,
+            prefix: "sapphire".into(),
+            tick_interval_ms: 100,
+            signal_ingress: true,
+            agents: Vec::new(),
+            agent_lease_ms: 10_000,
+        }
     }
 }
 
@@ -286,6 +298,8 @@ impl std::fmt::Debug for RedisSection {
             .field("prefix", &self.prefix)
             .field("tick_interval_ms", &self.tick_interval_ms)
             .field("signal_ingress", &self.signal_ingress)
+            .field("agents", &self.agents)
+            .field("agent_lease_ms", &self.agent_lease_ms)
             .finish()
     }
 }
@@ -637,6 +651,34 @@ pub struct RunConfig {
     pub agents: sapphire_agents::AgentsConfig,
     /// The QUIC ingress for remote agents, when configured.
     pub quic: Option<sapphire_gateway::quic::QuicIngressConfig>,
+    /// Which ingress owns each agent id (in-process, QUIC, Redis).
+    pub agent_owners: sapphire_core::ownership::AgentOwners,
+}
+
+/// Each agent id's one producer: the in-process runtime's agents and arbitrator, then the
+/// QUIC agents, then Redis (all other external ids, or `[redis] agents`).
+fn agent_owners(
+    in_process: &sapphire_agents::AgentsConfig,
+    quic: &QuicSection,
+    redis: &RedisSection,
+) -> anyhow::Result<sapphire_core::ownership::AgentOwners> {
+    use sapphire_core::ownership::{AgentOwners, Owner};
+    let mut owners = AgentOwners::default();
+    if in_process.enabled {
+        let arbitrator = in_process.arbitrator.enabled.then_some(in_process.arbitrator.id);
+        for id in in_process.agent.iter().filter(|c| c.enabled).map(|c| c.id).chain(arbitrator) {
+            owners.assign(id, Owner::InProcess).map_err(|e| bad("agents.runtime", e))?;
+        }
+    }
+    if quic.bind.as_deref().is_some_and(|b| !b.trim().is_empty()) {
+        for a in &quic.agents {
+            owners.assign(a.id, Owner::Quic).map_err(|e| bad(&format!("quic.agents (id {})", a.id), e))?;
+        }
+    }
+    if !redis.agents.is_empty() {
+        owners.restrict_redis(&redis.agents).map_err(|e| bad("redis.agents", e))?;
+    }
+    Ok(owners)
 }
 
 impl FileConfig {
@@ -900,8 +942,12 @@ impl FileConfig {
                             format!("{:?} must be non-empty, without spaces or glob characters", self.redis.prefix),
                         ));
                     }
+                    if !(100..=3_600_000).contains(&self.redis.agent_lease_ms) {
+                        return Err(bad("redis.agent_lease_ms", format!("{} is outside 100..=3600000", self.redis.agent_lease_ms)));
+                    }
                     Some(sapphire_persistence::bus::BusConfig {
                         prefix: self.redis.prefix.clone(),
+                        agent_lease: std::time::Duration::from_millis(self.redis.agent_lease_ms),
                         shard: shard.clone(),
                         tick_interval: std::time::Duration::from_millis(self.redis.tick_interval_ms),
                         ..sapphire_persistence::bus::BusConfig::new(url.clone())
@@ -935,6 +981,7 @@ impl FileConfig {
             },
             routing,
             quic: self.quic.resolve(&self.run.data_dir, &a.runtime)?,
+            agent_owners: agent_owners(&a.runtime, &self.quic, &self.redis)?,
             report: {
                 self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;
                 self.report.clone()
@@ -1084,6 +1131,10 @@ mod tests {
             ("[database]\nurl = \"mysql://x\"\n", "database.url"),
             ("[database]\nurl = \"postgres://127.0.0.1/x\"\nbatch_method = \"telepathy\"\n", "database.batch_method"),
             ("[redis]\nurl = \"redis://127.0.0.1\"\nprefix = \"a b\"\n", "redis.prefix"),
+            // An agent id has one producer: Redis cannot be given the in-process runtime's ids.
+            ("[redis]\nagents = [3]\n", "redis.agents"),
+            ("[redis]\nagents = [16]\n", "redis.agents"),
+            ("[redis]\nurl = \"redis://127.0.0.1\"\nagent_lease_ms = 5\n", "redis.agent_lease_ms"),
             // Amounts the fixed-point money cannot carry with headroom, and zero limits.
             ("[risk]\nagent_budget_usd = \"600000000\"\n", "risk.agent_budget_usd"),
             ("[risk]\nagent_budget_usd = \"0\"\n", "risk.agent_budget_usd"),
@@ -1117,6 +1168,16 @@ mod tests {
         }
         let unknown = toml::from_str::<FileConfig>("[risk]\nmax_leverage = 3\n").unwrap_err();
         assert!(unknown.to_string().contains("max_leverage"), "{unknown}");
+    }
+
+    #[test]
+    fn each_agent_id_has_one_owner_from_the_configuration() {
+        let owners = |text: &str| toml::from_str::<FileConfig>(text).unwrap().resolve().unwrap().agent_owners.describe();
+        // The default roster runs in process (2-8 and the arbitrator 9); Redis may carry the rest.
+        assert_eq!(owners(""), "engine 0-1, in_process 2-9, redis 10-15");
+        assert_eq!(owners("[redis]\nagents = [12, 13]\n"), "engine 0-1, in_process 2-9, redis 12-13");
+        // With the runtime off (a core pod whose agents run in the agents Deployment) Redis owns them all.
+        assert_eq!(owners("[agents.runtime]\nenabled = false\n"), "engine 0-1, redis 2-15");
     }
 
     #[test]

@@ -389,6 +389,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 services.spawn(as_text(sapphire_persistence::bus::run_signal_ingress(
                     bus.clone(),
                     names,
+                    cfg.agent_owners.clone(),
                     pipeline.producer(),
                     unix_nanos,
                     cfg.api.token.as_ref().map(|t| t.secret_bytes().to_vec()),
@@ -399,6 +400,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
         if !opts.quiet {
             println!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
+            if cfg.redis_signal_ingress {
+                println!("agent ids: {} (one producer each; Redis producers hold an id by lease)", cfg.agent_owners.describe());
+            }
         }
     }
     // Remote agents over QUIC: signals into the inbound ring (journaled like every signal),
@@ -504,7 +508,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             },
         )));
         let ctx = Arc::new(crate::agents_bridge::BoardContext { board: Arc::clone(&board), positions: Arc::clone(&positions) });
-        let sink = Box::new(crate::agents_bridge::RingSink(pipeline.producer()));
+        let sink = Box::new(crate::agents_bridge::RingSink { producer: pipeline.producer(), owners: cfg.agent_owners.clone() });
         agents_task = Some(services.spawn(rt.run(ctx, sink, agents_stop_rx)));
     }
     let edge_thread = {
@@ -725,12 +729,13 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     if cfg.redis.is_some() {
         println!(
-            "  redis: {} ticks and {} outputs published ({} ticks dropped while unreachable), {} remote signals in ({} refused), {} reconnects, {} errors",
+            "  redis: {} ticks and {} outputs published ({} ticks dropped while unreachable), {} remote signals in ({} refused, {} of them for an agent id another producer owns), {} reconnects, {} errors",
             bus_stats.ticks.load(Ordering::Relaxed),
             bus_stats.outputs.load(Ordering::Relaxed),
             bus_stats.ticks_dropped.load(Ordering::Relaxed),
             bus_stats.signals_in.load(Ordering::Relaxed),
             bus_stats.signals_refused.load(Ordering::Relaxed),
+            bus_stats.signals_refused_owner.load(Ordering::Relaxed),
             bus_stats.reconnects.load(Ordering::Relaxed),
             bus_stats.errors.load(Ordering::Relaxed),
         );
@@ -1032,6 +1037,7 @@ fn write_bus_metrics(s: &BusStats, m: &mut MetricsWriter<'_>) {
         [
             ("signal", "taken", r(&s.signals_in)),
             ("signal", "refused", r(&s.signals_refused)),
+            ("signal", "refused_not_owner", r(&s.signals_refused_owner)),
             ("control", "taken", r(&s.controls_in)),
             ("control", "refused", r(&s.controls_refused)),
         ]

@@ -19,6 +19,7 @@
 //! - [`book`]: the L2 order book.
 //! - [`strategy`]: the in-core strategies and the market view they read.
 //! - [`aggregate`]: signal aggregation into per-agent intents.
+//! - [`ownership`]: which producer owns each agent id.
 //! - [`order`]: intents and orders.
 //! - [`portfolio`]: positions and PnL.
 //! - [`risk`]: pre-trade checks and portfolio guards.
@@ -43,6 +44,8 @@ pub mod instrument;
 pub mod journal;
 pub mod latency;
 pub mod matching;
+/// Which producer owns each agent id.
+pub mod ownership;
 pub mod order;
 pub mod pipeline;
 pub mod portfolio;

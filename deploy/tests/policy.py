@@ -361,7 +361,7 @@ def example_config_keys() -> dict[str, set[str]]:
     keys: dict[str, set[str]] = {}
     section = None
     for line in (REPO / "config" / "sapphire.example.toml").read_text().splitlines():
-        m = re.match(r"^\[(\w+)\]", line)
+        m = re.match(r"^\[([\w.]+)\]", line)
         if m:
             section = m.group(1)
             keys.setdefault(section, set())
@@ -379,16 +379,22 @@ def toml_key_problems(where: str, text: str) -> list[str]:
         return [f"{where}: not valid TOML: {e}"]
     known = example_config_keys()
     out = []
-    for section, values in parsed.items():
+
+    def check(section: str, values) -> None:
         if section not in known:
             out.append(f"{where}: section [{section}] is not in config/sapphire.example.toml (the binary refuses it)")
-            continue
+            return
         if not isinstance(values, dict):
             out.append(f"{where}: {section} is not a section")
-            continue
-        for key in values:
-            if key not in known[section]:
+            return
+        for key, value in values.items():
+            if isinstance(value, dict) and f"{section}.{key}" in known:
+                check(f"{section}.{key}", value)  # a sub-table such as [agents.runtime]
+            elif key not in known[section]:
                 out.append(f"{where}: key {section}.{key} is not in config/sapphire.example.toml (the binary refuses it)")
+
+    for section, values in parsed.items():
+        check(section, values)
     return out
 
 

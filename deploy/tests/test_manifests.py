@@ -142,7 +142,10 @@ def test_network_policy_denies_by_default(environments, env):
 def test_disruption_budgets_and_autoscalers(environments):
     assert_holds(policy.check_disruption_and_scaling(environments["gke"]))
     hpa_targets = {d["spec"]["scaleTargetRef"]["name"] for d in environments["gke"] if d["kind"] == "HorizontalPodAutoscaler"}
-    assert hpa_targets == {"sapphire-agents", "sapphire-gateway"}
+    assert hpa_targets == {"sapphire-gateway"}
+    # Each agent id has one producer: one agents replica, and the cores run no in-process agents.
+    agents = find_workload(environments["gke"], "Deployment", "sapphire-agents")
+    assert agents["spec"]["replicas"] == 1
 
 
 @pytest.mark.parametrize("env", ENVS)

@@ -18,7 +18,7 @@
 //! | `<prefix>:<shard>:risk` | refusals and guard alerts (`risk_refusal`, `risk_alert`) | every one, in order |
 //! | `<prefix>:<shard>:outputs` | every output as bytes: `journal_seq:u64le` then the rkyv archive of the `Output` (validated by readers) — for Sapphire's own processes (the gateway role) | every one, in order |
 //! | `<prefix>:<shard>:control:in` | **ingress**: operator control from a gateway: `ts_ns:u64le`, the rkyv archive of an `Event::Control`, then HMAC-SHA256 over both with the API token as key; the core takes it only with a valid MAC, a time within 30 s of its clock and a time later than the last one taken | each valid one becomes a `Control` event in the inbound ring (journaled, replayable) |
-//! | `<prefix>:<shard>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged |
+//! | `<prefix>:<shard>:signals:in` | **ingress**: signals from remote agents, `{"agent":u16,"symbol":"BTCUSDT","strength_bps":i32,"confidence_bps":u16,"ttl_ms":u64,"signal_id":u64,"producer":"pod-name"}` | each valid one becomes a `Signal` event in the inbound ring (and so the input journal); invalid ones are counted and logged. An agent id has one producer: ids the in-process runtime or QUIC own are refused here, and among Redis producers the first to send holds the id until it has been silent for `agent_lease` (`[redis] agent_lease_ms`) |
 //!
 //! Key `<prefix>:<shard>:instruments` holds the publishing core's instrument symbols, one per line in
 //! id order (set on every connect), so other processes (the gateway role) name ids as it does.
@@ -42,6 +42,7 @@ use sapphire_core::board::MarketBoard;
 use sapphire_core::engine::{EngineOutput, Output};
 use sapphire_core::event::{AgentId, Event, Signal};
 use sapphire_core::instrument::InstrumentId;
+use sapphire_core::ownership::{AgentOwners, Ingress, Leases};
 use sapphire_core::ring::Producer;
 use sapphire_core::risk::RiskOutput;
 use std::fmt::Write as _;
@@ -64,6 +65,11 @@ pub struct BusConfig {
     pub tick_interval: Duration,
     /// Outputs published per round trip.
     pub batch: usize,
+    /// Ingress: a producer holds an agent id until it has been silent this long.
+    pub agent_lease: Duration,
+    /// This process's name as a signal producer (`"producer"` in the signals it publishes):
+    /// `SAPPHIRE_PRODUCER`, else the host name (a pod's name), else `pid-<pid>`.
+    pub producer: String,
 }
 
 impl std::fmt::Debug for BusConfig {
@@ -74,6 +80,8 @@ impl std::fmt::Debug for BusConfig {
             .field("shard", &self.shard)
             .field("tick_interval", &self.tick_interval)
             .field("batch", &self.batch)
+            .field("agent_lease", &self.agent_lease)
+            .field("producer", &self.producer)
             .finish()
     }
 }
@@ -88,6 +96,8 @@ impl BusConfig {
             shard: DEFAULT_SHARD.into(),
             tick_interval: Duration::from_millis(100),
             batch: 256,
+            agent_lease: Duration::from_secs(10),
+            producer: default_producer(),
         }
     }
 
@@ -100,6 +110,17 @@ impl BusConfig {
     pub fn for_shard(&self, shard: &str) -> Self {
         Self { shard: shard.to_string(), ..self.clone() }
     }
+}
+
+/// This process's producer name: `SAPPHIRE_PRODUCER`, else `HOSTNAME` (a pod's name), else
+/// `pid-<pid>`.
+pub fn default_producer() -> String {
+    ["SAPPHIRE_PRODUCER", "HOSTNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|v| v.trim().to_string())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
 }
 
 /// A Redis URL without its password, for logs.
@@ -129,8 +150,10 @@ pub struct BusStats {
     pub errors: AtomicU64,
     /// Remote signals taken into the ring.
     pub signals_in: AtomicU64,
-    /// Remote signals refused (malformed, unknown symbol, out of range).
+    /// Remote signals refused (malformed, unknown symbol, out of range, not the id's owner).
     pub signals_refused: AtomicU64,
+    /// Of those, refused because the agent id belongs to another ingress or producer.
+    pub signals_refused_owner: AtomicU64,
     /// Signed operator controls taken into the ring.
     pub controls_in: AtomicU64,
     /// Control messages refused (bad signature, stale, replayed, malformed).
@@ -551,6 +574,8 @@ pub async fn publish_signal(
     json.push_str("{\"agent\":");
     let _ = write!(json, "{},\"symbol\":", s.agent.0);
     crate::text::json_str(&mut json, symbol);
+    json.push_str(",\"producer\":");
+    crate::text::json_str(&mut json, &config.producer);
     let _ = write!(
         json,
         ",\"strength_bps\":{},\"confidence_bps\":{},\"ttl_ms\":{},\"signal_id\":{}}}",
@@ -632,6 +657,18 @@ pub enum SignalRefusal {
     /// A value out of its range.
     #[error("{0}")]
     OutOfRange(&'static str),
+    /// The agent id belongs to another ingress or producer.
+    #[error("agent {agent} from producer {producer:?}: {reason}")]
+    NotOwner {
+        /// The agent id.
+        agent: u16,
+        /// The producer that sent it.
+        producer: String,
+        /// Why (with the holder, when another producer holds it).
+        reason: String,
+        /// The refusal's label ([`sapphire_core::ownership::OwnershipRefusal::as_str`]).
+        label: &'static str,
+    },
 }
 
 #[derive(serde::Deserialize)]
@@ -644,11 +681,22 @@ struct RemoteSignal {
     ttl_ms: u64,
     #[serde(default)]
     signal_id: u64,
+    /// Who sent it (one producer per agent id); absent: the anonymous producer.
+    #[serde(default)]
+    producer: String,
 }
 
 /// Parses and checks a remote agent's signal; `now` stamps it (ns).
 pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result<Signal, SignalRefusal> {
+    parse_remote_signal_from(payload, names, now).map(|(s, _)| s)
+}
+
+/// [`parse_remote_signal`], with the name of the producer that sent it.
+pub fn parse_remote_signal_from(payload: &[u8], names: &[String], now: u64) -> Result<(Signal, String), SignalRefusal> {
     let r: RemoteSignal = serde_json::from_slice(payload).map_err(|e| SignalRefusal::Malformed(e.to_string()))?;
+    if r.producer.len() > 128 {
+        return Err(SignalRefusal::OutOfRange("producer must be at most 128 bytes"));
+    }
     let instrument = names.iter().position(|n| *n == r.symbol).ok_or_else(|| SignalRefusal::UnknownSymbol(r.symbol.clone()))?;
     if !(-10_000..=10_000).contains(&r.strength_bps) {
         return Err(SignalRefusal::OutOfRange("strength_bps must be within -10000..=10000"));
@@ -664,7 +712,7 @@ pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result
     if r.ttl_ms == 0 || r.ttl_ms > 3_600_000 {
         return Err(SignalRefusal::OutOfRange("ttl_ms must be within 1..=3600000"));
     }
-    Ok(Signal {
+    let signal = Signal {
         ts_event: now,
         ts_recv: now,
         instrument: InstrumentId(instrument as u32),
@@ -674,15 +722,19 @@ pub fn parse_remote_signal(payload: &[u8], names: &[String], now: u64) -> Result
         ttl_ns: r.ttl_ms * 1_000_000,
         signal_id: r.signal_id,
         ..Signal::default()
-    })
+    };
+    Ok((signal, r.producer))
 }
 
 /// Takes remote agents' signals from `<prefix>:<shard>:signals:in` — and, with an API token, signed
 /// operator control from `<prefix>:<shard>:control:in` — into the inbound ring until `stop` is set;
-/// resubscribes after Redis comes back.
+/// resubscribes after Redis comes back. A signal for an agent id that `owners` gives to another
+/// ingress, or that another producer holds ([`BusConfig::agent_lease`]), is refused and counted.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_signal_ingress(
     config: BusConfig,
     names: Vec<String>,
+    owners: AgentOwners,
     mut producer: Producer<Event>,
     clock: fn() -> u64,
     control_token: Option<Vec<u8>>,
@@ -696,6 +748,7 @@ pub async fn run_signal_ingress(
         channels.push(control_channel.clone());
     }
     let mut last_control = 0u64;
+    let mut leases: Leases<String> = Leases::new(u64::try_from(config.agent_lease.as_nanos()).unwrap_or(u64::MAX));
     follow(&config, "remote signals", Topics::Channels(channels), &stats, false, &stop, |msg| {
         if msg.get_channel_name() == control_channel {
             let Some(token) = &control_token else { return };
@@ -717,7 +770,31 @@ pub async fn run_signal_ingress(
             }
             return;
         }
-        match parse_remote_signal(msg.get_payload_bytes(), &names, clock()) {
+        let now = clock();
+        let parsed = parse_remote_signal_from(msg.get_payload_bytes(), &names, now).and_then(|(signal, from)| {
+            let owned = owners.check(signal.agent, Ingress::Redis).and_then(|()| leases.claim(signal.agent, &from, now));
+            match owned {
+                Ok(Some(previous)) => {
+                    eprintln!(
+                        "redis: agent {} passes from producer {previous:?} to {from:?} (the holder was silent for the lease)",
+                        signal.agent.0
+                    );
+                    Ok(signal)
+                }
+                Ok(None) => Ok(signal),
+                Err(reason) => {
+                    stats.signals_refused_owner.fetch_add(1, Relaxed);
+                    let holder = leases.holder(signal.agent).map(|h| format!(" (held by {h:?})")).unwrap_or_default();
+                    Err(SignalRefusal::NotOwner {
+                        agent: signal.agent.0,
+                        producer: from,
+                        reason: format!("{reason}{holder}"),
+                        label: reason.as_str(),
+                    })
+                }
+            }
+        });
+        match parsed {
             // Never wait on a full ring from here: a refused signal is counted.
             Ok(signal) => {
                 if producer.try_publish(Event::Signal(signal)).is_ok() {

@@ -288,13 +288,112 @@ fn remote_signals_are_checked() {
     ));
 }
 
+/// The ingress's clock in the ownership test: stepped by the test, never the wall clock.
+static OWNER_TEST_NOW: AtomicU64 = AtomicU64::new(1_000_000_000);
+
+/// Publishes one signal for `agent` from `from` and waits until the ingress decides: `true` if
+/// it was taken into the ring.
+async fn send_signal(conn: &mut redis::aio::MultiplexedConnection, channel: &str, stats: &BusStats, agent: u16, from: &str) -> bool {
+    let (taken, refused) = (stats.signals_in.load(Relaxed), stats.signals_refused.load(Relaxed));
+    let json =
+        format!(r#"{{"agent":{agent},"symbol":"BTCUSDT","strength_bps":100,"confidence_bps":9000,"ttl_ms":2000,"producer":"{from}"}}"#);
+    let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(json).query_async(conn).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (t, r) = (stats.signals_in.load(Relaxed), stats.signals_refused.load(Relaxed));
+        if t + r > taken + refused {
+            assert_eq!(t + r, taken + refused + 1, "one signal, one decision");
+            return t > taken;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ingress never decided on agent {agent} from {from}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_id_has_one_producer_over_redis() {
+    use sapphire_core::ownership::{AgentOwners, Owner};
+    let prefix = unique("owners");
+    let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(64, 1);
+    let (stats, stop) = (Arc::new(BusStats::default()), Arc::new(AtomicBool::new(false)));
+    let config = BusConfig { prefix: prefix.clone(), agent_lease: Duration::from_secs(1), ..BusConfig::new(REDIS) };
+    let mut owners = AgentOwners::default();
+    for id in 2..=9 {
+        owners.assign(id, Owner::InProcess).unwrap();
+    }
+    owners.assign(10, Owner::Quic).unwrap();
+    let task = tokio::spawn(run_signal_ingress(
+        config,
+        names(),
+        owners,
+        producer,
+        || OWNER_TEST_NOW.load(Relaxed),
+        None,
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    ));
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{prefix}:main:signals:in");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let receivers: i64 = redis::cmd("PUBLISH").arg(&channel).arg("probe").query_async(&mut conn).await.unwrap();
+        if receivers > 0 || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while stats.signals_refused.load(Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Probes may still be in flight: let them land before counting from here.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(stats.signals_refused_owner.load(Relaxed), 0);
+    // Ids of the engine, the in-process runtime and QUIC are not Redis's to send.
+    assert!(!send_signal(&mut conn, &channel, &stats, 1, "pod-a").await);
+    assert!(!send_signal(&mut conn, &channel, &stats, 3, "pod-a").await);
+    assert!(!send_signal(&mut conn, &channel, &stats, 10, "pod-a").await);
+    // The first Redis producer to send for 11 holds it; a second is refused while it speaks.
+    assert!(send_signal(&mut conn, &channel, &stats, 11, "pod-a").await);
+    assert!(!send_signal(&mut conn, &channel, &stats, 11, "pod-b").await);
+    OWNER_TEST_NOW.fetch_add(600_000_000, Relaxed);
+    assert!(send_signal(&mut conn, &channel, &stats, 11, "pod-a").await, "the holder renews by speaking");
+    OWNER_TEST_NOW.fetch_add(600_000_000, Relaxed);
+    assert!(!send_signal(&mut conn, &channel, &stats, 11, "pod-b").await, "0.6 s after the holder's last signal: still held");
+    assert!(send_signal(&mut conn, &channel, &stats, 12, "pod-b").await, "another id is free");
+    // The holder falls silent for a whole lease: the id passes on, and the old holder is refused.
+    OWNER_TEST_NOW.fetch_add(1_000_000_000, Relaxed);
+    assert!(send_signal(&mut conn, &channel, &stats, 11, "pod-b").await);
+    assert!(!send_signal(&mut conn, &channel, &stats, 11, "pod-a").await);
+    stop.store(true, Relaxed);
+    task.await.unwrap().unwrap();
+    // Agent 1 is refused as out of range before ownership is asked; the other five for ownership.
+    assert_eq!(stats.signals_refused_owner.load(Relaxed), 5);
+    let mut taken = Vec::new();
+    consumers[0].poll(64, |e, _, _| {
+        if let Event::Signal(s) = e {
+            taken.push(s.agent.0);
+        }
+    });
+    assert_eq!(taken, [11, 11, 12, 11], "only the owners' signals entered the ring");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_signals_enter_the_ring_and_bad_ones_are_counted() {
     let prefix = unique("ingress");
     let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(64, 1);
     let (stats, stop) = (Arc::new(BusStats::default()), Arc::new(AtomicBool::new(false)));
     let config = BusConfig { prefix: prefix.clone(), ..BusConfig::new(REDIS) };
-    let task = tokio::spawn(run_signal_ingress(config, names(), producer, || 123, None, Arc::clone(&stats), Arc::clone(&stop)));
+    let task = tokio::spawn(run_signal_ingress(
+        config,
+        names(),
+        Default::default(),
+        producer,
+        || 123,
+        None,
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    ));
     let client = redis::Client::open(REDIS).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let channel = format!("{prefix}:main:signals:in");
@@ -397,6 +496,7 @@ async fn signed_control_reaches_the_ring_and_outputs_reach_a_subscriber() {
     let ingress = tokio::spawn(run_signal_ingress(
         config.clone(),
         names(),
+        Default::default(),
         producer,
         clock,
         Some(b"tok".to_vec()),
