@@ -73,7 +73,13 @@ COPY --from=builder /out/usr/local/bin/sapphire /usr/local/bin/sapphire
 # `docker run` without a volume (but not with --read-only: then it must be a volume, as it is
 # in Kubernetes, where one is mounted over it).
 COPY --from=builder --chown=65532:65532 /out/var/lib/sapphire /var/lib/sapphire
-ENV SAPPHIRE_DATA_DIR=/var/lib/sapphire
+# The API (dashboard, /healthz, /readyz, /metrics) listens on every interface in the container,
+# so `docker run -p 8080:8080 IMAGE` then `curl localhost:8080/healthz` works; outside a container
+# the binary's default stays 127.0.0.1:8080. This is a default, below the configuration file's
+# `[api] bind`; SAPPHIRE_HTTP_BIND and --http-bind still win over both.
+ENV SAPPHIRE_DATA_DIR=/var/lib/sapphire \
+    SAPPHIRE_HTTP_BIND_DEFAULT=0.0.0.0:8080
+EXPOSE 8080
 # Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 65532:65532
 WORKDIR /var/lib/sapphire

@@ -10,7 +10,8 @@
 #   5. the project's policy tests (deploy/tests, pytest), which also load cloudbuild.yaml and
 #      the node system config with gcloud's own loaders
 #
-# Needs kubectl, gcloud (google-cloud-cli) and python3 with venv. The Python validators are
+# Needs kubectl, gcloud (google-cloud-cli) and python3 with venv; installs Debian's
+# prometheus-alertmanager when missing (as root, with apt). The Python validators are
 # installed, pinned (deploy/tests/requirements.txt), into a cached virtualenv when missing.
 # SAPPHIRE_SKIP_DEPLOY_CHECK=1 skips everything (Cloud Build's Rust step, which runs this
 # script in a step of its own).
@@ -20,9 +21,20 @@ cd "$(dirname "$0")/.." || exit 1
 # The Kubernetes version GKE's regular release channel runs (default for new clusters in
 # November 2026: 1.35). Change it here only.
 KUBERNETES_VERSION=1.35.0
-# Kinds that are not built into Kubernetes (Managed Service for Prometheus); no schema for them
-# ships with kubernetes-validate, so deploy/tests/test_monitoring.py checks their structure.
-CUSTOM_KINDS='PodMonitoring|Rules'
+# Kinds that are not built into Kubernetes (Managed Service for Prometheus; GKE's Ingress
+# companions), as `Kind apiVersion`; no schema for them ships with kubernetes-validate, so
+# deploy/tests/test_monitoring.py and test_dashboard.py check their structure.
+CUSTOM_KINDS=(
+  'PodMonitoring monitoring.googleapis.com/v1'
+  'Rules monitoring.googleapis.com/v1'
+  'ManagedCertificate networking.gke.io/v1'
+  'FrontendConfig networking.gke.io/v1beta1'
+  'BackendConfig cloud.google.com/v1'
+)
+# The one warning each of them may raise (a typo in apiVersion or kind must still fail).
+custom_kind_warnings=$(for k in "${CUSTOM_KINDS[@]}"; do
+  printf "Couldn't find schema for kind %s with api version %s \n" "${k%% *}" "${k#* }"
+done)
 
 if [ "${SAPPHIRE_SKIP_DEPLOY_CHECK:-0}" = 1 ]; then
   echo "deploy-check: skipped (SAPPHIRE_SKIP_DEPLOY_CHECK=1)"
@@ -45,6 +57,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deploy-check: ${missing[*]} not found. Install kubectl and google-cloud-cli (Google's apt repository" >&2
   echo "  packages.cloud.google.com: kubectl, google-cloud-cli) and python3, or set SAPPHIRE_SKIP_DEPLOY_CHECK=1." >&2
   exit 1
+fi
+
+# Alertmanager runs deploy/monitoring's configuration against a local Telegram Bot API
+# (deploy/tests/test_alerting.py): Debian's package, installed when missing.
+if ! command -v prometheus-alertmanager >/dev/null 2>&1 && ! command -v alertmanager >/dev/null 2>&1; then
+  say "alertmanager (Debian's prometheus-alertmanager)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-alertmanager; } \
+      >/dev/null 2>&1 || echo "deploy-check: could not install prometheus-alertmanager; test_alerting.py will say so" >&2
+  else
+    echo "deploy-check: install prometheus-alertmanager (apt) for test_alerting.py" >&2
+  fi
 fi
 
 say "validators (virtualenv)"
@@ -86,13 +110,13 @@ status=0
 "$venv/bin/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION" "$render_dir"/*.yaml > "$render_dir/validate.log" 2>&1 || status=1
 # A kind without a schema is only a warning to kubernetes-validate; here only the known
 # custom kinds may lack one (a typo in apiVersion or kind must fail).
-if grep -v -E "Couldn't find schema for kind ($CUSTOM_KINDS) with api version monitoring\.googleapis\.com/v1 " \
+if grep -v -F "$custom_kind_warnings" \
   "$render_dir/validate.log" | grep -E '^(WARN|ERROR)'; then
   status=1
 fi
 objects=$(cat "$render_dir"/*.yaml | grep -c '^kind:')
 unschemed=$(grep -c "Couldn't find schema" "$render_dir/validate.log")
-echo "$objects objects checked; $unschemed of custom kinds ($CUSTOM_KINDS) have no schema here"
+echo "$objects objects checked; $unschemed of custom kinds (${CUSTOM_KINDS[*]%% *}) have no schema here"
 result kubernetes-validate "$status"
 
 say "yamllint"

@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     /// The daily report.
     pub report: crate::report::ReportSection,
+    /// Operator alerts sent by the process (Telegram).
+    pub alerts: crate::alerts::AlertsSection,
     /// Real order routing (used when ENABLE_PAPER_TRADING=false).
     pub venue: VenueSection,
     /// Remote agents over QUIC (off unless `bind` is given).
@@ -307,7 +309,13 @@ impl std::fmt::Debug for RedisSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSection {
+    /// The listen address. The embedded default is loopback (`127.0.0.1:8080`, for a laptop);
+    /// the container image sets `SAPPHIRE_HTTP_BIND_DEFAULT=0.0.0.0:8080`, which replaces that
+    /// default but not an address a configuration file chose.
     pub bind: String,
+    /// Whether the configuration file set `bind` (then `SAPPHIRE_HTTP_BIND_DEFAULT` leaves it).
+    #[serde(skip)]
+    pub bind_from_file: bool,
     /// A file holding the control bearer token (`SAPPHIRE_API_TOKEN` wins over it).
     pub token_file: Option<PathBuf>,
     /// From `SAPPHIRE_API_TOKEN`; never in a file we parse, never shown by `Debug`.
@@ -326,6 +334,7 @@ impl Default for ApiSection {
         let limits = sapphire_gateway::api::ApiLimits::default();
         Self {
             bind: "127.0.0.1:8080".into(),
+            bind_from_file: false,
             token_file: None,
             token: None,
             max_connections: limits.max_connections,
@@ -511,7 +520,16 @@ impl Default for RunSection {
 /// Reads a TOML file; errors name the file and the key.
 pub fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading configuration file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| ConfigError(format!("configuration file {}: {}", path.display(), e.to_string().trim_end())).into())
+    parse_file(&text).map_err(|e| ConfigError(format!("configuration file {}: {}", path.display(), e.to_string().trim_end())).into())
+}
+
+/// Parses a configuration file's text, noting which keys with a deployment-dependent default
+/// (`[api] bind`) it sets.
+pub fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    let mut cfg: FileConfig = toml::from_str(text)?;
+    let table: toml::Table = toml::from_str(text)?;
+    cfg.api.bind_from_file = table.get("api").and_then(|a| a.get("bind")).is_some();
+    Ok(cfg)
 }
 
 /// Applies the environment (the old platform's names keep working).
@@ -535,6 +553,13 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     }
     if let Some(v) = env("SAPPHIRE_DATA_DIR") {
         cfg.run.data_dir = PathBuf::from(v);
+    }
+    // The container image's default address (0.0.0.0:8080): below the file, above the
+    // embedded loopback default.
+    if let Some(v) = env("SAPPHIRE_HTTP_BIND_DEFAULT").filter(|v| !v.trim().is_empty()) {
+        if !cfg.api.bind_from_file {
+            cfg.api.bind = v;
+        }
     }
     if let Some(v) = env("SAPPHIRE_HTTP_BIND") {
         cfg.api.bind = v;
@@ -645,6 +670,8 @@ pub struct RunConfig {
     pub sink: Option<sapphire_persistence::pg::SinkConfig>,
     /// The daily report.
     pub report: crate::report::ReportSection,
+    /// Operator alerts sent by the process (Telegram).
+    pub alerts: crate::alerts::AlertsSection,
     /// Real order routing; `None` when paper trading.
     pub routing: Option<sapphire_gateway::venue::routing::RoutingConfig>,
     /// The agents runtime.
@@ -986,6 +1013,10 @@ impl FileConfig {
                 self.report.daily_at_secs().map_err(|e| bad("report.daily_at", e))?;
                 self.report.clone()
             },
+            alerts: {
+                self.alerts.check().map_err(|(key, e)| bad(key, e))?;
+                self.alerts.clone()
+            },
             sink: match &self.database.url {
                 None => None,
                 Some(url) => {
@@ -1231,6 +1262,7 @@ mod tests {
         assert_eq!(a.pipeline, b.pipeline);
         assert_eq!((a.api.bind, a.api.token.is_none()), (b.api.bind, b.api.token.is_none()));
         assert_eq!(a.api_limits, b.api_limits);
+        assert_eq!((&a.alerts, &a.report), (&b.alerts, &b.report));
         assert_eq!(b.api.bind.to_string(), "127.0.0.1:8080");
     }
 
@@ -1250,6 +1282,34 @@ mod tests {
         let run = cfg.resolve().unwrap();
         assert!(run.api.token.as_ref().is_some_and(|t| t.matches("from-file-token")));
         let _ = std::fs::remove_file(&file);
+    }
+
+    #[test]
+    fn the_images_default_address_replaces_loopback_but_not_a_files_or_the_operators_choice() {
+        const IMAGE: &[(&str, &str)] = &[("SAPPHIRE_HTTP_BIND_DEFAULT", "0.0.0.0:8080")];
+        const BOTH: &[(&str, &str)] = &[("SAPPHIRE_HTTP_BIND_DEFAULT", "0.0.0.0:8080"), ("SAPPHIRE_HTTP_BIND", "127.0.0.1:0")];
+        // A laptop: loopback.
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(&[])).unwrap();
+        assert_eq!(cfg.resolve().unwrap().api.bind.to_string(), "127.0.0.1:8080");
+        // The container image: every interface, so `docker run -p 8080:8080` reaches it.
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(IMAGE)).unwrap();
+        assert_eq!(cfg.resolve().unwrap().api.bind.to_string(), "0.0.0.0:8080");
+        // A file that chose an address keeps it, even the loopback default written out.
+        for chosen in ["127.0.0.1:8080", "127.0.0.1:9090"] {
+            let mut cfg = parse_file(&format!("[api]\nbind = {chosen:?}\n")).unwrap();
+            apply_env(&mut cfg, &env_of(IMAGE)).unwrap();
+            assert_eq!(cfg.resolve().unwrap().api.bind.to_string(), chosen);
+        }
+        // A file without [api] bind takes the image's default.
+        let mut cfg = parse_file("[run]\nstatus_every_ms = 500\n").unwrap();
+        apply_env(&mut cfg, &env_of(IMAGE)).unwrap();
+        assert_eq!(cfg.resolve().unwrap().api.bind.to_string(), "0.0.0.0:8080");
+        // SAPPHIRE_HTTP_BIND (and --http-bind after it) win over everything.
+        let mut cfg = parse_file("[api]\nbind = \"127.0.0.1:9090\"\n").unwrap();
+        apply_env(&mut cfg, &env_of(BOTH)).unwrap();
+        assert_eq!(cfg.resolve().unwrap().api.bind.port(), 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod agents_bridge;
 mod agents_cmd;
+mod alerts;
 mod bench_cmd;
 mod charts;
 mod config;

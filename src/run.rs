@@ -102,6 +102,7 @@ fn edge_loop(
     head: &AtomicU64,
     positions: &crate::agents_bridge::AgentPositions,
     quiet: bool,
+    alerts: &crate::alerts::Alerts,
 ) -> EdgeReport {
     let mut idle = 0;
     let mut report = EdgeReport::default();
@@ -119,6 +120,8 @@ fn edge_loop(
             state.apply(o);
             positions.on_output(o);
             if let EngineOutput::Risk(RiskOutput::Alert(a)) = o.output {
+                // To Telegram when configured (never blocks: a full queue drops and counts).
+                alerts.risk(&a);
                 if !quiet {
                     let what = match a.kind {
                         AlertKind::DrawdownWarning => format!("drawdown warning: {:.2}% from peak equity", a.value as f64 / 100.0),
@@ -343,7 +346,17 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let mut service_tasks = Vec::new();
     // The daily report, on its own thread (a failure is printed; trading goes on).
     let report_stop = Arc::new(AtomicBool::new(false));
-    let daily = crate::report::spawn_daily(cfg.data_dir.clone(), &cfg.report, Arc::clone(&report_stop))?;
+    let daily = crate::report::spawn_daily(cfg.data_dir.clone(), cfg.shard.clone(), &cfg.report, Arc::clone(&report_stop))?;
+    // Operator alerts (drawdown, margin, kill, stale feed, engine core) to Telegram, rate
+    // limited, on a thread of their own.
+    let alerts = Arc::new(crate::alerts::Alerts::start(&cfg.alerts, &cfg.shard, opts.quiet)?);
+    {
+        let stats = alerts.stats();
+        edge.add_source(Arc::new(FnSource::new("alerts", || Ok(()), move |m: &mut MetricsWriter<'_>| stats.encode(m))));
+    }
+    if cfg.alerts.telegram && !opts.quiet {
+        println!("alerts: to Telegram, at most one message per {} ms (a digest when more fire)", cfg.alerts.min_interval_ms);
+    }
     let bus_stats = Arc::new(BusStats::default());
     let sink_stats = pg::SinkStats::new();
     let output_head = Arc::new(AtomicU64::new(outputs_from));
@@ -514,11 +527,12 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let edge_thread = {
         let positions = Arc::clone(&positions);
         let (edge, quiet, core, head) = (Arc::clone(&edge), opts.quiet, cfg.edge_core, Arc::clone(&output_head));
+        let alerts = Arc::clone(&alerts);
         std::thread::Builder::new()
             .name("sapphire-edge".into())
             .spawn(move || {
                 let _ = sapphire_core::affinity::pin_current_thread(core);
-                edge_loop(outputs, &edge, output_journal, &head, &positions, quiet)
+                edge_loop(outputs, &edge, output_journal, &head, &positions, quiet, &alerts)
             })
             .context("starting the edge thread")?
     };
@@ -589,6 +603,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let mut last_processed = 0u64;
     let mut last_tick = started;
     let mut pins_reported = false;
+    let mut watch = crate::alerts::Watch::new(&cfg.alerts, symbols.len());
     loop {
         let deadline = opts.duration.map(|d| started + d);
         let next = last_tick + cfg.status_every;
@@ -609,6 +624,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
         sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
         let now = Instant::now();
+        let wall = unix_nanos();
+        watch.feeds(
+            &alerts,
+            symbols.iter().enumerate().map(|(i, name)| {
+                (*name, board.read(sapphire_core::instrument::InstrumentId(i as u32)).map(|t| wall.saturating_sub(t.ts_event)))
+            }),
+        );
+        watch.engine(&alerts, now, stats.stalled_ns.load(Ordering::Relaxed));
         let processed = stats.processed.load(Ordering::Relaxed);
         let rate = (processed - last_processed) as f64 / now.duration_since(last_tick).as_secs_f64().max(1e-9);
         last_processed = processed;
@@ -692,6 +715,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     report_stop.store(true, Ordering::Relaxed);
     if let Some(h) = daily {
         let _ = h.join();
+    }
+    // What is still pending goes out now (one attempt), then the sender stops.
+    if let Ok(alerts) = Arc::try_unwrap(alerts) {
+        alerts.finish();
     }
     // The journal's failure is the cause of everything after it: said first, and what it
     // stopped from leaving the core said with it.

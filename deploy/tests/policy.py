@@ -52,6 +52,9 @@ SUBCOMMANDS_WITHOUT_HTTP = {"migrate"}
 # Where `sapphire run`/`core` writes its output journal, under SAPPHIRE_DATA_DIR.
 OUTPUT_JOURNAL = "journal/output"
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
+# Accounts of pods that call no Google API, so they get no Google identity at all: Alertmanager
+# (it talks to Telegram only).
+NO_GOOGLE_IDENTITY = {"sapphire-alertmanager"}
 GSA_EMAIL = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@([a-z][-a-z0-9]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$")
 
 
@@ -333,7 +336,7 @@ def check_service_accounts(docs: list[dict], workload_identity: bool) -> list[st
     for (_, name), sa in accounts.items():
         if sa.get("automountServiceAccountToken") is not False:
             out.append(f"ServiceAccount/{name}: automountServiceAccountToken must be false")
-        if workload_identity:
+        if workload_identity and name not in NO_GOOGLE_IDENTITY:
             gsa = ((sa.get("metadata") or {}).get("annotations") or {}).get(WORKLOAD_IDENTITY_ANNOTATION, "")
             if not GSA_EMAIL.match(gsa):
                 out.append(f"ServiceAccount/{name}: no valid {WORKLOAD_IDENTITY_ANNOTATION} annotation ({gsa!r})")
@@ -584,7 +587,9 @@ def check_no_secrets(docs: list[dict]) -> list[str]:
         for c in all_containers(spec):
             for var in c.get("env") or []:
                 value = var.get("value")
-                if value is not None and SECRET_NAMES.search(var.get("name", "")):
+                # A *_FILE variable names the file a mounted Secret is at, not the secret itself.
+                names_a_file = var.get("name", "").endswith("_FILE") and str(value).startswith("/")
+                if value is not None and SECRET_NAMES.search(var.get("name", "")) and not names_a_file:
                     out.append(f"{name_of(doc)} container {c.get('name')}: {var['name']} has a literal value; use secretKeyRef")
                 if value is not None and URL_WITH_PASSWORD.search(str(value)):
                     out.append(f"{name_of(doc)} container {c.get('name')}: {var['name']} embeds a password")

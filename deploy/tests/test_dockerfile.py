@@ -85,6 +85,16 @@ def dockerfile_problems(text: str) -> list[str]:
         out.append("ENTRYPOINT is not in exec form (signals would go to a shell)")
     if not any(ins == "ENV" and "SAPPHIRE_DATA_DIR=" in args for ins, args in runtime):
         out.append("the runtime stage does not set SAPPHIRE_DATA_DIR (the only writable place)")
+    # The binary's own default is loopback (right on a laptop, unreachable through
+    # `docker run -p 8080:8080`): the image moves the default to every interface.
+    if not any(ins == "ENV" and re.search(r"\bSAPPHIRE_HTTP_BIND_DEFAULT=0\.0\.0\.0:8080\b", args) for ins, args in runtime):
+        out.append("the runtime stage does not set SAPPHIRE_HTTP_BIND_DEFAULT=0.0.0.0:8080 (the API would listen on the "
+                   "container's loopback only)")
+    if any(ins == "ENV" and re.search(r"\bSAPPHIRE_HTTP_BIND=", args) for ins, args in runtime):
+        out.append("the runtime stage sets SAPPHIRE_HTTP_BIND: it would override a configuration file's [api] bind; "
+                   "set SAPPHIRE_HTTP_BIND_DEFAULT")
+    if not any(ins == "EXPOSE" and "8080" in args.split() for ins, args in runtime):
+        out.append("the runtime stage does not EXPOSE 8080 (the API's port)")
     for ins, args in builder + runtime:
         if ins == "ADD":
             out.append(f"ADD {args}: use COPY (ADD fetches URLs and unpacks archives)")
@@ -186,6 +196,10 @@ def test_dockerignore_keeps_what_the_build_reads_and_drops_the_rest():
     (lambda t: t.replace("USER 65532:65532", "USER root"), "numeric non-root USER"),
     (lambda t: t.replace('ENTRYPOINT ["/usr/local/bin/sapphire"]', "ENTRYPOINT /usr/local/bin/sapphire"), "exec form"),
     (lambda t: t.replace("COPY core/Cargo.toml core/Cargo.toml", "COPY core core"), "only manifests"),
+    (lambda t: t.replace("SAPPHIRE_HTTP_BIND_DEFAULT=0.0.0.0:8080", "SAPPHIRE_HTTP_BIND_DEFAULT=127.0.0.1:8080"),
+     "SAPPHIRE_HTTP_BIND_DEFAULT"),
+    (lambda t: t.replace("SAPPHIRE_HTTP_BIND_DEFAULT=0.0.0.0:8080", "SAPPHIRE_HTTP_BIND=0.0.0.0:8080"), "override"),
+    (lambda t: t.replace("EXPOSE 8080\n", ""), "EXPOSE 8080"),
 ])
 def test_each_dockerfile_check_can_fail(change, expected):
     broken = change(DOCKERFILE.read_text())

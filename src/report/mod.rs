@@ -464,14 +464,20 @@ fn html_page(title: &str, md: &str, charts: &[PathBuf]) -> String {
 
 /// The daily report of `date` from `<data_dir>/journal/output`, written to
 /// `<data_dir>/reports/<date>/`. For `sapphire run`'s daily schedule.
-fn daily(data_dir: &Path, date: Date) -> anyhow::Result<Report> {
+fn daily(data_dir: &Path, date: Date, shard: &str) -> anyhow::Result<Report> {
     build(&ReportRequest {
         journal: data_dir.join("journal").join("output"),
         window: Some(date.window_ns()),
         last_run: Some(data_dir.join("last-run.json")),
         out: data_dir.join("reports").join(date.to_string()),
-        title: date.to_string(),
+        title: titled(&date.to_string(), shard),
     })
+}
+
+/// A report's title: what it covers and the shard whose journal it read (a core's output
+/// journal holds that shard only).
+pub fn titled(what: &str, shard: &str) -> String {
+    format!("{what} (shard {shard})")
 }
 
 /// Seconds from `now_unix_s` until the next `daily_at_secs` after UTC midnight, and the day
@@ -492,6 +498,7 @@ pub fn next_daily(now_unix_s: u64, daily_at_secs: u64) -> (u64, Date) {
 /// trading. Wall-clock time is read here, on this thread, never by the engine.
 pub fn spawn_daily(
     data_dir: PathBuf,
+    shard: String,
     section: &ReportSection,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
@@ -508,7 +515,7 @@ pub fn spawn_daily(
                 }
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
-            match daily(&data_dir, date) {
+            match daily(&data_dir, date, &shard) {
                 Ok(report) => {
                     println!("report: {date} written to {}", report.dir.display());
                     if let Some(tg) = &telegram {
@@ -539,6 +546,10 @@ pub struct ReportArgs {
     /// Output directory for the charts, index.html and summary.md.
     #[arg(long)]
     pub out: PathBuf,
+    /// The shard whose journal this is (named in the report's title): the core's
+    /// `SAPPHIRE_SHARD`.
+    #[arg(long, env = "SAPPHIRE_SHARD", default_value = "main")]
+    pub shard: String,
     /// Send the summary and charts to Telegram (TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID;
     /// TELEGRAM_API_BASE overrides https://api.telegram.org).
     #[arg(long)]
@@ -547,12 +558,13 @@ pub struct ReportArgs {
 
 /// Runs `sapphire report`.
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    sapphire_persistence::shard::check_shard(&args.shard).map_err(|e| crate::config::refuse("--shard (SAPPHIRE_SHARD)", e))?;
     let (journal, window, title) = match (&args.date, &args.journal) {
         (Some(d), _) => {
             let date = Date::parse(d).map_err(|e| crate::config::refuse("--date", e))?;
-            (args.data_dir.join("journal").join("output"), Some(date.window_ns()), date.to_string())
+            (args.data_dir.join("journal").join("output"), Some(date.window_ns()), titled(&date.to_string(), &args.shard))
         }
-        (None, Some(j)) => (j.clone(), None, j.display().to_string()),
+        (None, Some(j)) => (j.clone(), None, titled(&j.display().to_string(), &args.shard)),
         (None, None) => return Err(crate::config::refuse("--date", "give --date YYYY-MM-DD or --journal DIR")),
     };
     // Check Telegram settings before the work, so a missing token fails fast.
@@ -597,13 +609,15 @@ mod tests {
         let total = PnlSummary { equity: sapphire_core::fixed::Money::from_units(5), ..PnlSummary::default() };
         w.append_record(&Output { seq: 0, output: EngineOutput::Pnl { ts_event: day.window_ns().0 + 1, total } }).unwrap();
         w.sync().unwrap();
-        let dir = daily(&data, day).unwrap().dir;
+        let report = daily(&data, day, "b").unwrap();
+        assert!(report.summary_text.starts_with("Sapphire report 2024-08-08 (shard b)\n"), "{}", report.summary_text);
+        let dir = report.dir;
         assert_eq!(dir, data.join("reports").join("2024-08-08"));
         for f in ["index.html", "summary.md", "equity.png"] {
             assert!(dir.join(f).is_file(), "{f}");
         }
         let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
-        assert!(md.contains("1 of 1 outputs"), "{md}");
+        assert!(md.contains("1 of 1 outputs") && md.starts_with("# Sapphire report: 2024-08-08 (shard b)"), "{md}");
         let _ = std::fs::remove_dir_all(&data);
     }
 

@@ -31,11 +31,19 @@ impl std::fmt::Debug for Telegram {
 }
 
 impl Telegram {
-    /// From `TELEGRAM_BOT_TOKEN`, `TELEGRAM_CHAT_ID` and optionally `TELEGRAM_API_BASE`.
+    /// From `TELEGRAM_BOT_TOKEN` (or the file named by `TELEGRAM_BOT_TOKEN_FILE`, a mounted
+    /// Secret; the variable wins), `TELEGRAM_CHAT_ID` and optionally `TELEGRAM_API_BASE`.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Telegram> {
         let get = |k: &str| env(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let token = get("TELEGRAM_BOT_TOKEN").ok_or_else(|| anyhow::anyhow!("--telegram needs TELEGRAM_BOT_TOKEN"))?;
-        let chat_id = get("TELEGRAM_CHAT_ID").ok_or_else(|| anyhow::anyhow!("--telegram needs TELEGRAM_CHAT_ID"))?;
+        let token = match (get("TELEGRAM_BOT_TOKEN"), get("TELEGRAM_BOT_TOKEN_FILE")) {
+            (Some(t), _) => t,
+            (None, Some(path)) => {
+                std::fs::read_to_string(&path).with_context(|| format!("reading TELEGRAM_BOT_TOKEN_FILE {path}"))?.trim().to_string()
+            }
+            (None, None) => anyhow::bail!("Telegram needs TELEGRAM_BOT_TOKEN (or TELEGRAM_BOT_TOKEN_FILE)"),
+        };
+        anyhow::ensure!(!token.is_empty(), "TELEGRAM_BOT_TOKEN_FILE holds no token");
+        let chat_id = get("TELEGRAM_CHAT_ID").ok_or_else(|| anyhow::anyhow!("Telegram needs TELEGRAM_CHAT_ID"))?;
         anyhow::ensure!(
             !token.contains('/') && !token.contains(char::is_whitespace),
             "TELEGRAM_BOT_TOKEN is malformed (it holds '/' or whitespace)"
@@ -52,6 +60,13 @@ impl Telegram {
     pub fn send_report(&self, report: &Report) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the Telegram client's runtime")?;
         rt.block_on(self.send(report))
+    }
+
+    /// Sends one text message (`sendMessage`), cut to Telegram's 4096 characters.
+    pub async fn send_message(&self, client: &reqwest::Client, text: &str) -> anyhow::Result<()> {
+        let text: String = text.chars().take(MAX_TEXT).collect();
+        let form = reqwest::multipart::Form::new().text("chat_id", self.chat_id.clone()).text("text", text);
+        self.call(client, "sendMessage", form).await
     }
 
     async fn send(&self, report: &Report) -> anyhow::Result<()> {
@@ -132,5 +147,24 @@ mod tests {
         assert!(!format!("{t:?}").contains("secret"));
         let missing = Telegram::from_env(&|k: &str| (k == "TELEGRAM_BOT_TOKEN").then(|| "x".to_string())).unwrap_err();
         assert!(missing.to_string().contains("TELEGRAM_CHAT_ID"), "{missing}");
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_mounted_file() {
+        let file = std::env::temp_dir().join(format!("sapphire-tg-token-{}", std::process::id()));
+        std::fs::write(&file, "456:from-file\n").unwrap();
+        let path = file.display().to_string();
+        let env = |k: &str| match k {
+            "TELEGRAM_BOT_TOKEN_FILE" => Some(path.clone()),
+            "TELEGRAM_CHAT_ID" => Some("7".to_string()),
+            _ => None,
+        };
+        let t = Telegram::from_env(&env).unwrap();
+        assert_eq!(t.url("sendMessage"), "https://api.telegram.org/bot456:from-file/sendMessage");
+        std::fs::remove_file(&file).unwrap();
+        let err = Telegram::from_env(&env).unwrap_err();
+        assert!(err.to_string().contains("TELEGRAM_BOT_TOKEN_FILE") && !format!("{err:#}").contains("from-file"), "{err:#}");
+        let none = Telegram::from_env(&|k: &str| (k == "TELEGRAM_CHAT_ID").then(|| "7".to_string())).unwrap_err();
+        assert!(none.to_string().contains("TELEGRAM_BOT_TOKEN"), "{none}");
     }
 }
