@@ -22,6 +22,29 @@ cargo fmt --all -- --check
 say "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Supply chain: licences, banned crates, duplicate versions (warnings) and sources by
+# deny.toml; advisories too where the RustSec database can be fetched (it lives on GitHub,
+# which this machine and CI cannot reach: then a message says so). cargo-deny is installed
+# when absent (once per machine, ~6-12 min on 2 cores; kept in ~/.cargo/bin for later runs);
+# SAPPHIRE_SKIP_DENY=1 skips the check.
+say "supply chain (cargo deny)"
+if [[ "${SAPPHIRE_SKIP_DENY:-}" == 1 ]]; then
+  echo "(cargo deny skipped: SAPPHIRE_SKIP_DENY=1)"
+else
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "(cargo-deny not installed: installing it, at most 15 min)"
+    timeout 900 cargo install cargo-deny --locked --quiet || echo "(could not install cargo-deny)"
+  fi
+  if ! cargo deny --version >/dev/null 2>&1; then
+    echo "cargo deny: skipped: cargo-deny is not installed (cargo install cargo-deny --locked)"
+  elif timeout 60 cargo deny fetch db >/dev/null 2>&1; then
+    cargo deny --locked check
+  else
+    echo "(cargo deny: the RustSec advisory database cannot be fetched from here: advisories NOT checked; licences, bans, sources are)"
+    cargo deny --offline --locked check licenses bans sources
+  fi
+fi
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
