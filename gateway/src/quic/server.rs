@@ -311,18 +311,7 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, producer: Produc
     let mut buf = AlignedVec::<16>::with_capacity(MAX_AGENT_FRAME);
     let hello = tokio::time::timeout(hello_timeout, frames::read_frame(&mut recv, &mut buf, MAX_AGENT_FRAME)).await;
     let agent = match hello {
-        Ok(Ok(Some(frames::PROTOCOL_VERSION))) => match frames::access_agent(&buf) {
-            Ok(ArchivedAgentFrame::Hello { agent, token }) => {
-                let id = agent.to_native();
-                let configured = shared.tokens.get(usize::from(id)).and_then(|t| t.as_ref()).filter(|_| is_external_agent(id));
-                match configured {
-                    None => Err((Some(id), Refusal::UnknownAgent)),
-                    Some(t) if !t.matches(token.as_str()) => Err((Some(id), Refusal::BadToken)),
-                    Some(_) => Ok(id),
-                }
-            }
-            _ => Err((None, Refusal::BadFrame)),
-        },
+        Ok(Ok(Some(frames::PROTOCOL_VERSION))) => authenticate_hello(&shared.tokens, &buf),
         Ok(Ok(Some(_)) | Err(ReadError::Frame(_))) => Err((None, Refusal::BadFrame)),
         Ok(Ok(None) | Err(ReadError::Closed(_))) | Err(_) => {
             stats.handshake_failures.fetch_add(1, Relaxed);
@@ -358,6 +347,24 @@ async fn handle(incoming: quinn::Incoming, shared: Arc<Shared>, producer: Produc
     // Give the last answers a moment to leave, then close.
     let _ = tokio::time::timeout(Duration::from_millis(200), conn.closed()).await;
     conn.close(quinn::VarInt::from_u32(0), b"bye");
+}
+
+/// Who the hello frame in `buf` (an archive read off the stream) authenticates: the agent id
+/// when it is a valid hello from a configured external agent (`tokens` by agent id) presenting
+/// exactly its token; otherwise why not, with the id it claimed when it was a readable hello.
+pub fn authenticate_hello(tokens: &[Option<AgentToken>], buf: &AlignedVec<16>) -> Result<u16, (Option<u16>, Refusal)> {
+    match frames::access_agent(buf) {
+        Ok(ArchivedAgentFrame::Hello { agent, token }) => {
+            let id = agent.to_native();
+            let configured = tokens.get(usize::from(id)).and_then(|t| t.as_ref()).filter(|_| is_external_agent(id));
+            match configured {
+                None => Err((Some(id), Refusal::UnknownAgent)),
+                Some(t) if !t.matches(token.as_str()) => Err((Some(id), Refusal::BadToken)),
+                Some(_) => Ok(id),
+            }
+        }
+        _ => Err((None, Refusal::BadFrame)),
+    }
 }
 
 /// Reads signals until the agent finishes its stream or the connection ends.
