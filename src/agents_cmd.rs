@@ -52,6 +52,11 @@ pub struct AgentsArgs {
     /// A file holding this agent's token (`SAPPHIRE_AGENT_TOKEN` wins over it).
     #[arg(long, requires = "core_quic")]
     pub token_file: Option<PathBuf>,
+    /// Call each configured LLM provider once and print its latency, the model asked and
+    /// whether the answer parsed, then exit (1 when one failed); needs no Redis and starts no
+    /// agent.
+    #[arg(long, conflicts_with = "core_quic")]
+    pub check: bool,
 }
 
 /// Signals to a bounded queue that a task publishes to Redis; a full queue refuses (counted
@@ -64,11 +69,39 @@ impl SignalSink for QueueSink {
     }
 }
 
+/// `sapphire agents --check`: one call to each configured provider, one line each.
+fn check_providers(agents: &sapphire_agents::AgentsConfig) -> anyhow::Result<()> {
+    if agents.providers.is_empty() {
+        return Err(config::refuse(
+            "agents.runtime.providers",
+            "no LLM provider is configured: set XAI_API_KEY (or GROK4_API_KEY) for xAI Grok, ENABLE_VERTEX_AI=true and \
+             GOOGLE_CLOUD_PROJECT for Vertex AI Gemini, OPENAI_BASE_URL for an OpenAI-compatible server (llama.cpp, vLLM), \
+             or list [[agents.runtime.providers]] in the configuration file",
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let clock = sapphire_agents::context::wall_clock();
+    let mut failed = 0;
+    for p in &agents.providers {
+        let outcome = runtime.block_on(sapphire_agents::llm::check::check(p, clock.clone()));
+        let default = if p.name == agents.default_provider { " [default]" } else { "" };
+        println!("check {}{default}", outcome.line());
+        failed += usize::from(outcome.problem.is_some());
+    }
+    let n = agents.providers.len();
+    println!("agents --check: {n} provider(s), {} ok, {failed} failed", n - failed);
+    anyhow::ensure!(failed == 0, "agents --check: {failed} of {n} provider(s) failed (see above)");
+    Ok(())
+}
+
 /// Runs the agents until stopped.
 pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     let quic = quic_link_config(&args)?;
     let (file, duration) = crate::process::load(args.config.as_deref(), args.http_bind, args.duration.as_deref())?;
     let cfg = file.resolve()?;
+    if args.check {
+        return check_providers(&cfg.agents);
+    }
     if let Some(link) = quic {
         return run_quic(cfg, duration, link);
     }

@@ -1263,6 +1263,7 @@ mod tests {
         assert_eq!((a.api.bind, a.api.token.is_none()), (b.api.bind, b.api.token.is_none()));
         assert_eq!(a.api_limits, b.api_limits);
         assert_eq!((&a.alerts, &a.report), (&b.alerts, &b.report));
+        assert_eq!(a.agents, b.agents, "[agents.runtime] of the example is the default");
         assert_eq!(b.api.bind.to_string(), "127.0.0.1:8080");
     }
 

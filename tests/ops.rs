@@ -338,3 +338,131 @@ fn the_report_names_its_shard_on_telegram() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One request as the local OpenAI-compatible server saw it: path, Authorization header, body.
+type LlmSeen = Arc<Mutex<Vec<(String, Option<String>, serde_json::Value)>>>;
+
+/// A local server speaking OpenAI's chat completions: every answer's message content is
+/// `content` (what the model "said"), for at most `max` requests and 120 s.
+fn fake_llm(content: &'static str, max: usize) -> (String, LlmSeen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen: LlmSeen = Arc::default();
+    let record = Arc::clone(&seen);
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(max) {
+            if started.elapsed() > Duration::from_secs(120) {
+                return;
+            }
+            let Ok(mut stream) = stream else { return };
+            stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (mut length, mut auth) = (0usize, None);
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap();
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => length = v.trim().parse().unwrap(),
+                    "authorization" => auth = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            record.lock().unwrap().push((path, auth, serde_json::from_slice(&body).unwrap_or_default()));
+            let answer = serde_json::json!({
+                "id": "chatcmpl-local", "object": "chat.completion", "model": "local-test-model",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 20, "total_tokens": 60}
+            })
+            .to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (base, seen)
+}
+
+/// `sapphire agents --check` calls each configured provider once — xAI Grok with the old
+/// platform's GROK4_API_KEY, an OpenAI-compatible server from OPENAI_BASE_URL alone, and one
+/// whose answers do not parse — and says for each the latency, the model and whether the
+/// answer parsed; exit 1 when one failed, 0 when all answered, 2 when none is configured.
+#[test]
+fn agents_check_calls_each_provider_once_and_says_whether_the_answer_parsed() {
+    let dir = temp_dir("agents-check");
+    let (good, good_seen) = fake_llm(r#"{"strength_bps":0,"confidence_bps":0,"ttl_seconds":60,"reasoning":"check"}"#, 10);
+    let (bad, bad_seen) = fake_llm("I think the market is fine.", 10);
+    let providers = |with_broken: bool| {
+        let mut t = format!("[[agents.runtime.providers]]\nname = \"grok\"\nkind = \"xai\"\nbase_url = \"{good}\"\nmodel = \"grok-4\"\n");
+        if with_broken {
+            t += &format!("\n[[agents.runtime.providers]]\nname = \"broken\"\nkind = \"openai_compatible\"\nbase_url = \"{bad}\"\n");
+        }
+        t
+    };
+    std::fs::write(dir.join("all.toml"), providers(true)).unwrap();
+    let check = |config: &str| {
+        sapphire()
+            .args(["agents", "--check", "--config"])
+            .arg(dir.join(config))
+            .env("GROK4_API_KEY", "grok4-secret-key")
+            .env("OPENAI_BASE_URL", &good)
+            .env("OPENAI_MODEL", "tiny-local")
+            .output()
+            .unwrap()
+    };
+    let out = check("all.toml");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert_eq!(out.status.code(), Some(1), "one provider fails: {stdout}{stderr}");
+    let line = |name: &str| {
+        stdout.lines().find(|l| l.starts_with(&format!("check {name} ("))).unwrap_or_else(|| panic!("{name}: {stdout}")).to_string()
+    };
+    let grok = line("grok");
+    assert!(
+        grok.starts_with(&format!("check grok (xai, model grok-4, {good}): ok in ")) && grok.ends_with(" ms, answer parsed [default]"),
+        "{grok}"
+    );
+    let local = line("openai");
+    assert!(local.starts_with(&format!("check openai (openai_compatible, model tiny-local, {good}): ok in ")), "{local}");
+    let broken = line("broken");
+    assert!(
+        broken.contains(": FAILED in ") && broken.contains("answer parsed: no; answered, but the answer was refused: invalid_json"),
+        "{broken}"
+    );
+    assert!(stdout.contains("agents --check: 3 provider(s), 2 ok, 1 failed"), "{stdout}");
+    assert!(!stdout.contains("grok4-secret-key") && !stderr.contains("grok4-secret-key"), "the key is never printed");
+    // Each provider was called exactly once, with its own model, key and structured output.
+    let good_seen = good_seen.lock().unwrap().clone();
+    assert_eq!(good_seen.len(), 2, "{good_seen:?}");
+    assert_eq!(bad_seen.lock().unwrap().len(), 1);
+    for (path, auth, body) in &good_seen {
+        assert_eq!(path, "/v1/chat/completions");
+        assert_eq!(body["response_format"]["type"], "json_schema");
+        match body["model"].as_str() {
+            Some("grok-4") => assert_eq!(auth.as_deref(), Some("Bearer grok4-secret-key"), "GROK4_API_KEY is the xAI key"),
+            Some("tiny-local") => assert_eq!(auth, &None, "no key for a server that asks none"),
+            other => panic!("model {other:?}"),
+        }
+    }
+    // Every provider answering: exit 0.
+    std::fs::write(dir.join("good.toml"), providers(false)).unwrap();
+    let out = check("good.toml");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("agents --check: 2 provider(s), 2 ok, 0 failed"), "{stdout}");
+    // No provider at all: a configuration error naming how to set one up.
+    let out = sapphire().args(["agents", "--check"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("XAI_API_KEY") && stderr.contains("ENABLE_VERTEX_AI") && stderr.contains("OPENAI_BASE_URL"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

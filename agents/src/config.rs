@@ -288,8 +288,10 @@ impl AgentsConfig {
     /// `MAX_SYMBOLS_PER_AGENT`, `AGENT_CACHE_TTL_SECONDS`; `ENABLE_VERTEX_AI=true` adds a
     /// `vertex` provider (project from `GOOGLE_CLOUD_PROJECT`, location from
     /// `GOOGLE_CLOUD_LOCATION`) when none is configured and makes it the default;
-    /// `XAI_API_KEY` set with no default provider adds a `grok` provider and makes it the
-    /// default.
+    /// `XAI_API_KEY` (or the old platform's `GROK4_API_KEY`) adds a `grok` provider;
+    /// `OPENAI_BASE_URL` (with `OPENAI_MODEL` and `OPENAI_API_KEY` when the server wants them)
+    /// adds an `openai` provider for any OpenAI-compatible server (llama.cpp, vLLM, Ollama).
+    /// Each becomes the default when there is none yet, in that order: Vertex, Grok, OpenAI-compatible.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("MAX_SYMBOLS_PER_AGENT") {
             self.max_symbols_per_agent = v
@@ -316,11 +318,28 @@ impl AgentsConfig {
                 self.default_provider = p.name.clone();
             }
         }
-        if self.default_provider.is_empty() && env("XAI_API_KEY").is_some_and(|k| !k.trim().is_empty()) {
+        let set = |k: &str| env(k).is_some_and(|v| !v.trim().is_empty());
+        if set("XAI_API_KEY") || set("GROK4_API_KEY") {
             if !self.providers.iter().any(|p| p.name == "grok") {
                 self.providers.push(ProviderConfig::named("grok", ProviderKind::Xai));
             }
-            self.default_provider = "grok".into();
+            if self.default_provider.is_empty() {
+                self.default_provider = "grok".into();
+            }
+        }
+        if let Some(url) = env("OPENAI_BASE_URL").filter(|u| !u.trim().is_empty()) {
+            if !self.providers.iter().any(|p| p.name == "openai") {
+                let mut p = ProviderConfig::named("openai", ProviderKind::OpenaiCompatible);
+                p.base_url = url.trim().to_string();
+                p.model = env("OPENAI_MODEL").map(|m| m.trim().to_string()).unwrap_or_default();
+                if set("OPENAI_API_KEY") {
+                    p.api_key_env = "OPENAI_API_KEY".into();
+                }
+                self.providers.push(p);
+            }
+            if self.default_provider.is_empty() {
+                self.default_provider = "openai".into();
+            }
         }
         Ok(())
     }
@@ -464,13 +483,32 @@ mod tests {
         c.apply_env(env).unwrap();
         assert_eq!((c.max_symbols_per_agent, c.cache_ttl_seconds), (7, 30));
         assert_eq!(c.default_provider, "vertex", "Vertex wins when enabled");
-        assert_eq!(c.providers.len(), 1);
+        assert_eq!(c.providers.len(), 2, "Grok is configured too (`agents --check` calls it)");
         assert_eq!(c.providers[0].vertex_project, "proj");
         c.validate().unwrap();
 
         let mut c = AgentsConfig::default();
         c.apply_env(|k| (k == "XAI_API_KEY").then(|| "k".to_string())).unwrap();
         assert_eq!(c.default_provider, "grok");
+        // The old platform's name for the xAI key.
+        let mut c = AgentsConfig::default();
+        c.apply_env(|k| (k == "GROK4_API_KEY").then(|| "k".to_string())).unwrap();
+        assert_eq!((c.default_provider.as_str(), c.providers[0].kind), ("grok", ProviderKind::Xai));
+        // Any OpenAI-compatible server (a local llama.cpp or vLLM) in one variable.
+        let mut c = AgentsConfig::default();
+        c.apply_env(|k| match k {
+            "OPENAI_BASE_URL" => Some("http://127.0.0.1:8080/v1".to_string()),
+            "OPENAI_MODEL" => Some("qwen2.5-7b-instruct".to_string()),
+            _ => None,
+        })
+        .unwrap();
+        let p = &c.providers[0];
+        assert_eq!(
+            (c.default_provider.as_str(), p.kind, p.base_url.as_str()),
+            ("openai", ProviderKind::OpenaiCompatible, "http://127.0.0.1:8080/v1")
+        );
+        assert_eq!((p.model.as_str(), p.api_key_env.as_str()), ("qwen2.5-7b-instruct", ""));
+        c.validate().unwrap();
         let mut c = AgentsConfig::default();
         let e = c.apply_env(|k| (k == "AGENT_CACHE_TTL_SECONDS").then(|| "soon".to_string())).unwrap_err();
         assert!(e.key.contains("AGENT_CACHE_TTL_SECONDS"));

@@ -9,6 +9,7 @@
 
 pub mod answers;
 pub mod auth;
+pub mod check;
 pub mod guard;
 
 use crate::context::Clock;
@@ -66,7 +67,8 @@ pub struct ProviderConfig {
     /// `default`).
     pub model: String,
     /// Environment variable holding the API key; empty = the kind's default (`XAI_API_KEY`
-    /// for xai, none otherwise). Not used by vertex.
+    /// for xai, or the old platform's `GROK4_API_KEY` when that is the one set; none
+    /// otherwise). Not used by vertex.
     pub api_key_env: String,
     /// A mounted file holding the API key (wins over `api_key_env`).
     pub api_key_file: Option<PathBuf>,
@@ -359,7 +361,13 @@ impl LlmClient {
         let auth_err = |source| LlmError::Auth { provider: cfg.name.clone(), source };
         let creds = match cfg.kind {
             ProviderKind::Xai => {
-                let var = if cfg.api_key_env.is_empty() { "XAI_API_KEY" } else { &cfg.api_key_env };
+                // The old platform's name, GROK4_API_KEY, is read when XAI_API_KEY is not set.
+                let set = |v: &str| std::env::var(v).is_ok_and(|k| !k.trim().is_empty());
+                let var = match cfg.api_key_env.as_str() {
+                    "" if !set("XAI_API_KEY") && set("GROK4_API_KEY") => "GROK4_API_KEY",
+                    "" => "XAI_API_KEY",
+                    named => named,
+                };
                 Credentials::Key(auth::load_api_key(var, cfg.api_key_file.as_deref()).map_err(auth_err)?)
             }
             ProviderKind::OpenaiCompatible => {
