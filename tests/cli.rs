@@ -565,14 +565,17 @@ fn an_agents_process_trades_through_a_core_over_redis() {
     let core_config = dir.join("core.toml");
     std::fs::write(
         &core_config,
-        format!("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n\n[agents.runtime]\nenabled = false\n"),
+        // A slow market keeps the journal small: the test dumps it while the core runs.
+        format!(
+            "[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n\n[market]\nevents_per_sec = 5000\n\n[agents.runtime]\nenabled = false\n"
+        ),
     )
     .unwrap();
     let agents_config = dir.join("agents.toml");
     std::fs::write(&agents_config, format!("[redis]\nurl = \"redis://127.0.0.1:6379/\"\nprefix = \"{prefix}\"\n")).unwrap();
     let spawn = |role: &str, config: &std::path::Path, extra: &[&str]| {
         let mut cmd = sapphire();
-        cmd.arg(role).args(["--duration", "20s", "--http-bind", "127.0.0.1:0", "--config"]).arg(config).args(extra);
+        cmd.arg(role).args(["--duration", "60s", "--http-bind", "127.0.0.1:0", "--config"]).arg(config).args(extra);
         cmd.env_remove("REDIS_URL").env_remove("DATABASE_URL");
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts")
     };
@@ -595,6 +598,22 @@ fn an_agents_process_trades_through_a_core_over_redis() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
     }
+    // A second agents process with the same roster is a second producer for the same ids: the
+    // core refuses its signals (counted) while the first keeps sending, and goes on taking the
+    // first one's.
+    let ingress = |outcome: &str| -> u64 {
+        let (_, metrics) = http(&core_api, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let prefix = format!("sapphire_redis_ingress_total{{kind=\"signal\",outcome=\"{outcome}\"}}");
+        metrics.lines().find(|l| l.starts_with(&prefix)).and_then(|l| l.split_whitespace().last()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let mut second = spawn("agents", &agents_config, &[]);
+    let _ = api_address(&mut second);
+    let (taken_before, deadline) = (ingress("taken"), Instant::now() + Duration::from_secs(15));
+    let (mut not_owner, mut taken_after) = (0, taken_before);
+    while Instant::now() < deadline && !(not_owner > 0 && taken_after > taken_before) {
+        std::thread::sleep(Duration::from_millis(250));
+        (not_owner, taken_after) = (ingress("refused_not_owner"), ingress("taken"));
+    }
     // They are journaled: a replay re-reads them instead of running the agents. The journal
     // stage writes a moment after the ring takes a signal, and the core is killed (SIGKILL)
     // below, so look while it runs.
@@ -607,6 +626,8 @@ fn an_agents_process_trades_through_a_core_over_redis() {
         std::thread::sleep(Duration::from_millis(100));
         signal_journaled = journaled();
     }
+    let _ = second.kill();
+    let _ = second.wait();
     let _ = core.kill();
     let _ = agents.kill();
     let _ = core.wait();
@@ -614,6 +635,8 @@ fn an_agents_process_trades_through_a_core_over_redis() {
     assert!(ready, "the agents process became ready on the core's ticks");
     assert!(taken > 0, "the core took the agents' signals from Redis");
     assert!(signal_journaled, "the signals are in the input journal");
+    assert!(not_owner > 0, "the second producer's signals for the same agent ids are refused");
+    assert!(taken_after > taken_before, "the first producer keeps trading meanwhile");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

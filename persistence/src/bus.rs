@@ -68,7 +68,7 @@ pub struct BusConfig {
     /// Ingress: a producer holds an agent id until it has been silent this long.
     pub agent_lease: Duration,
     /// This process's name as a signal producer (`"producer"` in the signals it publishes):
-    /// `SAPPHIRE_PRODUCER`, else the host name (a pod's name), else `pid-<pid>`.
+    /// [`default_producer`] unless set.
     pub producer: String,
 }
 
@@ -112,15 +112,19 @@ impl BusConfig {
     }
 }
 
-/// This process's producer name: `SAPPHIRE_PRODUCER`, else `HOSTNAME` (a pod's name), else
-/// `pid-<pid>`.
+/// This process's producer name: `SAPPHIRE_PRODUCER`, else `<host>/<pid>` (the host is a pod's
+/// name on Kubernetes), so two processes on one machine are two producers.
 pub fn default_producer() -> String {
-    ["SAPPHIRE_PRODUCER", "HOSTNAME"]
-        .iter()
-        .filter_map(|v| std::env::var(v).ok())
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+    if let Some(name) = std::env::var("SAPPHIRE_PRODUCER").ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+        return name;
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_string());
+    format!("{host}/{}", std::process::id())
 }
 
 /// A Redis URL without its password, for logs.
