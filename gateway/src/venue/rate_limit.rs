@@ -60,13 +60,14 @@ pub fn parse_usage_header(name: &str) -> Option<(UsageKind, Duration)> {
     let split = interval.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = interval.split_at(split);
     let n: u64 = n.parse().ok()?;
+    // Checked: a header is the venue's (or whatever is between us and it) to write.
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3_600,
-        "d" => n * 86_400,
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3_600),
+        "d" => n.checked_mul(86_400),
         _ => return None,
-    };
+    }?;
     (secs > 0).then(|| (kind, Duration::from_secs(secs)))
 }
 
@@ -118,7 +119,7 @@ impl RateLimiter {
         if st.blocked_until_ms > now_ms {
             let wait = st.blocked_until_ms - now_ms;
             st.waits += 1;
-            st.waited_ms += wait;
+            st.waited_ms = st.waited_ms.saturating_add(wait);
             return Duration::from_millis(wait);
         }
         let mut wait_ms = 0u64;
@@ -182,7 +183,8 @@ impl RateLimiter {
     /// A 429/418 with `Retry-After`: nothing is sent until it has passed.
     pub fn block_for(&self, now_ms: u64, retry_after: Duration) {
         let mut st = self.lock();
-        st.blocked_until_ms = st.blocked_until_ms.max(now_ms + retry_after.as_millis() as u64);
+        let until = now_ms.saturating_add(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
+        st.blocked_until_ms = st.blocked_until_ms.max(until);
     }
 
     /// Times a request had to wait, and the total wait in ms.
@@ -192,7 +194,12 @@ impl RateLimiter {
     }
 }
 
-/// Parses `Retry-After` (seconds; Binance sends seconds). Missing or bad: `default`.
+/// The longest `Retry-After` taken: Binance's longest IP ban (418) is 3 days. A longer one
+/// (a garbled header, or a proxy's) would otherwise stop every request for good.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3 * 86_400);
+
+/// Parses `Retry-After` (seconds; Binance sends seconds), at most [`MAX_RETRY_AFTER`].
+/// Missing or bad: `default`.
 pub fn parse_retry_after(value: Option<&str>, default: Duration) -> Duration {
-    value.and_then(|v| v.trim().parse::<u64>().ok()).map_or(default, Duration::from_secs)
+    value.and_then(|v| v.trim().parse::<u64>().ok()).map_or(default, |s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }

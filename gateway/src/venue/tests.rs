@@ -295,6 +295,26 @@ fn limiter_waits_for_the_window_before_passing_the_limit() {
     assert_eq!(l.waits().0, 1);
 }
 
+/// Found by fuzzing (fuzz/venue_responses): a huge `Retry-After` stopped every request for
+/// 105,000 years; a usage header of a huge window overflowed (a panic in a debug build).
+#[test]
+fn absurd_rate_limit_headers_neither_stop_trading_for_good_nor_overflow() {
+    let day = 86_400;
+    assert_eq!(parse_retry_after(Some("0000000333333333333333"), Duration::ZERO), Duration::from_secs(3 * day));
+    assert_eq!(parse_retry_after(Some("18446744073709551615"), Duration::ZERO), Duration::from_secs(3 * day));
+    assert_eq!(parse_retry_after(Some("120"), Duration::ZERO), Duration::from_secs(120), "a real ban is taken as it is");
+    assert_eq!(parse_usage_header("x-mbx-used-weight-999999999999999999m"), None);
+    assert_eq!(parse_usage_header("x-mbx-order-count-18446744073709551615d"), None);
+    let limits = [RateLimit { kind: UsageKind::Orders, interval: Duration::from_secs(10), limit: 10 }];
+    let l = RateLimiter::new(&limits, 90);
+    l.block_for(1_000, parse_retry_after(Some("99999999999999"), Duration::ZERO));
+    assert_eq!(l.reserve(1_000, 1, true), Duration::from_secs(3 * day));
+    // Server times near the end of u64 saturate instead of overflowing.
+    let l = RateLimiter::new(&limits, 90);
+    l.block_for(u64::MAX - 1, Duration::MAX);
+    assert_eq!(l.reserve(u64::MAX - 2, 1, true), Duration::from_millis(2));
+}
+
 #[test]
 fn credentials_from_env_or_files_and_redacted() {
     let env =
