@@ -86,6 +86,14 @@ pub fn recorded_path() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
+/// The recorded Binance spot BTCUSDT file (depth@100ms), if the shared data is beside the
+/// repository.
+pub fn recorded_spot_path() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let p = root.join("../shared/data/exchange/recorded/hftbacktest/binance_spot_btcusdt_20240808.gz");
+    p.is_file().then_some(p)
+}
+
 /// The project's own recorded fixture (Binance spot BTCUSDT, `<recv_ns> <json>` lines).
 pub fn fixture_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/tests/fixtures/binance_spot_btcusdt.txt")

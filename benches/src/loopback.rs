@@ -12,6 +12,18 @@
 //! - `recv → exit` for every event, for events that produced orders (tick to order), and for
 //!   the last event of each frame (when the whole frame is through).
 //!
+//! And per frame (a frame ends at a quote, a trade, or the `BookDelta` flagged `DELTA_LAST`;
+//! a WebSocket frame from Binance is one venue message):
+//!
+//! - `first_publish_to_pickup`: the hop of a frame's FIRST event (published → picked up),
+//!   which waits behind no other event of its own frame: compare with the one-hop ring case
+//!   of the same run (`e2e_first_pickup_vs_hop_ring_p50`);
+//! - `recv_to_first_publish`: frame receipt → its first event published (the parse);
+//! - `ticker_trade_frame_done`: bookTicker and trade frames, receipt → the event through the
+//!   engine (the decision taken; an order when the strategies place one);
+//! - `depth_frame_done`: depth update frames (not REST snapshots), receipt → the frame's last
+//!   level through the engine (the book updated and the decision taken).
+//!
 //! A separate case measures the wire itself: frames stamped at `ws.send` in a tokio-tungstenite
 //! server and read by a tokio-tungstenite client (the feed client's library) on loopback.
 //! Per-event clock reads (three per event) add ~60-90 ns to the engine-side figures.
@@ -21,7 +33,7 @@ use crate::lab::Lab;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output, OutputSink};
-use sapphire_core::event::Event;
+use sapphire_core::event::{Event, DELTA_LAST, DELTA_SNAPSHOT};
 use sapphire_core::instrument::{InstrumentRegistry, MarketType};
 use sapphire_core::latency::unix_nanos;
 use sapphire_core::order::Order;
@@ -76,6 +88,12 @@ struct EngineSide {
     tick_to_order: Histogram<u64>,
     frame_done: Histogram<u64>,
     events_per_frame: Histogram<u64>,
+    first_pickup: Histogram<u64>,
+    first_publish: Histogram<u64>,
+    ticker_trade_done: Histogram<u64>,
+    depth_done: Histogram<u64>,
+    depth_levels: Histogram<u64>,
+    snapshot_done: Histogram<u64>,
     events: u64,
     /// The engine thread's (voluntary, involuntary) context switches during the run.
     switches: Option<(u64, u64)>,
@@ -83,6 +101,40 @@ struct EngineSide {
     sched: Option<(u64, u64)>,
     /// The engine thread's (minor, major) page faults during the run.
     faults: Option<(u64, u64)>,
+}
+
+/// What a frame carried, judged by its first event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FrameKind {
+    /// A bookTicker or trade frame (one event).
+    TickerTrade,
+    /// A depth update (one delta per level).
+    Depth,
+    /// A REST depth snapshot (every level of the book).
+    Snapshot,
+    /// Anything else (resync markers).
+    Other,
+}
+
+impl FrameKind {
+    fn of(e: &Event) -> Self {
+        match e {
+            Event::Quote(_) | Event::Trade(_) => FrameKind::TickerTrade,
+            Event::BookDelta(d) if d.flags & DELTA_SNAPSHOT != 0 => FrameKind::Snapshot,
+            Event::BookDelta(d) if d.flags & sapphire_core::event::DELTA_RESYNC != 0 => FrameKind::Other,
+            Event::BookDelta(_) => FrameKind::Depth,
+            _ => FrameKind::Other,
+        }
+    }
+}
+
+/// True for the last event of a venue message: any event but a book delta, or the delta
+/// flagged `DELTA_LAST`.
+fn ends_frame(e: &Event) -> bool {
+    match e {
+        Event::BookDelta(d) => d.flags & DELTA_LAST != 0,
+        _ => true,
+    }
 }
 
 fn engine_loop(mut consumer: Consumer<Stamped>, mut engine: Engine) -> EngineSide {
@@ -94,6 +146,12 @@ fn engine_loop(mut consumer: Consumer<Stamped>, mut engine: Engine) -> EngineSid
         tick_to_order: histogram(),
         frame_done: histogram(),
         events_per_frame: histogram(),
+        first_pickup: histogram(),
+        first_publish: histogram(),
+        ticker_trade_done: histogram(),
+        depth_done: histogram(),
+        depth_levels: histogram(),
+        snapshot_done: histogram(),
         events: 0,
         switches: None,
         sched: None,
@@ -104,7 +162,8 @@ fn engine_loop(mut consumer: Consumer<Stamped>, mut engine: Engine) -> EngineSid
     let sched_before = crate::lab::schedstat();
     let mut sink = Orders::default();
     let mut outbound: Vec<Order> = Vec::new();
-    let (mut frame_recv, mut frame_events, mut frame_exit) = (0u64, 0u64, 0u64);
+    // The frame being read: its receipt time, kind, and events so far (0: none yet).
+    let (mut frame_recv, mut frame_kind, mut frame_events) = (0u64, FrameKind::Other, 0u64);
     let mut seq = 0i64;
     loop {
         let polled = consumer.poll(512, |s, _, _| {
@@ -115,21 +174,34 @@ fn engine_loop(mut consumer: Consumer<Stamped>, mut engine: Engine) -> EngineSid
             outbound.clear();
             seq += 1;
             let exit = unix_nanos();
-            if recv != frame_recv {
-                if frame_events > 0 {
-                    record(&mut side.frame_done, frame_exit.saturating_sub(frame_recv));
-                    record(&mut side.events_per_frame, frame_events);
-                }
-                (frame_recv, frame_events) = (recv, 0);
+            if frame_events == 0 {
+                // The frame's first event: it waited behind nothing of its own frame.
+                (frame_recv, frame_kind) = (recv, FrameKind::of(&s.event));
+                record(&mut side.first_pickup, pickup.saturating_sub(s.published));
+                record(&mut side.first_publish, s.published.saturating_sub(recv));
             }
             frame_events += 1;
-            frame_exit = exit;
             record(&mut side.recv_to_publish, s.published.saturating_sub(recv));
             record(&mut side.publish_to_pickup, pickup.saturating_sub(s.published));
             record(&mut side.process, exit.saturating_sub(pickup));
             record(&mut side.recv_to_exit, exit.saturating_sub(recv));
             if sink.0 > before {
                 record(&mut side.tick_to_order, exit.saturating_sub(recv));
+            }
+            if ends_frame(&s.event) {
+                let done = exit.saturating_sub(frame_recv);
+                record(&mut side.frame_done, done);
+                record(&mut side.events_per_frame, frame_events);
+                match frame_kind {
+                    FrameKind::TickerTrade => record(&mut side.ticker_trade_done, done),
+                    FrameKind::Depth => {
+                        record(&mut side.depth_done, done);
+                        record(&mut side.depth_levels, frame_events);
+                    }
+                    FrameKind::Snapshot => record(&mut side.snapshot_done, done),
+                    FrameKind::Other => {}
+                }
+                frame_events = 0;
             }
             side.events += 1;
         });
@@ -138,10 +210,6 @@ fn engine_loop(mut consumer: Consumer<Stamped>, mut engine: Engine) -> EngineSid
             Poll::Empty => std::hint::spin_loop(),
             Poll::Closed => break,
         }
-    }
-    if frame_events > 0 {
-        record(&mut side.frame_done, frame_exit.saturating_sub(frame_recv));
-        record(&mut side.events_per_frame, frame_events);
     }
     if let (Some(a), Some(b)) = (switches_before, crate::lab::context_switches()) {
         side.switches = Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)));
@@ -163,15 +231,33 @@ pub fn recording() -> (PathBuf, BinanceMarket, String) {
     }
 }
 
+/// The recorded Binance spot BTCUSDT file with 100 ms depth frames, if the shared data is
+/// beside the repository.
+pub fn recording_spot_100ms() -> Option<(PathBuf, BinanceMarket, String)> {
+    crate::feed::recorded_spot_path()
+        .map(|p| (p, BinanceMarket::Spot, "recorded Binance spot BTCUSDT (depth@100ms, bookTicker, trade)".to_string()))
+}
+
 /// Replays at the recorded pace for `duration` through feed client and engine. The local
 /// exchange's runtime threads run unpinned (as `sapphire feed serve` does) when
 /// `exchange_core` is `None`, else pinned there; case names start with `prefix`.
 pub fn pipeline(lab: &Lab, duration: Duration, exchange_core: Option<usize>, prefix: &str) -> Result<(Vec<Case>, Vec<String>), String> {
-    let (path, market, source) = if lab.scale == crate::lab::Scale::Smoke {
+    let source = if lab.scale == crate::lab::Scale::Smoke {
         (crate::feed::fixture_path(), BinanceMarket::Spot, "the project's Binance spot BTCUSDT fixture".to_string())
     } else {
         recording()
     };
+    pipeline_of(lab, duration, exchange_core, prefix, source)
+}
+
+/// [`pipeline`] on a given recording `(path, market, description)`.
+pub fn pipeline_of(
+    lab: &Lab,
+    duration: Duration,
+    exchange_core: Option<usize>,
+    prefix: &str,
+    (path, market, source): (PathBuf, BinanceMarket, String),
+) -> Result<(Vec<Case>, Vec<String>), String> {
     let tape = Tape::load(&[&path]).map_err(|e| e.to_string())?;
     let symbols = tape.symbols();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -268,6 +354,17 @@ pub fn pipeline(lab: &Lab, duration: Duration, exchange_core: Option<usize>, pre
         ),
     ];
     let mut notes = notes;
+    let q = |h: &Histogram<u64>, p: f64| if h.is_empty() { 0 } else { h.value_at_quantile(p) };
+    notes.push(format!(
+        "{prefix}: per frame: {} bookTicker/trade frames, {} depth update frames (levels per frame p50 {} p99 {} max {}), {} REST snapshots (receipt → last level through the engine p50 {} µs)",
+        side.ticker_trade_done.len(),
+        side.depth_done.len(),
+        q(&side.depth_levels, 0.5),
+        q(&side.depth_levels, 0.99),
+        side.depth_levels.max(),
+        side.snapshot_done.len(),
+        q(&side.snapshot_done, 0.5) / 1_000,
+    ));
     if !feed_note.is_empty() {
         notes.push(format!("{prefix}: {feed_note}"));
     }
@@ -286,6 +383,22 @@ pub fn pipeline(lab: &Lab, duration: Duration, exchange_core: Option<usize>, pre
             c("recv_to_exit", "frame receipt → the event leaving the engine, every event", side.recv_to_exit),
             c("recv_to_order", "frame receipt → order out of the engine (events that produced orders)", side.tick_to_order),
             c("recv_to_frame_done", "frame receipt → the frame's last event leaving the engine", side.frame_done),
+            c(
+                "first_publish_to_pickup",
+                "published → picked up, the FIRST event of each frame (it waits behind nothing of its own frame)",
+                side.first_pickup,
+            ),
+            c("recv_to_first_publish", "frame receipt → the frame's first event published (parse)", side.first_publish),
+            c(
+                "ticker_trade_frame_done",
+                "bookTicker and trade frames: receipt → the event through the engine (decision taken; an order when one is placed)",
+                side.ticker_trade_done,
+            ),
+            c(
+                "depth_frame_done",
+                "depth update frames (no REST snapshots): receipt → the frame's last level through the engine (book updated, decision taken)",
+                side.depth_done,
+            ),
         ],
         notes,
     ))
@@ -382,6 +495,18 @@ pub fn suite(lab: &Lab, mut progress: impl FnMut(&str)) -> (Vec<Case>, Vec<Strin
             Err(e) => notes.push(format!("{prefix}: the loopback pipeline did not run: {e}")),
         }
     }
+    // Spot, whose depth stream comes in 100 ms frames (the USD-M recording's is depth@0ms).
+    if lab.scale != crate::lab::Scale::Smoke {
+        progress("e2e spot depth@100ms → feed → engine");
+        match recording_spot_100ms().map(|r| pipeline_of(lab, duration, None, "e2e_spot", r)) {
+            Some(Ok((c, n))) => {
+                cases.extend(c);
+                notes.extend(n);
+            }
+            Some(Err(e)) => notes.push(format!("e2e_spot: the loopback pipeline did not run: {e}")),
+            None => notes.push("e2e_spot: no recorded spot file beside the repository; the 100 ms depth case did not run".into()),
+        }
+    }
     (cases, notes)
 }
 
@@ -408,6 +533,12 @@ mod tests {
         assert_eq!(by("e2e_recv_to_publish").samples(), events);
         assert_eq!(by("e2e_engine_process").samples(), events);
         assert!(by("e2e_recv_to_frame_done").samples() > 0);
+        let frames = by("e2e_recv_to_frame_done").samples();
+        assert_eq!(by("e2e_first_publish_to_pickup").samples(), frames, "one first event per frame");
+        assert_eq!(by("e2e_recv_to_first_publish").samples(), frames);
+        assert!(by("e2e_ticker_trade_frame_done").samples() > 0);
+        assert!(by("e2e_depth_frame_done").samples() > 0);
+        assert!(by("e2e_ticker_trade_frame_done").samples() + by("e2e_depth_frame_done").samples() <= frames);
         assert!(notes.iter().any(|n| n.contains("switched out")), "{notes:?}");
     }
 }

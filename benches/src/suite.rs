@@ -28,7 +28,7 @@ fn steps(g: Group) -> usize {
         Group::Engine => 7,
         Group::Feed => 2,
         Group::Journal => 3,
-        Group::EndToEnd => 3,
+        Group::EndToEnd => 4,
         Group::Sink => 0,
         Group::Venue => 2,
     }
@@ -153,6 +153,19 @@ pub fn ratios(cases: &[Case]) -> Vec<Ratio> {
             if let (Some(a), Some(b)) = (e2e(ours), e2e(theirs)) {
                 add(Ratio::p50(&format!("engine_{ours}_vs_{theirs}_p50"), a, b));
                 add(Ratio::p99(&format!("engine_{ours}_vs_{theirs}_p99"), a, b));
+            }
+        }
+    }
+    // The issue-18 target: a frame's first event crosses the ring as fast as one hop (≤ 2×).
+    if let Some(hop) = find(&format!("hop_ring_{paced}")) {
+        for prefix in ["e2e", "e2e_exchange_pinned", "e2e_spot"] {
+            if let Some(first) = find(&format!("{prefix}_first_publish_to_pickup")) {
+                let name = if prefix == "e2e" {
+                    "e2e_first_pickup_vs_hop_ring_p50".to_string()
+                } else {
+                    format!("{prefix}_first_pickup_vs_hop_ring_p50")
+                };
+                add(Ratio::p50(&name, first, hop));
             }
         }
     }
