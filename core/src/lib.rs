@@ -54,4 +54,5 @@ pub mod ring;
 pub mod risk;
 pub mod router;
 pub mod strategy;
+mod sync;
 pub mod wait;

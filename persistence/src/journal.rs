@@ -864,6 +864,7 @@ impl Tail {
 
     /// The segment holding `seq`: the last one whose first sequence is at most `seq`.
     fn find_segment(&self, seq: u64) -> Result<Option<PathBuf>, JournalError> {
+        io_point();
         let segs = segments(&self.dir)?;
         Ok(segs.iter().rev().find(|p| segment_first_seq(p).is_some_and(|first| first <= seq)).or(segs.first()).cloned())
     }
@@ -880,6 +881,7 @@ impl Tail {
     /// torn tail that the writer truncated and wrote over after a restart is read afresh).
     fn refill(&mut self) -> Result<(), JournalError> {
         let Some(path) = &self.path else { return Ok(()) };
+        io_point();
         let keep = self.pos.min(self.buf.len());
         self.buf.resize(keep, 0);
         let mut f = File::open(path).map_err(io_err(path))?;
@@ -1213,7 +1215,34 @@ fn segment_first_seq(path: &Path) -> Option<u64> {
 }
 
 fn segment_after(dir: &Path, current: &Path) -> Result<Option<PathBuf>, JournalError> {
+    io_point();
     Ok(segments(dir)?.into_iter().find(|p| p.as_path() > current))
+}
+
+/// Where [`Tail`] touches the file system. Nothing in a normal build; under
+/// `--cfg sapphire_loom` a step of a loom model, so loom runs a concurrent writer between any
+/// two of the tail's reads (tests/loom_tail.rs).
+#[inline(always)]
+fn io_point() {
+    #[cfg(sapphire_loom)]
+    loom_io::point();
+}
+
+/// The loom model's view of the file system: one shared counter every file-system step
+/// touches, so loom orders those steps against each other in every way.
+#[cfg(sapphire_loom)]
+#[doc(hidden)]
+pub mod loom_io {
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+
+    loom::lazy_static! {
+        static ref STEPS: AtomicUsize = AtomicUsize::new(0);
+    }
+
+    /// One file-system step (the model's writer calls it before each of its writes).
+    pub fn point() {
+        STEPS.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// Reads every event of a journal, in order, validating each record.
