@@ -143,6 +143,9 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     for note in rt.notes() {
         println!("agents: {note}");
     }
+    if !rt.coverage().is_empty() {
+        println!("agents: {}", rt.coverage());
+    }
 
     // Health and metrics: the edge state's books check reads the local board (fresh ticks).
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), names.clone(), cfg.engine.risk.leverage));
@@ -348,6 +351,9 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
         .map_err(|e| config::ConfigError(format!("[agents.runtime]: {e}")))?;
     for note in rt.notes() {
         println!("agents: {note}");
+    }
+    if !rt.coverage().is_empty() {
+        println!("agents: {}", rt.coverage());
     }
 
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), names.clone(), cfg.engine.risk.leverage));

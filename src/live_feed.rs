@@ -197,7 +197,30 @@ impl BinanceSource {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the feed runtime")?;
         let url = format!("{}{info_path}", config.rest_url.trim_end_matches('/'));
         let body = runtime.block_on(sapphire_gateway::connection::http::get(&url)).with_context(|| format!("reading {url}"))?;
-        let listed = parse_exchange_info(&body).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let mut listed = parse_exchange_info(&body).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        // Every trading symbol (TRADING_SYMBOLS empty): the most traded first, by the venue's
+        // 24 h quote volume, so the cap takes those rather than the first in listing order.
+        if market.symbols.is_empty() {
+            let ticker_url = format!("{}{}", config.rest_url.trim_end_matches('/'), info_path.replace("exchangeInfo", "ticker/24hr"));
+            let body =
+                runtime.block_on(sapphire_gateway::connection::http::get(&ticker_url)).with_context(|| format!("reading {ticker_url}"))?;
+            let volumes =
+                sapphire_gateway::binance::instruments::parse_quote_volumes(&body).map_err(|e| anyhow::anyhow!("{ticker_url}: {e}"))?;
+            sapphire_gateway::binance::instruments::rank_by_quote_volume(&mut listed, &volumes);
+            let trading = listed.iter().filter(|s| s.trading).count();
+            let top: Vec<String> = listed
+                .iter()
+                .filter(|s| s.trading)
+                .take(cap.min(5))
+                .map(|s| format!("{} ({:.0})", s.symbol, volumes.get(&s.symbol).copied().unwrap_or(0.0)))
+                .collect();
+            println!(
+                "market: every trading symbol: {trading} on {venue}, ranked by 24 h quote volume; the top {} (MAX_SYMBOLS_PER_AGENT) traded: {}{}",
+                trading.min(cap),
+                top.join(", "),
+                if trading.min(cap) > top.len() { ", …" } else { "" }
+            );
+        }
         register(&listed, &market.symbols, cap, venue, kind, registry)
             .map_err(|e| crate::config::refuse("market.symbols (TRADING_SYMBOLS)", e))?;
         config.symbols = registry.iter().map(|i| i.symbol.clone()).collect();

@@ -510,6 +510,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             for note in rt.notes() {
                 println!("agents: {note}");
             }
+            if !rt.coverage().is_empty() {
+                println!("agents: {}", rt.coverage());
+            }
         }
         let metrics = rt.metrics();
         edge.add_source(Arc::new(FnSource::new(

@@ -466,3 +466,96 @@ fn agents_check_calls_each_provider_once_and_says_whether_the_answer_parsed() {
     assert!(stderr.contains("XAI_API_KEY") && stderr.contains("ENABLE_VERTEX_AI") && stderr.contains("OPENAI_BASE_URL"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A recording of three symbols whose trades differ in value: BBB most, CCC next, AAA least.
+fn three_symbol_tape(path: &std::path::Path) {
+    let mut lines = Vec::new();
+    let mut t = 1_723_161_600_000_000_000u64;
+    for (i, (sym, price, qty, trades)) in
+        [("AAAUSDT", "1.00", "5", 2), ("BBBUSDT", "100.00", "3", 4), ("CCCUSDT", "10.00", "7", 3)].iter().enumerate()
+    {
+        let lower = sym.to_lowercase();
+        let ms = t / 1_000_000;
+        lines.push(format!(
+            r#"{t} {{"stream":"{lower}@depth@100ms","data":{{"e":"depthUpdate","E":{ms},"s":"{sym}","U":{u},"u":{u},"b":[["{price}","1.000"]],"a":[["{price}1","1.000"]]}}}}"#,
+            u = 1000 + i
+        ));
+        for k in 0..*trades {
+            t += 1_000_000;
+            lines.push(format!(
+                r#"{t} {{"stream":"{lower}@trade","data":{{"e":"trade","E":{ms},"s":"{sym}","t":{id},"p":"{price}","q":"{qty}","T":{ms},"m":false,"M":true}}}}"#,
+                id = 5000 + k
+            ));
+        }
+        t += 100_000_000;
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// TRADING_SYMBOLS empty on a venue: every trading symbol, ranked by the venue's 24 h quote
+/// volume (the local exchange serves /api/v3/ticker/24hr in Binance's format), and the cap
+/// (MAX_SYMBOLS_PER_AGENT) takes the most traded, not the first listed.
+#[test]
+fn every_symbol_mode_takes_the_most_traded_symbols_by_the_venues_24h_ticker() {
+    let dir = temp_dir("all-market");
+    let tape = dir.join("three.txt");
+    three_symbol_tape(&tape);
+    let mut server = sapphire()
+        .args(["feed", "serve", "--pace", "recorded", "--bind", "127.0.0.1:0"])
+        .arg(&tape)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    // The ticker in Binance's wire format: an array of full 24 h tickers, decimals as strings.
+    let (status, body) = get(&addr, "/api/v3/ticker/24hr");
+    assert_eq!(status, 200, "{body}");
+    let tickers: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bbb = tickers.as_array().unwrap().iter().find(|t| t["symbol"] == "BBBUSDT").unwrap_or_else(|| panic!("{body}"));
+    for key in [
+        "priceChange",
+        "weightedAvgPrice",
+        "lastPrice",
+        "openPrice",
+        "highPrice",
+        "lowPrice",
+        "volume",
+        "quoteVolume",
+        "bidPrice",
+        "askPrice",
+    ] {
+        assert!(bbb[key].is_string(), "{key} is a decimal string: {bbb}");
+    }
+    assert_eq!((bbb["quoteVolume"].as_str().unwrap().parse::<f64>().unwrap(), bbb["count"].as_u64()), (1200.0, Some(4)), "{bbb}");
+    std::fs::write(
+        dir.join("feed.toml"),
+        format!("[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = []\n"),
+    )
+    .unwrap();
+    let out = sapphire()
+        .args(["run", "--duration", "2s", "--config"])
+        .arg(dir.join("feed.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("TRADING_SYMBOLS", "")
+        .env("MAX_SYMBOLS_PER_AGENT", "2")
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("market: every trading symbol: 3 on binance, ranked by 24 h quote volume; the top 2 (MAX_SYMBOLS_PER_AGENT) traded: BBBUSDT (1200), CCCUSDT (210)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(BBBUSDT,CCCUSDT)"), "the feed trades the two most traded, not the first listed: {stdout}");
+    // The start says how many symbols each agent covers (here every one covers both).
+    let coverage = stdout.lines().find(|l| l.starts_with("agents: symbols per agent")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(coverage.starts_with("agents: symbols per agent (of 2, at most 2 each, MAX_SYMBOLS_PER_AGENT): "), "{coverage}");
+    assert!(!coverage.contains("covered by no agent"), "{coverage}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

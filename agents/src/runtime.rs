@@ -447,6 +447,23 @@ enum Plan {
     Strategy(Arc<LlmClient>),
 }
 
+/// The next `per_agent` instruments for an agent without a symbol list: consecutive shares
+/// of the run's instruments, wrapping to the top once every one is covered, so agents spread
+/// over all of them (not all on the first `per_agent`). Marks what it hands out in `covered`.
+fn spread_share(instruments: &[InstrumentRef], per_agent: usize, next: &mut usize, covered: &mut [bool]) -> Vec<InstrumentRef> {
+    let n = instruments.len();
+    if n <= per_agent {
+        covered.iter_mut().for_each(|c| *c = true);
+        return instruments.to_vec();
+    }
+    let share: Vec<InstrumentRef> = (0..per_agent).map(|k| instruments[(*next + k) % n].clone()).collect();
+    for k in 0..per_agent {
+        covered[(*next + k) % n] = true;
+    }
+    *next = (*next + per_agent) % n;
+    share
+}
+
 /// The agents runtime, built and ready to run. Read [`AgentsRuntime::metrics`] before
 /// [`AgentsRuntime::run`] to export counters while it runs.
 pub struct AgentsRuntime {
@@ -459,6 +476,7 @@ pub struct AgentsRuntime {
     transcript_thread: Option<std::thread::JoinHandle<()>>,
     clock: Clock,
     notes: Vec<String>,
+    coverage: String,
 }
 
 impl std::fmt::Debug for AgentsRuntime {
@@ -513,11 +531,14 @@ impl AgentsRuntime {
         };
 
         let mut plans = Vec::new();
+        let (mut spread_next, mut spread_covered, mut coverage) = (0usize, vec![false; instruments.len()], Vec::new());
         let mut it = counters.iter();
         for (index, a) in config.agent.iter().enumerate().filter(|(_, a)| a.enabled && config.enabled) {
             let Some(c) = it.next().cloned() else { break };
+            // Agents without a symbol list share the instruments (in the run's order: a venue's
+            // most traded first) by MAX_SYMBOLS_PER_AGENT, set at the end of the loop.
             let insts = if a.symbols.is_empty() {
-                instruments.iter().take(config.max_symbols_per_agent).cloned().collect::<Vec<_>>()
+                Vec::new()
             } else {
                 let mut v = Vec::new();
                 for s in &a.symbols {
@@ -551,13 +572,35 @@ impl AgentsRuntime {
                     }
                 }
             };
+            let insts = if a.symbols.is_empty() {
+                spread_share(&instruments, config.max_symbols_per_agent, &mut spread_next, &mut spread_covered)
+            } else {
+                insts
+            };
+            coverage.push(format!("{} {}: {}", a.id, a.kind.label(), insts.len()));
             plans.push((a.clone(), c, insts, plan));
         }
+        let uncovered = spread_covered.iter().filter(|c| !**c).count();
+        let coverage = if coverage.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "symbols per agent (of {}, at most {} each, MAX_SYMBOLS_PER_AGENT): {}{}",
+                instruments.len(),
+                config.max_symbols_per_agent,
+                coverage.join(", "),
+                if uncovered > 0 {
+                    format!("; {uncovered} symbols covered by no agent (raise MAX_SYMBOLS_PER_AGENT or add agents)")
+                } else {
+                    String::new()
+                }
+            )
+        };
         let arbiter = match arb_counters {
             Some(c) => Some((c, client_for(&config.arbitrator.provider)?)),
             None => None,
         };
-        Ok(Self { config, metrics, plans, arbiter, universe: instruments, transcript, transcript_thread, clock, notes })
+        Ok(Self { config, metrics, plans, arbiter, universe: instruments, transcript, transcript_thread, clock, notes, coverage })
     }
 
     /// The counters, readable from any thread while the runtime runs.
@@ -568,6 +611,12 @@ impl AgentsRuntime {
     /// What was configured but not started, and why.
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// How many symbols each agent covers (`symbols per agent (of 80, at most 50 each, …):
+    /// 2 momentum: 50, …`), and how many no agent does; empty when no agent starts.
+    pub fn coverage(&self) -> &str {
+        &self.coverage
     }
 
     /// Runs every agent until `stop` turns true (or its sender is dropped), then stops them
@@ -674,4 +723,43 @@ pub async fn run_agents(
     let metrics = rt.metrics();
     rt.run(ctx, sink, stop).await;
     Ok(metrics)
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+
+    fn refs(n: u32) -> Vec<InstrumentRef> {
+        (0..n).map(|i| InstrumentRef { id: InstrumentId(i), symbol: format!("S{i}") }).collect()
+    }
+
+    fn ids(v: &[InstrumentRef]) -> Vec<u32> {
+        v.iter().map(|i| i.id.0).collect()
+    }
+
+    #[test]
+    fn agents_share_the_symbols_by_max_symbols_per_agent_and_wrap_once_all_are_covered() {
+        let all = refs(5);
+        let (mut next, mut covered) = (0, vec![false; 5]);
+        assert_eq!(ids(&spread_share(&all, 2, &mut next, &mut covered)), [0, 1]);
+        assert_eq!(ids(&spread_share(&all, 2, &mut next, &mut covered)), [2, 3]);
+        assert!(!covered[4], "not yet");
+        assert_eq!(ids(&spread_share(&all, 2, &mut next, &mut covered)), [4, 0], "the last share wraps to the most traded");
+        assert!(covered.iter().all(|c| *c));
+        // Fewer symbols than the cap: every agent covers them all.
+        let (mut next, mut covered) = (0, vec![false; 3]);
+        assert_eq!(ids(&spread_share(&refs(3), 50, &mut next, &mut covered)), [0, 1, 2]);
+        assert_eq!(ids(&spread_share(&refs(3), 50, &mut next, &mut covered)), [0, 1, 2]);
+    }
+
+    #[test]
+    fn the_notes_say_how_many_symbols_each_agent_covers() {
+        let config = AgentsConfig { max_symbols_per_agent: 2, ..AgentsConfig::default() };
+        let rt = AgentsRuntime::new(config, refs(9), crate::context::wall_clock()).unwrap();
+        let note = rt.coverage();
+        // Four rule agents start (the LLM ones have no provider): 8 of the 9 symbols covered.
+        assert!(note.starts_with("symbols per agent (of 9, at most 2 each, MAX_SYMBOLS_PER_AGENT): 2 "), "{note}");
+        assert_eq!(note.matches(": 2").count(), 5, "the header and four agents of 2: {note}");
+        assert!(note.ends_with("; 1 symbols covered by no agent (raise MAX_SYMBOLS_PER_AGENT or add agents)"), "{note}");
+    }
 }

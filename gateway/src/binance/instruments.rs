@@ -111,6 +111,30 @@ pub fn register(
     register_listings(&listed, wanted, cap, venue, market, registry)
 }
 
+/// Each symbol's 24 h quote volume from `GET /api/v3/ticker/24hr` (or `/fapi/v1/ticker/24hr`)
+/// without a symbol: an array of tickers, `quoteVolume` a decimal string. A ticker without a
+/// readable `quoteVolume` is left out (it ranks last).
+pub fn parse_quote_volumes(body: &[u8]) -> Result<std::collections::HashMap<String, f64>, String> {
+    #[derive(serde::Deserialize)]
+    struct Ticker {
+        symbol: String,
+        #[serde(rename = "quoteVolume")]
+        quote_volume: Option<String>,
+    }
+    let tickers: Vec<Ticker> = serde_json::from_slice(body)
+        .map_err(|e| format!("not an array of 24 h tickers ({e}): {}", String::from_utf8_lossy(&body[..body.len().min(120)])))?;
+    Ok(tickers.into_iter().filter_map(|t| Some((t.symbol, t.quote_volume?.parse::<f64>().ok().filter(|v| v.is_finite())?))).collect())
+}
+
+/// Orders `symbols` by 24 h quote volume, highest first (symbols without a volume last, in
+/// listing order), so that "every symbol, capped" takes the most traded ones.
+pub fn rank_by_quote_volume(symbols: &mut [BinanceSymbol], volumes: &std::collections::HashMap<String, f64>) {
+    symbols.sort_by(|a, b| {
+        let (va, vb) = (volumes.get(&a.symbol).copied().unwrap_or(-1.0), volumes.get(&b.symbol).copied().unwrap_or(-1.0));
+        vb.total_cmp(&va)
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +170,23 @@ mod tests {
         let err = register(&symbols, &["OLDUSDT".into()], 10, "binance", MarketType::Spot, &mut InstrumentRegistry::new()).unwrap_err();
         assert!(err.contains("OLDUSDT"), "{err}");
         assert!(parse_exchange_info(b"{\"symbols\":[{\"symbol\":\"X\"}]}").is_err(), "filters are required");
+    }
+
+    #[test]
+    fn every_symbol_is_ranked_by_24h_quote_volume() {
+        let mut symbols = parse_exchange_info(INFO.as_bytes()).unwrap();
+        let volumes = parse_quote_volumes(
+            br#"[{"symbol":"ETHBTC","priceChange":"0","quoteVolume":"12.5","count":3},
+                 {"symbol":"BTCUSDT","quoteVolume":"987654321.12345678"},{"symbol":"OLDUSDT","quoteVolume":"bad"}]"#,
+        )
+        .unwrap();
+        assert_eq!(volumes.len(), 2, "an unreadable volume is left out");
+        rank_by_quote_volume(&mut symbols, &volumes);
+        let order: Vec<&str> = symbols.iter().map(|s| s.symbol.as_str()).collect();
+        assert_eq!(order, ["BTCUSDT", "ETHBTC", "OLDUSDT"]);
+        let mut reg = InstrumentRegistry::new();
+        register(&symbols, &[], 1, "binance", MarketType::Spot, &mut reg).unwrap();
+        assert_eq!(reg.get(InstrumentId(0)).unwrap().symbol, "BTCUSDT", "the cap takes the most traded");
+        assert!(parse_quote_volumes(b"{\"code\":-1003}").unwrap_err().contains("not an array"));
     }
 }

@@ -222,6 +222,8 @@ struct Shared {
     symbols: Vec<String>,
     /// Price and quantity decimals seen per symbol (for exchangeInfo's filters).
     decimals: HashMap<String, (usize, usize)>,
+    /// Each symbol's traded figures over the tape, for `/ticker/24hr`.
+    tickers: Vec<TickerDay>,
     /// The order endpoints' state.
     desk: orders::OrderDesk,
 }
@@ -265,6 +267,7 @@ impl LocalExchange {
             }
         }
         let symbols = tape.symbols();
+        let tickers = ticker_days(&tape, &symbols);
         let (stats, _) = watch::channel(ExchangeStats::default());
         let shared = Arc::new(Shared {
             config,
@@ -274,6 +277,7 @@ impl LocalExchange {
             stats,
             symbols,
             decimals: dec,
+            tickers,
             desk: orders::OrderDesk::default(),
         });
         let (shutdown, _) = broadcast::channel(1);
@@ -577,6 +581,7 @@ fn rest_response(shared: &Shared, target: &str) -> (u16, String) {
             }
         }
         "/api/v3/exchangeInfo" | "/fapi/v1/exchangeInfo" => (200, exchange_info(shared)),
+        "/api/v3/ticker/24hr" | "/fapi/v1/ticker/24hr" => (200, ticker_24hr(shared, path.starts_with("/fapi"))),
         "/v5/market/instruments-info" => (200, bybit::instruments_info(shared, query(target, "category"), query(target, "symbol"))),
         "/api/v3/ping" | "/fapi/v1/ping" => (200, "{}".into()),
         "/api/v3/time" | "/fapi/v1/time" => (200, format!("{{\"serverTime\":{}}}", sapphire_core::latency::unix_nanos() / 1_000_000)),
@@ -618,6 +623,90 @@ fn exchange_info(shared: &Shared) -> String {
         sapphire_core::latency::unix_nanos() / 1_000_000,
         symbols.join(",")
     )
+}
+
+/// A symbol's trades over the whole tape (the recording stands for the venue's last 24 h).
+#[derive(Debug, Clone, Default)]
+struct TickerDay {
+    symbol: String,
+    open: f64,
+    high: f64,
+    low: f64,
+    last: f64,
+    volume: f64,
+    quote_volume: f64,
+    count: u64,
+    first_ms: u64,
+    last_ms: u64,
+}
+
+/// Sums each symbol's `@trade`/`@aggTrade` frames (price × quantity for the quote volume).
+fn ticker_days(tape: &Tape, symbols: &[String]) -> Vec<TickerDay> {
+    let mut days: Vec<TickerDay> = symbols.iter().map(|s| TickerDay { symbol: s.clone(), ..TickerDay::default() }).collect();
+    for f in &tape.frames {
+        if !matches!(f.key.channel.as_str(), "trade" | "aggTrade") {
+            continue;
+        }
+        let Some(day) = days.iter_mut().find(|d| d.symbol.eq_ignore_ascii_case(&f.key.symbol)) else { continue };
+        let (mut price, mut qty) = (None, None);
+        for (k, v) in fields(f.raw.as_bytes()).ok().into_iter().flatten().flatten() {
+            match k {
+                b"p" => price = v.as_plain_str().and_then(|p| p.parse::<f64>().ok()),
+                b"q" => qty = v.as_plain_str().and_then(|q| q.parse::<f64>().ok()),
+                _ => {}
+            }
+        }
+        let (Some(p), Some(q)) = (price, qty) else { continue };
+        if day.count == 0 {
+            (day.open, day.high, day.low, day.first_ms) = (p, p, p, f.recv_ns / 1_000_000);
+        }
+        (day.high, day.low, day.last, day.last_ms) = (day.high.max(p), day.low.min(p), p, f.recv_ns / 1_000_000);
+        day.volume += q;
+        day.quote_volume += p * q;
+        day.count += 1;
+    }
+    days
+}
+
+/// `GET /api/v3/ticker/24hr` (and `/fapi/v1/ticker/24hr`) for every symbol served, in
+/// Binance's wire format (an array of full tickers; decimals as strings).
+fn ticker_24hr(shared: &Shared, futures: bool) -> String {
+    let books = shared.books.lock().unwrap_or_else(|p| p.into_inner());
+    let items: Vec<String> = shared
+        .tickers
+        .iter()
+        .map(|d| {
+            let (bid, ask) = books.get(&d.symbol).map(|b| b.top()).unwrap_or_default();
+            let (bid, ask) = (bid.unwrap_or("0").to_string(), ask.unwrap_or("0").to_string());
+            let change = d.last - d.open;
+            let pct = if d.open > 0.0 { change / d.open * 100.0 } else { 0.0 };
+            let avg = if d.volume > 0.0 { d.quote_volume / d.volume } else { 0.0 };
+            let spot_only = if futures {
+                String::new()
+            } else {
+                format!(
+                    r#""prevClosePrice":"{:.8}","bidPrice":"{bid}","bidQty":"0","askPrice":"{ask}","askQty":"0","#,
+                    d.open
+                )
+            };
+            format!(
+                r#"{{"symbol":"{}","priceChange":"{change:.8}","priceChangePercent":"{pct:.3}","weightedAvgPrice":"{avg:.8}",{spot_only}"lastPrice":"{:.8}","lastQty":"0","openPrice":"{:.8}","highPrice":"{:.8}","lowPrice":"{:.8}","volume":"{:.8}","quoteVolume":"{:.8}","openTime":{},"closeTime":{},"firstId":{},"lastId":{},"count":{}}}"#,
+                d.symbol,
+                d.last,
+                d.open,
+                d.high,
+                d.low,
+                d.volume,
+                d.quote_volume,
+                d.first_ms,
+                d.last_ms,
+                if d.count > 0 { 1 } else { -1 },
+                if d.count > 0 { d.count as i64 } else { -1 },
+                d.count
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Streams named in the target: `/stream?streams=a/b`, `/ws/a/b`.
