@@ -193,7 +193,7 @@ fn alerts_reach_telegram_rate_limited_with_a_digest_and_the_token_stays_secret()
     std::fs::write(dir.join("token"), "777:alert-secret\n").unwrap();
     std::fs::write(
         dir.join("alerts.toml"),
-        "[alerts]\ntelegram = true\nmin_interval_ms = 1500\nfeed_stale_after_ms = 60000\n\n[node]\nshard = \"ops-a\"\n",
+        "[alerts]\ntelegram = true\nmin_interval_ms = 3000\nfeed_stale_after_ms = 60000\n\n[node]\nshard = \"ops-a\"\n",
     )
     .unwrap();
     let started = Instant::now();
@@ -242,9 +242,9 @@ fn alerts_reach_telegram_rate_limited_with_a_digest_and_the_token_stays_secret()
     );
     // The rate limit: messages at least the interval apart, except the one sent at shutdown.
     for pair in seen.windows(2).take(seen.len().saturating_sub(2)) {
-        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(1_400), "{seen:?}");
+        assert!(pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(2_900), "{seen:?}");
     }
-    assert!(seen.len() as u128 <= elapsed.as_millis() / 1_500 + 2, "{} messages in {elapsed:?}", seen.len());
+    assert!(seen.len() as u128 <= elapsed.as_millis() / 3_000 + 2, "{} messages in {elapsed:?}", seen.len());
     let out = rest.join("\n");
     assert!(out.contains("alerts: to Telegram"), "{out}");
     assert!(!out.contains("alert-secret") && !stderr.contains("alert-secret"), "the token is never printed");
