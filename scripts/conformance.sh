@@ -21,3 +21,15 @@ cargo run --release --example feed_conformance -- "$dir"
 # Request signing against the venues' own vectors (Binance's documented examples, Bybit's
 # reference values): the real signing code must reproduce every verifiable signature.
 cargo run --release --example signing_conformance -- "$dir"
+
+# Fuzz smoke (docs/reliability.md): every fuzz target for a few seconds from its committed
+# seeds plus seeds built from the recordings (fuzz/target/shared-corpus, never committed).
+# Here rather than in scripts/test.sh: building the targets (nightly, AddressSanitizer, the
+# whole dependency tree again) takes far longer than CI can give it. Needs nightly and
+# cargo-fuzz; skipped with a message otherwise.
+if cargo +nightly fuzz --version >/dev/null 2>&1; then
+  bash scripts/fuzz.sh --shared-corpus >/dev/null
+  bash scripts/fuzz.sh --smoke "${SAPPHIRE_FUZZ_SMOKE_SECS:-5}"
+else
+  echo "conformance: fuzz smoke skipped: needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz)"
+fi

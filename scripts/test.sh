@@ -45,6 +45,10 @@ else
   fi
 fi
 
+# Not here, each needing its own build of the dependency tree (minutes each on 2 cores):
+# fuzzing (scripts/fuzz.sh; its smoke runs from scripts/conformance.sh), the loom models
+# (scripts/loom.sh) and Miri (scripts/miri.sh). docs/reliability.md has their last runs.
+
 say "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
