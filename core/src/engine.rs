@@ -14,7 +14,7 @@
 use crate::aggregate::{AggregateConfig, Aggregator, IntentBatch, MAX_AGENTS};
 use crate::board::{MarketBoard, Top};
 use crate::book::{DeltaOutcome, OrderBook};
-use crate::event::{AgentId, Event, ExecReport, Quote, Signal, DELTA_LAST};
+use crate::event::{AgentId, BookDelta, Event, ExecReport, Quote, Signal, DELTA_LAST};
 use crate::instrument::{Instrument, InstrumentId};
 use crate::matching::{MatchingConfig, PaperMatcher};
 use crate::order::Order;
@@ -309,6 +309,25 @@ impl BookStage {
         }
     }
 
+    /// Applies one level of a venue message that is not its last (a `BookDelta` without
+    /// `DELTA_LAST`): the book changes, nothing else happens (the book is not consistent yet,
+    /// so no view is taken). Exactly what [`process`](Self::process) does with such a delta.
+    #[inline]
+    pub fn apply_level(&mut self, d: &BookDelta) {
+        let Some(book) = self.books.get_mut(d.instrument.index()) else {
+            self.counters.unknown_instrument += 1;
+            return;
+        };
+        match book.apply_delta(d) {
+            DeltaOutcome::Applied => self.counters.deltas += 1,
+            DeltaOutcome::Gap => {
+                self.counters.deltas += 1;
+                self.counters.gaps += 1;
+            }
+            DeltaOutcome::Stale => self.counters.stale += 1,
+        }
+    }
+
     /// Applies market data and annotates the message with the market view.
     #[inline]
     pub fn process(&mut self, msg: &mut StageMsg) {
@@ -472,6 +491,18 @@ impl RouteStage {
         &self.matcher
     }
 
+    /// A level in the middle of a venue message: the paper matcher's book takes it (it makes
+    /// no report before the message's last level). Exactly what [`process`](Self::process)
+    /// does with such a delta and no orders.
+    #[inline]
+    pub fn apply_level(&mut self, event: &Event) {
+        if self.mode == VenueMode::Paper {
+            self.reports.clear();
+            self.matcher.on_event(event, &mut self.reports);
+            debug_assert!(self.reports.is_empty(), "the matcher reported on a mid-message level");
+        }
+    }
+
     /// Sends the message's orders and works the paper book; every report made is handed to
     /// `feedback` (for the risk stage) and every output to `sink`.
     #[inline]
@@ -583,6 +614,26 @@ impl Stages {
 }
 
 impl Stages {
+    /// The shortcut for a book level in the middle of a venue message (a `BookDelta` without
+    /// `DELTA_LAST`, which every feed adapter sets on a message's last level and the journal
+    /// keeps): until the last level the book is not consistent, so nobody decides on it —
+    /// the book stage (and, paper trading, the matcher's book) takes the level and
+    /// aggregation, risk and routing run once, on the last level. [`process`](Self::process)
+    /// would do exactly this with such a delta (no market view, no intents, no sync point, no
+    /// output); the shortcut skips the message set-up and the stages' checks. Returns false,
+    /// doing nothing, for any other event: pass that one to `process`.
+    #[inline]
+    pub fn apply_level(&mut self, event: &Event) -> bool {
+        match event {
+            Event::BookDelta(d) if d.flags & DELTA_LAST == 0 => {
+                self.book.apply_level(d);
+                self.route.apply_level(event);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Runs one message through book → aggregate → risk → route on the calling thread; the
     /// route stage's paper reports go straight back to the risk stage.
     #[inline]
@@ -618,8 +669,10 @@ impl Engine {
     /// Runs one inbound event through book → aggregate → risk → route.
     #[inline]
     pub fn process(&mut self, seq: i64, event: &Event, outbound: &mut impl OrderSink, sink: &mut impl OutputSink) {
-        self.msg.reset(seq, event);
-        self.stages.process(&mut self.msg, outbound, sink);
+        if !self.stages.apply_level(event) {
+            self.msg.reset(seq, event);
+            self.stages.process(&mut self.msg, outbound, sink);
+        }
         self.processed += 1;
     }
 

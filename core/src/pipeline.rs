@@ -565,10 +565,21 @@ fn fused_stage(
             if first_seq + seq > decide_through {
                 return;
             }
+            // A level in the middle of a venue message: the books take it, nobody decides (the
+            // same outputs as the full path: none). Timed, when sampled, as book work.
+            let sampled = sampler.tick();
+            if sampled {
+                let t = Instant::now();
+                if stages.apply_level(event) {
+                    recs[0].record(ns_since(t));
+                    return;
+                }
+            } else if stages.apply_level(event) {
+                return;
+            }
             msg.reset(first_seq + seq, event);
             orders.seq = msg.seq;
             let s = &mut stages;
-            let sampled = sampler.tick();
             if sampled {
                 let t0 = Instant::now();
                 s.book.process(&mut msg);

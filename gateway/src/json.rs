@@ -298,6 +298,41 @@ impl<'a> Iterator for Elements<'a> {
     }
 }
 
+/// A book level of the usual shape, `["<price>","<qty>"]` (whitespace allowed), at `i` in
+/// a side's array, after the `[` or the `,` before it: the two strings and the index of the
+/// `,` or `]` that follows. Scans the level once, where the generic path (an element, then
+/// the elements of that element) scans it twice. `None` for any other shape.
+#[inline]
+fn string_pair_at(b: &[u8], i: usize) -> Option<(&[u8], &[u8], usize)> {
+    let mut i = skip_ws(b, i);
+    if b.get(i) == Some(&b',') {
+        i = skip_ws(b, i + 1);
+    }
+    if b.get(i) != Some(&b'[') {
+        return None;
+    }
+    let i = skip_ws(b, i + 1);
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let (price, after) = scan_string(b, i).ok()?;
+    let i = skip_ws(b, after);
+    if b.get(i) != Some(&b',') {
+        return None;
+    }
+    let i = skip_ws(b, i + 1);
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let (qty, after) = scan_string(b, i).ok()?;
+    let i = skip_ws(b, after);
+    if b.get(i) != Some(&b']') {
+        return None;
+    }
+    let next = skip_ws(b, i + 1);
+    matches!(b.get(next), Some(b',') | Some(b']')).then_some((price, qty, next))
+}
+
 /// Iterates `[price, qty]` string pairs of an exchange book side (`[["1.0","2"],...]`).
 #[derive(Debug, Clone)]
 pub struct Levels<'a> {
@@ -323,7 +358,16 @@ impl<'a> Iterator for Levels<'a> {
     type Item = Result<(&'a [u8], &'a [u8]), JsonError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let level = match self.inner.as_mut()?.next()? {
+        let inner = self.inner.as_mut()?;
+        if !inner.done {
+            // The common shape, read in one pass; anything else takes the generic path below,
+            // which gives the same answer (or the same error) for it.
+            if let Some((price, qty, next)) = string_pair_at(inner.b, inner.i) {
+                inner.i = next;
+                return Some(Ok((price, qty)));
+            }
+        }
+        let level = match inner.next()? {
             Ok(Value::Arr(pair)) => pair,
             Ok(_) => return Some(Err(err(0, "book level is not an array"))),
             Err(e) => return Some(Err(e)),

@@ -15,7 +15,7 @@
 
 use sapphire_benches::engine::Workload;
 use sapphire_core::engine::{Engine, EngineConfig, EngineOutput, Output, OutputSink};
-use sapphire_core::event::{AgentId, Event};
+use sapphire_core::event::{AgentId, Event, DELTA_LAST};
 use sapphire_core::fixed::{Money, Price, Quantity};
 use sapphire_core::instrument::{Instrument, InstrumentId, InstrumentRegistry, InstrumentSpec, MarketType};
 use sapphire_core::order::{Order, OrderAction};
@@ -27,10 +27,11 @@ use std::hint::black_box;
 use std::process::ExitCode;
 
 /// The cases, in the order the budget file lists them.
-const CASES: [&str; 8] = [
+const CASES: [&str; 9] = [
     "engine_quote",
     "engine_trade",
     "engine_book_delta",
+    "engine_book_level",
     "engine_order",
     "binance_book_ticker",
     "binance_trade",
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let ops = match arg.as_str() {
-        "engine_quote" | "engine_trade" | "engine_book_delta" | "engine_order" => engine(&arg),
+        "engine_quote" | "engine_trade" | "engine_book_delta" | "engine_book_level" | "engine_order" => engine(&arg),
         "binance_book_ticker" => feed_frames(FrameKind::BookTicker),
         "binance_trade" => feed_frames(FrameKind::Trade),
         "binance_depth" => feed_frames(FrameKind::Depth),
@@ -118,6 +119,12 @@ fn measure_engine_book_delta(engine: &mut Engine, seq: i64, e: &Event, outbound:
 }
 
 #[inline(never)]
+fn measure_engine_book_level(engine: &mut Engine, seq: i64, e: &Event, outbound: &mut Vec<Order>, sink: &mut Tally) {
+    black_box(9u8);
+    engine.process(seq, e, outbound, sink);
+}
+
+#[inline(never)]
 fn measure_engine_order(engine: &mut Engine, seq: i64, e: &Event, outbound: &mut Vec<Order>, sink: &mut Tally) {
     black_box(4u8);
     engine.process(seq, e, outbound, sink);
@@ -164,6 +171,9 @@ fn engine(case: &str) -> Result<u64, String> {
             ("engine_quote", Event::Quote(_)) if !places[i] => Some(measure_engine_quote),
             ("engine_trade", Event::Trade(_)) if !places[i] => Some(measure_engine_trade),
             ("engine_book_delta", Event::BookDelta(_)) if !places[i] => Some(measure_engine_book_delta),
+            // A level in the middle of a venue message (not its last): the book changes,
+            // nobody decides.
+            ("engine_book_level", Event::BookDelta(d)) if d.flags & DELTA_LAST == 0 && !places[i] => Some(measure_engine_book_level),
             _ => None,
         };
         ops += u64::from(measured.is_some());
