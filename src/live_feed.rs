@@ -90,6 +90,19 @@ impl BybitSource {
                 break;
             }
         }
+        // Every trading symbol (TRADING_SYMBOLS empty): the most traded first, by 24 h turnover.
+        if market.symbols.is_empty() {
+            let url = sapphire_gateway::bybit::instruments::tickers_url(&config.rest_url, category);
+            let body = runtime.block_on(sapphire_gateway::connection::http::get(&url)).with_context(|| format!("reading {url}"))?;
+            let turnovers = sapphire_gateway::bybit::instruments::parse_turnovers(&body).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            sapphire_gateway::bybit::instruments::rank_by_turnover(&mut listed, &turnovers);
+            let ranked: Vec<(&str, f64)> = listed
+                .iter()
+                .filter(|s| s.trading)
+                .map(|s| (s.symbol.as_str(), turnovers.get(&s.symbol).copied().unwrap_or(0.0)))
+                .collect();
+            print_ranking(venue, cap, &ranked);
+        }
         sapphire_gateway::bybit::instruments::register(&listed, &market.symbols, cap, venue, kind, registry)
             .map_err(|e| crate::config::refuse("market.symbols (TRADING_SYMBOLS)", e))?;
         config.symbols = registry.iter().map(|i| i.symbol.clone()).collect();
@@ -174,6 +187,19 @@ where
     FeedRun { published: events + timers.load(Ordering::Relaxed), error }
 }
 
+/// Says how many trading symbols the venue has, ranked by 24 h quote volume, and which lead
+/// among those the cap (MAX_SYMBOLS_PER_AGENT) takes.
+fn print_ranking(venue: &str, cap: usize, ranked: &[(&str, f64)]) {
+    let taken = ranked.len().min(cap);
+    let top: Vec<String> = ranked.iter().take(taken.min(5)).map(|(s, v)| format!("{s} ({v:.0})")).collect();
+    println!(
+        "market: every trading symbol: {} on {venue}, ranked by 24 h quote volume; the top {taken} (MAX_SYMBOLS_PER_AGENT) traded: {}{}",
+        ranked.len(),
+        top.join(", "),
+        if taken > top.len() { ", …" } else { "" }
+    );
+}
+
 /// A configured Binance feed, its instruments registered, not yet connected.
 pub struct BinanceSource {
     connection: BinanceConnection,
@@ -207,19 +233,9 @@ impl BinanceSource {
             let volumes =
                 sapphire_gateway::binance::instruments::parse_quote_volumes(&body).map_err(|e| anyhow::anyhow!("{ticker_url}: {e}"))?;
             sapphire_gateway::binance::instruments::rank_by_quote_volume(&mut listed, &volumes);
-            let trading = listed.iter().filter(|s| s.trading).count();
-            let top: Vec<String> = listed
-                .iter()
-                .filter(|s| s.trading)
-                .take(cap.min(5))
-                .map(|s| format!("{} ({:.0})", s.symbol, volumes.get(&s.symbol).copied().unwrap_or(0.0)))
-                .collect();
-            println!(
-                "market: every trading symbol: {trading} on {venue}, ranked by 24 h quote volume; the top {} (MAX_SYMBOLS_PER_AGENT) traded: {}{}",
-                trading.min(cap),
-                top.join(", "),
-                if trading.min(cap) > top.len() { ", …" } else { "" }
-            );
+            let ranked: Vec<(&str, f64)> =
+                listed.iter().filter(|s| s.trading).map(|s| (s.symbol.as_str(), volumes.get(&s.symbol).copied().unwrap_or(0.0))).collect();
+            print_ranking(venue, cap, &ranked);
         }
         register(&listed, &market.symbols, cap, venue, kind, registry)
             .map_err(|e| crate::config::refuse("market.symbols (TRADING_SYMBOLS)", e))?;

@@ -529,7 +529,7 @@ fn every_symbol_mode_takes_the_most_traded_symbols_by_the_venues_24h_ticker() {
     ] {
         assert!(bbb[key].is_string(), "{key} is a decimal string: {bbb}");
     }
-    assert_eq!((bbb["quoteVolume"].as_str().unwrap().parse::<f64>().unwrap(), bbb["count"].as_u64()), (1200.0, Some(4)), "{bbb}");
+    assert_eq!((bbb["quoteVolume"].as_str(), bbb["count"].as_u64()), (Some("1200.00000000"), Some(4)), "{bbb}");
     std::fs::write(
         dir.join("feed.toml"),
         format!("[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = []\n"),
@@ -557,5 +557,78 @@ fn every_symbol_mode_takes_the_most_traded_symbols_by_the_venues_24h_ticker() {
     let coverage = stdout.lines().find(|l| l.starts_with("agents: symbols per agent")).unwrap_or_else(|| panic!("{stdout}"));
     assert!(coverage.starts_with("agents: symbols per agent (of 2, at most 2 each, MAX_SYMBOLS_PER_AGENT): "), "{coverage}");
     assert!(!coverage.contains("covered by no agent"), "{coverage}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same three symbols as a Bybit linear recording (order book snapshots, public trades).
+fn three_symbol_bybit_tape(path: &std::path::Path) {
+    let mut lines = Vec::new();
+    let mut t = 1_723_161_600_000_000_000u64;
+    for (i, (sym, price, qty, trades)) in
+        [("AAAUSDT", "1.00", "5", 2), ("BBBUSDT", "100.00", "3", 4), ("CCCUSDT", "10.00", "7", 3)].iter().enumerate()
+    {
+        let ms = t / 1_000_000;
+        lines.push(format!(
+            r#"{t} {{"topic":"orderbook.50.{sym}","type":"snapshot","ts":{ms},"data":{{"s":"{sym}","b":[["{price}","1.000"]],"a":[["{price}1","1.000"]],"u":{u},"seq":{u}}},"cts":{ms}}}"#,
+            u = 1000 + i
+        ));
+        for k in 0..*trades {
+            t += 1_000_000;
+            lines.push(format!(
+                r#"{t} {{"topic":"publicTrade.{sym}","type":"snapshot","ts":{ms},"data":[{{"T":{ms},"s":"{sym}","S":"Buy","v":"{qty}","p":"{price}","L":"PlusTick","i":"t-{i}-{k}","BT":false}}]}}"#
+            ));
+        }
+        t += 100_000_000;
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// The same on Bybit: `/v5/market/tickers` (the local exchange serves it in Bybit's format)
+/// ranks every trading symbol by 24 h turnover.
+#[test]
+fn every_symbol_mode_on_bybit_ranks_by_the_venues_24h_turnover() {
+    let dir = temp_dir("all-market-bybit");
+    let tape = dir.join("three.txt");
+    three_symbol_bybit_tape(&tape);
+    let mut server = sapphire()
+        .args(["feed", "serve", "--venue", "bybit", "--pace", "recorded", "--bind", "127.0.0.1:0"])
+        .arg(&tape)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("feed serve starts");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("{line}")).to_string();
+    let (status, body) = get(&addr, "/v5/market/tickers?category=linear");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["retCode"], 0, "{body}");
+    let bbb = v["result"]["list"].as_array().unwrap().iter().find(|t| t["symbol"] == "BBBUSDT").unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(bbb["turnover24h"], "1200.00000000", "{bbb}");
+    assert!(get(&addr, "/v5/market/tickers?category=option").1.contains("\"retCode\":10001"), "an unknown category is refused");
+    std::fs::write(
+        dir.join("feed.toml"),
+        format!("[market]\nsource = \"bybit\"\nvenue_market = \"linear\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = []\n"),
+    )
+    .unwrap();
+    let out = sapphire()
+        .args(["run", "--duration", "2s", "--config"])
+        .arg(dir.join("feed.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("TRADING_SYMBOLS", "")
+        .env("MAX_SYMBOLS_PER_AGENT", "2")
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("market: every trading symbol: 3 on bybit-linear, ranked by 24 h quote volume; the top 2 (MAX_SYMBOLS_PER_AGENT) traded: BBBUSDT (1200), CCCUSDT (210)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(BBBUSDT,CCCUSDT)"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

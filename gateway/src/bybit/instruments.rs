@@ -165,6 +165,37 @@ pub fn instruments_url(rest_url: &str, category: BybitCategory, cursor: Option<&
     }
 }
 
+/// `GET /v5/market/tickers?category=…`: every symbol's 24 h figures.
+pub fn tickers_url(rest_url: &str, category: BybitCategory) -> String {
+    format!("{}/v5/market/tickers?category={}", rest_url.trim_end_matches('/'), category.as_str())
+}
+
+/// Each symbol's 24 h turnover (quote volume) from `/v5/market/tickers`; a venue error
+/// (`retCode` ≠ 0) is an error with its `retMsg`. A ticker without a readable turnover is left
+/// out (it ranks last).
+pub fn parse_turnovers(body: &[u8]) -> Result<std::collections::HashMap<String, f64>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e})"))?;
+    if v.get("retCode").and_then(serde_json::Value::as_i64) != Some(0) {
+        return Err(format!("the venue refused: {}", v.get("retMsg").and_then(|m| m.as_str()).unwrap_or("no retMsg")));
+    }
+    let list = v.pointer("/result/list").and_then(|l| l.as_array()).ok_or("no result.list")?;
+    Ok(list
+        .iter()
+        .filter_map(|t| {
+            let turnover = t.get("turnover24h")?.as_str()?.parse::<f64>().ok().filter(|x| x.is_finite())?;
+            Some((t.get("symbol")?.as_str()?.to_string(), turnover))
+        })
+        .collect())
+}
+
+/// Orders `symbols` by 24 h turnover, highest first (those without one last, in listing order).
+pub fn rank_by_turnover(symbols: &mut [BybitSymbol], turnovers: &std::collections::HashMap<String, f64>) {
+    symbols.sort_by(|a, b| {
+        let (ta, tb) = (turnovers.get(&a.symbol).copied().unwrap_or(-1.0), turnovers.get(&b.symbol).copied().unwrap_or(-1.0));
+        tb.total_cmp(&ta)
+    });
+}
+
 /// The registry venue name and market type of a category (`bybit`, `bybit-linear`).
 pub fn venue_of(category: BybitCategory) -> (&'static str, MarketType) {
     match category {
@@ -268,5 +299,28 @@ mod tests {
             "http://h:1/v5/market/instruments-info?category=linear&limit=1000&cursor=c"
         );
         assert_eq!(instruments_url("http://h:1", BybitCategory::Spot, None), "http://h:1/v5/market/instruments-info?category=spot");
+    }
+
+    #[test]
+    fn tickers_rank_every_symbol_by_24h_turnover() {
+        let turnovers = parse_turnovers(
+            br#"{"retCode":0,"retMsg":"OK","result":{"category":"linear","list":[
+                {"symbol":"AAAUSDT","turnover24h":"10.5"},{"symbol":"BBBUSDT","turnover24h":"900000.25"},{"symbol":"CCCUSDT"}]},"time":1}"#,
+        )
+        .unwrap();
+        assert_eq!(turnovers.len(), 2, "a ticker without turnover is left out");
+        let sym = |s: &str| BybitSymbol {
+            symbol: s.into(),
+            trading: true,
+            tick_size: Price::parse("0.1").unwrap(),
+            lot_size: Quantity::parse("0.001").unwrap(),
+            min_qty: Quantity::parse("0.001").unwrap(),
+            min_notional: Money::from_units(5),
+        };
+        let mut listed = vec![sym("AAAUSDT"), sym("CCCUSDT"), sym("BBBUSDT")];
+        rank_by_turnover(&mut listed, &turnovers);
+        assert_eq!(listed.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(), ["BBBUSDT", "AAAUSDT", "CCCUSDT"]);
+        let err = parse_turnovers(br#"{"retCode":10001,"retMsg":"params error: category is invalid","result":{}}"#).unwrap_err();
+        assert!(err.contains("category is invalid"), "{err}");
     }
 }

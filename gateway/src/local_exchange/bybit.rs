@@ -339,6 +339,30 @@ pub(super) async fn private_session(
 
 /// `GET /v5/market/instruments-info?category=spot|linear[&symbol=…]` for the symbols served,
 /// filters from the decimals the tape's books use.
+/// `GET /v5/market/tickers?category=spot|linear` for every symbol served, in Bybit's wire
+/// format, from the recording's trades (the whole recording stands for the 24 h).
+pub(super) fn tickers(shared: &Shared, category: Option<&str>) -> String {
+    let now_ms = sapphire_core::latency::unix_nanos() / 1_000_000;
+    let Some(category) = category.filter(|c| matches!(*c, "spot" | "linear")) else {
+        return format!(r#"{{"retCode":10001,"retMsg":"params error: category is invalid","result":{{}},"retExtInfo":{{}},"time":{now_ms}}}"#);
+    };
+    let list: Vec<String> = shared
+        .tickers
+        .iter()
+        .map(|d| {
+            let pct = if d.open > 0.0 { (d.last - d.open) / d.open } else { 0.0 };
+            format!(
+                r#"{{"symbol":"{}","lastPrice":"{:.8}","prevPrice24h":"{:.8}","price24hPcnt":"{pct:.6}","highPrice24h":"{:.8}","lowPrice24h":"{:.8}","volume24h":"{:.8}","turnover24h":"{:.8}"}}"#,
+                d.symbol, d.last, d.open, d.high, d.low, d.volume, d.quote_volume
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"retCode":0,"retMsg":"OK","result":{{"category":"{category}","list":[{}]}},"retExtInfo":{{}},"time":{now_ms}}}"#,
+        list.join(",")
+    )
+}
+
 pub(super) fn instruments_info(shared: &Shared, category: Option<&str>, symbol: Option<&str>) -> String {
     let now_ms = sapphire_core::latency::unix_nanos() / 1_000_000;
     let category = match category {

@@ -583,6 +583,7 @@ fn rest_response(shared: &Shared, target: &str) -> (u16, String) {
         "/api/v3/exchangeInfo" | "/fapi/v1/exchangeInfo" => (200, exchange_info(shared)),
         "/api/v3/ticker/24hr" | "/fapi/v1/ticker/24hr" => (200, ticker_24hr(shared, path.starts_with("/fapi"))),
         "/v5/market/instruments-info" => (200, bybit::instruments_info(shared, query(target, "category"), query(target, "symbol"))),
+        "/v5/market/tickers" => (200, bybit::tickers(shared, query(target, "category"))),
         "/api/v3/ping" | "/fapi/v1/ping" => (200, "{}".into()),
         "/api/v3/time" | "/fapi/v1/time" => (200, format!("{{\"serverTime\":{}}}", sapphire_core::latency::unix_nanos() / 1_000_000)),
         _ => (404, r#"{"code":-1,"msg":"Not found"}"#.into()),
@@ -644,28 +645,49 @@ struct TickerDay {
 fn ticker_days(tape: &Tape, symbols: &[String]) -> Vec<TickerDay> {
     let mut days: Vec<TickerDay> = symbols.iter().map(|s| TickerDay { symbol: s.clone(), ..TickerDay::default() }).collect();
     for f in &tape.frames {
-        if !matches!(f.key.channel.as_str(), "trade" | "aggTrade") {
-            continue;
-        }
-        let Some(day) = days.iter_mut().find(|d| d.symbol.eq_ignore_ascii_case(&f.key.symbol)) else { continue };
-        let (mut price, mut qty) = (None, None);
-        for (k, v) in fields(f.raw.as_bytes()).ok().into_iter().flatten().flatten() {
-            match k {
-                b"p" => price = v.as_plain_str().and_then(|p| p.parse::<f64>().ok()),
-                b"q" => qty = v.as_plain_str().and_then(|q| q.parse::<f64>().ok()),
-                _ => {}
+        // Binance: one trade a frame (`p`, `q`); Bybit `publicTrade`: a list of trades (`p`, `v`).
+        let trades: Vec<(f64, f64)> = match f.key.channel.as_str() {
+            "trade" | "aggTrade" => {
+                let (mut price, mut qty) = (None, None);
+                for (k, v) in fields(f.raw.as_bytes()).ok().into_iter().flatten().flatten() {
+                    match k {
+                        b"p" => price = v.as_plain_str().and_then(|p| p.parse::<f64>().ok()),
+                        b"q" => qty = v.as_plain_str().and_then(|q| q.parse::<f64>().ok()),
+                        _ => {}
+                    }
+                }
+                price.zip(qty).into_iter().collect()
             }
+            "publicTrade" => serde_json::from_str::<serde_json::Value>(f.raw.as_str())
+                .ok()
+                .and_then(|v| v.get("data").and_then(|d| d.as_array()).cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| {
+                    let num = |k: &str| t.get(k).and_then(|x| x.as_str()).and_then(|x| x.parse::<f64>().ok());
+                    num("p").zip(num("v"))
+                })
+                .collect(),
+            _ => continue,
+        };
+        let Some(day) = days.iter_mut().find(|d| d.symbol.eq_ignore_ascii_case(&f.key.symbol)) else { continue };
+        for (p, q) in trades {
+            day.add(p, q, f.recv_ns / 1_000_000);
         }
-        let (Some(p), Some(q)) = (price, qty) else { continue };
-        if day.count == 0 {
-            (day.open, day.high, day.low, day.first_ms) = (p, p, p, f.recv_ns / 1_000_000);
-        }
-        (day.high, day.low, day.last, day.last_ms) = (day.high.max(p), day.low.min(p), p, f.recv_ns / 1_000_000);
-        day.volume += q;
-        day.quote_volume += p * q;
-        day.count += 1;
     }
     days
+}
+
+impl TickerDay {
+    fn add(&mut self, p: f64, q: f64, ms: u64) {
+        if self.count == 0 {
+            (self.open, self.high, self.low, self.first_ms) = (p, p, p, ms);
+        }
+        (self.high, self.low, self.last, self.last_ms) = (self.high.max(p), self.low.min(p), p, ms);
+        self.volume += q;
+        self.quote_volume += p * q;
+        self.count += 1;
+    }
 }
 
 /// `GET /api/v3/ticker/24hr` (and `/fapi/v1/ticker/24hr`) for every symbol served, in
