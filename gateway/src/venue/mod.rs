@@ -342,5 +342,6 @@ pub trait ExecutionVenue: Send + Sync {
 
 /// Milliseconds since the Unix epoch on this machine's clock.
 pub fn now_ms() -> u64 {
-    sapphire_core::latency::unix_nanos() / 1_000_000
+    // The venue checks it against its own clock (recvWindow): the wall clock itself.
+    sapphire_core::latency::wall_nanos() / 1_000_000
 }
