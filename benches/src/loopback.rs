@@ -496,8 +496,8 @@ pub fn suite(lab: &Lab, mut progress: impl FnMut(&str)) -> (Vec<Case>, Vec<Strin
         }
     }
     // Spot, whose depth stream comes in 100 ms frames (the USD-M recording's is depth@0ms).
+    progress("e2e spot depth@100ms → feed → engine");
     if lab.scale != crate::lab::Scale::Smoke {
-        progress("e2e spot depth@100ms → feed → engine");
         match recording_spot_100ms().map(|r| pipeline_of(lab, duration, None, "e2e_spot", r)) {
             Some(Ok((c, n))) => {
                 cases.extend(c);
