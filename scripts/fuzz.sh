@@ -62,7 +62,7 @@ run() {
 
 case "${1:-}" in
   "" | -h | --help)
-    sed -n '2,20p' "$0"
+    sed -n '2,20p' "$root/scripts/fuzz.sh"
     exit 0
     ;;
 esac
@@ -84,7 +84,7 @@ case "$1" in
       rm -rf "target/smoke/$t"/*
       rc=0
       cargo +nightly fuzz run -O "$t" "target/smoke/$t" "corpus/$t" -- -max_total_time="$secs" -timeout=10 >"target/smoke/$t.log" 2>&1 || rc=$?
-      printf 'fuzz smoke: %-16s %s\n' "$t" "$(grep -E '^#[0-9]+ +DONE' "target/smoke/$t.log" | tail -1 | tr -s ' ')"
+      printf 'fuzz smoke: %-16s %s\n' "$t" "$(grep -E '^Done [0-9]+ runs' "target/smoke/$t.log" | tail -1)"
       if [[ "$rc" != 0 ]]; then
         tail -40 "target/smoke/$t.log" >&2
         echo "fuzz smoke: $t FAILED (exit $rc; the input is in fuzz/artifacts/$t)" >&2

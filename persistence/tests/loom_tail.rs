@@ -30,10 +30,7 @@ fn journal(n: u64, segment_bytes: u64) -> Vec<(String, Vec<u8>)> {
     w.sync().expect("sync");
     drop(w);
     let segs = segments(&dir).expect("segments");
-    let out = segs
-        .iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(p).expect("read")))
-        .collect();
+    let out = segs.iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(p).expect("read"))).collect();
     let _ = std::fs::remove_dir_all(&dir);
     out
 }
@@ -95,4 +92,7 @@ fn tail_follows_a_writer_through_torn_records_and_a_roll() {
         assert_eq!(seen, want, "lost, repeated or changed");
         let _ = std::fs::remove_dir_all(&dir);
     });
+    let runs = RUN.load(Ordering::Relaxed);
+    eprintln!("loom: {runs} interleavings of the tail and the writer");
+    assert!(runs > 100, "the model explored only {runs} interleavings");
 }
