@@ -9,7 +9,7 @@
 //! A full ring means a consumer cannot keep up: [`Producer::try_publish_with`] returns the
 //! value untouched so the caller can count it, and [`Producer::publish_with`] waits.
 
-use crate::sync::{AtomicBool, AtomicI64, Arc, UnsafeCell};
+use crate::sync::{Arc, AtomicBool, AtomicI64, UnsafeCell};
 use crate::wait::WaitStrategy;
 use crossbeam_utils::CachePadded;
 use std::sync::atomic::Ordering;
