@@ -228,8 +228,16 @@ async fn redis_case(n: u64, warmup: u64) -> Option<Case> {
     let (producer, probe) = RingProbe::start();
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(bus::BusStats::default());
-    let ingress =
-        tokio::spawn(bus::run_signal_ingress(config.clone(), names.clone(), Default::default(), producer, clock, None, Arc::clone(&stats), Arc::clone(&stop)));
+    let ingress = tokio::spawn(bus::run_signal_ingress(
+        config.clone(),
+        names.clone(),
+        Default::default(),
+        producer,
+        clock,
+        None,
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    ));
     // Subscribed once a probe signal gets through.
     let probe_signal = Signal {
         instrument: InstrumentId(0),

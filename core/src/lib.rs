@@ -44,9 +44,9 @@ pub mod instrument;
 pub mod journal;
 pub mod latency;
 pub mod matching;
+pub mod order;
 /// Which producer owns each agent id.
 pub mod ownership;
-pub mod order;
 pub mod pipeline;
 pub mod portfolio;
 pub mod release;

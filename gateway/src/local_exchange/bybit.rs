@@ -344,7 +344,9 @@ pub(super) async fn private_session(
 pub(super) fn tickers(shared: &Shared, category: Option<&str>) -> String {
     let now_ms = sapphire_core::latency::unix_nanos() / 1_000_000;
     let Some(category) = category.filter(|c| matches!(*c, "spot" | "linear")) else {
-        return format!(r#"{{"retCode":10001,"retMsg":"params error: category is invalid","result":{{}},"retExtInfo":{{}},"time":{now_ms}}}"#);
+        return format!(
+            r#"{{"retCode":10001,"retMsg":"params error: category is invalid","result":{{}},"retExtInfo":{{}},"time":{now_ms}}}"#
+        );
     };
     let list: Vec<String> = shared
         .tickers
