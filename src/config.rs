@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub run: RunSection,
     /// The input journal.
     pub journal: JournalSection,
+    /// Engine snapshots.
+    pub snapshot: SnapshotSection,
     /// The HTTP API.
     pub api: ApiSection,
     /// The Redis bus (off unless a URL is given).
@@ -357,6 +359,45 @@ impl Default for JournalSection {
     }
 }
 
+/// `[snapshot]`: engine snapshots, so a restart replays only the journal after the newest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotSection {
+    /// A snapshot at the first sync point once this many events have passed (0: by time only).
+    pub every_events: u64,
+    /// ...or this many seconds of event time (0: by count only). Both 0: no snapshots.
+    pub every_secs: u64,
+    /// The newest this many are kept.
+    pub keep: usize,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        let policy = sapphire_core::snapshot::SnapshotPolicy::default();
+        Self {
+            every_events: policy.every_events,
+            every_secs: policy.every_ns / 1_000_000_000,
+            keep: sapphire_persistence::snapshot::DEFAULT_KEEP,
+        }
+    }
+}
+
+impl SnapshotSection {
+    /// The engine's schedule, checked.
+    fn policy(&self) -> anyhow::Result<sapphire_core::snapshot::SnapshotPolicy> {
+        if self.every_secs > 86_400 {
+            return Err(bad(
+                "snapshot.every_secs (SAPPHIRE_SNAPSHOT_EVERY_SECS)",
+                format!("{} is more than a day (86400)", self.every_secs),
+            ));
+        }
+        if !(1..=100).contains(&self.keep) {
+            return Err(bad("snapshot.keep (SAPPHIRE_SNAPSHOT_KEEP)", format!("{} is outside 1..=100", self.keep)));
+        }
+        Ok(sapphire_core::snapshot::SnapshotPolicy { every_events: self.every_events, every_ns: self.every_secs * 1_000_000_000 })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSection {
@@ -573,6 +614,16 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_SHARDS") {
         cfg.node.shards = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     }
+    for (var, slot) in
+        [("SAPPHIRE_SNAPSHOT_EVERY_EVENTS", &mut cfg.snapshot.every_events), ("SAPPHIRE_SNAPSHOT_EVERY_SECS", &mut cfg.snapshot.every_secs)]
+    {
+        if let Some(v) = env(var) {
+            *slot = v.trim().parse().map_err(|_| bad(var, format!("{v:?} is not a whole number")))?;
+        }
+    }
+    if let Some(v) = env("SAPPHIRE_SNAPSHOT_KEEP") {
+        cfg.snapshot.keep = v.trim().parse().map_err(|_| bad("SAPPHIRE_SNAPSHOT_KEEP", format!("{v:?} is not a whole number")))?;
+    }
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
     }
@@ -659,6 +710,8 @@ pub struct RunConfig {
     pub journal: sapphire_persistence::journal::JournalConfig,
     /// The output journal: same segment size and durability, beside the input journal.
     pub output_journal: sapphire_persistence::journal::JournalConfig,
+    /// Engine snapshots (`<data dir>/snapshots`); `None` when `[snapshot]` turns them off.
+    pub snapshots: Option<sapphire_persistence::snapshot::SnapshotConfig>,
     pub api: sapphire_gateway::api::ApiConfig,
     /// The API's connection and WebSocket caps.
     pub api_limits: sapphire_gateway::api::ApiLimits,
@@ -752,6 +805,7 @@ impl FileConfig {
             engine_wait: wait,
             journal_wait,
             latency_sample_every: e.latency_sample_every,
+            snapshots: self.snapshot.policy()?,
             ..PipelineConfig::default()
         };
 
@@ -936,6 +990,10 @@ impl FileConfig {
             }
             (None, None) => None,
         };
+        let snapshots = pipeline
+            .snapshots
+            .enabled()
+            .then(|| sapphire_persistence::snapshot::SnapshotConfig { dir: self.run.data_dir.join("snapshots"), keep: self.snapshot.keep });
         Ok(RunConfig {
             shard: shard.clone(),
             shards,
@@ -951,6 +1009,7 @@ impl FileConfig {
                 ..journal.clone()
             },
             journal,
+            snapshots,
             redis: match &self.redis.url {
                 None => None,
                 Some(url) => {
@@ -1120,6 +1179,26 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_are_on_by_default_and_the_environment_tunes_or_stops_them() {
+        let run = FileConfig::default().resolve().unwrap();
+        let sc = run.snapshots.expect("on by default");
+        assert_eq!((sc.dir, sc.keep), (PathBuf::from("./data/snapshots"), 3));
+        assert_eq!(run.pipeline.snapshots, sapphire_core::snapshot::SnapshotPolicy { every_events: 1_000_000, every_ns: 10_000_000_000 });
+        let mut cfg: FileConfig = toml::from_str("[snapshot]\nevery_events = 5000\nkeep = 2\n").unwrap();
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_SNAPSHOT_EVERY_SECS", "30"), ("SAPPHIRE_SNAPSHOT_KEEP", "5")])).unwrap();
+        let run = cfg.resolve().unwrap();
+        assert_eq!(run.pipeline.snapshots.every_events, 5_000);
+        assert_eq!(run.pipeline.snapshots.every_ns, 30_000_000_000);
+        assert_eq!(run.snapshots.map(|s| s.keep), Some(5));
+        let mut cfg = FileConfig::default();
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_SNAPSHOT_EVERY_EVENTS", "0"), ("SAPPHIRE_SNAPSHOT_EVERY_SECS", "0")])).unwrap();
+        let run = cfg.resolve().unwrap();
+        assert!(run.snapshots.is_none() && !run.pipeline.snapshots.enabled(), "both triggers off: no snapshots");
+        let err = apply_env(&mut FileConfig::default(), &env_of(&[("SAPPHIRE_SNAPSHOT_EVERY_EVENTS", "often")])).unwrap_err();
+        assert!(err.to_string().contains("SAPPHIRE_SNAPSHOT_EVERY_EVENTS"), "{err}");
+    }
+
+    #[test]
     fn old_platform_environment_names_work() {
         let mut cfg = FileConfig::default();
         apply_env(
@@ -1154,6 +1233,8 @@ mod tests {
             ("[market]\nsource = \"bybit\"\nvenue_market = \"usdm\"\n", "market.venue_market"),
             ("[market]\nws_url = \"ws://127.0.0.1:1\"\n", "market.ws_url"),
             ("[journal]\ndurability = \"sometimes\"\n", "journal.durability"),
+            ("[snapshot]\nkeep = 0\n", "snapshot.keep"),
+            ("[snapshot]\nevery_secs = 100000\n", "snapshot.every_secs"),
             ("[paper]\nenabled = false\n", "ENABLE_PAPER_TRADING"),
             ("[paper]\nenabled = false\n[market]\nsource = \"binance\"\n[venue]\nmarket = \"kraken\"\n", "venue.market"),
             ("[api]\nbind = \"localhost\"\n", "api.bind"),

@@ -19,6 +19,7 @@ mod replay;
 mod report;
 mod run;
 mod sink_cmd;
+mod snapshot_cmd;
 mod sweep;
 mod venue_cmd;
 
@@ -103,6 +104,19 @@ enum JournalCommand {
         /// Only say what would be moved.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Lists a data directory's engine snapshots, each checked (header, checksums, the
+    /// instruments and engine configuration it was written for); with --verify, replays the
+    /// input journal and compares each with the engine's state after its event.
+    Snapshots {
+        /// The data directory (or its snapshots directory).
+        dir: PathBuf,
+        /// Replay the input journal and compare.
+        #[arg(long)]
+        verify: bool,
+        /// The configuration the run used (its engine, risk and paper sections).
+        #[arg(long, env = "SAPPHIRE_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -215,6 +229,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Journal(JournalCommand::Repair { dir, dry_run }) => journal_cmd::repair(&dir, dry_run, std::io::stdout().lock()),
+        Command::Journal(JournalCommand::Snapshots { dir, verify, config }) => {
+            snapshot_cmd::run(&dir, verify, config.as_deref(), std::io::stdout().lock())
+        }
         Command::Venue(cmd) => venue_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(args),
         Command::Sink(args) => sink_cmd::run(args),

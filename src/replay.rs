@@ -742,7 +742,7 @@ fn ts_recv(e: &Event) -> u64 {
 /// The instruments of an input journal, in id order, from its `instruments.txt`: the synthetic
 /// market's from its definitions; other venues' tick and lot inferred from the journal's
 /// prices and quantities (the largest power of ten dividing every value seen).
-fn journal_instruments(dir: &Path) -> anyhow::Result<Vec<sapphire_core::instrument::Instrument>> {
+pub(crate) fn journal_instruments(dir: &Path) -> anyhow::Result<Vec<sapphire_core::instrument::Instrument>> {
     let list_path = dir.join("instruments.txt");
     let list =
         std::fs::read_to_string(&list_path).with_context(|| format!("reading {} (the journal's instruments)", list_path.display()))?;

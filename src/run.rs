@@ -164,6 +164,41 @@ fn edge_loop(
     report
 }
 
+/// How long ago a wall-clock time was, for people.
+fn age(unix_ns: u64) -> String {
+    let s = unix_nanos().saturating_sub(unix_ns) as f64 / 1e9;
+    match s {
+        s if s < 120.0 => format!("{s:.0} s ago"),
+        s if s < 7_200.0 => format!("{:.0} min ago", s / 60.0),
+        s => format!("{:.1} h ago", s / 3_600.0),
+    }
+}
+
+/// The summary's snapshot line.
+fn snapshot_summary(s: &sapphire_persistence::snapshot::SnapshotStats) -> String {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mut line = format!("snapshots: {} written, {} failed", r(&s.written), r(&s.failed));
+    let last = s.last_seq.load(Ordering::Relaxed);
+    if r(&s.written) > 0 {
+        line += &format!(
+            "; newest of event {last}, {} KiB, encoded in {:.1} ms, written and synced in {:.1} ms; {} on disk",
+            r(&s.last_bytes) / 1024,
+            r(&s.last_encode_ns) as f64 / 1e6,
+            r(&s.last_write_ns) as f64 / 1e6,
+            r(&s.on_disk)
+        );
+    }
+    if let Some(t) = s.taps() {
+        line += &format!(
+            "; engine-thread copies: last {}, longest {}, {} skipped",
+            fmt_ns(r(&t.last_copy_ns)),
+            fmt_ns(r(&t.max_copy_ns)),
+            r(&t.skipped)
+        );
+    }
+    line
+}
+
 fn money(raw: i64) -> String {
     format!("{:.2}", Money::from_raw(raw))
 }
@@ -248,14 +283,18 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
 
-    // Open the journal (a torn tail from a crash is cut here), then rebuild the engine from it.
+    // Open the journal (a torn tail from a crash is cut here), then rebuild the engine: from the
+    // newest usable snapshot and the journal after it.
+    let restart_started = Instant::now();
     let (journal, recovery) =
         sapphire_persistence::journal::JournalWriter::open(cfg.journal.clone()).context("opening the input journal")?;
     let (mut output_journal, output_recovery) =
         JournalWriter::<Output>::open(cfg.output_journal.clone()).context("opening the output journal")?;
+    let journals_opened = restart_started.elapsed();
     let recovered_at = Instant::now();
-    let recovered = sapphire_persistence::recovery::recover(
+    let recovered = sapphire_persistence::recovery::recover_from_snapshot(
         &cfg.journal.dir,
+        cfg.snapshots.as_ref().map(|s| s.dir.as_path()),
         &cfg.engine,
         &instruments,
         Some((&cfg.output_journal.dir, &mut output_journal)),
@@ -264,9 +303,12 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 eprintln!("recovering: {n} journaled events replayed");
             }
         },
+        // Printed even with --quiet: a snapshot passed over is a damaged file or a changed setting.
+        |note| eprintln!("recovery: {note}"),
     )
     .context("recovering from the input journal")?;
-    if recovered.events > 0 {
+    let recovered_in = recovered_at.elapsed();
+    if recovered.next_seq > 0 {
         for (inst, sim) in instruments.iter().zip(synthetic.instruments.iter_mut()) {
             if let Some(mid) = recovered.stages.book.book(inst.id).and_then(|b| b.mid()) {
                 sim.start_price = Price::from_raw(mid.raw - mid.raw % sim.tick.raw.max(1));
@@ -281,6 +323,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let stop = crate::process::stop_flag(None)?;
 
     let recovered_events = recovered.events;
+    let recovered_from = recovered.snapshot.clone();
     let orders_not_resent = recovered.orders_not_resent;
     let outputs_regenerated = recovered.outputs_regenerated;
     // The edge starts from the recovered risk state (totals, refusals, guards, open orders).
@@ -291,6 +334,23 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     stages.book.attach_board(Arc::clone(&board));
     let outputs_from = output_journal.next_seq();
     let mut pipeline = Pipeline::resume(&cfg.pipeline, stages, recovered.next_seq as i64, Box::new(journal));
+    // Snapshots: the engine threads copy their state at the scheduled events; this thread
+    // encodes and writes them.
+    let snapshot_writer = match (&cfg.snapshots, pipeline.take_snapshots()) {
+        (Some(sc), Some(feed)) => Some(
+            sapphire_persistence::snapshot::SnapshotWriter::spawn(
+                feed,
+                sc.clone(),
+                sapphire_persistence::snapshot::Fingerprints::new(&cfg.engine, &instruments),
+                pipeline.journal_progress(),
+                opts.quiet,
+            )
+            .context("starting the snapshot writer")?,
+        ),
+        _ => None,
+    };
+    let snapshot_stats = snapshot_writer.as_ref().map(|w| w.stats());
+    let restarted_in = restart_started.elapsed();
     let outputs = pipeline.take_outputs().expect("outputs are taken once");
     let edge = Arc::new(EdgeState::new(
         pipeline.stats(),
@@ -440,6 +500,29 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new("quic", || Ok(()), move |m: &mut MetricsWriter<'_>| stats.encode(m))));
         service_tasks.push(("quic ingress", services.spawn(as_text(ingress.run(pipeline.producer(), Arc::clone(&stop))))));
     }
+    // Snapshots and the restart they made quick.
+    {
+        let (stats, restart_s, replayed) = (snapshot_stats.clone(), restarted_in.as_secs_f64(), recovered_events);
+        edge.add_source(Arc::new(FnSource::new(
+            "snapshots",
+            || Ok(()),
+            move |m: &mut MetricsWriter<'_>| {
+                m.gauge(
+                    "sapphire_restart_seconds",
+                    "Time from process start to trading at this start (journals opened, snapshot loaded, journal after it replayed).",
+                    restart_s,
+                );
+                m.gauge(
+                    "sapphire_recovery_events_replayed",
+                    "Journaled events replayed at this start (those after the snapshot recovery started from).",
+                    replayed,
+                );
+                if let Some(s) = &stats {
+                    write_snapshot_metrics(s, m);
+                }
+            },
+        )));
+    }
     // Who else ran on the engine's cores (read from /proc on each scrape).
     edge.add_source(Arc::new(FnSource::new(
         "engine_core",
@@ -582,10 +665,31 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             },
             cfg.journal.durability
         );
-        if recovered_events > 0 {
+        if recovered_events > 0 || recovered_from.is_some() {
+            let from = match &recovered_from {
+                Some(s) => format!(
+                    "after snapshot {} (the state after event {}, written {})",
+                    s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    s.seq,
+                    age(s.written_ns)
+                ),
+                None => "(the whole journal: no usable snapshot)".to_string(),
+            };
             println!(
-                "recovered: {recovered_events} journaled events replayed in {:.2}s: books, positions, PnL, risk state and open orders rebuilt ({orders_not_resent} orders re-decided, none re-sent)",
-                recovered_at.elapsed().as_secs_f64()
+                "recovered: {recovered_events} journaled events replayed {from} in {:.2}s; trading {:.2}s after start (journals opened in {:.2}s): books, positions, PnL, risk state and open orders rebuilt ({orders_not_resent} orders re-decided, none re-sent)",
+                recovered_in.as_secs_f64(),
+                restarted_in.as_secs_f64(),
+                journals_opened.as_secs_f64(),
+            );
+        }
+        if let Some(sc) = &cfg.snapshots {
+            let p = cfg.pipeline.snapshots;
+            println!(
+                "snapshots: {} (every {} events or {} s of event time, at the next timer; the newest {} kept)",
+                sc.dir.display(),
+                p.every_events,
+                p.every_ns / 1_000_000_000,
+                sc.keep
             );
         }
         println!(
@@ -702,6 +806,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let tick_to_order = pipeline.latency().iter().find(|r| r.name() == "tick_to_order").cloned();
     let pipeline_journal = pipeline.journal_progress();
     let report = pipeline.shutdown();
+    // The engine threads are gone: the writer finishes the snapshot in hand, if any, and stops.
+    if let Some(w) = snapshot_writer {
+        w.join();
+    }
     // Published by the last stage as it stopped: every order's latency.
     let tick_to_order = tick_to_order.map(|r| r.recorded()).unwrap_or_default();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
@@ -814,6 +922,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     match &edge_report.error {
         None => println!("  output journal: {} outputs appended", edge_report.journaled),
         Some(e) => println!("  output journal: {} outputs appended, then it failed: {e}", edge_report.journaled),
+    }
+    if let Some(s) = &snapshot_stats {
+        println!("  {}", snapshot_summary(s));
     }
     if let Some(c) = feed_counters {
         let c = *c.borrow();
@@ -1033,6 +1144,43 @@ fn write_feed_metrics(
                 .map(|(cause, n)| ([("cause", cause)], n)),
         );
         m.counter("sapphire_feed_connect_failures_total", "Failed connection attempts.", c.connect_failures);
+    }
+}
+
+fn write_snapshot_metrics(s: &sapphire_persistence::snapshot::SnapshotStats, m: &mut MetricsWriter<'_>) {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    m.counter("sapphire_snapshots_written_total", "Engine snapshots written.", r(&s.written));
+    m.counter(
+        "sapphire_snapshot_failures_total",
+        "Engine snapshots that could not be encoded or written (the engine carries on).",
+        r(&s.failed),
+    );
+    m.gauge("sapphire_snapshots_on_disk", "Engine snapshots in the snapshot directory.", r(&s.on_disk));
+    let written = r(&s.last_written_ns);
+    if written > 0 {
+        m.gauge(
+            "sapphire_snapshot_age_seconds",
+            "Wall-clock age of the newest snapshot: a restart replays the journal written since.",
+            unix_nanos().saturating_sub(written) as f64 / 1e9,
+        );
+        m.gauge(
+            "sapphire_snapshot_last_seq",
+            "Input journal sequence of the event the newest snapshot is the state after.",
+            s.last_seq.load(Ordering::Relaxed),
+        );
+        m.gauge("sapphire_snapshot_bytes", "Size of the newest snapshot written.", r(&s.last_bytes));
+    }
+    if let Some(t) = s.taps() {
+        m.gauges(
+            "sapphire_snapshot_copy_seconds",
+            "Time an engine thread spent copying its state for a snapshot (the hot path's whole cost of one).",
+            [("last", r(&t.last_copy_ns)), ("max", r(&t.max_copy_ns))].map(|(which, ns)| ([("which", which)], ns as f64 / 1e9)),
+        );
+        m.counter(
+            "sapphire_snapshot_copies_skipped_total",
+            "Stage copies skipped: the writer had not given a spare back yet.",
+            r(&t.skipped),
+        );
     }
 }
 

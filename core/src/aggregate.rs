@@ -28,7 +28,7 @@ pub const INTENTS_PER_EVENT: usize = 4;
 pub type IntentBatch = Batch<Intent, INTENTS_PER_EVENT>;
 
 /// Aggregation settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct AggregateConfig {
     /// Momentum window, in samples.
     pub momentum_window: usize,
@@ -66,13 +66,13 @@ impl Default for AggregateConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default)]
 struct ExternalSignal {
     expires_at: u64,
     active: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 struct InstrumentState {
     momentum: Momentum,
     imbalance: Imbalance,
@@ -85,7 +85,7 @@ struct InstrumentState {
 }
 
 /// The aggregate stage's state. Single writer: the aggregate stage thread.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct Aggregator {
     config: AggregateConfig,
     instruments: Vec<InstrumentState>,
@@ -109,6 +109,32 @@ impl Aggregator {
             })
             .collect();
         Self { config, instruments, ignored_signals: 0 }
+    }
+
+    /// Makes this aggregator equal to `src`, keeping this one's allocations (snapshots).
+    pub fn copy_from(&mut self, src: &Self) {
+        let Self { config, instruments, ignored_signals } = src;
+        let AggregateConfig {
+            momentum_window,
+            momentum_sample_ns,
+            momentum_full_scale_bps,
+            imbalance_threshold_bps,
+            imbalance_levels,
+            imbalance_sample_ns,
+            weights_bps,
+            target_notional,
+            aggressive_slip_ticks,
+        } = config;
+        let c = &mut self.config;
+        (c.momentum_window, c.momentum_sample_ns, c.momentum_full_scale_bps) =
+            (*momentum_window, *momentum_sample_ns, *momentum_full_scale_bps);
+        (c.imbalance_threshold_bps, c.imbalance_levels, c.imbalance_sample_ns) =
+            (*imbalance_threshold_bps, *imbalance_levels, *imbalance_sample_ns);
+        crate::snapshot::copy_into(&mut c.weights_bps, weights_bps);
+        (c.target_notional, c.aggressive_slip_ticks) = (*target_notional, *aggressive_slip_ticks);
+        // Per-instrument state holds no allocation: element-wise `clone_from` copies in place.
+        crate::snapshot::copy_into(&mut self.instruments, instruments);
+        self.ignored_signals = *ignored_signals;
     }
 
     fn weight(&self, agent: AgentId) -> i64 {
@@ -234,6 +260,16 @@ impl Aggregator {
         state.targets[agent.index()] = target;
         true
     }
+}
+
+/// Sizes and alignments of this module's private archived state (snapshot layout fingerprint).
+pub(crate) fn archived_layout() -> [(usize, usize); 2] {
+    use rkyv::Archived;
+    use std::mem::{align_of, size_of};
+    [
+        (size_of::<Archived<ExternalSignal>>(), align_of::<Archived<ExternalSignal>>()),
+        (size_of::<Archived<InstrumentState>>(), align_of::<Archived<InstrumentState>>()),
+    ]
 }
 
 /// `notional × 10^8 / mid` (quantity raw units) without a 128-bit division: two exact 64-bit

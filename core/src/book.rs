@@ -5,7 +5,7 @@ use crate::event::{BookDelta, Side, DELTA_CLEAR, DELTA_RESYNC};
 use crate::fixed::{Price, Quantity};
 
 /// One price level.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Level {
     /// Level price.
     pub price: Price,
@@ -29,7 +29,7 @@ pub enum DeltaOutcome {
 /// Invariants: `bids` ascending and `asks` descending by price (best last), no zero
 /// quantities, no duplicate prices, and never crossed (best bid < best ask): a level that
 /// would cross removes the opposing levels it crosses, since the newer update wins.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct OrderBook {
     /// Ascending by price; best bid is the last element.
     bids: Vec<Level>,
@@ -62,6 +62,17 @@ impl OrderBook {
             ts_last_update: 0,
             gaps: 0,
         }
+    }
+
+    /// Makes this book equal to `src`, keeping this book's allocations (snapshots).
+    pub fn copy_from(&mut self, src: &Self) {
+        let Self { bids, asks, last_update_id, in_sync, ts_last_update, gaps } = src;
+        crate::snapshot::copy_into(&mut self.bids, bids);
+        crate::snapshot::copy_into(&mut self.asks, asks);
+        self.last_update_id = *last_update_id;
+        self.in_sync = *in_sync;
+        self.ts_last_update = *ts_last_update;
+        self.gaps = *gaps;
     }
 
     /// Removes every level (capacity is kept).

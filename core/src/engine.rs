@@ -25,7 +25,7 @@ use crate::strategy::MarketView;
 use std::sync::Arc;
 
 /// Where approved orders go.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VenueMode {
     /// The in-engine matching simulator fills them (paper trading, replay).
     #[default]
@@ -189,7 +189,7 @@ impl OrderSink for Vec<Order> {
 }
 
 /// Counters of the book stage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BookCounters {
     /// Deltas applied.
     pub deltas: u64,
@@ -202,14 +202,16 @@ pub struct BookCounters {
 }
 
 /// Book stage: owns the L2 books and the last quote per instrument.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct BookStage {
     books: Vec<OrderBook>,
     quotes: Vec<Quote>,
     last_trade: Vec<crate::fixed::Price>,
     imbalance_levels: usize,
     /// Where each instrument's top is published for readers off the hot path (agents, the
-    /// tick publisher); none in replays and tests.
+    /// tick publisher); none in replays and tests. Not part of a snapshot: a restored engine
+    /// attaches its own.
+    #[rkyv(with = rkyv::with::Skip)]
     board: Option<Arc<MarketBoard>>,
     /// Counters.
     pub counters: BookCounters,
@@ -382,7 +384,7 @@ impl BookStage {
 }
 
 /// Aggregate stage: in-core strategies and agent signals → intents.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct AggregateStage {
     /// The aggregator.
     pub aggregator: Aggregator,
@@ -404,7 +406,7 @@ impl AggregateStage {
 }
 
 /// Risk stage: owns the portfolio and the limits.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct RiskStage {
     /// The risk engine.
     pub risk: RiskEngine,
@@ -464,7 +466,7 @@ impl RiskStage {
 }
 
 /// Counters of the route stage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteCounters {
     /// Orders and cancels routed.
     pub orders: u64,
@@ -472,10 +474,27 @@ pub struct RouteCounters {
     pub fills: u64,
     /// Orders the outbound queue could not take (reported back as rejected).
     pub outbound_full: u64,
+    /// Outputs the last event made (recovery from a snapshot checks that the output journal
+    /// holds all of its event's).
+    pub last_event_outputs: u32,
+}
+
+/// Counts the outputs passed on to a sink.
+struct Counted<'a, S> {
+    sink: &'a mut S,
+    n: u32,
+}
+
+impl<S: OutputSink> OutputSink for Counted<'_, S> {
+    #[inline]
+    fn emit(&mut self, out: Output) {
+        self.n += 1;
+        self.sink.emit(out);
+    }
 }
 
 /// Route stage: client order ids, the paper matcher or the outbound queue, outputs.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct RouteStage {
     router: Router,
     matcher: PaperMatcher,
@@ -515,6 +534,7 @@ impl RouteStage {
     ) {
         let seq = msg.seq;
         let now = msg.event.ts_event();
+        let sink = &mut Counted { sink, n: 0 };
         self.reports.clear();
         for order in msg.orders.as_slice() {
             let mut order = *order;
@@ -574,11 +594,12 @@ impl RouteStage {
         if let (Some(taken), Event::Signal(signal)) = (msg.signal_taken, &msg.event) {
             sink.emit(Output { seq, output: EngineOutput::Signal { signal: *signal, taken } });
         }
+        self.counters.last_event_outputs = sink.n;
     }
 }
 
 /// The four stages of one engine, built from one configuration.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct Stages {
     /// Book stage.
     pub book: BookStage,
@@ -681,3 +702,6 @@ impl Engine {
         self.processed
     }
 }
+
+/// Snapshots: copying the stages' state in place, its canonical form, restoring it.
+mod state;

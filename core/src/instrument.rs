@@ -19,7 +19,7 @@ impl InstrumentId {
 }
 
 /// What kind of market an instrument trades on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MarketType {
     /// Spot: you hold what you buy; no shorting without margin.
     Spot,
@@ -28,7 +28,7 @@ pub enum MarketType {
 }
 
 /// One tradable instrument and the venue's order filters for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Instrument {
     /// Interned id.
     pub id: InstrumentId,

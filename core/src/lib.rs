@@ -53,6 +53,7 @@ pub mod release;
 pub mod ring;
 pub mod risk;
 pub mod router;
+pub mod snapshot;
 pub mod strategy;
 mod sync;
 pub mod wait;

@@ -21,7 +21,7 @@ use crate::order::{Order, OrderAction, OrderType, TimeInForce};
 use crate::risk::{ALL_AGENTS, ALL_INSTRUMENTS};
 
 /// Paper venue settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct MatchingConfig {
     /// Decision-to-venue latency of new orders, ns of event time.
     pub latency_ns: u64,
@@ -37,7 +37,7 @@ impl Default for MatchingConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug)]
 struct SimOrder {
     order: Order,
     leaves: Quantity,
@@ -47,7 +47,7 @@ struct SimOrder {
 }
 
 /// The paper venue's state. Single writer: the route stage.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct PaperMatcher {
     config: MatchingConfig,
     books: Vec<OrderBook>,
@@ -69,6 +69,16 @@ impl PaperMatcher {
             now: 0,
             fills: 0,
         }
+    }
+
+    /// Makes this matcher equal to `src`, keeping this one's allocations (snapshots).
+    pub fn copy_from(&mut self, src: &Self) {
+        let Self { config, books, live_per_instrument, orders, now, fills } = src;
+        self.config.clone_from(config);
+        crate::snapshot::copy_vec(&mut self.books, books, OrderBook::copy_from);
+        crate::snapshot::copy_into(&mut self.live_per_instrument, live_per_instrument);
+        crate::snapshot::copy_into(&mut self.orders, orders);
+        (self.now, self.fills) = (*now, *fills);
     }
 
     /// Fills produced so far.
@@ -348,6 +358,11 @@ impl PaperMatcher {
             }
         }
     }
+}
+
+/// Sizes and alignments of this module's private archived state (snapshot layout fingerprint).
+pub(crate) fn archived_layout() -> [(usize, usize); 1] {
+    [(std::mem::size_of::<rkyv::Archived<SimOrder>>(), std::mem::align_of::<rkyv::Archived<SimOrder>>())]
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@
 //! route ─▶ outputs ring (edge: sinks, dashboard)   route ─▶ outbound ring (venues)
 //! ```
 //!
+//! Snapshots ([`PipelineConfig::snapshots`]): at the scheduled events each engine thread copies
+//! its stage(s) into a spare and hands the copy to [`Pipeline::take_snapshots`]'s reader without
+//! waiting (see [`crate::snapshot`]).
+//!
 //! Shutdown: stop every producer, then [`Pipeline::shutdown`]; each stage drains what was
 //! published, closes the ring after it, and hands its state back.
 
@@ -22,6 +26,7 @@ use crate::latency::{unix_nanos, LatencyReader, LatencySnapshot, StageLatency};
 use crate::order::Order;
 use crate::release::{JournalProgress, OutboundOrder, Released};
 use crate::ring::{ring, Consumer, Poll, Producer};
+use crate::snapshot::{snapshot_channel, SnapshotFeed, SnapshotPolicy, SnapshotTap};
 use crate::wait::WaitStrategy;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,6 +77,9 @@ pub struct PipelineConfig {
     pub latency_sample_every: u32,
     /// Most events handled per poll before releasing slots.
     pub max_batch: usize,
+    /// When the engine threads copy their state for a snapshot ([`Pipeline::take_snapshots`]
+    /// hands the copies to a writer); off by default.
+    pub snapshots: SnapshotPolicy,
 }
 
 impl Default for PipelineConfig {
@@ -86,6 +94,7 @@ impl Default for PipelineConfig {
             journal_wait: WaitStrategy::Sleep(std::time::Duration::from_micros(100)),
             latency_sample_every: 16,
             max_batch: 512,
+            snapshots: SnapshotPolicy::OFF,
         }
     }
 }
@@ -233,6 +242,7 @@ pub struct Pipeline {
     latency: Vec<LatencyReader>,
     outputs: Option<Consumer<Output>>,
     outbound: Option<Consumer<OutboundOrder>>,
+    snapshots: Option<SnapshotFeed>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -340,6 +350,15 @@ impl Pipeline {
         let (pin_tx, pins) = std::sync::mpsc::channel();
         let outputs = RingOutputs { producer: out_producer, stats: Arc::clone(&stats) };
         let orders = RingOrders { producer: order_producer, seq: first_seq };
+        // Snapshots: one tap per engine thread, each on the same schedule.
+        let (mut taps, snapshots) = if config.snapshots.enabled() {
+            let threads = if config.layout == Layout::Fused { 1 } else { 4 };
+            let (taps, feed) = snapshot_channel(config.snapshots, first_seq, threads);
+            (taps.into_iter().map(Some).collect::<Vec<_>>(), Some(feed))
+        } else {
+            ((0..4).map(|_| None).collect(), None)
+        };
+        let mut tap = move |i: usize| taps.get_mut(i).and_then(Option::take);
 
         let journal = {
             let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
@@ -369,8 +388,9 @@ impl Pipeline {
                     recorder("end_to_end"),
                 ];
                 let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
+                let tap = tap(0);
                 Worker::Fused(spawn("engine", core(0), &pin_tx, move || {
-                    fused_stage(engine_consumer, stages, first_seq, recs, sampler, wait, batch, &stats, &progress, orders, outputs)
+                    fused_stage(engine_consumer, stages, first_seq, recs, sampler, wait, batch, &stats, &progress, orders, outputs, tap)
                 }))
             }
             Layout::Split => {
@@ -384,30 +404,57 @@ impl Pipeline {
                 let route_recs = [recorder("route"), recorder("tick_to_order"), recorder("end_to_end")];
                 let book = {
                     let (stats, progress) = (Arc::clone(&stats), Arc::clone(&progress));
+                    let tap = tap(0);
                     spawn("book", core(0), &pin_tx, move || {
-                        book_stage(engine_consumer, book, first_seq, to_agg, book_rec, sampler, wait, batch, &stats, &progress)
+                        book_stage(engine_consumer, book, first_seq, to_agg, book_rec, sampler, wait, batch, &stats, &progress, tap)
                     })
                 };
                 let aggregate = {
                     let from = from_book.pop().expect("one consumer");
+                    let mut tap = tap(1);
                     spawn("aggregate", core(1), &pin_tx, move || {
                         let mut stage = aggregate;
-                        let lat = relay(from, to_risk, agg_rec, sampler, wait, batch, |msg| stage.process(msg));
+                        if let Some(t) = &mut tap {
+                            t.prime(&stage);
+                        }
+                        let lat = relay(from, to_risk, agg_rec, sampler, wait, batch, |msg| {
+                            stage.process(msg);
+                            if let Some(t) = &mut tap {
+                                if t.due(msg.seq, &msg.event) {
+                                    t.capture(msg.seq, msg.event.ts_event(), &stage);
+                                }
+                            }
+                        });
                         (stage, lat)
                     })
                 };
                 let risk = {
                     let (from, feedback) = (from_agg.pop().expect("one consumer"), feedback_rx.pop().expect("one consumer"));
                     let progress = Arc::clone(&route_progress);
+                    let tap = tap(2);
                     spawn("risk", core(2), &pin_tx, move || {
-                        risk_stage(from, to_route, feedback, &progress, risk, risk_rec, sampler, wait, batch)
+                        risk_stage(from, to_route, feedback, &progress, risk, risk_rec, sampler, wait, batch, tap)
                     })
                 };
                 let route = {
                     let from = from_risk.pop().expect("one consumer");
                     let stats = Arc::clone(&stats);
+                    let tap = tap(3);
                     spawn("route", core(3), &pin_tx, move || {
-                        route_stage(from, route, feedback_tx, &route_progress, route_recs, sampler, wait, batch, &stats, orders, outputs)
+                        route_stage(
+                            from,
+                            route,
+                            feedback_tx,
+                            &route_progress,
+                            route_recs,
+                            sampler,
+                            wait,
+                            batch,
+                            &stats,
+                            orders,
+                            outputs,
+                            tap,
+                        )
                     })
                 };
                 Worker::Split { book, aggregate, risk, route }
@@ -424,7 +471,14 @@ impl Pipeline {
             latency,
             outputs: out_consumers.pop(),
             outbound: order_consumers.pop(),
+            snapshots,
         }
+    }
+
+    /// The engine threads' snapshot copies, for the snapshot writer (take it once); `None`
+    /// when [`PipelineConfig::snapshots`] is off.
+    pub fn take_snapshots(&mut self) -> Option<SnapshotFeed> {
+        self.snapshots.take()
     }
 
     /// Pinning outcomes of the threads that have started so far.
@@ -554,9 +608,16 @@ fn fused_stage(
     journal: &JournalProgress,
     mut orders: RingOrders,
     mut outputs: RingOutputs,
+    mut tap: Option<SnapshotTap>,
 ) -> (Stages, Vec<LatencySnapshot>) {
     let mut msg = StageMsg::default();
     let mut idle = 0;
+    if let Some(t) = &mut tap {
+        t.prime(&stages.book);
+        t.prime(&stages.aggregate);
+        t.prime(&stages.risk);
+        t.prime(&stages.route);
+    }
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
@@ -600,6 +661,11 @@ fn fused_stage(
             }
             let [.., tick_to_order, end_to_end] = &mut recs;
             record_exit(&msg, sampled, tick_to_order, end_to_end);
+            if let Some(t) = &mut tap {
+                if t.due(msg.seq, &msg.event) {
+                    t.capture_all(msg.seq, msg.event.ts_event(), s);
+                }
+            }
         });
         watch.polled(polled == Poll::Empty);
         match polled {
@@ -654,8 +720,12 @@ fn book_stage(
     batch: usize,
     stats: &PipelineStats,
     journal: &JournalProgress,
+    mut tap: Option<SnapshotTap>,
 ) -> (BookStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
+    if let Some(t) = &mut tap {
+        t.prime(&stage);
+    }
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
@@ -671,6 +741,11 @@ fn book_stage(
                 rec.record(ns_since(t));
             } else {
                 stage.process(&mut msg);
+            }
+            if let Some(t) = &mut tap {
+                if t.due(msg.seq, &msg.event) {
+                    t.capture(msg.seq, msg.event.ts_event(), &stage);
+                }
             }
             forward(&mut to, &msg, wait, || {});
         });
@@ -745,8 +820,12 @@ fn risk_stage(
     mut sampler: Sampler,
     wait: WaitStrategy,
     batch: usize,
+    mut tap: Option<SnapshotTap>,
 ) -> (RiskStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
+    if let Some(t) = &mut tap {
+        t.prime(&stage);
+    }
     // Sequence after the last message handed to the route stage.
     let mut forwarded: i64 = 0;
     loop {
@@ -769,6 +848,11 @@ fn risk_stage(
                 rec.record(ns_since(t));
             } else {
                 stage.process(&mut msg);
+            }
+            if let Some(t) = &mut tap {
+                if t.due(msg.seq, &msg.event) {
+                    t.capture(msg.seq, msg.event.ts_event(), &stage);
+                }
             }
             forward(&mut to, &msg, wait, || {
                 feedback.poll(usize::MAX, |r, _, _| stage.take_feedback(*r));
@@ -805,8 +889,12 @@ fn route_stage(
     stats: &PipelineStats,
     mut orders: RingOrders,
     mut outputs: RingOutputs,
+    mut tap: Option<SnapshotTap>,
 ) -> (RouteStage, Vec<LatencySnapshot>) {
     let mut idle = 0;
+    if let Some(t) = &mut tap {
+        t.prime(&stage);
+    }
     let mut watch = StallWatch::new(wait);
     loop {
         watch.turn(stats);
@@ -827,6 +915,12 @@ fn route_stage(
             let [_, tick_to_order, end_to_end] = &mut recs;
             record_exit(msg, sampled, tick_to_order, end_to_end);
             progress.store(msg.seq + 1, Ordering::Release);
+            // After the progress store: the risk stage does not wait for the copy.
+            if let Some(t) = &mut tap {
+                if t.due(msg.seq, &msg.event) {
+                    t.capture(msg.seq, msg.event.ts_event(), &stage);
+                }
+            }
         });
         watch.polled(polled == Poll::Empty);
         match polled {

@@ -6,7 +6,7 @@ use crate::fixed::{notional, Money, Price, Quantity};
 use crate::instrument::InstrumentId;
 
 /// One agent's position in one instrument.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position {
     /// Signed quantity (positive long).
     pub qty: Quantity,
@@ -77,7 +77,7 @@ pub struct PnlSummary {
 }
 
 /// Every agent's positions. Single writer: the risk stage.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct Portfolio {
     agents: usize,
     instruments: usize,
@@ -97,6 +97,15 @@ impl Portfolio {
             marks: vec![Price::ZERO; instruments],
             budgets,
         }
+    }
+
+    /// Makes this portfolio equal to `src`, keeping this one's allocations (snapshots).
+    pub fn copy_from(&mut self, src: &Self) {
+        let Self { agents, instruments, positions, marks, budgets } = src;
+        (self.agents, self.instruments) = (*agents, *instruments);
+        crate::snapshot::copy_into(&mut self.positions, positions);
+        crate::snapshot::copy_into(&mut self.marks, marks);
+        crate::snapshot::copy_into(&mut self.budgets, budgets);
     }
 
     #[inline]

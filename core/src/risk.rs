@@ -27,7 +27,7 @@ pub const RISK_OUTPUTS_PER_EVENT: usize = 4;
 pub type RiskOutputBatch = Batch<RiskOutput, RISK_OUTPUTS_PER_EVENT>;
 
 /// Limits and guards. Money in quote currency.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RiskConfig {
     /// Margin budget of each agent.
     pub agent_budget: Money,
@@ -285,7 +285,7 @@ impl Default for RiskOutput {
 }
 
 /// An order risk has approved and not yet seen end.
-#[derive(Clone, Copy, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug)]
 struct OpenOrder {
     intent_id: u64,
     agent: AgentId,
@@ -295,7 +295,7 @@ struct OpenOrder {
 }
 
 /// Order-rate limiter on event time: `rate` tokens per second, up to `burst`.
-#[derive(Clone, Copy, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug)]
 struct TokenBucket {
     /// Tokens × 1e9 (token-nanoseconds), to stay exact in integers.
     level: u128,
@@ -328,7 +328,7 @@ impl TokenBucket {
 }
 
 /// Risk state visible to readers (dashboard, tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RiskStatus {
     /// Kill switch on.
     pub killed: bool,
@@ -347,7 +347,7 @@ pub struct RiskStatus {
 }
 
 /// The risk stage's state. Single writer: the risk stage thread.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct RiskEngine {
     config: RiskConfig,
     portfolio: Portfolio,
@@ -382,6 +382,21 @@ impl RiskEngine {
             now: 0,
             config,
         }
+    }
+
+    /// Makes this engine equal to `src`, keeping this one's allocations (snapshots).
+    pub fn copy_from(&mut self, src: &Self) {
+        let Self { config, portfolio, instruments, markets, open, bucket, status, drawdown_warned, paused, refusals, approved, now } = src;
+        self.config.clone_from(config);
+        self.portfolio.copy_from(portfolio);
+        // Fixed for a run; cloning them would allocate their symbols afresh.
+        if self.instruments != *instruments {
+            crate::snapshot::copy_into(&mut self.instruments, instruments);
+        }
+        crate::snapshot::copy_into(&mut self.markets, markets);
+        crate::snapshot::copy_into(&mut self.open, open);
+        (self.bucket, self.status, self.drawdown_warned) = (*bucket, *status, *drawdown_warned);
+        (self.paused, self.refusals, self.approved, self.now) = (*paused, *refusals, *approved, *now);
     }
 
     /// The portfolio.
@@ -779,6 +794,16 @@ impl RiskEngine {
         }
         None
     }
+}
+
+/// Sizes and alignments of this module's private archived state (snapshot layout fingerprint).
+pub(crate) fn archived_layout() -> [(usize, usize); 2] {
+    use rkyv::Archived;
+    use std::mem::{align_of, size_of};
+    [
+        (size_of::<Archived<OpenOrder>>(), align_of::<Archived<OpenOrder>>()),
+        (size_of::<Archived<TokenBucket>>(), align_of::<Archived<TokenBucket>>()),
+    ]
 }
 
 #[cfg(test)]

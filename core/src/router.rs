@@ -20,7 +20,7 @@ pub const fn intent_id(seq: i64, agent_tag: u8) -> u64 {
 }
 
 /// Assigns client order ids and refuses repeats. Single writer: the route stage.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct Router {
     epoch: u64,
     last_intent: u64,

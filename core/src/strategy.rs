@@ -3,7 +3,7 @@
 use crate::fixed::Price;
 
 /// What a strategy sees of one instrument after a market update.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MarketView {
     /// Event time of the update, ns.
     pub ts_event: u64,
@@ -28,7 +28,7 @@ pub struct MarketView {
 }
 
 /// Momentum over a window of mids sampled every `sample_ns` of event time.
-#[derive(Clone, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug)]
 pub struct Momentum {
     window: [i64; Momentum::MAX_WINDOW],
     len: usize,
@@ -85,7 +85,7 @@ impl Momentum {
 /// Order-book imbalance: leans with the heavier side when its smoothed imbalance passes a
 /// threshold. Sampled at most every `sample_ns` of event time, so a flickering book does
 /// not become a flickering order.
-#[derive(Clone, Copy, Debug)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug)]
 pub struct Imbalance {
     threshold_bps: i32,
     sample_ns: u64,

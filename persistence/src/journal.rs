@@ -16,11 +16,18 @@
 //! validating its bytes (they came from disk).
 //!
 //! # Torn tails and damage
-//! Every reader (the writer's open, [`for_each_record`], [`Tail`], [`last_record`],
+//! Every reader ([`for_each_record`], [`for_each_record_from`], [`Tail`], [`last_record`],
 //! [`for_each_backwards`]) checks each record's length, CRC and archive, and that sequences
 //! are dense: consecutive within a segment, the first equal to the header's `first_seq`,
 //! which equals the file name, and each segment starting where the previous one ended. (The
 //! first segment may start past 0: retention prunes the oldest.)
+//!
+//! The writer's open checks every record of the last segment — the only one a crash can leave
+//! torn — and, of each sealed segment, what makes it fit the others: its header, a length that
+//! is a whole number of records, and its first and last records (CRC, archive, and sequences
+//! running on from the previous segment). Sealed segments are never written again, and every
+//! reader checks each record it reads, so a restart costs the same however long the journal
+//! is; a sealed segment that fails the quick check is read in full, to name its damage.
 //!
 //! A *torn tail* is only what a crash can leave at the end of the last segment: fewer bytes
 //! than a record header, a record whose header announces more bytes than the file has, zeros
@@ -522,6 +529,38 @@ fn scan<R: Record>(
     Ok(out)
 }
 
+/// The writer's check of a sealed segment at open (see the module docs): its header, a length
+/// that is a whole number of records, and its first and last records, which must carry the
+/// sequences the length implies, the first running on from `at`. `None` when any of it fails:
+/// the caller then scans the segment in full, which names the damage.
+fn quick_scan<R: Record>(buf: &[u8], path: &Path, at: Position) -> Option<SegmentScan> {
+    let named = segment_first_seq(path)?;
+    if buf.len() < HEADER || &buf[..8] != R::MAGIC || buf[8..16] != named.to_le_bytes() {
+        return None;
+    }
+    if at.next_seq.is_some_and(|expected| expected != named) {
+        return None;
+    }
+    let done = |records: u64, last_good: Option<u64>| SegmentScan {
+        first_seq: named,
+        records,
+        valid_end: buf.len(),
+        position: Position { next_seq: Some(named + records), last_good },
+        end: SegmentEnd::Clean,
+    };
+    if buf.len() == HEADER {
+        return Some(done(0, at.last_good));
+    }
+    let Next::Record(first, end) = next_record::<R>(buf, HEADER) else { return None };
+    let size = end - HEADER;
+    if first.seq != named || (buf.len() - HEADER) % size != 0 {
+        return None;
+    }
+    let records = ((buf.len() - HEADER) / size) as u64;
+    let Next::Record(last, _) = next_record::<R>(buf, buf.len() - size) else { return None };
+    (last.seq == named + records - 1).then(|| done(records, Some(last.seq)))
+}
+
 /// The framed header a segment starting at `first_seq` begins with.
 fn segment_header<R: Record>(first_seq: u64) -> [u8; HEADER] {
     let mut header = [0u8; HEADER];
@@ -576,7 +615,11 @@ impl<R: Record> JournalWriter<R> {
         for (i, seg) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
             let buf = open_segment(seg, !last)?;
-            let scanned = scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?.refuse_damage()?;
+            let quick = if last { None } else { quick_scan::<R>(&buf, seg, at) };
+            let scanned = match quick {
+                Some(s) => s,
+                None => scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?.refuse_damage()?,
+            };
             recovery.records += scanned.records;
             if let SegmentEnd::Torn = scanned.end {
                 let cut = &buf[scanned.valid_end..];
@@ -806,6 +849,36 @@ pub fn for_each_record<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R)) -> Res
         at = scanned.refuse_damage()?.position;
     }
     Ok(n)
+}
+
+/// Hands the records of a journal from sequence `from` on to `f(seq, record)`, in order,
+/// reading only the segments that hold them (recovery after a snapshot); checks as
+/// [`for_each_record`] does. Returns how many it handed out.
+pub fn for_each_record_from<R: Record>(dir: &Path, from: u64, mut f: impl FnMut(u64, &R)) -> Result<u64, JournalError> {
+    let mut n = 0;
+    let segs = segments(dir)?;
+    // The segment holding `from`: the last one that starts at or before it.
+    let start = segs.iter().rposition(|p| segment_first_seq(p).is_some_and(|first| first <= from)).unwrap_or(0);
+    let mut at = Position::default();
+    for (i, seg) in segs.iter().enumerate().skip(start) {
+        let last = i + 1 == segs.len();
+        let buf = open_segment(seg, !last)?;
+        let scanned = scan::<R>(&buf, seg, last, i > start, at, |r| {
+            if r.seq >= from {
+                f(r.seq, &R::decode(&buf[r.payload.clone()])?);
+                n += 1;
+            }
+            Ok(())
+        })?;
+        at = scanned.refuse_damage()?.position;
+    }
+    Ok(n)
+}
+
+/// The sequence the journal in `dir` starts at (its first segment's), if it has a segment:
+/// past 0 once retention has pruned its oldest segments.
+pub fn first_seq(dir: &Path) -> Result<Option<u64>, JournalError> {
+    Ok(segments(dir)?.first().and_then(|p| segment_first_seq(p)))
 }
 
 /// Follows a journal as its writer appends to it, across segment rolls: the reader side of

@@ -6,8 +6,10 @@
 //!   recovery, durability policies.
 //!   The output journal (every engine output) uses the same format with its own magic;
 //!   [`journal::Tail`] follows a journal as it grows.
-//! - [`recovery`]: crash recovery — the journal replayed through the deterministic engine,
-//!   and the output journal completed with what a crash kept from it.
+//! - [`recovery`]: crash recovery — the newest valid snapshot and the journal after it
+//!   replayed through the deterministic engine, and the output journal completed with what a
+//!   crash kept from it.
+//! - [`snapshot`]: engine snapshots — the checksummed file format, the writer thread.
 //! - [`text`]: records as named fields (JSON lines, CSV) for dumps and the edge.
 //! - [`bus`]: the Redis publisher (documented channels) and remote agents' signal ingress.
 //! - [`pg`]: the Postgres sink — migrations, the schema check, the journal-tailing writer
@@ -29,5 +31,7 @@ pub mod pg;
 pub mod recovery;
 /// The shard id (which core a record came from) and its validation.
 pub mod shard;
+/// Engine snapshots on disk: the format, the writer thread, reading them back.
+pub mod snapshot;
 /// Journal records as named fields, JSON and CSV.
 pub mod text;

@@ -540,3 +540,47 @@ fn repair_moves_every_segment_after_a_missing_or_renumbered_one() {
     assert_eq!(read_all(&d).unwrap().len() as u64, segment_first_seq(&segs[1]).unwrap());
     let _ = fs::remove_dir_all(&d);
 }
+
+#[test]
+fn opening_checks_sealed_segments_by_their_ends_and_readers_check_every_record() {
+    let d = dir("quick-open");
+    let segs = write_events(&d, 2_000, 16 * 1024);
+    assert!(segs.len() > 5);
+    let size = record_size(&segs[0]);
+    // A flipped bit inside a sealed segment: opening (header, length, first and last records)
+    // does not read it; every reader that reaches it refuses it, naming it.
+    let mut bytes = fs::read(&segs[1]).unwrap();
+    let at = HEADER + 3 * size;
+    bytes[at + 40] ^= 0x01;
+    fs::write(&segs[1], &bytes).unwrap();
+    let (_, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.records, rec.next_seq), (2_000, 2_000), "counted from the segments' lengths");
+    let err = read_all(&d).unwrap_err().to_string();
+    assert!(err.contains(&segment_name(segment_first_seq(&segs[1]).unwrap())) && err.contains(&format!("byte {at}")), "{err}");
+    // Reading from a later sequence does not touch the damaged segment.
+    let from = segment_first_seq(&segs[3]).unwrap() + 5;
+    let mut got = Vec::new();
+    assert_eq!(for_each_record_from::<Event>(&d, from, |seq, _| got.push(seq)).unwrap(), 2_000 - from);
+    assert_eq!(got, (from..2_000).collect::<Vec<_>>());
+    assert!(for_each_record_from::<Event>(&d, 0, |_, _| {}).is_err(), "from the start it meets the damage");
+    let _ = fs::remove_dir_all(&d);
+
+    // A sealed segment cut short (or its last record damaged) fails the quick check: the full
+    // scan names the damage, and opening refuses.
+    let d = dir("quick-open-cut");
+    let segs = write_events(&d, 2_000, 16 * 1024);
+    let bytes = fs::read(&segs[2]).unwrap();
+    fs::write(&segs[2], &bytes[..bytes.len() - 10]).unwrap();
+    let err = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap_err().to_string();
+    assert!(err.contains(&segment_name(segment_first_seq(&segs[2]).unwrap())) && err.contains("incomplete record"), "{err}");
+    let d2 = dir("quick-open-last");
+    let segs = write_events(&d2, 2_000, 16 * 1024);
+    let mut bytes = fs::read(&segs[2]).unwrap();
+    let n = bytes.len();
+    bytes[n - size + 20] ^= 0x01;
+    fs::write(&segs[2], &bytes).unwrap();
+    assert!(JournalWriter::<Event>::open(JournalConfig::new(&d2)).is_err(), "a damaged last record of a sealed segment");
+    assert_eq!(first_seq(&d2).unwrap(), Some(0));
+    let _ = fs::remove_dir_all(&d);
+    let _ = fs::remove_dir_all(&d2);
+}
