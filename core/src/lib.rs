@@ -29,6 +29,7 @@
 //! - [`journal`]: the journal stage's contract and an in-memory journal.
 //! - [`pipeline`]: threads, layouts, rings, shutdown.
 //! - [`release`]: the journal gate: outputs and orders leave once their cause is journaled.
+//! - [`snapshot`]: when the engine's state is snapshotted and how the stages copy it.
 //!
 //! # Features
 //! None yet.
