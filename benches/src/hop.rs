@@ -343,7 +343,11 @@ mod tests {
                 let _ = tx.send(p);
             },
             move |n, on| {
-                std::thread::sleep(std::time::Duration::from_millis(4));
+                // Messages go out from 2 ms after the start for 4 ms; waking ~5.8 ms after the
+                // start leaves over 90% of them scheduled during the stall, however exactly the
+                // sleep ends (a quiet machine ends it on time, which a 4 ms stall made too short:
+                // then half the messages were on time and p25 fell under the bound).
+                std::thread::sleep(std::time::Duration::from_micros(5_800));
                 for _ in 0..n {
                     if let Ok(p) = rx.recv() {
                         on(&p);
