@@ -76,7 +76,8 @@ impl AgentKind {
     /// Default cadence, ms.
     pub const fn default_cadence_ms(self) -> u64 {
         match self {
-            AgentKind::Momentum | AgentKind::MeanReversion | AgentKind::Breakout => 1_000,
+            // Fast enough that every rule is warm and speaking within seconds of a start.
+            AgentKind::Momentum | AgentKind::MeanReversion | AgentKind::Breakout => 200,
             AgentKind::Imbalance => 250,
             AgentKind::FastTrader => 5_000,
             AgentKind::Sentiment | AgentKind::Strategy => 60_000,

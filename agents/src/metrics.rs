@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use sapphire_core::event::AgentId;
+use sapphire_core::instrument::InstrumentId;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -120,6 +121,11 @@ pub struct AgentCounters {
     pub kind: &'static str,
     /// Signals published into the sink.
     pub signals: AtomicU64,
+    /// Signals published with a non-zero strength (a long or short view, not flat).
+    pub directional: AtomicU64,
+    /// Why the agent last proposed what it did, and for which instrument: the rule's reason
+    /// of its newest signal, and of its newest directional one (the run's summary shows them).
+    pub reasons: std::sync::Mutex<AgentReasons>,
     /// Signals the sink refused (ring full).
     pub sink_full: AtomicU64,
     /// Samples skipped: no market, crossed or out-of-sync book.
@@ -155,6 +161,8 @@ impl AgentCounters {
             agent,
             kind,
             signals: AtomicU64::new(0),
+            directional: AtomicU64::new(0),
+            reasons: std::sync::Mutex::new(AgentReasons::default()),
             sink_full: AtomicU64::new(0),
             skipped_samples: AtomicU64::new(0),
             budget_exhausted: AtomicU64::new(0),
@@ -190,6 +198,29 @@ impl AgentCounters {
     pub fn breaker_state(&self) -> BreakerState {
         BreakerState::from_u8(self.breaker.load(Relaxed))
     }
+
+    /// Records why a rule proposed the published signal of `strength_bps` for `instrument`.
+    pub fn record_reason(&self, instrument: InstrumentId, strength_bps: i32, reason: &'static str) {
+        let mut r = self.reasons.lock().unwrap_or_else(|p| p.into_inner());
+        r.last = Some((reason, instrument));
+        if strength_bps != 0 {
+            r.last_trigger = Some((reason, instrument));
+        }
+    }
+
+    /// The reasons last recorded.
+    pub fn reasons(&self) -> AgentReasons {
+        *self.reasons.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why an agent's newest signals said what they said.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentReasons {
+    /// The newest signal's reason and instrument (flat ones too).
+    pub last: Option<(&'static str, InstrumentId)>,
+    /// The newest directional signal's reason and instrument: what last made it act.
+    pub last_trigger: Option<(&'static str, InstrumentId)>,
 }
 
 /// `provider` and `outcome` labels.
@@ -280,6 +311,7 @@ impl AgentsMetrics {
         };
         let load = |a: &AtomicU64| a.load(Relaxed);
         counters(enc, "agent_signals", "Signals published.", &|c| load(&c.signals))?;
+        counters(enc, "agent_directional_signals", "Signals published with a long or short view (not flat).", &|c| load(&c.directional))?;
         {
             let mut m = enc.encode_descriptor(
                 "agent_signal_rejected",

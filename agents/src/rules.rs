@@ -97,7 +97,8 @@ pub struct MeanReversion {
 
 impl Default for MeanReversion {
     fn default() -> Self {
-        Self { lookback: 50, entry_z: 1.0, full_z: 2.5 }
+        // 25 samples: five seconds at the default 200 ms cadence, so it speaks early in a run.
+        Self { lookback: 25, entry_z: 1.0, full_z: 2.5 }
     }
 }
 
@@ -189,7 +190,8 @@ pub struct VolatilityBreakout {
 
 impl Default for VolatilityBreakout {
     fn default() -> Self {
-        Self { short: 10, long: 90, ratio_threshold: 2.0, full_ratio: 4.0, min_baseline_bps: 0.5 }
+        // 1.2 s against the 4.8 s before it at the default 200 ms cadence: warm after 6.2 s.
+        Self { short: 6, long: 24, ratio_threshold: 1.6, full_ratio: 3.0, min_baseline_bps: 0.2 }
     }
 }
 
@@ -228,6 +230,16 @@ mod tests {
     use crate::context::Sample;
     use sapphire_core::fixed::PRICE_SCALE;
 
+    /// The parameters the numbers below were worked out for (longer windows than today's
+    /// defaults, which are sized for a 200 ms cadence).
+    fn classic_breakout() -> VolatilityBreakout {
+        VolatilityBreakout { short: 10, long: 90, ratio_threshold: 2.0, full_ratio: 4.0, min_baseline_bps: 0.5 }
+    }
+
+    fn classic_mean_reversion() -> MeanReversion {
+        MeanReversion { lookback: 50, entry_z: 1.0, full_z: 2.5 }
+    }
+
     /// 10_000.00 in cents.
     const BASE: i64 = 1_000_000;
 
@@ -257,7 +269,7 @@ mod tests {
         assert_eq!(m.strength_bps, 4990, "{m:?}");
         assert_eq!(m.confidence_bps, 10_000, "every step up");
         assert_eq!(m.reason, "momentum: price rising");
-        let r = MeanReversion::default().evaluate(&w).unwrap();
+        let r = classic_mean_reversion().evaluate(&w).unwrap();
         assert!(r.strength_bps < 0, "mean reversion shorts the uptrend: {r:?}");
         // Uniform steps: z of the newest mid = 24.5 / sqrt((50²−1)/12) = 1.6977; strength
         // (1.6977 − 1) / (2.5 − 1) = 0.4652, confidence 1.6977 / 2.5.
@@ -270,19 +282,19 @@ mod tests {
         let down: Vec<i64> = (0..60).map(|i| BASE - i * 50).collect();
         let w = window(&down, 0);
         assert!(Momentum::default().evaluate(&w).unwrap().strength_bps < 0);
-        assert!(MeanReversion::default().evaluate(&w).unwrap().strength_bps > 0);
+        assert!(classic_mean_reversion().evaluate(&w).unwrap().strength_bps > 0);
     }
 
     #[test]
     fn rules_wait_for_warmup_and_flat_market_is_flat() {
         let w = window(&[BASE; 10], 0);
         assert_eq!(Momentum::default().evaluate(&w), None);
-        assert_eq!(MeanReversion::default().evaluate(&w), None);
-        assert_eq!(VolatilityBreakout::default().evaluate(&w), None);
+        assert_eq!(classic_mean_reversion().evaluate(&w), None);
+        assert_eq!(classic_breakout().evaluate(&w), None);
         let w = window(&[BASE; 120], 0);
         assert_eq!(Momentum::default().evaluate(&w).unwrap().strength_bps, 0);
-        assert_eq!(MeanReversion::default().evaluate(&w).unwrap().strength_bps, 0);
-        assert_eq!(VolatilityBreakout::default().evaluate(&w).unwrap().strength_bps, 0);
+        assert_eq!(classic_mean_reversion().evaluate(&w).unwrap().strength_bps, 0);
+        assert_eq!(classic_breakout().evaluate(&w).unwrap().strength_bps, 0);
         assert_eq!(OrderFlowImbalance::default().evaluate(&w).unwrap().strength_bps, 0);
     }
 
@@ -316,7 +328,7 @@ mod tests {
 
     #[test]
     fn volatility_spike_triggers_breakout_only_past_its_threshold() {
-        let rule = VolatilityBreakout::default();
+        let rule = classic_breakout();
         // Calm ±$1 on $10_000 (1 bps a step): baseline volatility 1 bps. A burst of ±b (7 up,
         // 3 down) has volatility b·√(1 − 0.4²) = 0.917·b.
         let quiet = rule.evaluate(&window(&calm_then_burst(100, 100), 0)).unwrap();

@@ -79,6 +79,9 @@ impl Publisher {
             return false;
         }
         c.signals.fetch_add(1, Relaxed);
+        if s.strength_bps != 0 {
+            c.directional.fetch_add(1, Relaxed);
+        }
         if let Some(tap) = &self.tap {
             if Some(s.agent) != self.arbitrator && tap.try_send(s).is_err() {
                 self.metrics.arbitrator_dropped.fetch_add(1, Relaxed);
@@ -213,12 +216,12 @@ async fn run_rule(mut a: AgentCore, rule: Box<dyn Rule>) {
         a.sample(now);
         let weight = i64::from(a.counters.weight_bps.load(Relaxed));
         for (i, last) in last.iter_mut().enumerate() {
-            let Some(Proposal { strength_bps, confidence_bps, .. }) = rule.evaluate(&a.windows[i]) else { continue };
+            let Some(Proposal { strength_bps, confidence_bps, reason }) = rule.evaluate(&a.windows[i]) else { continue };
             let inst = a.instruments[i].id;
-            let (strength, conf) = if a.over_budget(inst) {
-                (0, 10_000)
+            let (strength, conf, reason) = if a.over_budget(inst) {
+                (0, 10_000, "budget exhausted: flat")
             } else {
-                ((i64::from(strength_bps) * weight / 10_000).clamp(-10_000, 10_000) as i32, confidence_bps)
+                ((i64::from(strength_bps) * weight / 10_000).clamp(-10_000, 10_000) as i32, confidence_bps, reason)
             };
             if let Some((s, c, at)) = *last {
                 if s == strength && c == conf && now.saturating_sub(at) < a.ttl_ns / 2 {
@@ -227,6 +230,7 @@ async fn run_rule(mut a: AgentCore, rule: Box<dyn Rule>) {
             }
             let sig = a.signal(now, inst, strength, conf, a.ttl_ns);
             if a.emit(sig) {
+                a.counters.record_reason(inst, strength, reason);
                 *last = Some((strength, conf, now));
             }
         }

@@ -88,8 +88,12 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 #[tokio::test(start_paused = true)]
 async fn uptrend_makes_momentum_long_mean_reversion_short_and_the_arbitrator_side_with_momentum() {
+    let mut agent = roster(&[(2, AgentKind::Momentum), (3, AgentKind::MeanReversion), (4, AgentKind::Imbalance)]);
+    // One-second samples: the numbers below are worked out for them.
+    agent[0].cadence_ms = 1_000;
+    agent[1].cadence_ms = 1_000;
     let config = AgentsConfig {
-        agent: roster(&[(2, AgentKind::Momentum), (3, AgentKind::MeanReversion), (4, AgentKind::Imbalance)]),
+        agent,
         arbitrator: ArbitratorConfig { horizon_ms: 5_000, learning_rate: 0.2, ..ArbitratorConfig::default() },
         ..AgentsConfig::default()
     };
@@ -133,6 +137,10 @@ async fn uptrend_makes_momentum_long_mean_reversion_short_and_the_arbitrator_sid
     assert!(m.skill_weight_bps.load(Relaxed) > 10_000 && r.skill_weight_bps.load(Relaxed) < 10_000);
     assert!(m.brier_ppm.load(Relaxed) < 250_000 && r.brier_ppm.load(Relaxed) > 250_000);
     assert_eq!(m.signals.load(Relaxed) as usize, momentum.len());
+    // Every momentum signal was long, each counted as directional, and its reason kept.
+    assert_eq!(m.directional.load(Relaxed) as usize, momentum.len());
+    assert_eq!(m.reasons().last_trigger, Some(("momentum: price rising", InstrumentId(0))));
+    assert_eq!(r.reasons().last_trigger, Some(("mean reversion: stretched above the mean", InstrumentId(0))));
     let text = metrics.render_prometheus();
     assert!(text.contains("agent_signals_total{agent_id=\"2\",kind=\"momentum\"}"), "{text}");
 }
