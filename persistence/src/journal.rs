@@ -1283,7 +1283,8 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
-fn segment_first_seq(path: &Path) -> Option<u64> {
+/// The first sequence of a segment, from its file name (`None`: not a segment's name).
+pub fn segment_first_seq(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 

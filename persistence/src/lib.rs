@@ -10,6 +10,8 @@
 //!   replayed through the deterministic engine, and the output journal completed with what a
 //!   crash kept from it.
 //! - [`snapshot`]: engine snapshots — the checksummed file format, the writer thread.
+//! - [`retention`]: sealed segments a restart no longer needs, archived (a directory or a
+//!   GCS bucket) and deleted; brought back for a replay.
 //! - [`text`]: records as named fields (JSON lines, CSV) for dumps and the edge.
 //! - [`bus`]: the Redis publisher (documented channels) and remote agents' signal ingress.
 //! - [`pg`]: the Postgres sink — migrations, the schema check, the journal-tailing writer
@@ -29,6 +31,8 @@ pub mod journal;
 pub mod pg;
 /// Crash recovery from the input journal.
 pub mod recovery;
+/// Journal retention: archive and prune sealed segments behind the newest snapshot.
+pub mod retention;
 /// The shard id (which core a record came from) and its validation.
 pub mod shard;
 /// Engine snapshots on disk: the format, the writer thread, reading them back.
