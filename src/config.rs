@@ -479,6 +479,10 @@ pub struct RiskSection {
     pub margin_reduce_only_pct: u32,
     pub margin_deleverage_pct: u32,
     pub leverage: i64,
+    /// Operator flatten: passes over the positions before giving up, 1..=1000.
+    pub flatten_attempts: u32,
+    /// Operator flatten: event time between passes, 1..=60000.
+    pub flatten_retry_ms: u64,
 }
 
 impl Default for RiskSection {
@@ -498,6 +502,8 @@ impl Default for RiskSection {
             margin_reduce_only_pct: 85,
             margin_deleverage_pct: 95,
             leverage: 1,
+            flatten_attempts: d.flatten_attempts,
+            flatten_retry_ms: d.flatten_retry_ns / 1_000_000,
         }
     }
 }
@@ -872,7 +878,15 @@ impl FileConfig {
             margin_reduce_only_bps: pct_to_bps("risk.margin_reduce_only_pct", r.margin_reduce_only_pct)?,
             margin_deleverage_bps: pct_to_bps("risk.margin_deleverage_pct", r.margin_deleverage_pct)?,
             leverage: r.leverage,
+            flatten_attempts: r.flatten_attempts,
+            flatten_retry_ns: r.flatten_retry_ms.saturating_mul(1_000_000),
         };
+        if !(1..=1_000).contains(&r.flatten_attempts) {
+            return Err(bad("risk.flatten_attempts", format!("{} is outside 1..=1000", r.flatten_attempts)));
+        }
+        if !(1..=60_000).contains(&r.flatten_retry_ms) {
+            return Err(bad("risk.flatten_retry_ms", format!("{} is outside 1..=60000", r.flatten_retry_ms)));
+        }
         // Every agent slot gets a budget (capital = budget × MAX_AGENTS), and every agent may
         // hold a position in every instrument: the instruments are the symbols given, the
         // synthetic market's own, or at most MAX_SYMBOLS_PER_AGENT from a venue.

@@ -134,6 +134,8 @@ fn edge_loop(
                         AlertKind::Resumed => "trading resumed".to_string(),
                         AlertKind::AgentPaused => format!("agent {} {}", a.agent.0, if a.value == 1 { "paused" } else { "resumed" }),
                         AlertKind::LimitChanged => format!("limit changed to {}", a.value),
+                        AlertKind::Flattening => format!("flatten (agent {}): pass {}", a.agent.0, a.value),
+                        AlertKind::Flattened => format!("flatten (agent {}) ended: {} position(s) still open", a.agent.0, a.value),
                     };
                     eprintln!("risk: {what}");
                 }

@@ -445,9 +445,10 @@ impl RiskStage {
         }
         match &msg.event {
             Event::ExecReport(r) => self.risk.on_exec(r),
-            Event::Control(c) => self.risk.on_control(c, &mut msg.orders, &mut msg.risk),
+            Event::Control(c) => self.risk.on_command(msg.seq, c, &mut msg.orders, &mut msg.risk),
             Event::Timer(t) => {
                 self.risk.advance(t.ts_event);
+                self.risk.flatten_at_timer(msg.seq, &mut msg.orders, &mut msg.risk);
                 self.risk.evaluate_guards(msg.seq, &mut msg.orders, &mut msg.risk);
                 let portfolio = self.risk.portfolio();
                 msg.pnl = Some(portfolio.total());

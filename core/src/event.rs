@@ -397,6 +397,14 @@ pub enum ControlKind {
     PauseAgent = 4,
     /// Resume one agent.
     ResumeAgent = 5,
+    /// Flatten: cancel resting orders in scope, then close positions with reduce-only IOC
+    /// orders priced through the book to the edge of the price band, retried until flat or
+    /// out of attempts. Scope: `agent` (or every agent), `instrument` (or every instrument).
+    Flatten = 6,
+    /// A manual order through the same risk checks as any signal: `value` is the signed
+    /// quantity (raw, positive buys), `price` the limit (zero: at the touch), attributed to
+    /// `agent` in `instrument`. Its intent id carries the event's inbound sequence.
+    ManualOrder = 7,
 }
 
 /// Which limit a [`ControlKind::SetLimit`] changes; `value` units in brackets.
@@ -440,10 +448,14 @@ pub struct Control {
     pub limit: LimitKind,
     /// Agent, for per-agent commands and limits.
     pub agent: AgentId,
-    /// Keeps the layout explicit.
-    pub _pad: u32,
-    /// New limit value.
+    /// Instrument, for `Flatten` (`ALL_INSTRUMENTS`: every one) and `ManualOrder`; zero in
+    /// other commands (this was padding before).
+    pub instrument: InstrumentId,
+    /// New limit value; for `Kill`, 1 also flattens everything; for `ManualOrder`, the
+    /// signed quantity.
     pub value: i64,
+    /// Limit price of a `ManualOrder` (zero: at the touch); zero otherwise.
+    pub price: Price,
 }
 
 /// One ring slot.

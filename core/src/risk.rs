@@ -55,6 +55,10 @@ pub struct RiskConfig {
     pub margin_deleverage_bps: i64,
     /// Leverage: margin used = exposure / leverage.
     pub leverage: i64,
+    /// Passes a flatten makes over its positions before it gives up (operator flatten).
+    pub flatten_attempts: u32,
+    /// Event time between the end of one flatten pass and the next, ns.
+    pub flatten_retry_ns: u64,
 }
 
 impl Default for RiskConfig {
@@ -73,6 +77,8 @@ impl Default for RiskConfig {
             margin_reduce_only_bps: 8_500,
             margin_deleverage_bps: 9_500,
             leverage: 1,
+            flatten_attempts: 10,
+            flatten_retry_ns: 500_000_000,
         }
     }
 }
@@ -249,6 +255,11 @@ pub enum AlertKind {
     AgentPaused = 6,
     /// A limit changed (value: the new value).
     LimitChanged = 7,
+    /// An operator flatten began a pass over its positions (value: the pass, from 1; agent:
+    /// its scope, or every agent).
+    Flattening = 8,
+    /// An operator flatten ended (value: positions still open; 0 is flat).
+    Flattened = 9,
 }
 
 /// A guard event.
@@ -361,6 +372,8 @@ pub struct RiskEngine {
     refusals: [u64; RejectReason::COUNT],
     approved: u64,
     now: u64,
+    /// The operator flatten in progress (see `operator`).
+    flatten: operator::Flatten,
 }
 
 impl RiskEngine {
@@ -380,13 +393,28 @@ impl RiskEngine {
             refusals: [0; RejectReason::COUNT],
             approved: 0,
             now: 0,
+            flatten: operator::Flatten::default(),
             config,
         }
     }
 
     /// Makes this engine equal to `src`, keeping this one's allocations (snapshots).
     pub fn copy_from(&mut self, src: &Self) {
-        let Self { config, portfolio, instruments, markets, open, bucket, status, drawdown_warned, paused, refusals, approved, now } = src;
+        let Self {
+            config,
+            portfolio,
+            instruments,
+            markets,
+            open,
+            bucket,
+            status,
+            drawdown_warned,
+            paused,
+            refusals,
+            approved,
+            now,
+            flatten,
+        } = src;
         self.config.clone_from(config);
         self.portfolio.copy_from(portfolio);
         // Fixed for a run; cloning them would allocate their symbols afresh.
@@ -397,6 +425,7 @@ impl RiskEngine {
         crate::snapshot::copy_into(&mut self.open, open);
         (self.bucket, self.status, self.drawdown_warned) = (*bucket, *status, *drawdown_warned);
         (self.paused, self.refusals, self.approved, self.now) = (*paused, *refusals, *approved, *now);
+        self.flatten = *flatten;
     }
 
     /// The portfolio.
@@ -564,6 +593,8 @@ impl RiskEngine {
                     self.alert(AlertKind::LimitChanged, c.agent, v, out);
                 }
             }
+            // They make orders, whose ids need the inbound sequence: see `on_command`.
+            ControlKind::Flatten | ControlKind::ManualOrder => {}
         }
     }
 
@@ -756,6 +787,9 @@ impl RiskEngine {
         if s.ladder >= 1 && !reduce_only {
             return Some(RejectReason::ReduceOnly);
         }
+        if !reduce_only && self.flatten.covers(agent, intent.instrument) {
+            return Some(RejectReason::ReduceOnly);
+        }
         if !tick_ok {
             return Some(RejectReason::TickSize);
         }
@@ -805,6 +839,10 @@ pub(crate) fn archived_layout() -> [(usize, usize); 2] {
         (size_of::<Archived<TokenBucket>>(), align_of::<Archived<TokenBucket>>()),
     ]
 }
+
+/// Operator orders: flatten and manual orders.
+mod operator;
+pub use operator::{Flatten, FLATTEN_TAG};
 
 #[cfg(test)]
 mod tests;

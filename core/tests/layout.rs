@@ -19,7 +19,7 @@ fn hot_path_layouts() {
         ("Signal", size_of::<Signal>(), align_of::<Signal>(), 48),
         ("ExecReport", size_of::<ExecReport>(), align_of::<ExecReport>(), 72),
         ("Timer", size_of::<Timer>(), align_of::<Timer>(), 24),
-        ("Control", size_of::<Control>(), align_of::<Control>(), 32),
+        ("Control", size_of::<Control>(), align_of::<Control>(), 40),
         ("Event", size_of::<Event>(), align_of::<Event>(), 80),
         ("Intent", size_of::<Intent>(), align_of::<Intent>(), 40),
         ("Order", size_of::<Order>(), align_of::<Order>(), 64),

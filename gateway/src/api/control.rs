@@ -42,7 +42,7 @@ fn refusal(ctx: &ApiContext, headers: &HeaderMap) -> Option<Response> {
 /// Publishes the control, never waiting; 200 with the inbound sequence it got.
 fn publish(ctx: &ApiContext, action: &str, kind: ControlKind, agent: AgentId, limit: LimitKind, value: i64) -> Response {
     let now = unix_nanos();
-    let event = Event::Control(Control { ts_event: now, ts_recv: now, kind, limit, agent, _pad: 0, value });
+    let event = Event::Control(Control { ts_event: now, ts_recv: now, kind, limit, agent, value, ..Control::default() });
     let Ok(mut inbound) = ctx.inbound.lock() else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "the inbound ring's producer is unavailable");
     };

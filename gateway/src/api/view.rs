@@ -75,6 +75,8 @@ fn alert_label(kind: AlertKind) -> &'static str {
         AlertKind::Resumed => "resumed",
         AlertKind::AgentPaused => "agent_paused",
         AlertKind::LimitChanged => "limit_changed",
+        AlertKind::Flattening => "flattening",
+        AlertKind::Flattened => "flattened",
     }
 }
 
@@ -94,6 +96,18 @@ pub(super) fn alert_text(a: &RiskAlert) -> String {
         AlertKind::Resumed => "trading resumed".into(),
         AlertKind::AgentPaused => format!("{} {}", agent_name(a.agent.0), if a.value == 1 { "paused" } else { "resumed" }),
         AlertKind::LimitChanged => format!("limit changed to {}", a.value),
+        AlertKind::Flattening => format!("flatten of {}: pass {}", flatten_scope(a.agent.0), a.value),
+        AlertKind::Flattened if a.value == 0 => format!("flatten of {}: flat", flatten_scope(a.agent.0)),
+        AlertKind::Flattened => format!("flatten of {} gave up: {} position(s) still open", flatten_scope(a.agent.0), a.value),
+    }
+}
+
+/// Whose positions a flatten closes.
+fn flatten_scope(agent: u16) -> String {
+    if agent == sapphire_core::risk::ALL_AGENTS.0 {
+        "every agent".into()
+    } else {
+        agent_name(agent)
     }
 }
 

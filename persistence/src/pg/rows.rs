@@ -493,6 +493,8 @@ fn alert_label(k: AlertKind) -> &'static str {
         AlertKind::Resumed => "resumed",
         AlertKind::AgentPaused => "agent_paused",
         AlertKind::LimitChanged => "limit_changed",
+        AlertKind::Flattening => "flattening",
+        AlertKind::Flattened => "flattened",
     }
 }
 
