@@ -50,6 +50,8 @@ pub struct FileConfig {
     pub journal: JournalSection,
     /// Engine snapshots.
     pub snapshot: SnapshotSection,
+    /// Journal retention (archive and prune).
+    pub retention: RetentionSection,
     /// The HTTP API.
     pub api: ApiSection,
     /// The Redis bus (off unless a URL is given).
@@ -382,6 +384,63 @@ impl Default for SnapshotSection {
     }
 }
 
+/// `[retention]`: sealed journal segments a restart no longer needs, archived and then deleted
+/// (see persistence/src/retention.rs). Off without an archive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// A directory, `file:///dir` or `gs://bucket/prefix`; empty: nothing archived or deleted.
+    pub archive: String,
+    /// Seconds between retention passes.
+    pub every_secs: u64,
+    /// Output segments written to within this many hours stay local (the daily report reads them).
+    pub keep_output_hours: u64,
+    /// A separate sink's cursor file (`sapphire sink --cursor-file`); empty: the in-process
+    /// sink when a database is configured, otherwise none (the output journal then stays).
+    pub sink_cursor_file: String,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self { archive: String::new(), every_secs: 5, keep_output_hours: 26, sink_cursor_file: String::new() }
+    }
+}
+
+/// Retention as `sapphire run` uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Where segments go.
+    pub archive: String,
+    /// Time between passes.
+    pub every: std::time::Duration,
+    /// Output segments written to within this long stay.
+    pub keep_output: std::time::Duration,
+    /// A separate sink's cursor file.
+    pub sink_cursor_file: Option<PathBuf>,
+}
+
+impl RetentionSection {
+    /// The settings, checked; `None` when no archive is given.
+    fn settings(&self) -> anyhow::Result<Option<RetentionSettings>> {
+        if self.archive.trim().is_empty() {
+            return Ok(None);
+        }
+        sapphire_persistence::retention::check_spec(&self.archive).map_err(|e| bad("retention.archive (SAPPHIRE_ARCHIVE)", e))?;
+        if !(1..=3_600).contains(&self.every_secs) {
+            return Err(bad("retention.every_secs", format!("{} is outside 1..=3600", self.every_secs)));
+        }
+        if self.keep_output_hours > 24 * 366 {
+            return Err(bad("retention.keep_output_hours", format!("{} is more than a year", self.keep_output_hours)));
+        }
+        Ok(Some(RetentionSettings {
+            archive: self.archive.trim().to_string(),
+            every: std::time::Duration::from_secs(self.every_secs),
+            keep_output: std::time::Duration::from_secs(self.keep_output_hours * 3_600),
+            sink_cursor_file: (!self.sink_cursor_file.trim().is_empty()).then(|| PathBuf::from(self.sink_cursor_file.trim())),
+        }))
+    }
+}
+
 impl SnapshotSection {
     /// The engine's schedule, checked.
     fn policy(&self) -> anyhow::Result<sapphire_core::snapshot::SnapshotPolicy> {
@@ -630,6 +689,9 @@ pub fn apply_env(cfg: &mut FileConfig, env: &dyn Fn(&str) -> Option<String>) -> 
     if let Some(v) = env("SAPPHIRE_SNAPSHOT_KEEP") {
         cfg.snapshot.keep = v.trim().parse().map_err(|_| bad("SAPPHIRE_SNAPSHOT_KEEP", format!("{v:?} is not a whole number")))?;
     }
+    if let Some(v) = env("SAPPHIRE_ARCHIVE") {
+        cfg.retention.archive = v;
+    }
     if let Some(v) = env("REDIS_URL") {
         cfg.redis.url = Some(v).filter(|v| !v.trim().is_empty());
     }
@@ -718,6 +780,8 @@ pub struct RunConfig {
     pub output_journal: sapphire_persistence::journal::JournalConfig,
     /// Engine snapshots (`<data dir>/snapshots`); `None` when `[snapshot]` turns them off.
     pub snapshots: Option<sapphire_persistence::snapshot::SnapshotConfig>,
+    /// Journal retention; `None` without an archive.
+    pub retention: Option<RetentionSettings>,
     pub api: sapphire_gateway::api::ApiConfig,
     /// The API's connection and WebSocket caps.
     pub api_limits: sapphire_gateway::api::ApiLimits,
@@ -1024,6 +1088,7 @@ impl FileConfig {
             },
             journal,
             snapshots,
+            retention: self.retention.settings()?,
             redis: match &self.redis.url {
                 None => None,
                 Some(url) => {
@@ -1210,6 +1275,28 @@ mod tests {
         assert!(run.snapshots.is_none() && !run.pipeline.snapshots.enabled(), "both triggers off: no snapshots");
         let err = apply_env(&mut FileConfig::default(), &env_of(&[("SAPPHIRE_SNAPSHOT_EVERY_EVENTS", "often")])).unwrap_err();
         assert!(err.to_string().contains("SAPPHIRE_SNAPSHOT_EVERY_EVENTS"), "{err}");
+    }
+
+    #[test]
+    fn retention_is_off_without_an_archive_and_its_keys_are_checked() {
+        assert_eq!(FileConfig::default().resolve().unwrap().retention, None);
+        let mut cfg: FileConfig = toml::from_str("[retention]\nevery_secs = 2\nkeep_output_hours = 0\nsink_cursor_file = \"/run/sink/cursor\"\n").unwrap();
+        apply_env(&mut cfg, &env_of(&[("SAPPHIRE_ARCHIVE", "gs://bucket/sapphire")])).unwrap();
+        let r = cfg.resolve().unwrap().retention.expect("on with an archive");
+        assert_eq!(r.archive, "gs://bucket/sapphire");
+        assert_eq!(r.every, std::time::Duration::from_secs(2));
+        assert_eq!(r.keep_output, std::time::Duration::ZERO);
+        assert_eq!(r.sink_cursor_file, Some(PathBuf::from("/run/sink/cursor")));
+        for (toml_text, key) in [
+            ("[retention]\narchive = \"s3://x\"\n", "retention.archive"),
+            ("[retention]\narchive = \"gs://\"\n", "retention.archive"),
+            ("[retention]\narchive = \"file://relative\"\n", "retention.archive"),
+            ("[retention]\narchive = \"/a\"\nevery_secs = 0\n", "retention.every_secs"),
+        ] {
+            let cfg: FileConfig = toml::from_str(toml_text).unwrap();
+            let e = cfg.resolve().unwrap_err().to_string();
+            assert!(e.contains(key), "{toml_text}: {e}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `sapphire journal dump DIR [--format jsonl|csv]`: a journal's records for humans and
 //! scripts. `sapphire journal repair DIR [--dry-run]`: a damaged journal's damaged part moved
-//! aside. The kind (input or output journal) is read from the segments' magic.
+//! aside. `sapphire journal prune DATA_DIR --archive URL`: sealed segments a restart no longer
+//! needs archived and deleted (what the core's `[retention]` does); `sapphire journal restore`
+//! brings them back. The kind (input or output journal) is read from the segments' magic.
 //!
 //! A dump of a damaged journal prints the records before the damage, then fails (exit 1)
 //! naming it; a dump that ends in a torn tail (a record being written, or what a crash left)
@@ -251,4 +253,135 @@ fn repair_report(dir: &Path, input: bool, dry_run: bool, r: &Repaired) -> String
         let _ = writeln!(s, "--dry-run: nothing was changed; run again without --dry-run to move it.");
     }
     s
+}
+
+/// What `sapphire journal prune` is asked to do.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// The data directory (`journal/input`, `journal/output`, `snapshots` under it).
+    pub data_dir: PathBuf,
+    /// Where segments go (a directory, `file:///dir` or `gs://bucket/prefix`).
+    pub archive: String,
+    /// The shard folder in the archive.
+    pub shard: String,
+    /// The sink's committed cursor, when known (`--sink-cursor` or `--sink-cursor-file`).
+    pub sink: Option<u64>,
+    /// Output segments written to within this long stay.
+    pub keep_output: std::time::Duration,
+    /// Only say what would go.
+    pub dry_run: bool,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// `sapphire journal prune`: what the core's retention does, by hand (snapshots checked by
+/// their checksums: this command has no engine configuration to check them against).
+pub fn prune(opts: &PruneOptions, mut out: impl Write) -> anyhow::Result<()> {
+    use sapphire_persistence::retention::{self, Dirs, SnapshotCheck};
+    let dirs = Dirs::under(&opts.data_dir);
+    anyhow::ensure!(
+        dirs.input.is_dir(),
+        "{} holds no input journal ({} is missing): give the data directory",
+        opts.data_dir.display(),
+        dirs.input.display()
+    );
+    let plan = retention::plan(&dirs, &SnapshotCheck::Checksums, opts.sink, opts.keep_output, std::time::SystemTime::now())?;
+    match plan.snapshot {
+        Some(s) => writeln!(out, "newest usable snapshot: of event {s}")?,
+        None => writeln!(out, "no usable snapshot")?,
+    }
+    for why in &plan.held {
+        writeln!(out, "kept: {why}")?;
+    }
+    for seg in &plan.segments {
+        writeln!(
+            out,
+            "{} {} ({} records from {}, {:.1} MiB)",
+            if opts.dry_run { "would archive and delete" } else { "archive and delete" },
+            seg.path.display(),
+            seg.end_seq - seg.first_seq,
+            seg.first_seq,
+            mib(seg.bytes)
+        )?;
+    }
+    if opts.dry_run || plan.segments.is_empty() {
+        writeln!(
+            out,
+            "{} segments, {:.1} MiB{}",
+            plan.segments.len(),
+            mib(plan.bytes()),
+            if opts.dry_run { " (dry run: nothing done)" } else { "" }
+        )?;
+        return Ok(());
+    }
+    let archive = retention::Archive::open(&opts.archive, &opts.shard)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    let done = runtime.block_on(retention::apply(&plan, &dirs, &archive))?;
+    writeln!(
+        out,
+        "archived to {} and deleted: {} input and {} output segments, {:.1} MiB freed",
+        archive.location(),
+        done.input_segments,
+        done.output_segments,
+        mib(done.bytes)
+    )?;
+    Ok(())
+}
+
+/// `sapphire journal restore`: the archived segments a data directory's journals lack, brought
+/// back in front of its local ones (stop the core first).
+pub fn restore(data_dir: &Path, archive: &str, shard: &str, mut out: impl Write) -> anyhow::Result<()> {
+    use sapphire_persistence::retention::{self, Dirs, INPUT, OUTPUT};
+    let dirs = Dirs::under(data_dir);
+    let archive = retention::Archive::open(archive, shard)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    for (journal, dir) in [(INPUT, &dirs.input), (OUTPUT, &dirs.output)] {
+        let n = runtime.block_on(retention::fetch(&archive, journal, dir))?;
+        writeln!(out, "{journal}: {n} segments brought back from {} into {}", archive.location(), dir.display())?;
+    }
+    Ok(())
+}
+
+/// An input journal put together from its archived segments and its local ones, in a folder
+/// of its own that is removed when this is dropped (`sapphire replay --archive`).
+#[derive(Debug)]
+pub struct StagedJournal {
+    /// The folder holding every segment.
+    pub dir: PathBuf,
+    /// Segments that came from the archive.
+    pub fetched: usize,
+}
+
+impl Drop for StagedJournal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stages `journal` (an input journal directory) with the archived segments before its first
+/// local one: local files are hard-linked (copied across file systems), archived ones fetched.
+pub fn stage_with_archive(journal: &Path, archive: &str, shard: &str) -> anyhow::Result<StagedJournal> {
+    use sapphire_persistence::retention::{self, INPUT};
+    let dir = std::env::temp_dir().join(format!("sapphire-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Removed again if anything below fails.
+    let mut staged = StagedJournal { dir: dir.clone(), fetched: 0 };
+    let mut local = segments(journal).with_context(|| format!("listing {}", journal.display()))?;
+    let list = journal.join("instruments.txt");
+    if list.exists() {
+        local.push(list);
+    }
+    for p in &local {
+        let to = dir.join(p.file_name().unwrap_or_default());
+        if std::fs::hard_link(p, &to).is_err() {
+            std::fs::copy(p, &to).with_context(|| format!("copying {} to {}", p.display(), to.display()))?;
+        }
+    }
+    let archive = retention::Archive::open(archive, shard)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    staged.fetched = runtime.block_on(retention::fetch(&archive, INPUT, &dir))?;
+    Ok(staged)
 }

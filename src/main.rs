@@ -118,6 +118,45 @@ enum JournalCommand {
         #[arg(long, env = "SAPPHIRE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Archives, then deletes, the sealed segments a restart no longer needs: input segments
+    /// before the newest snapshot (checked by its checksums), and, when the sink's cursor is
+    /// given, output segments it has committed. What `[retention]` does in the core, by hand;
+    /// safe while the core runs.
+    Prune {
+        /// The data directory (journal/input, journal/output and snapshots under it).
+        dir: PathBuf,
+        /// A directory, file:///dir or gs://bucket/prefix (segments go under <shard>/).
+        #[arg(long, env = "SAPPHIRE_ARCHIVE")]
+        archive: String,
+        /// The shard folder in the archive.
+        #[arg(long, env = "SAPPHIRE_SHARD", default_value = sapphire_persistence::shard::DEFAULT_SHARD)]
+        shard: String,
+        /// The sink's committed cursor (next output record not in Postgres); without it (or
+        /// --sink-cursor-file) the output journal stays whole, and the input journal too.
+        #[arg(long, conflicts_with = "sink_cursor_file")]
+        sink_cursor: Option<u64>,
+        /// The file `sapphire sink --cursor-file` keeps.
+        #[arg(long)]
+        sink_cursor_file: Option<PathBuf>,
+        /// Output segments written to within this many hours stay.
+        #[arg(long, default_value_t = 26)]
+        keep_output_hours: u64,
+        /// Only say what would go.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Brings a data directory's archived segments back in front of its local ones (stop the
+    /// core first), e.g. to recover with a snapshot older than the newest.
+    Restore {
+        /// The data directory.
+        dir: PathBuf,
+        /// Where they were archived.
+        #[arg(long, env = "SAPPHIRE_ARCHIVE")]
+        archive: String,
+        /// The shard folder in the archive.
+        #[arg(long, env = "SAPPHIRE_SHARD", default_value = sapphire_persistence::shard::DEFAULT_SHARD)]
+        shard: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +270,29 @@ fn main() -> ExitCode {
         Command::Journal(JournalCommand::Repair { dir, dry_run }) => journal_cmd::repair(&dir, dry_run, std::io::stdout().lock()),
         Command::Journal(JournalCommand::Snapshots { dir, verify, config }) => {
             snapshot_cmd::run(&dir, verify, config.as_deref(), std::io::stdout().lock())
+        }
+        Command::Journal(JournalCommand::Prune { dir, archive, shard, sink_cursor, sink_cursor_file, keep_output_hours, dry_run }) => {
+            let sink = match (sink_cursor, &sink_cursor_file) {
+                (Some(c), _) => Ok(Some(c)),
+                (None, Some(f)) => sapphire_persistence::retention::read_cursor_file(f)
+                    .map(Some)
+                    .ok_or_else(|| config::refuse("--sink-cursor-file", format!("{} is missing or holds no cursor", f.display()))),
+                (None, None) => Ok(None),
+            };
+            sink.and_then(|sink| {
+                let opts = journal_cmd::PruneOptions {
+                    data_dir: dir,
+                    archive,
+                    shard,
+                    sink,
+                    keep_output: std::time::Duration::from_secs(keep_output_hours.saturating_mul(3_600)),
+                    dry_run,
+                };
+                journal_cmd::prune(&opts, std::io::stdout().lock())
+            })
+        }
+        Command::Journal(JournalCommand::Restore { dir, archive, shard }) => {
+            journal_cmd::restore(&dir, &archive, &shard, std::io::stdout().lock())
         }
         Command::Venue(cmd) => venue_cmd::run(cmd),
         Command::Migrate(args) => migrate_cmd::run(args),

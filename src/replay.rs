@@ -874,6 +874,13 @@ pub struct ReplayArgs {
     /// Parallel runs of a sweep (default: the number of cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// With an input journal: also read its segments archived by retention (a directory,
+    /// file:///dir or gs://bucket/prefix), fetched into a temporary folder first.
+    #[arg(long, env = "SAPPHIRE_ARCHIVE")]
+    pub archive: Option<String>,
+    /// The shard folder in the archive.
+    #[arg(long, env = "SAPPHIRE_SHARD", default_value = sapphire_persistence::shard::DEFAULT_SHARD)]
+    pub shard: String,
 }
 
 /// Runs `sapphire replay`.
@@ -894,6 +901,9 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         }
         Input::Journal(args.paths[0].clone())
     } else {
+        if args.archive.is_some() {
+            return Err(refuse("--archive", "reads archived segments of an input journal: give its directory"));
+        }
         let market = match args.market.as_deref() {
             Some("spot") => BinanceMarket::Spot,
             Some("usdm") => BinanceMarket::UsdM,
@@ -921,6 +931,9 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         if let Some(l) = args.latency_us {
             child.extend(["--latency-us".into(), l.to_string()]);
         }
+        if let Some(a) = &args.archive {
+            child.extend(["--archive".into(), a.clone(), "--shard".into(), args.shard.clone()]);
+        }
         let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let progress = args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
         let rows = crate::sweep::run_grid(&exe, &child, args.config.as_deref(), &settings, jobs, progress)?;
@@ -943,7 +956,32 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
     engine.matching.latency_ns = engine.matching.latency_ns.saturating_add(args.feed_latency_us.saturating_mul(1_000));
     let opts =
         ReplayOptions { pace, progress: args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr()), out: args.out.clone() };
+    // Archived segments in front of the local ones, in a folder removed when the replay ends.
+    let staged = match (&input, &args.archive) {
+        (Input::Journal(dir), Some(archive)) => {
+            let s = crate::journal_cmd::stage_with_archive(dir, archive, &args.shard)?;
+            eprintln!("replay: {} archived segments fetched, replaying {}", s.fetched, s.dir.display());
+            Some(s)
+        }
+        _ => None,
+    };
+    let input = match &staged {
+        Some(s) => Input::Journal(s.dir.clone()),
+        None => input,
+    };
+    if let Input::Journal(dir) = &input {
+        if let Some(first) = sapphire_persistence::journal::first_seq(dir).ok().flatten().filter(|&f| f > 0) {
+            return Err(refuse(
+                "PATH",
+                format!(
+                    "the input journal in {} starts at event {first}: its older segments were archived by retention; give --archive (the [retention] archive) to replay it whole",
+                    dir.display()
+                ),
+            ));
+        }
+    }
     let summary = replay(&input, &engine, &opts)?;
+    drop(staged);
     if args.json {
         println!("{}", summary.to_json());
     } else {

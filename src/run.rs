@@ -19,6 +19,7 @@ use sapphire_gateway::synthetic::{default_instruments, SyntheticConfig, Syntheti
 use sapphire_persistence::bus::BusStats;
 use sapphire_persistence::journal::JournalWriter;
 use sapphire_persistence::pg;
+use sapphire_persistence::retention;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -174,6 +175,43 @@ fn age(unix_ns: u64) -> String {
         s if s < 7_200.0 => format!("{:.0} min ago", s / 60.0),
         s => format!("{:.1} h ago", s / 3_600.0),
     }
+}
+
+/// The summary's retention line.
+fn retention_summary(s: &retention::RetentionStats) -> String {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let mut line = format!(
+        "retention: {} input and {} output segments archived and deleted ({:.1} MiB freed), {} failed passes; on disk: input journal {:.1} MiB, output journal {:.1} MiB, snapshots {:.1} MiB",
+        r(&s.archived_segments[0]),
+        r(&s.archived_segments[1]),
+        mib(r(&s.archived_bytes)),
+        r(&s.errors),
+        mib(r(&s.disk_bytes[0])),
+        mib(r(&s.disk_bytes[1])),
+        mib(r(&s.disk_bytes[2]))
+    );
+    if let Some(e) = s.last_error() {
+        line += &format!("; last failure: {e}");
+    }
+    line
+}
+
+/// Journal disk use and retention's counters.
+fn write_retention_metrics(s: &retention::RetentionStats, m: &mut MetricsWriter<'_>) {
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    m.gauges(
+        "sapphire_journal_disk_bytes",
+        "Bytes on the data volume, by what holds them (at the last retention pass).",
+        [("input", &s.disk_bytes[0]), ("output", &s.disk_bytes[1]), ("snapshots", &s.disk_bytes[2])].map(|(k, a)| ([("journal", k)], r(a))),
+    );
+    m.counters(
+        "sapphire_journal_archived_segments_total",
+        "Sealed segments archived and deleted locally, by journal.",
+        [("input", &s.archived_segments[0]), ("output", &s.archived_segments[1])].map(|(k, a)| ([("journal", k)], r(a))),
+    );
+    m.counter("sapphire_journal_archived_bytes_total", "Bytes archived and deleted locally.", r(&s.archived_bytes));
+    m.counter("sapphire_journal_retention_errors_total", "Retention passes that failed (archive unreachable, a file unreadable).", r(&s.errors));
 }
 
 /// The summary's snapshot line.
@@ -444,20 +482,74 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             println!("postgres: sink to {} ({:?} batches of up to {})", sink.target(), sink.method, sink.batch_max);
         }
     }
+    // Retention: sealed segments behind the newest snapshot the sink has committed, archived
+    // and then deleted (persistence/src/retention.rs); off without an archive.
+    let retention_stats = retention::RetentionStats::new();
+    let retention_stop = Arc::new(AtomicBool::new(false));
+    let retention_thread = match &cfg.retention {
+        None => None,
+        Some(r) => {
+            let sink = match (&cfg.sink, &r.sink_cursor_file) {
+                (Some(_), _) => retention::SinkCursor::InProcess(Arc::clone(&sink_stats)),
+                (None, Some(file)) => retention::SinkCursor::File(file.clone()),
+                (None, None) => retention::SinkCursor::None,
+            };
+            let waits_for = match &sink {
+                retention::SinkCursor::None => "no sink: the output journal stays".to_string(),
+                retention::SinkCursor::InProcess(_) => "output segments once the sink has committed them".to_string(),
+                retention::SinkCursor::File(f) => format!("output segments once the sink's cursor in {} has passed them", f.display()),
+            };
+            let dirs = retention::Dirs {
+                input: cfg.journal.dir.clone(),
+                output: cfg.output_journal.dir.clone(),
+                snapshots: cfg.snapshots.as_ref().map_or_else(|| cfg.data_dir.join("snapshots"), |s| s.dir.clone()),
+            };
+            let config = retention::RetentionConfig {
+                archive: r.archive.clone(),
+                shard: cfg.shard.clone(),
+                every: r.every,
+                keep_output: r.keep_output,
+                sink,
+            };
+            let check = retention::SnapshotCheck::Full(sapphire_persistence::snapshot::Fingerprints::new(&cfg.engine, &instruments));
+            let thread = retention::spawn(config, dirs, check, Arc::clone(&retention_stats), Arc::clone(&retention_stop))
+                .context("starting journal retention")?;
+            if !opts.quiet {
+                println!(
+                    "retention: sealed input segments behind the newest snapshot{} archived to {} (shard folder {}) and deleted; {waits_for}",
+                    if cfg.snapshots.is_none() { " (snapshots are off: none will be)" } else { "" },
+                    r.archive,
+                    cfg.shard
+                );
+            }
+            Some(thread)
+        }
+    };
+    if cfg.retention.is_some() {
+        let metrics = Arc::clone(&retention_stats);
+        // Archiving failing is an alert (the journal stays and grows), not a reason to stop
+        // serving: readiness does not depend on it.
+        edge.add_source(Arc::new(FnSource::new(
+            "retention",
+            || Ok(()),
+            move |m: &mut MetricsWriter<'_>| write_retention_metrics(&metrics, m),
+        )));
+    }
+    // The publisher stops after the engine's last output is journaled (with the sink), and
+    // publishes what was journaled before its stop.
+    let publisher_stop = Arc::new(AtomicBool::new(false));
+    let mut publisher_task = None;
     if let Some(bus) = &cfg.redis {
         let names: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
-        service_tasks.push((
-            "redis publisher",
-            services.spawn(as_text(sapphire_persistence::bus::run_publisher(
-                bus.clone(),
-                cfg.output_journal.dir.clone(),
-                outputs_from,
-                Arc::clone(&board),
-                names.clone(),
-                Arc::clone(&bus_stats),
-                Arc::clone(&stop),
-            ))),
-        ));
+        publisher_task = Some(services.spawn(as_text(sapphire_persistence::bus::run_publisher(
+            bus.clone(),
+            cfg.output_journal.dir.clone(),
+            outputs_from,
+            Arc::clone(&board),
+            names.clone(),
+            Arc::clone(&bus_stats),
+            Arc::clone(&publisher_stop),
+        ))));
         if cfg.redis_signal_ingress {
             service_tasks.push((
                 "redis signal ingress",
@@ -812,6 +904,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(w) = snapshot_writer {
         w.join();
     }
+    retention_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = retention_thread {
+        let _ = t.join();
+    }
     // Published by the last stage as it stopped: every order's latency.
     let tick_to_order = tick_to_order.map(|r| r.recorded()).unwrap_or_default();
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
@@ -927,6 +1023,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     if let Some(s) = &snapshot_stats {
         println!("  {}", snapshot_summary(s));
+    }
+    if cfg.retention.is_some() {
+        println!("  {}", retention_summary(&retention_stats));
     }
     if let Some(c) = feed_counters {
         let c = *c.borrow();

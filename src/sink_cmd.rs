@@ -40,6 +40,11 @@ pub struct SinkArgs {
     /// `sapphire_sink_*` counters) here; default: no HTTP.
     #[arg(long)]
     pub http_bind: Option<String>,
+    /// Write the committed cursor (the next output record not yet in Postgres) to this file,
+    /// replaced atomically as it moves, for the core's journal retention
+    /// (`[retention] sink_cursor_file`): output segments are deleted only once behind it.
+    #[arg(long, env = "SAPPHIRE_SINK_CURSOR_FILE")]
+    pub cursor_file: Option<PathBuf>,
 }
 
 /// Runs the sink until Ctrl-C (or `--duration`), printing its counters every 10 s and at the end.
@@ -96,10 +101,29 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         tick.tick().await;
+        let (mut cursor_written, mut cursor_failed): (Option<u64>, bool) = (None, false);
         loop {
             tokio::select! {
                 _ = tick.tick() => eprintln!("{}", status(&stats)),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            // Only a cursor read from (or committed to) Postgres: 0 before that is "nothing known".
+            if let Some(path) = &args.cursor_file {
+                let cursor = stats.cursor();
+                if cursor > 0 && cursor_written != Some(cursor) {
+                    match sapphire_persistence::retention::write_cursor_file(path, cursor) {
+                        Ok(()) => cursor_written = Some(cursor),
+                        // Retried every 100 ms; said once (retention then keeps the journal).
+                        Err(e) if !cursor_failed => {
+                            eprintln!(
+                                "sink: cannot write the cursor file {}: {e}; journal retention will keep the output journal",
+                                path.display()
+                            );
+                            cursor_failed = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
             }
             if duration.is_some_and(|d| started.elapsed() >= d) {
                 let _ = stop_tx.send(true);
