@@ -33,7 +33,7 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
-fn synthetic_instruments(symbols: &[String]) -> Vec<SyntheticInstrument> {
+pub(crate) fn synthetic_instruments(symbols: &[String]) -> Vec<SyntheticInstrument> {
     let known = default_instruments();
     if symbols.is_empty() {
         return known;
@@ -46,6 +46,7 @@ fn synthetic_instruments(symbols: &[String]) -> Vec<SyntheticInstrument> {
                 start_price: Price::from_units(100),
                 tick: Price::from_raw(Price::SCALE / 100),
                 lot: Quantity::from_raw(Quantity::SCALE / 1_000),
+                annual_vol_pct: 100,
             })
         })
         .collect()

@@ -2,6 +2,12 @@
 //! clustering (GARCH(1,1)), a spread and depth that widen and thin when volatility rises,
 //! trades that consume liquidity and move the price, and bursts of activity.
 //!
+//! Volatility is relative to price and measured in event time: each instrument has an
+//! annualised volatility, and a step moves a fair price by that volatility over the event
+//! time since the instrument's last step, whatever the event rate. The book's levels are
+//! spaced a fraction of a basis point apart ([`LEVEL_SPACING_BPS`], at least one tick), so
+//! BTC at 60,000 moves as many levels per second as SOL at 150.
+//!
 //! It emits the core's events — an L2 snapshot per instrument, then per step the changed
 //! levels as sequenced [`BookDelta`]s (so the core's continuity checks run), the trades, a
 //! [`Quote`] of the new top of book, and [`Timer`]s on event-time boundaries. Prices and
@@ -24,7 +30,23 @@ pub struct SyntheticInstrument {
     pub tick: Price,
     /// Lot size.
     pub lot: Quantity,
+    /// Annualised volatility, percent (60 = 60 %: about 1.07 bps per √second).
+    pub annual_vol_pct: u32,
 }
+
+/// The book's levels are this far apart, bps of the starting price (rounded to whole ticks,
+/// at least one).
+pub const LEVEL_SPACING_BPS: f64 = 0.25;
+
+/// Seconds in a year, for annualised volatility.
+const SECONDS_PER_YEAR: f64 = 365.0 * 86_400.0;
+
+/// Bursts of volatility: one starts every this many seconds of event time on average...
+const BURST_EVERY_S: f64 = 5.0;
+/// ...lasts between these many seconds of event time...
+const BURST_SECONDS: (f64, f64) = (1.0, 3.0);
+/// ...and multiplies the variance by this much.
+const BURST_VARIANCE: f64 = 6.0;
 
 /// Generator settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,16 +63,17 @@ pub struct SyntheticConfig {
 
 /// The default instruments: BTC, ETH and SOL against USDT, with Binance-like filters.
 pub fn default_instruments() -> Vec<SyntheticInstrument> {
-    let spec = |symbol: &str, price: &str, tick: &str, lot: &str| SyntheticInstrument {
+    let spec = |symbol: &str, price: &str, tick: &str, lot: &str, annual_vol_pct: u32| SyntheticInstrument {
         symbol: symbol.to_string(),
         start_price: Price::parse(price).expect("static price"),
         tick: Price::parse(tick).expect("static tick"),
         lot: Quantity::parse(lot).expect("static lot"),
+        annual_vol_pct,
     };
     vec![
-        spec("BTCUSDT", "61837.63", "0.01", "0.00001"),
-        spec("ETHUSDT", "2650.40", "0.01", "0.0001"),
-        spec("SOLUSDT", "152.31", "0.01", "0.001"),
+        spec("BTCUSDT", "61837.63", "0.01", "0.00001", 80),
+        spec("ETHUSDT", "2650.40", "0.01", "0.0001", 100),
+        spec("SOLUSDT", "152.31", "0.01", "0.001", 120),
     ]
 }
 
@@ -90,23 +113,39 @@ impl Rng {
     }
 }
 
+/// Event time from `from` to `to`, seconds, within 1 µs..=1 s: a first step or a pause in
+/// the feed moves the price by at most a second's volatility.
+fn step_seconds(from: u64, to: u64) -> f64 {
+    if from == 0 {
+        return 0.001;
+    }
+    (to.saturating_sub(from) as f64 / 1e9).clamp(1e-6, 1.0)
+}
+
 #[derive(Clone, Debug)]
 struct InstrumentSim {
     id: InstrumentId,
+    /// Distance between levels, raw price (whole ticks). Book prices below are in levels.
     tick: i64,
     lot: i64,
-    /// Mid in half-ticks, so a one-tick spread has a mid between ticks.
     best_bid: i64,
     best_ask: i64,
-    /// GARCH variance of per-step returns, in ticks².
+    /// The fair mid the book follows, in levels.
+    fair: f64,
+    /// Volatility per √second of event time, as a fraction of price.
+    vol_per_sqrt_s: f64,
+    /// GARCH variance multiplier of per-step shocks (mean 1).
     variance: f64,
     last_move: f64,
-    /// price in ticks → quantity in lots.
+    /// Event time of this instrument's last step, ns (0: none yet).
+    last_ts: u64,
+    /// Event time a running burst ends, ns.
+    burst_until: u64,
+    /// price in levels → quantity in lots.
     bids: BTreeMap<i64, i64>,
     asks: BTreeMap<i64, i64>,
     update_id: u64,
     trade_id: u64,
-    burst_left: u32,
     /// Typical level size, lots.
     base_lots: i64,
     /// Order-flow pressure in [-0.6, 0.6]: skews displayed size toward the side that is
@@ -133,23 +172,28 @@ impl SyntheticMarket {
         let mut rng = Rng(config.seed);
         let mut sims = Vec::new();
         for (inst, id) in config.instruments.iter().zip(ids) {
-            let tick = inst.tick.raw;
-            let mid_ticks = inst.start_price.raw / tick;
+            let ticks_per_level =
+                ((inst.start_price.raw as f64 * LEVEL_SPACING_BPS / 10_000.0 / inst.tick.raw.max(1) as f64).round() as i64).max(1);
+            let tick = inst.tick.raw.max(1) * ticks_per_level;
+            let mid_levels = inst.start_price.raw / tick;
             // About $2,000 of size per level.
             let base_lots = (2_000 * Price::SCALE / inst.start_price.raw.max(1) * Quantity::SCALE / inst.lot.raw.max(1)).max(1);
             let mut sim = InstrumentSim {
                 id,
                 tick,
                 lot: inst.lot.raw,
-                best_bid: mid_ticks,
-                best_ask: mid_ticks + 1,
+                best_bid: mid_levels,
+                best_ask: mid_levels + 1,
+                fair: mid_levels as f64 + 0.5,
+                vol_per_sqrt_s: f64::from(inst.annual_vol_pct) / 100.0 / SECONDS_PER_YEAR.sqrt(),
                 variance: 1.0,
                 last_move: 0.0,
+                last_ts: 0,
+                burst_until: 0,
                 bids: BTreeMap::new(),
                 asks: BTreeMap::new(),
                 update_id: 1_000 + rng.below(1_000),
                 trade_id: 0,
-                burst_left: 0,
                 base_lots,
                 pressure: 0.0,
             };
@@ -282,21 +326,23 @@ impl SyntheticMarket {
         let i = self.rng.below(self.sims.len() as u64) as usize;
         let rng = &mut self.rng;
         let sim = &mut self.sims[i];
-        // Volatility clustering: GARCH(1,1) on the per-step move, in ticks².
-        if sim.burst_left == 0 && rng.unit() < 0.0005 {
-            sim.burst_left = 200 + rng.below(800) as u32;
+        // The fair price moves by the instrument's volatility over the event time since its
+        // last step; GARCH(1,1) clusters the shocks, bursts raise the variance for seconds.
+        let dt = step_seconds(sim.last_ts, ts);
+        sim.last_ts = ts;
+        if ts >= sim.burst_until && rng.unit() < dt / BURST_EVERY_S {
+            let (lo, hi) = BURST_SECONDS;
+            sim.burst_until = ts + ((lo + (hi - lo) * rng.unit()) * 1e9) as u64;
         }
-        let burst = if sim.burst_left > 0 {
-            sim.burst_left -= 1;
-            4.0
-        } else {
-            1.0
-        };
+        let burst = if ts < sim.burst_until { BURST_VARIANCE } else { 1.0 };
         sim.variance = (0.05 + 0.10 * sim.last_move * sim.last_move + 0.85 * sim.variance).clamp(0.05, 400.0);
         sim.pressure = (0.998 * sim.pressure + 0.03 * rng.normal()).clamp(-0.6, 0.6);
-        let z = rng.normal() * (sim.variance * burst).sqrt() * 0.3 + 0.05 * sim.pressure;
-        let move_ticks = z.round() as i64;
-        sim.last_move = z;
+        let shock = rng.normal() * sim.variance.sqrt();
+        sim.last_move = shock;
+        let sigma = sim.vol_per_sqrt_s * dt.sqrt() * burst.sqrt();
+        // Pressure drifts the price its way, a sixth of a shock at full pressure.
+        sim.fair *= (sigma * (shock + sim.pressure / 6.0)).exp();
+        let move_ticks = (sim.fair - (sim.best_bid + sim.best_ask) as f64 / 2.0).round() as i64;
         let prev_book = (sim.bids.clone(), sim.asks.clone());
         // A move up: buyers lift the asks in the way (trades), the book shifts up.
         let mut trades: Vec<(Side, i64, i64)> = Vec::new();
@@ -318,7 +364,7 @@ impl SyntheticMarket {
             sim.best_ask = new_ask;
         }
         // The spread widens with volatility.
-        let spread = 1 + (sim.variance.sqrt() * burst / 3.0) as i64;
+        let spread = 1 + (sim.variance.sqrt() * burst.sqrt() / 3.0) as i64;
         if sim.best_ask - sim.best_bid < spread {
             if move_ticks >= 0 {
                 sim.best_ask = sim.best_bid + spread;
@@ -416,6 +462,53 @@ mod tests {
             m.step(1_000_000_000 + s * 1_000_000, &mut |e| events.push(e));
         }
         (events, reg)
+    }
+
+    /// Per instrument, the standard deviation of one-second mid returns, bps, over `secs`
+    /// seconds of event time stepped every `step_ns`.
+    fn one_second_vol_bps(step_ns: u64, secs: u64) -> Vec<f64> {
+        let mut reg = InstrumentRegistry::new();
+        let mut m = SyntheticMarket::new(SyntheticConfig { seed: 11, ..Default::default() }, &mut reg).unwrap();
+        let mut mids = vec![0.0; reg.len()];
+        let mut per_second: Vec<Vec<f64>> = vec![Vec::new(); reg.len()];
+        let start = 1_000_000_000;
+        for s in 0..secs * 1_000_000_000 / step_ns {
+            let ts = start + s * step_ns;
+            m.step(ts, &mut |e| {
+                if let Event::Quote(q) = e {
+                    mids[q.instrument.index()] = (q.bid_price.raw + q.ask_price.raw) as f64 / 2.0;
+                }
+            });
+            if (ts - start) % 1_000_000_000 == 0 {
+                for (i, mid) in mids.iter().enumerate() {
+                    per_second[i].push(*mid);
+                }
+            }
+        }
+        per_second
+            .iter()
+            .map(|mids| {
+                let r: Vec<f64> = mids.windows(2).map(|w| (w[1] / w[0]).ln() * 10_000.0).collect();
+                let mean = r.iter().sum::<f64>() / r.len() as f64;
+                (r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r.len() - 1) as f64).sqrt()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn volatility_is_relative_to_price_and_independent_of_the_step_rate() {
+        // Nominal per √s: 80 % → 1.42 bps (BTC), 100 % → 1.78 (ETH), 120 % → 2.14 (SOL);
+        // bursts (a fifth to a third of the time, 6× the variance) raise what is realized.
+        let nominal = [1.42, 1.78, 2.14];
+        for step_ns in [2_000_000, 500_000] {
+            let vol = one_second_vol_bps(step_ns, 60);
+            for (v, n) in vol.iter().zip(nominal) {
+                assert!((0.8 * n..=3.0 * n).contains(v), "step {step_ns} ns: {vol:?} against nominal {nominal:?}");
+            }
+            // BTC at 61,837 moves as much in relative terms as SOL at 152 (before, a few
+            // ticks a step made BTC's moves hundreds of times smaller).
+            assert!((0.3..=1.5).contains(&(vol[0] / vol[2])), "{vol:?}");
+        }
     }
 
     #[test]
