@@ -1126,6 +1126,72 @@ pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalErr
     Ok(None)
 }
 
+/// The record with sequence `seq`, read alone: every record of a segment has the same framed
+/// length, so it sits at a known offset (the segment's first record gives the length). Checks
+/// its length, CRC, sequence and archive. `None` when the journal does not hold it (yet), or
+/// the bytes there fail a check (a record being written, a torn tail): callers that must be
+/// sure read the journal with [`for_each_record_from`]. Costs two small reads, however large
+/// the segment (retention asks this every few seconds).
+pub fn record_at<R: Record>(dir: &Path, seq: u64) -> Result<Option<R>, JournalError> {
+    let segs = segments(dir)?;
+    let Some(seg) = segs.iter().rev().find(|p| segment_first_seq(p).is_some_and(|f| f <= seq)) else { return Ok(None) };
+    let first = segment_first_seq(seg).unwrap_or(0);
+    let mut file = File::open(seg).map_err(io_err(seg))?;
+    let file_len = file.metadata().map_err(io_err(seg))?.len();
+    let Some(record_len) = framed_len(&mut file, seg, file_len)? else { return Ok(None) };
+    let Some(at) = (seq - first).checked_mul(record_len).and_then(|o| o.checked_add(HEADER as u64)) else { return Ok(None) };
+    if at.saturating_add(record_len) > file_len {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; record_len as usize];
+    file.seek(SeekFrom::Start(at)).map_err(io_err(seg))?;
+    io::Read::read_exact(&mut file, &mut bytes).map_err(io_err(seg))?;
+    let mut buf = AlignedVec::<ALIGN>::with_capacity(bytes.len());
+    buf.extend_from_slice(&bytes);
+    match next_record::<R>(&buf, 0) {
+        Next::Record(r, _) if r.seq == seq => Ok(Some(R::decode(&buf[r.payload])?)),
+        _ => Ok(None),
+    }
+}
+
+/// The framed length of a segment's records, from its first record's header (`None`: no record).
+fn framed_len(file: &mut File, path: &Path, file_len: u64) -> Result<Option<u64>, JournalError> {
+    if file_len < (HEADER + RECORD_HEADER) as u64 {
+        return Ok(None);
+    }
+    let mut head = [0u8; 4];
+    file.seek(SeekFrom::Start(HEADER as u64)).map_err(io_err(path))?;
+    io::Read::read_exact(file, &mut head).map_err(io_err(path))?;
+    let len = u32::from_le_bytes(head) as usize;
+    Ok((len > 0 && len <= MAX_PAYLOAD).then(|| padded(len) as u64))
+}
+
+/// The sequence of the journal's last whole record, found from file lengths and read back
+/// with [`record_at`] (stepping back over a record being written): `None` when it holds
+/// none, or when the end does not read back (callers then hold off). Cheap, like [`record_at`].
+pub fn last_seq_quick<R: Record>(dir: &Path) -> Result<Option<u64>, JournalError> {
+    let segs = segments(dir)?;
+    for (back, seg) in segs.iter().rev().enumerate() {
+        let Some(first) = segment_first_seq(seg) else { continue };
+        if back > 0 {
+            // A sealed segment before an empty last one: it ends where the next begins.
+            let next = segs.get(segs.len() - back).and_then(|p| segment_first_seq(p)).unwrap_or(first);
+            return Ok(next.checked_sub(1).filter(|&s| s >= first));
+        }
+        let mut file = File::open(seg).map_err(io_err(seg))?;
+        let file_len = file.metadata().map_err(io_err(seg))?.len();
+        let Some(record_len) = framed_len(&mut file, seg, file_len)? else { continue };
+        let whole = (file_len - HEADER as u64) / record_len;
+        for k in (whole.saturating_sub(2)..whole).rev() {
+            if record_at::<R>(dir, first + k)?.is_some() {
+                return Ok(Some(first + k));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
 /// Hands the records of the last segments to `f`, newest first, until `f` returns false;
 /// checks each segment it reads, and that it ends where the next one starts.
 pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> bool) -> Result<(), JournalError> {

@@ -24,8 +24,7 @@
 //! (an unlinked file lives until unmapped). [`fetch`] brings archived segments back: `sapphire
 //! journal restore` and `sapphire replay --archive`.
 
-use crate::journal::{last_record, segment_first_seq, segments, JournalError, Tail};
-use crate::recovery::output_journal_end;
+use crate::journal::{last_seq_quick, record_at, segment_first_seq, segments, JournalError};
 use crate::snapshot::{self, Fingerprints};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload};
@@ -186,8 +185,14 @@ fn sealed(dir: &Path, journal: &'static str) -> Result<Vec<Segment>, RetentionEr
 pub fn plan(dirs: &Dirs, check: &SnapshotCheck, sink: Option<u64>, keep_output: Duration, now: SystemTime) -> Result<Plan, RetentionError> {
     let mut plan = Plan::default();
     // The newest usable snapshot.
-    let journal_next = last_record::<Event>(&dirs.input)?.map(|(seq, _)| seq + 1);
-    let (outputs_end, _) = output_journal_end(&dirs.output)?;
+    // Each pass reads a few records, not segments: it must not sweep the page cache the
+    // engine's cores share every few seconds.
+    let journal_next = last_seq_quick::<Event>(&dirs.input)?.map(|seq| seq + 1);
+    let last_output = last_seq_quick::<Output>(&dirs.output)?;
+    let outputs_end = match last_output {
+        Some(n) => record_at::<Output>(&dirs.output, n)?.map_or(-1, |o| o.seq),
+        None => -1,
+    };
     let listed = snapshot::list(&dirs.snapshots)
         .map_err(|e| RetentionError::Io { path: dirs.snapshots.clone(), source: io::Error::other(e.to_string()) })?;
     for (seq, path) in listed.into_iter().rev() {
@@ -213,9 +218,13 @@ pub fn plan(dirs: &Dirs, check: &SnapshotCheck, sink: Option<u64>, keep_output: 
     if let (Some(s), Some(c)) = (plan.snapshot, sink) {
         // Every output of the events up to the snapshot must be committed: the first record
         // the sink has not committed (if any) is of a later event.
-        let mut first_uncommitted: Option<i64> = None;
-        let mut tail = Tail::open(&dirs.output, c)?;
-        tail.poll::<Output>(1, |_, o| first_uncommitted = Some(o.seq))?;
+        let first_uncommitted = match record_at::<Output>(&dirs.output, c)? {
+            Some(o) => Some(o.seq),
+            // Beyond the journal's end: everything is committed.
+            None if last_output.is_none_or(|last| c > last) => None,
+            // There but unreadable (being written): not known to be committed.
+            None => Some(i64::MIN),
+        };
         if first_uncommitted.is_some_and(|seq| seq <= s as i64) {
             plan.held
                 .push(format!("the sink has not committed the outputs of the events up to snapshot {s} yet (its cursor is at output {c})"));

@@ -584,3 +584,44 @@ fn opening_checks_sealed_segments_by_their_ends_and_readers_check_every_record()
     let _ = fs::remove_dir_all(&d);
     let _ = fs::remove_dir_all(&d2);
 }
+
+#[test]
+fn record_at_and_last_seq_quick_agree_with_the_full_readers() {
+    let d = dir("record-at");
+    assert_eq!(last_seq_quick::<Event>(&d).unwrap(), None);
+    let evs = events(700);
+    write_events(&d, 700, 8 * 1024);
+    assert!(segments(&d).unwrap().len() > 3);
+    for seq in [0, 1, 63, 64, 65, 350, 698, 699] {
+        let got = record_at::<Event>(&d, seq).unwrap().expect("held");
+        assert_eq!(format!("{got:?}"), format!("{:?}", evs[seq as usize]), "record {seq}");
+    }
+    assert!(record_at::<Event>(&d, 700).unwrap().is_none(), "not written yet");
+    assert_eq!(last_seq_quick::<Event>(&d).unwrap(), Some(699));
+    assert_eq!(last_record::<Event>(&d).unwrap().map(|(s, _)| s), Some(699));
+    // A record being written (half of one appended) is passed over, and a flipped byte makes
+    // the record unreadable rather than wrong.
+    let last = segments(&d).unwrap().pop().unwrap();
+    let size = record_size(&last);
+    let mut f = OpenOptions::new().append(true).open(&last).unwrap();
+    f.write_all(&vec![7u8; size / 2]).unwrap();
+    drop(f);
+    assert_eq!(last_seq_quick::<Event>(&d).unwrap(), Some(699));
+    let mut bytes = fs::read(&last).unwrap();
+    let end = bytes.len() - size / 2 - 1;
+    bytes[end - 20] ^= 1;
+    fs::write(&last, &bytes).unwrap();
+    assert!(record_at::<Event>(&d, 699).unwrap().is_none());
+    assert_eq!(last_seq_quick::<Event>(&d).unwrap(), Some(698));
+    // An empty last segment: the journal ends where it begins.
+    let d2 = dir("record-at-empty");
+    write_events(&d2, 200, 4 * 1024);
+    let next = segments(&d2).unwrap().last().map(|p| segment_first_seq(p).unwrap()).unwrap();
+    let (mut w, _) =
+        JournalWriter::<Event>::open(JournalConfig { segment_bytes: 4 * 1024, durability: Durability::Os, ..JournalConfig::new(&d2) })
+            .unwrap();
+    w.sync().unwrap();
+    drop(w);
+    assert_eq!(last_seq_quick::<Event>(&d2).unwrap().map(|s| s + 1), last_record::<Event>(&d2).unwrap().map(|(s, _)| s + 1));
+    assert!(next > 0);
+}
