@@ -914,6 +914,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let edge_report = edge_thread.join().map_err(|_| anyhow::anyhow!("the edge thread panicked"))?;
     let elapsed = started.elapsed();
     sink_stop.store(true, Ordering::Relaxed);
+    publisher_stop.store(true, Ordering::Relaxed);
+    if let Some(task) = publisher_task {
+        match services.block_on(task) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: redis publisher stopped: {e}"),
+            Err(e) => eprintln!("warning: redis publisher failed: {e}"),
+        }
+    }
     if let Some(task) = sink_task {
         match services.block_on(task) {
             Ok(Ok(())) => {}

@@ -233,9 +233,13 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base + jitter).min(5_000))
 }
 
+/// How long a stopping publisher keeps publishing the outputs journaled before its stop.
+const DRAIN_FOR: Duration = Duration::from_secs(5);
+
 /// Publishes ticks from `board` and outputs from the output journal in `output_dir` (from
-/// `from_seq` on) until `stop` is set. Redis being down is retried; only a bad URL or an
-/// unreadable journal ends it.
+/// `from_seq` on) until `stop` is set, then the outputs already journaled (up to
+/// [`DRAIN_FOR`]; not when Redis is down at that moment: the journal keeps them). Redis being
+/// down is retried; only a bad URL or an unreadable journal ends it.
 pub async fn run_publisher(
     config: BusConfig,
     output_dir: PathBuf,
@@ -256,7 +260,19 @@ pub async fn run_publisher(
     let mut ever_connected = false;
     let mut next_tick = tokio::time::Instant::now();
     let mut next_connect = tokio::time::Instant::now();
-    while !stop.load(Relaxed) {
+    // Set at the stop: the core's last outputs (its closing fills and PnL) are journaled just
+    // before it, and a subscriber (the gateway role) must see them too.
+    let mut drain_until = None;
+    loop {
+        if drain_until.is_none() && stop.load(Relaxed) {
+            if ever_connected && conn.is_none() {
+                break;
+            }
+            drain_until = Some(tokio::time::Instant::now() + DRAIN_FOR);
+        }
+        if drain_until.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
         if conn.is_none() && tokio::time::Instant::now() >= next_connect {
             match connect(&client).await {
                 Ok(c) => {
@@ -318,7 +334,7 @@ pub async fn run_publisher(
         // Outputs: one batch at a time, kept until Redis has taken it.
         if pending.is_empty() {
             let mut failed = None;
-            tail.poll::<Output>(config.batch, |seq, o| {
+            let polled = tail.poll::<Output>(config.batch, |seq, o| {
                 let mut json = String::with_capacity(256);
                 to_json(&mut json, seq, &output_fields(o, &text_names));
                 match encode_output_message(seq, o) {
@@ -328,6 +344,9 @@ pub async fn run_publisher(
             })?;
             if let Some(e) = failed {
                 return Err(e.into());
+            }
+            if polled == 0 && drain_until.is_some() {
+                break;
             }
         }
         if let (false, Some(c)) = (pending.is_empty(), conn.as_mut()) {

@@ -118,6 +118,30 @@ async fn outputs_reach_their_channels_in_order_with_exact_values() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_journaled_before_the_stop_are_still_published() {
+    // A core's last outputs (closing fills, PnL) are journaled just before the publisher is
+    // stopped; they reached no subscriber, and the next start publishes from the journal's end.
+    let prefix = unique("drain");
+    let dir = std::env::temp_dir().join(&prefix);
+    write_outputs(&dir, &sample_outputs());
+    let mut sub = subscribe(&prefix).await;
+    let (stats, stop) = (Arc::new(BusStats::default()), Arc::new(AtomicBool::new(true)));
+    let task = start(
+        BusConfig { prefix: prefix.clone(), ..BusConfig::new(REDIS) },
+        dir.clone(),
+        Arc::new(MarketBoard::new(2)),
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+    );
+    task.await.unwrap().unwrap();
+    let got = collect(&mut sub, 5, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 5, "every journaled output published: {got:?}");
+    assert!(got.iter().enumerate().all(|(i, (_, v))| v["journal_seq"] == i as u64));
+    assert_eq!((stats.outputs.load(Relaxed), stats.cursor.load(Relaxed)), (5, 5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn top(i: i64) -> Top {
     Top { bid: Price::from_units(i), ask: Price::from_units(i + 1), ts_event: i as u64, in_sync: true, ..Top::default() }
 }
