@@ -201,3 +201,79 @@ fn journal_prune_and_restore_by_hand() {
     assert!(!bad.status.success());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The deployment's arrangement: the sink in its own process writes its committed cursor to a
+/// file, and pruning waits for it: nothing of the input journal goes until the sink has
+/// committed the outputs of the events up to the snapshot.
+#[test]
+fn a_separate_sink_writes_its_cursor_and_pruning_waits_for_it() {
+    let root = temp_dir("sink");
+    let (data, archive) = (root.join("data"), root.join("archive"));
+    let cfg = config(&root);
+    ok(sapphire()
+        .args(["run", "--duration", "3s", "--events-per-sec", "20000", "--wait", "yield", "--quiet", "--config"])
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("sapphire runs"));
+    let (input, output) = (data.join("journal/input"), data.join("journal/output"));
+    let all = segs(&input);
+    assert!(all.len() >= 3, "{all:?}");
+    let cursor = root.join("cursor");
+    // Nothing committed yet (no cursor file): the input journal stays.
+    std::fs::write(&cursor, "0\n").unwrap();
+    let held = ok(sapphire()
+        .args(["journal", "prune"])
+        .arg(&data)
+        .arg("--archive")
+        .arg(&archive)
+        .arg("--sink-cursor-file")
+        .arg(&cursor)
+        .output()
+        .expect("sapphire runs"));
+    assert!(held.contains("the sink has not committed"), "{held}");
+    assert_eq!(segs(&input), all);
+
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let schema = format!("retention_{}_{nanos}", std::process::id());
+    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"));
+    let database = format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
+    ok(sapphire().arg("migrate").env("DATABASE_URL", &database).output().expect("migrate runs"));
+    let _ = std::fs::remove_file(&cursor);
+    ok(sapphire()
+        .args(["sink", "--duration", "4s", "--journal"])
+        .arg(&output)
+        .arg("--cursor-file")
+        .arg(&cursor)
+        .env("DATABASE_URL", &database)
+        .output()
+        .expect("sink runs"));
+    let records = dump(&output).lines().count() as u64;
+    let written: u64 = std::fs::read_to_string(&cursor).expect("the sink wrote its cursor").trim().parse().expect("a number");
+    assert_eq!(written, records, "the cursor is the next record after everything the sink committed");
+    assert_eq!(psql(&format!("SELECT next_seq FROM {schema}.sink_cursor")), records.to_string());
+
+    let done = ok(sapphire()
+        .args(["journal", "prune"])
+        .arg(&data)
+        .arg("--archive")
+        .arg(&archive)
+        .arg("--sink-cursor-file")
+        .arg(&cursor)
+        .output()
+        .expect("sapphire runs"));
+    assert!(done.contains("archived to"), "{done}");
+    assert!(segs(&input).len() < all.len());
+    psql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+    let _ = std::fs::remove_dir_all(&root);
+}
