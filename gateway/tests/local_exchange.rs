@@ -192,6 +192,19 @@ async fn skipped_update_id_is_a_gap_and_resyncs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn reordered_depth_updates_are_a_gap_and_resync() {
+    // The 10th update arrives after the 11th: the 11th breaks continuity (a gap, a fresh
+    // snapshot), the 10th is then older than the book and dropped.
+    let faults = Faults { swap_depth_update: Some(10), ..Faults::default() };
+    let mut rig = rig(Pace::Recorded, faults, |_| {}).await;
+    rig.until_synced_to_the_end().await;
+    rig.assert_book_matches_exchange();
+    let (c, book) = rig.finish().await;
+    assert_final_top(&book);
+    assert_eq!((c.gaps, c.snapshots, c.reconnects, c.skipped()), (1, 2, 0, 0), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn garbage_frame_is_counted_and_skipped() {
     let faults = Faults { garbage_after: Some(15), ..Faults::default() };
     let mut rig = rig(Pace::Recorded, faults, |_| {}).await;

@@ -98,6 +98,8 @@ pub struct Faults {
     pub drop_after: Option<u64>,
     /// Do not deliver the n-th depth update (1-based); the exchange's book still moves.
     pub skip_depth_update: Option<u64>,
+    /// Deliver the n-th depth update (1-based) after the one that follows it (reordered).
+    pub swap_depth_update: Option<u64>,
     /// Send a frame that is not JSON after this many frames.
     pub garbage_after: Option<u64>,
     /// After this many frames, go silent (no frames, no pings) for this long.
@@ -366,6 +368,8 @@ impl Market {
         };
         let mut origin: Option<Instant> = None;
         let (mut sent, mut depth_sent) = (0u64, 0u64);
+        // A depth update held back by `swap_depth_update`, sent after the next one.
+        let mut held: Option<Arc<TapeFrame>> = None;
         let mut targets: Vec<mpsc::Sender<Outbound>> = Vec::new();
         let frames = std::mem::take(&mut self.tape.frames);
         for frame in frames.into_iter() {
@@ -421,9 +425,20 @@ impl Market {
                     shared.bump(|s| s.faults_fired += 1);
                     continue;
                 }
+                if faults.swap_depth_update == Some(depth_sent) {
+                    shared.bump(|s| s.faults_fired += 1);
+                    held = Some(frame);
+                    continue;
+                }
             }
             self.send(&targets, Outbound::Frame(Arc::clone(&frame))).await;
             sent += 1;
+            if frame.depth.is_some() {
+                if let Some(h) = held.take() {
+                    self.send(&targets, Outbound::Frame(h)).await;
+                    sent += 1;
+                }
+            }
             shared.bump(|s| s.frames_sent = sent);
             if faults.garbage_after == Some(sent) {
                 shared.bump(|s| s.faults_fired += 1);
