@@ -402,6 +402,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     edge.seed_from(&recovered_risk);
     edge.attach_board(Arc::clone(&board));
     edge.set_instrument_shards(vec![cfg.shard.clone(); symbols.len()]);
+    // The API publishes into the engine's own ring: operator orders can wait for their outcome.
+    edge.set_engine_in_process(true);
     drop(recovered_risk);
     // The synthetic market's books are always in sync; the core runs from here.
     edge.set_core_running(true);

@@ -60,8 +60,9 @@ fn global(State(ctx): Ctx, headers: HeaderMap, action: &str, kind: ControlKind) 
 }
 
 /// `POST /api/kill`: cancel everything, refuse every new order.
-pub(super) async fn kill(ctx: Ctx, headers: HeaderMap) -> Response {
-    global(ctx, headers, "kill", ControlKind::Kill)
+pub(super) async fn kill(ctx: Ctx, headers: HeaderMap, uri: axum::http::Uri, body: super::commands::Body) -> Response {
+    // `?flatten=true` (or `{"flatten": true}`) also closes every position: see `commands`.
+    super::commands::kill(ctx, headers, uri, body).await
 }
 
 /// `POST /api/halt`: reduce-only; resting orders stay.
@@ -175,4 +176,9 @@ pub(super) async fn set_limit(State(ctx): Ctx, headers: HeaderMap, body: Bytes) 
         Ok((limit, value)) => publish(&ctx, "set_limit", ControlKind::SetLimit, agent, limit, value),
         Err(message) => error(StatusCode::BAD_REQUEST, message),
     }
+}
+
+/// The bearer-token check of the control routes, for the operator orders in `commands`.
+pub(super) fn bearer_refusal(ctx: &ApiContext, headers: &HeaderMap) -> Option<Response> {
+    refusal(ctx, headers)
 }

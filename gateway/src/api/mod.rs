@@ -18,7 +18,9 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /dashboard` | JSON snapshot: equity, PnL, fees, per-agent PnL and margin, risk state, orders, positions, latency, feeds |
 //! | `GET /api/orders`, `/api/trades`, `/api/signals`, `/api/risk` | recent history, newest first, paged with `?limit=&before=` |
-//! | `POST /api/kill`, `/api/halt`, `/api/resume` | bearer token; a Control event |
+//! | `POST /api/kill`, `/api/halt`, `/api/resume` | bearer token; a Control event (`/api/kill?flatten=true`: and a flatten of everything) |
+//! | `POST /api/flatten` | bearer token; close positions (all, one agent, one symbol): see [`commands`](self::commands) |
+//! | `POST /api/orders` | bearer token; a manual order through the risk checks, answered with its outcome: see [`commands`](self::commands) |
 //! | `POST /api/agents/{id}/pause`, `/api/agents/{id}/resume` | bearer token; a Control event |
 //! | `POST /api/limits` | bearer token; JSON `{"limit": "max_order_usd", "value": "500"}`; a Control event |
 //!
@@ -35,6 +37,8 @@
 //! [`ws`](self::ws)).
 
 mod assets;
+/// Operator orders: manual orders and flatten.
+mod commands;
 mod control;
 mod health;
 mod history;

@@ -240,6 +240,10 @@ pub struct EdgeState {
     instance: u64,
     /// Per instrument: the shard (core) that trades it, when known; set once at start.
     instrument_shards: OnceLock<Vec<String>>,
+    /// The API's inbound ring is the engine's own (`sapphire run`): its sequences are the
+    /// engine's, so an operator order's outcome can be found by sequence, and instrument ids
+    /// are the engine's. False where control is forwarded to cores elsewhere.
+    engine_in_process: AtomicBool,
 }
 
 impl EdgeState {
@@ -284,6 +288,7 @@ impl EdgeState {
             board: OnceLock::new(),
             instance: sapphire_core::latency::unix_nanos(),
             instrument_shards: OnceLock::new(),
+            engine_in_process: AtomicBool::new(false),
         }
     }
 
@@ -446,6 +451,16 @@ impl EdgeState {
                 }
             }
         }
+    }
+
+    /// Says that the API's inbound ring feeds this process's engine (see the field).
+    pub fn set_engine_in_process(&self, yes: bool) {
+        self.engine_in_process.store(yes, Ordering::Release);
+    }
+
+    /// Whether the API's inbound ring feeds this process's engine.
+    pub fn engine_in_process(&self) -> bool {
+        self.engine_in_process.load(Ordering::Acquire)
     }
 
     /// Marks the core as running (after the pipeline started) or not (shutdown began).
