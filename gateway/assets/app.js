@@ -434,7 +434,26 @@
     kill: { title: 'Kill switch', desc: 'Cancels every resting order and refuses every new one until resumed.', confirm: 'Kill trading', cls: 'danger' },
     halt: { title: 'Halt trading', desc: 'Reduce-only: no new exposure; resting orders stay.', confirm: 'Halt', cls: 'warn' },
     resume: { title: 'Resume trading', desc: 'Lifts a kill, halt or drawdown halt.', confirm: 'Resume', cls: '' },
+    flatten: {
+      title: 'Flatten every position',
+      desc: 'Cancels resting orders and closes every position with reduce-only IOC orders through the book (within the price band), '
+        + 'retried until flat. New risk is refused while it runs; trading goes on afterwards unless you also kill.',
+      confirm: 'Flatten everything', cls: 'danger',
+    },
   };
+
+  // The route an action posts to (a flatten with "also kill" is the kill switch's flatten option).
+  function actionPath(action) {
+    if (action === 'flatten' && $('also-kill').checked) return '/api/kill?flatten=true';
+    return '/api/' + action;
+  }
+
+  function acceptedText(action, body) {
+    let text = body.accepted + ' accepted (inbound seq ' + body.seq + ')';
+    if (body.status === 'flattening') text += ': pass ' + body.pass + ', ' + body.orders + ' order(s) sent';
+    else if (body.status === 'flat') text += ': nothing to close';
+    return text;
+  }
   let pending = null;
 
   function openDialog(action) {
@@ -446,6 +465,8 @@
     confirm.textContent = a.confirm;
     confirm.className = 'btn ' + a.cls;
     confirm.disabled = false;
+    $('also-kill').checked = false;
+    $('also-kill-row').classList.toggle('hidden', action !== 'flatten');
     $('control-error').classList.add('hidden');
     $('token-input').value = sessionStorage.getItem(TOKEN_KEY) || '';
     const dialog = $('control-dialog');
@@ -475,7 +496,7 @@
     const confirm = $('confirm-btn');
     confirm.disabled = true;
     try {
-      const res = await fetch('/api/' + action, {
+      const res = await fetch(actionPath(action), {
         method: 'POST',
         headers: { Authorization: 'Bearer ' + token },
         cache: 'no-store',
@@ -486,7 +507,7 @@
       if (res.ok) {
         sessionStorage.setItem(TOKEN_KEY, token);
         $('control-dialog').close();
-        toast(action + ' accepted (inbound seq ' + body.seq + ')');
+        toast(acceptedText(action, body));
       } else if (res.status === 401 || res.status === 403) {
         sessionStorage.removeItem(TOKEN_KEY);
         showError(res.status + ' ' + (res.status === 401 ? 'Unauthorized' : 'Forbidden') + ': ' + (body.error || 'refused'));

@@ -170,6 +170,25 @@ test('a wrong token shows the error and changes nothing', { timeout: TEST_TIMEOU
   assert.equal(await page.locator('#risk-status').getAttribute('data-state'), 'trading');
 });
 
+test('flatten asks for confirmation, then closes positions without killing', { timeout: TEST_TIMEOUT }, async () => {
+  await page.click('#flatten-btn');
+  await page.locator('#also-kill-row').waitFor({ state: 'visible', timeout: 5_000 });
+  assert.equal(await page.locator('#confirm-btn').textContent(), 'Flatten everything');
+  await page.click('#cancel-btn');
+  assert.doesNotMatch(await page.locator('#risk-body').textContent(), /flatten of every agent/, 'cancelled: nothing sent');
+  await page.click('#flatten-btn');
+  await page.fill('#token-input', TOKEN);
+  await page.click('#confirm-btn');
+  await page.waitForFunction(() => /flatten accepted \(inbound seq \d+\)/.test(document.querySelector('#toast').textContent), null, { timeout: 10_000 });
+  // Each pass and the end are alerts on the page.
+  await page.waitForFunction(() => /flatten of every agent/.test(document.querySelector('#risk-body').textContent), null, { timeout: 10_000 });
+  const d = await dashboardJson();
+  assert.equal(d.risk.killed, false, 'a flatten alone does not kill');
+  await page.click('#kill-btn');
+  await page.locator('#also-kill-row').waitFor({ state: 'hidden', timeout: 5_000 });
+  await page.click('#cancel-btn');
+});
+
 test('kill with the token stops trading on the page and in /dashboard', { timeout: TEST_TIMEOUT }, async () => {
   await page.click('#kill-btn');
   await page.fill('#token-input', TOKEN);
