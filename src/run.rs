@@ -1041,7 +1041,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(c) = feed_counters {
         let c = *c.borrow();
         println!(
-            "  feed: {} frames, {} events, {} skipped, {} snapshots ({} requested, {} held back by the cap), {} gaps, {} reconnects ({} stale), {} connect failures",
+            "  feed: {} frames, {} events, {} skipped, {} snapshots ({} requested, {} held back by the cap), {} gaps, {} reconnects ({} stale), {} connect failures, {} stamps ahead of the venue's clock replaced",
             c.frames,
             c.events,
             c.skipped(),
@@ -1051,7 +1051,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             c.gaps,
             c.reconnects,
             c.stale_reconnects,
-            c.connect_failures
+            c.connect_failures,
+            c.clock_ahead
         );
     }
     // A feed that stopped on its own (wrong market, the engine gone) ends the run as a failure.
@@ -1287,6 +1288,11 @@ fn write_snapshot_metrics(s: &sapphire_persistence::snapshot::SnapshotStats, m: 
             "sapphire_snapshot_copy_seconds",
             "Time an engine thread spent copying its state for a snapshot (the hot path's whole cost of one).",
             [("last", r(&t.last_copy_ns)), ("max", r(&t.max_copy_ns))].map(|(which, ns)| ([("which", which)], ns as f64 / 1e9)),
+        );
+        m.counter(
+            "sapphire_feed_clock_ahead_total",
+            "Venue timestamps more than 5 s ahead of the venue's clock as received, replaced by the time it should show.",
+            c.clock_ahead,
         );
         m.counter(
             "sapphire_snapshot_copies_skipped_total",

@@ -169,6 +169,9 @@ pub struct FeedCounters {
     pub ring_full_waits: u64,
     /// Pings from the venue (answered with pongs).
     pub pings: u64,
+    /// Venue timestamps too far ahead of the venue's clock to believe, replaced by the time
+    /// it should show (see [`VenueClock`]).
+    pub clock_ahead: u64,
 }
 
 impl FeedCounters {
@@ -293,6 +296,84 @@ fn scaled_ns(field: &'static str, t: u64, per: u64) -> Result<u64, FeedError> {
     }
 }
 
+/// How far ahead of the time the venue's clock should show (its last believed offset from our
+/// receive clock) a venue timestamp may be before [`VenueClock`] does not believe it: the
+/// engine's stale-data limit (5 s by default).
+pub const MAX_AHEAD_NS: u64 = 5_000_000_000;
+
+/// A venue clock that stays this far off its old offset for this long (receive time), or for
+/// this many stamps, has really moved: it is believed from then on.
+const REANCHOR_NS: u64 = 10_000_000_000;
+const REANCHOR_STAMPS: u32 = 1_000;
+
+/// The earliest receive time taken for a clock (2001-09-09, 10^18 ns after the epoch).
+pub const MIN_RECV_NS: u64 = 1_000_000_000_000_000_000;
+
+/// Keeps one venue timestamp from dragging the engine's event clock ahead. The engine's clock
+/// is the newest event time it has seen, so a single frame stamped an hour ahead (a venue's
+/// glitch, a corrupted frame) made every later event look an hour stale: the risk stage
+/// refused all orders for the hour, and the journal kept the stamp, so a restart did too. A
+/// stamp more than [`MAX_AHEAD_NS`] ahead of what the venue's clock should show is replaced
+/// by that time (and counted); stamps behind are harmless (the clock never goes back) and kept.
+/// A venue clock that really moved is believed again after [`REANCHOR_NS`] or
+/// [`REANCHOR_STAMPS`]. Without a receive clock (a `recv_ns` before [`MIN_RECV_NS`]:
+/// unstamped input, tests' small constants) every stamp is believed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VenueClock {
+    /// `ts - recv_ns` of the last believed stamp; `None` until the first.
+    offset: Option<i128>,
+    /// A run of stamps off the offset by more than the limit: its first `recv_ns`, its
+    /// offset, how many.
+    off_run: Option<(u64, i128, u32)>,
+}
+
+impl VenueClock {
+    /// The event time for venue stamp `ts` received at `recv_ns`, and whether it was replaced.
+    #[inline]
+    pub fn stamp(&mut self, ts: u64, recv_ns: u64) -> (u64, bool) {
+        if recv_ns < MIN_RECV_NS {
+            return (ts, false);
+        }
+        let d = i128::from(ts) - i128::from(recv_ns);
+        let limit = i128::from(MAX_AHEAD_NS);
+        let base = *self.offset.get_or_insert(d);
+        if (d - base).abs() <= limit {
+            self.offset = Some(d);
+            self.off_run = None;
+            return (ts, false);
+        }
+        let run = match self.off_run {
+            Some((since, first, n)) if (d - first).abs() <= limit => (since, first, n.saturating_add(1)),
+            _ => (recv_ns, d, 1),
+        };
+        if recv_ns.saturating_sub(run.0) >= REANCHOR_NS || run.2 >= REANCHOR_STAMPS {
+            self.offset = Some(d);
+            self.off_run = None;
+            return (ts, false);
+        }
+        self.off_run = Some(run);
+        if d < base {
+            return (ts, false);
+        }
+        // d > base + limit ≥ 0 here, so the expected time is below `ts` and fits a u64.
+        ((i128::from(recv_ns) + base).max(0) as u64, true)
+    }
+}
+
+/// [`ms_to_ns`] through the venue's [`VenueClock`], counting a replaced stamp.
+#[inline]
+pub(crate) fn venue_ms(
+    clock: &mut VenueClock,
+    counters: &mut FeedCounters,
+    field: &'static str,
+    ms: u64,
+    recv_ns: u64,
+) -> Result<u64, FeedError> {
+    let (ts, replaced) = clock.stamp(ms_to_ns(field, ms)?, recv_ns);
+    counters.clock_ahead += u64::from(replaced);
+    Ok(ts)
+}
+
 /// One venue message's book levels, all parsed before any is emitted, so a bad level skips
 /// the whole message, never half of it. Reused across messages: no allocation once warm.
 #[derive(Debug, Default, Clone)]
@@ -359,6 +440,42 @@ impl LevelBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_far_ahead_of_the_venues_clock_is_replaced_and_a_real_move_is_believed() {
+        const S: u64 = 1_000_000_000;
+        let (t0, r0) = (1_700_000_000 * S, 1_700_000_000 * S - 3 * S / 2);
+        let mut c = VenueClock::default();
+        // The venue's clock runs 1.5 s ahead of ours; a little jitter is believed.
+        assert_eq!(c.stamp(t0, r0), (t0, false));
+        assert_eq!(c.stamp(t0 + S + 300_000_000, r0 + S), (t0 + S + 300_000_000, false));
+        // One stamp an hour ahead: the time the venue's clock should show instead.
+        assert_eq!(c.stamp(t0 + 3_600 * S, r0 + 2 * S), (t0 + 2 * S + 300_000_000, true));
+        // The next ones are normal again; one an hour behind is kept (the engine's clock
+        // never goes back) and moves nothing.
+        assert_eq!(c.stamp(t0 + 3 * S, r0 + 3 * S), (t0 + 3 * S, false));
+        assert_eq!(c.stamp(t0 - 3_600 * S, r0 + 4 * S), (t0 - 3_600 * S, false));
+        assert_eq!(c.stamp(t0 + 5 * S, r0 + 5 * S), (t0 + 5 * S, false));
+        // The venue's clock really steps a minute ahead: replaced until the step has held
+        // for 10 s of our clock, then believed.
+        let step = 60 * S;
+        let mut replaced = 0;
+        for i in 6..30u64 {
+            let (ts, r) = c.stamp(t0 + step + i * S, r0 + i * S);
+            replaced += u64::from(r);
+            assert!(ts == t0 + step + i * S || (r && ts == t0 + i * S), "{i}: {ts}");
+        }
+        assert_eq!(replaced, 10, "replaced for 10 s, then believed");
+        assert_eq!(c.stamp(t0 + step + 31 * S, r0 + 31 * S), (t0 + step + 31 * S, false));
+        // Without a receive clock (unstamped input) nothing is judged.
+        let mut c = VenueClock::default();
+        assert_eq!(c.stamp(t0, 0), (t0, false));
+        assert_eq!(c.stamp(t0 + 3_600 * S, 7), (t0 + 3_600 * S, false));
+        // Extremes neither overflow nor go below zero.
+        let mut c = VenueClock::default();
+        assert_eq!(c.stamp(0, u64::MAX), (0, false));
+        assert_eq!(c.stamp(MAX_TS_NS, u64::MAX), (0, true));
+    }
 
     #[test]
     fn timestamps_convert_checked_never_wrapping() {

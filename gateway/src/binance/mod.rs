@@ -26,7 +26,7 @@
 pub mod instruments;
 pub mod market;
 
-use crate::feed::{ms_to_ns, price, qty, uncrossed, FeedCounters, FeedError, LevelBuffer, SymbolTable};
+use crate::feed::{price, qty, uncrossed, venue_ms, FeedCounters, FeedError, LevelBuffer, SymbolTable, VenueClock};
 use crate::json::Levels;
 pub use market::BinanceMarket;
 use market::{parse_frame, BinanceDepth, BinanceFrame};
@@ -93,6 +93,8 @@ pub struct BinanceFeed {
     levels: LevelBuffer,
     /// Counters.
     pub counters: FeedCounters,
+    /// Keeps a stamp far ahead of the venue's clock out of the engine's event clock.
+    clock: VenueClock,
 }
 
 impl BinanceFeed {
@@ -105,6 +107,7 @@ impl BinanceFeed {
             last_depth_instrument: None,
             levels: LevelBuffer::with_capacity(2_048),
             counters: FeedCounters::default(),
+            clock: VenueClock::default(),
         }
     }
 
@@ -214,7 +217,7 @@ impl BinanceFeed {
             BinanceFrame::BookTicker(t) => {
                 let instrument = self.instrument(t.symbol)?;
                 let quote = Quote {
-                    ts_event: t.time_ms.map_or(Ok(recv_ns), |m| ms_to_ns("T", m))?,
+                    ts_event: t.time_ms.map_or(Ok(recv_ns), |m| venue_ms(&mut self.clock, &mut self.counters, "T", m, recv_ns))?,
                     ts_recv: recv_ns,
                     instrument,
                     _pad: 0,
@@ -231,7 +234,7 @@ impl BinanceFeed {
             BinanceFrame::Trade(t) => {
                 let instrument = self.instrument(t.symbol)?;
                 let trade = Trade {
-                    ts_event: ms_to_ns("T", t.time_ms)?,
+                    ts_event: venue_ms(&mut self.clock, &mut self.counters, "T", t.time_ms, recv_ns)?,
                     ts_recv: recv_ns,
                     instrument,
                     aggressor: if t.buyer_is_maker { Side::Sell } else { Side::Buy },
@@ -271,7 +274,7 @@ impl BinanceFeed {
         asks: Levels<'_>,
         emit: &mut impl FnMut(Event),
     ) -> Result<FrameOutcome, FeedError> {
-        let ts_event = time_ms.map_or(Ok(recv_ns), |m| ms_to_ns("T", m))?;
+        let ts_event = time_ms.map_or(Ok(recv_ns), |m| venue_ms(&mut self.clock, &mut self.counters, "T", m, recv_ns))?;
         self.levels.collect(bids, asks)?;
         if self.books.get(instrument.index()).is_none() {
             return Err(FeedError::UnknownSymbol);
@@ -316,7 +319,7 @@ impl BinanceFeed {
     ) -> Result<FrameOutcome, FeedError> {
         let market = self.market;
         // Every field is checked before anything is buffered or emitted.
-        let ts_event = ms_to_ns("E", d.time_ms)?;
+        let ts_event = venue_ms(&mut self.clock, &mut self.counters, "E", d.time_ms, recv_ns)?;
         self.levels.collect(d.bids.clone(), d.asks.clone())?;
         check_market(market, &d)?;
         let Some(book) = self.books.get_mut(instrument.index()) else {

@@ -404,3 +404,22 @@ fn depth_frames_of_the_other_market_are_a_terminal_wrong_market_never_a_gap() {
     let mut feed = BinanceFeed::new(BinanceMarket::UsdM, &registry("binance-usdm"), "binance-usdm");
     assert_eq!(run(&mut feed, &depth(150, 155, Some(149), "20.0")).0, FrameOutcome::NeedSnapshot(InstrumentId(0)));
 }
+
+#[test]
+fn a_trade_stamped_an_hour_ahead_gets_the_time_the_venues_clock_should_show() {
+    // The engine's clock is the newest event time: one trade stamped an hour ahead made every
+    // later event an hour stale, and the risk stage refused every order for the hour.
+    let mut feed = BinanceFeed::new(BinanceMarket::Spot, &registry("binance"), "binance");
+    let mut trade = |t_ms: u64, recv_ns: u64| {
+        let frame = format!(r#"{{"e":"trade","E":{t_ms},"s":"BNBUSDT","t":1,"p":"0.001","q":"100","T":{t_ms},"m":true,"M":true}}"#);
+        let mut out = Vec::new();
+        assert_eq!(feed.on_frame(recv_ns, frame.as_bytes(), &mut |e| out.push(e)), FrameOutcome::Applied);
+        let Event::Trade(t) = out[0] else { panic!("{out:?}") };
+        t.ts_event
+    };
+    let (t0, r0) = (1_672_515_782_136u64, 1_672_515_782_140_000_000u64);
+    assert_eq!(trade(t0, r0), t0 * 1_000_000);
+    assert_eq!(trade(t0 + 3_600_000 + 100, r0 + 100_000_000), (t0 + 100) * 1_000_000, "our clock moved 100 ms");
+    assert_eq!(trade(t0 + 200, r0 + 200_000_000), (t0 + 200) * 1_000_000);
+    assert_eq!((feed.counters.clock_ahead, feed.counters.skipped()), (1, 0));
+}

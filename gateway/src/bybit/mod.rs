@@ -33,7 +33,7 @@ pub mod market;
 
 use crate::binance::FrameOutcome;
 pub use crate::binance::MAX_STALE_RUN;
-use crate::feed::{ms_to_ns, price, qty, uncrossed, FeedCounters, FeedError, LevelBuffer, SymbolTable};
+use crate::feed::{price, qty, uncrossed, venue_ms, FeedCounters, FeedError, LevelBuffer, SymbolTable, VenueClock};
 use market::{parse_frame, BybitBook, BybitTicker, BybitTrades};
 pub use market::{BybitCategory, BybitFrame};
 use sapphire_core::event::{BookDelta, Event, Quote, Trade, DELTA_LAST, DELTA_RESYNC};
@@ -103,6 +103,8 @@ pub struct BybitFeed {
     trades: Vec<Trade>,
     /// Counters.
     pub counters: FeedCounters,
+    /// Keeps a stamp far ahead of the venue's clock out of the engine's event clock.
+    clock: VenueClock,
 }
 
 impl BybitFeed {
@@ -116,6 +118,7 @@ impl BybitFeed {
             levels: LevelBuffer::with_capacity(2_048),
             trades: Vec::with_capacity(256),
             counters: FeedCounters::default(),
+            clock: VenueClock::default(),
         }
     }
 
@@ -211,7 +214,7 @@ impl BybitFeed {
             let t = t?;
             let instrument = self.instrument(t.symbol)?;
             self.trades.push(Trade {
-                ts_event: ms_to_ns("T", t.time_ms)?,
+                ts_event: venue_ms(&mut self.clock, &mut self.counters, "T", t.time_ms, recv_ns)?,
                 ts_recv: recv_ns,
                 instrument,
                 aggressor: t.taker_side,
@@ -236,7 +239,7 @@ impl BybitFeed {
     fn on_ticker(&mut self, recv_ns: u64, t: BybitTicker<'_>, emit: &mut impl FnMut(Event)) -> Result<FrameOutcome, FeedError> {
         let instrument = self.instrument(t.symbol)?;
         // Every field is checked before the kept state changes.
-        let ts_event = ms_to_ns("ts", t.ts_ms)?;
+        let ts_event = venue_ms(&mut self.clock, &mut self.counters, "ts", t.ts_ms, recv_ns)?;
         let bid_price = TickerField::parse(t.bid_price, |b| price("bid1Price", b))?;
         let bid_qty = TickerField::parse(t.bid_qty, |b| qty("bid1Size", b))?;
         let ask_price = TickerField::parse(t.ask_price, |b| price("ask1Price", b))?;
@@ -268,7 +271,7 @@ impl BybitFeed {
 
     fn on_book(&mut self, recv_ns: u64, b: BybitBook<'_>, emit: &mut impl FnMut(Event)) -> Result<FrameOutcome, FeedError> {
         let instrument = self.instrument(b.symbol)?;
-        let (u, ts_event, resets) = (b.update_id, ms_to_ns("cts", b.time_ms())?, b.resets());
+        let (u, ts_event, resets) = (b.update_id, venue_ms(&mut self.clock, &mut self.counters, "cts", b.time_ms(), recv_ns)?, b.resets());
         // Every level is checked before the sequence moves or anything is emitted.
         self.levels.collect(b.bids, b.asks)?;
         let Some(state) = self.books.get_mut(instrument.index()) else {
