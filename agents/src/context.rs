@@ -61,9 +61,13 @@ pub trait SignalSink: Send {
 /// The clock agents stamp `ts_event` with, ns. Tests pass a scripted clock.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
-/// A clock reading the system's wall time (ns since the Unix epoch).
+/// The process's one clock for event times, ns since the Unix epoch: the core's
+/// [`unix_nanos`](sapphire_core::latency::unix_nanos), monotonic and anchored once to the wall
+/// clock. Not the wall clock itself: a step of it (NTP, an operator) stamped signals an hour
+/// ahead (kept alive an hour past their time to live) or behind (expired on arrival) while
+/// the market's events and timers did not move.
 pub fn wall_clock() -> Clock {
-    Arc::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0))
+    Arc::new(sapphire_core::latency::unix_nanos)
 }
 
 /// One sample of an instrument's top of book.
@@ -235,6 +239,19 @@ impl MarketWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agents_stamp_signals_with_the_process_clock_not_the_wall_clock() {
+        // The engine's other event times (synthetic market, timers, ts_recv) come from
+        // `unix_nanos`; a stamp read between two of its readings lies between them.
+        let clock = wall_clock();
+        for _ in 0..1_000 {
+            let before = sapphire_core::latency::unix_nanos();
+            let stamp = clock();
+            let after = sapphire_core::latency::unix_nanos();
+            assert!(before <= stamp && stamp <= after, "{before} <= {stamp} <= {after}");
+        }
+    }
 
     fn top(bid: i64, ask: i64, bq: i64, aq: i64) -> Top {
         Top {
