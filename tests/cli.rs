@@ -1022,3 +1022,87 @@ fn configurations_that_cannot_work_exit_2_naming_the_key() {
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A POST with the bearer token and a JSON body on a fresh connection: status and body.
+fn post_json(addr: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[test]
+fn a_manual_order_and_a_flatten_trade_on_the_local_exchange() {
+    let (mut server, addr) = local_exchange();
+    let dir = temp_dir("manual-flatten");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("live.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\nsource = \"binance\"\nws_url = \"ws://{addr}\"\nrest_url = \"http://{addr}\"\nsymbols = [\"BTCUSDT\"]\n\n[venue]\nmarket = \"binance-spot\"\nrest_url = \"http://{addr}\"\nuser_stream_url = \"ws://{addr}\"\n\n[risk]\nagent_budget_usd = \"5000\"\nmax_position_usd = \"5000\"\nmax_order_usd = \"5000\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = sapphire()
+        .args(["run", "--duration", "30s", "--wait", "yield", "--http-bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("ENABLE_PAPER_TRADING", "false")
+        .env("BINANCE_API_KEY", "sapphire-local-key")
+        .env("BINANCE_API_SECRET", "sapphire-local-secret")
+        .env("SAPPHIRE_API_TOKEN", "desk-token")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sapphire starts");
+    let api = api_address(&mut child);
+    let get = |path: &str| http(&api, &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready: {}", get("/readyz").1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A manual buy at the touch: signed, sent to the venue, filled there, answered with the fill.
+    let (status, body) = post_json(&api, "/api/orders", "desk-token", r#"{"symbol":"BTCUSDT","side":"buy","qty":"0.01","agent":15}"#);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((v["status"].as_str(), v["side"].as_str(), v["agent"].as_u64()), (Some("filled"), Some("buy"), Some(15)), "{body}");
+    // Over the per-order limit: refused, and the answer names the limit.
+    let (status, body) = post_json(&api, "/api/orders", "desk-token", r#"{"symbol":"BTCUSDT","side":"buy","qty":"1","agent":15}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"reason\":\"order_notional\""), "{body}");
+    // Flatten the agent: one reduce-only IOC sell through the book, filled by the venue; the
+    // flatten ends flat.
+    let (status, body) = post_json(&api, "/api/flatten", "desk-token", r#"{"agent":15}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"flattening\"") && body.contains("\"orders\":1"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, risk) = get("/api/risk");
+        let v: serde_json::Value = serde_json::from_str(&risk).unwrap();
+        let flat = v["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|r| r["alert"] == "flattened" && r["agent_id"] == 15 && r["value"] == 0));
+        if flat {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the flatten never ended flat: {risk}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, orders) = get("/api/orders");
+    assert!(orders.contains("\"reduce_only\":true"), "the flatten's order: {orders}");
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "exit {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
