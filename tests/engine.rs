@@ -73,6 +73,28 @@ fn same_events_same_orders_and_fills() {
     let net: i64 = (0..instruments.len()).map(|i| pf.net_position(sapphire_core::instrument::InstrumentId(i as u32)).raw).sum();
     assert_eq!(net, fills_net, "positions are the sum of fills");
     assert!(pf.total().fees.raw != 0, "fees were charged");
+    // The operator's orders: agent 4's manual buy filled, its flatten closed it with a
+    // reduce-only order, and both flattens ended (the replay above made the same orders).
+    let agent4: Vec<Order> = a
+        .iter()
+        .filter_map(|o| match o.output {
+            EngineOutput::Order(o) if o.action == OrderAction::New && o.agent.0 == 4 => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert!(agent4.len() >= 2 && !agent4[0].reduce_only && agent4[1..].iter().all(|o| o.reduce_only), "{agent4:?}");
+    let flattens: Vec<(u16, i64)> = a
+        .iter()
+        .filter_map(|o| match o.output {
+            EngineOutput::Risk(sapphire_core::risk::RiskOutput::Alert(al)) if al.kind == sapphire_core::risk::AlertKind::Flattened => {
+                Some((al.agent.0, al.value))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(flattens.len(), 2, "{flattens:?}");
+    assert_eq!(flattens[0], (4, 0), "agent 4 flat");
+    assert_eq!(pf.position(sapphire_core::event::AgentId(4), sapphire_core::instrument::InstrumentId(0)).qty.raw, 0);
 }
 
 fn run_pipeline(
