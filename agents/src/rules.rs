@@ -190,8 +190,8 @@ pub struct VolatilityBreakout {
 
 impl Default for VolatilityBreakout {
     fn default() -> Self {
-        // 1.2 s against the 4.8 s before it at the default 200 ms cadence: warm after 6.2 s.
-        Self { short: 6, long: 24, ratio_threshold: 1.6, full_ratio: 3.0, min_baseline_bps: 0.2 }
+        // 1 s against the 4 s before it at the default 200 ms cadence: warm after 5.2 s.
+        Self { short: 5, long: 20, ratio_threshold: 1.6, full_ratio: 3.0, min_baseline_bps: 0.2 }
     }
 }
 

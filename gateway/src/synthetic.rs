@@ -42,7 +42,7 @@ pub const LEVEL_SPACING_BPS: f64 = 0.25;
 const SECONDS_PER_YEAR: f64 = 365.0 * 86_400.0;
 
 /// Bursts of volatility: one starts every this many seconds of event time on average...
-const BURST_EVERY_S: f64 = 5.0;
+const BURST_EVERY_S: f64 = 3.0;
 /// ...lasts between these many seconds of event time...
 const BURST_SECONDS: (f64, f64) = (1.0, 3.0);
 /// ...and multiplies the variance by this much.
