@@ -57,6 +57,11 @@ pub struct AgentsArgs {
     /// agent.
     #[arg(long, conflicts_with = "core_quic")]
     pub check: bool,
+    /// Run the rule-based agents against the seeded synthetic market for this much event
+    /// time (e.g. 10s) and print each agent's signals and why, then exit: deterministic and
+    /// instant (no wall clock, no Redis, no core, no model).
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["core_quic", "check"])]
+    pub rehearse: Option<String>,
 }
 
 /// Signals to a bounded queue that a task publishes to Redis; a full queue refuses (counted
@@ -101,6 +106,10 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     let cfg = file.resolve()?;
     if args.check {
         return check_providers(&cfg.agents);
+    }
+    if let Some(d) = &args.rehearse {
+        let d = config::parse_duration(d).ok_or_else(|| config::refuse("--rehearse", format!("{d:?} is not a duration (e.g. 10s)")))?;
+        return crate::rehearse::rehearse(&cfg, d);
     }
     if let Some(link) = quic {
         return run_quic(cfg, duration, link);

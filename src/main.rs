@@ -15,6 +15,7 @@ mod live_feed;
 mod migrate_cmd;
 mod process;
 mod record_cmd;
+mod rehearse;
 mod replay;
 mod report;
 mod run;

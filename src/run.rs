@@ -682,6 +682,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     crate::agents_bridge::seed_pnl(&positions, &edge);
     let (agents_stop, agents_stop_rx) = tokio::sync::watch::channel(false);
     let mut agents_task = None;
+    // Read by the summary: each agent's signals and why.
+    let mut agents_metrics = None;
     if cfg.agents.enabled {
         let refs = instruments.iter().map(|i| sapphire_agents::InstrumentRef { id: i.id, symbol: i.symbol.clone() }).collect();
         let rt = sapphire_agents::AgentsRuntime::new(cfg.agents.clone(), refs, sapphire_agents::context::wall_clock())
@@ -695,6 +697,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         let metrics = rt.metrics();
+        agents_metrics = Some(Arc::clone(&metrics));
         edge.add_source(Arc::new(FnSource::new(
             "agents",
             || Ok(()),
@@ -953,8 +956,19 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         );
         msg
     });
-    let summarised =
-        summary(&cfg, &report, &edge, &stats, &core_use, &tick_to_order, published, ring_full.load(Ordering::Relaxed), elapsed, &symbols);
+    let summarised = summary(
+        &cfg,
+        &report,
+        &edge,
+        &stats,
+        &core_use,
+        &tick_to_order,
+        published,
+        ring_full.load(Ordering::Relaxed),
+        elapsed,
+        &symbols,
+        agents_metrics.as_deref(),
+    );
     if let Some(msg) = journal_failure {
         if let Err(e) = summarised {
             eprintln!("warning: {e:#}");
@@ -1074,6 +1088,7 @@ fn summary(
     ring_full: u64,
     elapsed: Duration,
     symbols: &[&str],
+    agents: Option<&sapphire_agents::AgentsMetrics>,
 ) -> anyhow::Result<()> {
     let risk = &report.stages.risk.risk;
     let pf = risk.portfolio();
@@ -1109,21 +1124,22 @@ fn summary(
     for a in 0..pf.agents() {
         let s = pf.agent_summary(sapphire_core::event::AgentId(a as u16));
         if s.realized.raw != 0 || s.unrealized.raw != 0 || s.fees.raw != 0 {
-            let name = match a {
-                0 => "momentum".to_string(),
-                1 => "imbalance".to_string(),
-                n => match cfg.agents.agent.iter().find(|c| usize::from(c.id) == n) {
-                    Some(c) => format!("{}-{n}", format!("{:?}", c.kind).to_lowercase()),
-                    None => format!("agent-{n}"),
-                },
-            };
+            let name = agent_name(cfg, a);
             println!(
-                "  {name:>10}: pnl {} (realized {}, fees {}), exposure {}",
+                "  {name:>18}: pnl {} (realized {}, fees {}), exposure {}",
                 money((s.equity - s.capital).raw),
                 money(s.realized.raw),
                 money(s.fees.raw),
                 money(s.gross_exposure.raw)
             );
+        }
+    }
+    // Every agent that ran: how often it spoke, how often with a view, and why.
+    if let Some(m) = agents {
+        let symbol_of =
+            |i: sapphire_core::instrument::InstrumentId| symbols.get(i.index()).map_or_else(|| format!("#{}", i.0), |s| s.to_string());
+        for c in &m.agents {
+            println!("  {}", c.summary_line(&agent_name(cfg, usize::from(c.agent.0)), &symbol_of));
         }
     }
     let refusals: Vec<String> = RejectReason::ALL
@@ -1213,6 +1229,20 @@ fn summary(
     }
     println!("  run summary written to {}", path.display());
     Ok(())
+}
+
+/// An agent's name: the in-core strategies' (`core-momentum`), a configured agent's kind and
+/// id (`momentum-2`), the arbitrator's, or `agent-<id>` (a remote agent).
+fn agent_name(cfg: &RunConfig, agent: usize) -> String {
+    let id = sapphire_core::event::AgentId(agent as u16);
+    if let Some(name) = sapphire_core::aggregate::in_core_strategy_name(id) {
+        return name.to_string();
+    }
+    match cfg.agents.agent.iter().find(|c| usize::from(c.id) == agent) {
+        Some(c) => c.display_name(),
+        None if usize::from(cfg.agents.arbitrator.id) == agent && cfg.agents.arbitrator.enabled => format!("arbitrator-{agent}"),
+        None => format!("agent-{agent}"),
+    }
 }
 
 fn write_feed_metrics(

@@ -158,6 +158,28 @@ fn bad_configuration_exits_2_naming_the_key() {
 }
 
 #[test]
+fn every_rule_agent_speaks_within_ten_seconds_of_a_default_start() {
+    // The default roster against the default (seed 7) synthetic market, on event time: what a
+    // `sapphire run` shows in its first ten seconds, without depending on this machine's speed.
+    let rehearse = || {
+        let out = sapphire().args(["agents", "--rehearse", "10s"]).output().expect("sapphire runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = rehearse();
+    for name in ["momentum-2", "mean_reversion-3", "imbalance-4", "breakout-5"] {
+        let line =
+            text.lines().find(|l| l.trim_start().starts_with(&format!("{name}:"))).unwrap_or_else(|| panic!("no line for {name}: {text}"));
+        // `momentum-2: 85 signals, 76 long/short; last trigger: momentum: price rising (ETHUSDT)`
+        let counts = numbers_of(line.split_once(": ").unwrap().1);
+        assert!(counts[1] >= 1, "{name} never took a view: {line}");
+        assert!(line.contains("; last trigger: ") && line.ends_with("USDT)"), "{name} says why: {line}");
+    }
+    assert!(!text.contains("sentiment") && !text.contains("fast_trader"), "no model is asked: {text}");
+    assert_eq!(rehearse(), text, "event time only: the same lines every time");
+}
+
+#[test]
 fn ctrl_c_stops_cleanly_with_a_summary() {
     let dir = temp_dir("sigint");
     let child = sapphire()

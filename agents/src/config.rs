@@ -160,6 +160,12 @@ impl AgentConfig {
         Self { id, kind, ..Self::default() }
     }
 
+    /// The name dashboards and summaries show: kind and id, `momentum-2` (the in-core
+    /// strategies are `core-momentum` and `core-imbalance`).
+    pub fn display_name(&self) -> String {
+        format!("{}-{}", self.kind.label(), self.id)
+    }
+
     /// The cadence after defaults, ms.
     pub fn effective_cadence_ms(&self) -> u64 {
         if self.cadence_ms == 0 {

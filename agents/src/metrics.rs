@@ -212,6 +212,21 @@ impl AgentCounters {
     pub fn reasons(&self) -> AgentReasons {
         *self.reasons.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// One line for a summary: signals, how many were long or short, and why the agent last
+    /// acted (or, before it ever did, what it last said): `momentum-2: 41 signals, 23
+    /// long/short; last trigger: momentum: price rising (ETHUSDT)`.
+    pub fn summary_line(&self, name: &str, symbol_of: &dyn Fn(InstrumentId) -> String) -> String {
+        let (n, d) = (self.signals.load(Relaxed), self.directional.load(Relaxed));
+        let r = self.reasons();
+        let why = match (r.last_trigger, r.last) {
+            (Some((reason, i)), _) => format!("last trigger: {reason} ({})", symbol_of(i)),
+            (None, Some((reason, i))) => format!("no trigger yet, last said: {reason} ({})", symbol_of(i)),
+            (None, None) if n > 0 => "no rule reason recorded (LLM or remote signals)".to_string(),
+            (None, None) => "no signal yet (warming up, or no market)".to_string(),
+        };
+        format!("{name}: {n} signals, {d} long/short; {why}")
+    }
 }
 
 /// Why an agent's newest signals said what they said.

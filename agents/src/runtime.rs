@@ -205,18 +205,29 @@ where 10000 is neutral. Give a one-sentence reason.";
 const ARBITER_SYSTEM: &str = "Agents disagree on a crypto instrument. Given their signals, their performance weights and \
 the market summary, give the resolved strength_bps (-10000..10000), confidence_bps (0..10000) and a short explanation.";
 
-async fn run_rule(mut a: AgentCore, rule: Box<dyn Rule>) {
-    let mut iv = a.interval();
-    // Last emitted (strength, confidence, time) per instrument: unchanged views are
-    // refreshed at half their TTL, not every tick.
-    let mut last: Vec<Option<(i32, u16, u64)>> = vec![None; a.instruments.len()];
-    loop {
-        iv.tick().await;
-        let now = (a.clock)();
+/// A rule-based agent: what it last said per instrument, and its decision each tick.
+struct RuleTask {
+    a: AgentCore,
+    rule: Box<dyn Rule>,
+    /// Last emitted (strength, confidence, time) per instrument: unchanged views are
+    /// refreshed at half their TTL, not every tick.
+    last: Vec<Option<(i32, u16, u64)>>,
+}
+
+impl RuleTask {
+    fn new(a: AgentCore, rule: Box<dyn Rule>) -> Self {
+        let last = vec![None; a.instruments.len()];
+        Self { a, rule, last }
+    }
+
+    /// Samples the market at `now` and publishes what changed. Pure in `now` and the
+    /// context, so a rehearsal on event time decides exactly as a run does.
+    fn tick(&mut self, now: u64) {
+        let a = &mut self.a;
         a.sample(now);
         let weight = i64::from(a.counters.weight_bps.load(Relaxed));
-        for (i, last) in last.iter_mut().enumerate() {
-            let Some(Proposal { strength_bps, confidence_bps, reason }) = rule.evaluate(&a.windows[i]) else { continue };
+        for (i, last) in self.last.iter_mut().enumerate() {
+            let Some(Proposal { strength_bps, confidence_bps, reason }) = self.rule.evaluate(&a.windows[i]) else { continue };
             let inst = a.instruments[i].id;
             let (strength, conf, reason) = if a.over_budget(inst) {
                 (0, 10_000, "budget exhausted: flat")
@@ -234,6 +245,16 @@ async fn run_rule(mut a: AgentCore, rule: Box<dyn Rule>) {
                 *last = Some((strength, conf, now));
             }
         }
+    }
+}
+
+async fn run_rule(a: AgentCore, rule: Box<dyn Rule>) {
+    let mut iv = a.interval();
+    let mut task = RuleTask::new(a, rule);
+    loop {
+        iv.tick().await;
+        let now = (task.a.clock)();
+        task.tick(now);
     }
 }
 
@@ -621,6 +642,56 @@ impl AgentsRuntime {
     /// 2 momentum: 50, …`), and how many no agent does; empty when no agent starts.
     pub fn coverage(&self) -> &str {
         &self.coverage
+    }
+
+    /// Runs the rule-based agents on event time, without tokio: from `start_ns` for
+    /// `duration_ns`, each ticks at its cadence in time order (ties in roster order), after
+    /// `advance(now)` has brought the market the context reads up to `now`. The same market
+    /// and configuration give the same signals, whatever the machine. LLM agents and the
+    /// arbitrator are not run. Returns the counters.
+    pub fn rehearse(
+        mut self,
+        ctx: Arc<dyn ContextSource>,
+        sink: Box<dyn SignalSink>,
+        start_ns: u64,
+        duration_ns: u64,
+        advance: &mut dyn FnMut(u64),
+    ) -> Arc<AgentsMetrics> {
+        let budget = self.config.budget().unwrap_or(Money::from_units(1_000));
+        let publisher = Arc::new(Publisher { sink: Mutex::new(sink), tap: None, arbitrator: None, metrics: self.metrics.clone() });
+        let mut tasks: Vec<(u64, u64, RuleTask)> = Vec::new();
+        for (a, c, insts, plan) in self.plans.drain(..) {
+            // A rehearsal never asks a model.
+            let Plan::Rule(rule) = plan else { continue };
+            let cadence_ns = a.effective_cadence_ms().max(1).saturating_mul(1_000_000);
+            let core = AgentCore {
+                id: AgentId(a.id),
+                counters: c,
+                windows: insts.iter().map(|_| MarketWindow::new(a.window)).collect(),
+                instruments: insts,
+                ctx: ctx.clone(),
+                publisher: publisher.clone(),
+                transcript: self.transcript.clone(),
+                clock: self.clock.clone(),
+                budget: if a.budget_usd.is_empty() { budget } else { Money::parse(a.budget_usd.trim()).unwrap_or(budget) },
+                ttl_ns: a.effective_ttl_ns(),
+                cadence: Duration::from_nanos(cadence_ns),
+                next_signal_id: 0,
+            };
+            tasks.push((start_ns, cadence_ns, RuleTask::new(core, rule)));
+        }
+        let end = start_ns.saturating_add(duration_ns);
+        // The earliest due task; `min_by_key` keeps the first of equals (roster order).
+        while let Some((due, cadence, task)) = tasks.iter_mut().min_by_key(|(due, ..)| *due) {
+            if *due > end {
+                break;
+            }
+            let now = *due;
+            advance(now);
+            task.tick(now);
+            *due = now.saturating_add(*cadence);
+        }
+        self.metrics.clone()
     }
 
     /// Runs every agent until `stop` turns true (or its sender is dropped), then stops them

@@ -358,3 +358,72 @@ async fn a_large_conflict_is_escalated_to_the_llm_and_its_verdict_recorded() {
     assert!(detail.starts_with("llm: trend beats the stretch") && detail.contains("agent 2 +10000"), "{detail}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A market whose mid rises 1.0 a second of event time, the time a rehearsal sets.
+struct EventTrend(Arc<std::sync::atomic::AtomicU64>);
+
+const REHEARSAL_START: u64 = 1_000_000_000_000;
+
+impl ContextSource for EventTrend {
+    fn top(&self, _: InstrumentId) -> Option<Top> {
+        let secs_ms = (self.0.load(Relaxed) - REHEARSAL_START) as i64 / 1_000_000;
+        let mid = 10_000 * PRICE_SCALE + PRICE_SCALE * secs_ms / 1_000;
+        Some(Top {
+            bid: Price::from_raw(mid - PRICE_SCALE / 100),
+            ask: Price::from_raw(mid + PRICE_SCALE / 100),
+            bid_qty: Quantity::from_units(3),
+            ask_qty: Quantity::from_units(1),
+            ts_event: 0,
+            in_sync: true,
+        })
+    }
+
+    fn agent_state(&self, _: AgentId, _: InstrumentId) -> AgentState {
+        AgentState::default()
+    }
+}
+
+fn rehearse(seconds: u64) -> (Vec<Signal>, Arc<sapphire_agents::AgentsMetrics>) {
+    let config = AgentsConfig {
+        agent: roster(&[
+            (2, AgentKind::Momentum),
+            (3, AgentKind::MeanReversion),
+            (4, AgentKind::Imbalance),
+            (5, AgentKind::Breakout),
+            (8, AgentKind::FastTrader),
+        ]),
+        ..AgentsConfig::default()
+    };
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(REHEARSAL_START));
+    let clock_now = now.clone();
+    let rt = AgentsRuntime::new(config, btc(), Arc::new(move || clock_now.load(Relaxed))).unwrap();
+    let sink = Collect::default();
+    let ctx = Arc::new(EventTrend(now.clone()));
+    let metrics = rt.rehearse(ctx, Box::new(sink.clone()), REHEARSAL_START, seconds * 1_000_000_000, &mut |t| now.store(t, Relaxed));
+    let signals = sink.0.lock().unwrap().clone();
+    (signals, metrics)
+}
+
+#[test]
+fn a_rehearsal_runs_the_rule_agents_on_event_time_and_repeats_exactly() {
+    let (signals, metrics) = rehearse(10);
+    let of = |agent: u16| signals.iter().filter(|s| s.agent == AgentId(agent)).copied().collect::<Vec<_>>();
+    let momentum = of(2);
+    // Samples every 200 ms from the start: the 21st (4 s) completes the 20-step lookback.
+    assert_eq!(momentum[0].ts_event, REHEARSAL_START + 4_000_000_000);
+    // 20 steps of 0.2 on 10_000: 4 bps, a fifth of the 20 bps full scale.
+    assert_eq!(momentum[0].strength_bps, 2_000);
+    assert!(momentum.iter().all(|s| s.strength_bps > 0));
+    assert!(of(3).iter().all(|s| s.strength_bps < 0) && !of(3).is_empty(), "mean reversion fades the rise");
+    assert_eq!(of(4)[0].strength_bps, 8_333, "bids 3 against asks 1");
+    // A steady rise has no volatility burst: breakout speaks, flat, and says why.
+    let breakout = metrics.agent(AgentId(5)).unwrap();
+    assert!(!of(5).is_empty() && of(5).iter().all(|s| s.strength_bps == 0));
+    assert_eq!(breakout.directional.load(Relaxed), 0);
+    assert_eq!(breakout.reasons().last, Some(("breakout: volatility within its range", InstrumentId(0))));
+    assert_eq!(breakout.reasons().last_trigger, None);
+    assert!(of(8).is_empty(), "an LLM agent is never rehearsed");
+    assert_eq!(metrics.agent(AgentId(2)).unwrap().directional.load(Relaxed) as usize, momentum.len());
+    // Event time only: a second rehearsal is the same, signal for signal.
+    assert_eq!(rehearse(10).0, signals);
+}

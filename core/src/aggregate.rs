@@ -22,6 +22,16 @@ pub const IMBALANCE_AGENT: AgentId = AgentId(1);
 /// First id for external (runtime / LLM / remote) agents.
 pub const FIRST_EXTERNAL_AGENT: u16 = 2;
 
+/// The name of an in-core strategy's agent id (`core-momentum`, `core-imbalance`), apart from
+/// the agents' names (`momentum-2`...) so the two are never confused; `None` for other ids.
+pub const fn in_core_strategy_name(agent: AgentId) -> Option<&'static str> {
+    match agent.0 {
+        0 => Some("core-momentum"),
+        1 => Some("core-imbalance"),
+        _ => None,
+    }
+}
+
 /// Intents one stage message can carry.
 pub const INTENTS_PER_EVENT: usize = 4;
 /// The intents produced by one event.
