@@ -93,11 +93,30 @@ fn serve(asset: &Asset, etag: &HeaderValue, request: &HeaderMap) -> Response {
 }
 
 /// `GET /`: the dashboard page.
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    params(("if-none-match" = Option<String>, Header, description = "An ETag this client has")),
+    responses(
+        (status = 200, description = "The page", body = String, content_type = "text/html",
+            headers(("etag" = String), ("cache-control" = String), ("content-security-policy" = String))),
+        (status = 304, description = "The client's copy is current", headers(("etag" = String))),
+    ))]
 pub(super) async fn index(headers: HeaderMap) -> Response {
     serve(&INDEX, &ETAGS[0], &headers)
 }
 
 /// `GET /assets/{file}`.
+#[utoipa::path(get, path = "/assets/{file}", tag = "dashboard",
+    params(
+        ("file" = String, Path, description = "The asset's path: app.js, app.css, favicon.svg, vendor/..."),
+        ("if-none-match" = Option<String>, Header, description = "An ETag this client has"),
+    ),
+    responses(
+        (status = 200, description = "The asset", content(
+            (String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml")),
+            headers(("etag" = String), ("cache-control" = String))),
+        (status = 304, description = "The client's copy is current", headers(("etag" = String))),
+        (status = 404, description = "No such asset", body = super::openapi::ErrorBody),
+    ))]
 pub(super) async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match FILES.iter().position(|a| a.path == path) {
         Some(i) => serve(&FILES[i], &ETAGS[i + 1], &headers),
@@ -106,6 +125,9 @@ pub(super) async fn file(Path(path): Path<String>, headers: HeaderMap) -> Respon
 }
 
 /// `GET /favicon.ico`: browsers ask for it whatever the page says; the page links the SVG.
+#[utoipa::path(get, path = "/favicon.ico", tag = "dashboard", responses(
+    (status = 204, description = "Nothing: the page links favicon.svg"),
+))]
 pub(super) async fn favicon() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=86400"));

@@ -18,6 +18,7 @@
 //! a gateway that forwards control to cores elsewhere refuses manual orders and one-symbol
 //! flattens (501): instrument ids there are the gateway's, not a core's.
 
+use super::control::json_object;
 use super::routes::{error, Ctx};
 use super::state::{OrderRecord, RiskRecord};
 use super::ApiContext;
@@ -50,36 +51,41 @@ const POLL_EVERY: Duration = Duration::from_millis(2);
 const SCAN: usize = 512;
 
 /// Body of `POST /api/orders`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ManualOrder {
+pub(super) struct ManualOrder {
     /// A traded symbol, e.g. `BTCUSDT`.
     symbol: String,
     /// `buy` or `sell`.
+    #[schema(pattern = "^(buy|sell)$")]
     side: String,
     /// Quantity in base units, a decimal string or number; whole lots.
+    #[schema(value_type = super::openapi::Decimal)]
     qty: Value,
     /// Limit price; absent: at the touch (the best ask for a buy, bid for a sell). Either way
     /// the order is immediate-or-cancel.
+    #[schema(value_type = Option<super::openapi::Decimal>)]
     price: Option<Value>,
     /// The agent the order (and its position) is attributed to.
+    #[schema(minimum = 0, maximum = 15)]
     agent: u16,
 }
 
 /// Body of `POST /api/flatten` (every field optional; none: everything).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct FlattenScope {
+pub(super) struct FlattenScope {
     /// Only this agent's positions.
+    #[schema(minimum = 0, maximum = 15)]
     agent: Option<u16>,
     /// Only this symbol's positions.
     symbol: Option<String>,
 }
 
 /// Body of `POST /api/kill` (optional).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct KillBody {
+pub(super) struct KillBody {
     /// Also flatten every position.
     flatten: Option<bool>,
 }
@@ -154,6 +160,16 @@ fn not_here(what: &str) -> Response {
 
 /// `POST /api/orders`: one manual order, checked by risk like any signal's; answers with
 /// the outcome (see the module docs).
+#[utoipa::path(post, path = "/api/orders", tag = "control", security(("bearer" = [])),
+    request_body(content = ManualOrder, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Risk approved it: `status` is filled, partially_filled, canceled or open, with the order", body = Object),
+        (status = 202, description = "No outcome within 2 s (`status` pending): look `seq` up in /api/orders or /api/risk", body = Object),
+        (status = 400, description = "Not an order: an unknown symbol, a bad side, quantity, price or agent", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over 16 KiB", body = super::openapi::ErrorBody),
+        (status = 422, description = "Refused by a risk limit or rejected by the venue (`status`, `reason`)", body = Object),
+        (status = 501, description = "The engine is not in this process (a forwarding gateway)", body = super::openapi::ErrorBody),
+    ))]
 pub(super) async fn manual_order(State(ctx): Ctx, headers: HeaderMap, body: Body) -> Response {
     if let Some(r) = super::control::bearer_refusal(&ctx, &headers) {
         return r;
@@ -165,7 +181,7 @@ pub(super) async fn manual_order(State(ctx): Ctx, headers: HeaderMap, body: Body
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let order: ManualOrder = match serde_json::from_slice(&body) {
+    let order: ManualOrder = match json_object(&body) {
         Ok(o) => o,
         Err(e) => {
             return error(
@@ -347,6 +363,14 @@ fn accepted(action: &str, seq: i64, mut extra: Value) -> Response {
     (StatusCode::OK, Json(extra)).into_response()
 }
 
+#[utoipa::path(post, path = "/api/flatten", tag = "control", security(("bearer" = [])),
+    request_body(content = Option<FlattenScope>, content_type = "application/json", description = "Nothing (or `{}`): everything"),
+    responses(
+        (status = 200, description = "The flatten is in the inbound ring; what its first pass did", body = super::openapi::Accepted),
+        (status = 400, description = "An unknown symbol or agent, or a body that is not a scope", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over 16 KiB", body = super::openapi::ErrorBody),
+        (status = 501, description = "A one-symbol flatten where the engine is not in this process", body = super::openapi::ErrorBody),
+    ))]
 /// `POST /api/flatten`: close positions — all, one agent's, one symbol's, or one agent's in
 /// one symbol — with reduce-only IOC orders through the book, retried until flat (see
 /// `[risk] flatten_attempts`). Progress: the `flattening` / `flattened` alerts in
@@ -362,7 +386,7 @@ pub(super) async fn flatten(State(ctx): Ctx, headers: HeaderMap, body: Body) -> 
     let scope: FlattenScope = if body.iter().all(u8::is_ascii_whitespace) {
         FlattenScope::default()
     } else {
-        match serde_json::from_slice(&body) {
+        match json_object(&body) {
             Ok(s) => s,
             Err(e) => {
                 return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e} (expected {{\"agent\"?, \"symbol\"?}} or nothing)"))
@@ -404,7 +428,7 @@ pub(super) async fn kill(State(ctx): Ctx, headers: HeaderMap, uri: Uri, body: Bo
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        match serde_json::from_slice::<KillBody>(&body) {
+        match json_object::<KillBody>(&body) {
             Ok(k) => k.flatten,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e} (expected {{\"flatten\": true}} or nothing)")),
         }

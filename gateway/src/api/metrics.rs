@@ -243,6 +243,11 @@ fn write(
         "Connections cut because request headers did not arrive in time.",
         load(&server.header_timeouts),
     );
+    m.counter(
+        "sapphire_http_auth_throttled_total",
+        "Control requests answered 429 because their client address had too many bearer tokens refused.",
+        load(&server.auth_throttled),
+    );
     m.gauge("sapphire_ws_clients", "Dashboard WebSocket clients connected.", load(&server.ws_clients));
     m.counter("sapphire_ws_clients_accepted_total", "Dashboard WebSocket clients accepted.", load(&server.ws_accepted));
     m.counters(

@@ -23,6 +23,7 @@
 //! | `POST /api/orders` | bearer token; a manual order through the risk checks, answered with its outcome: see [`commands`](self::commands) |
 //! | `POST /api/agents/{id}/pause`, `/api/agents/{id}/resume` | bearer token; a Control event |
 //! | `POST /api/limits` | bearer token; JSON `{"limit": "max_order_usd", "value": "500"}`; a Control event |
+//! | `GET /openapi.json` | this table as an OpenAPI 3.1 document, generated from the handlers (`docs/openapi.json`; see [`openapi`](self::openapi)) |
 //!
 //! # Limits
 //! Connections are capped ([`ApiLimits::max_connections`]); at the cap a new connection takes
@@ -32,6 +33,8 @@
 //! lane and anything else gets a 503. Request headers must arrive within
 //! [`ApiLimits::header_read_timeout`] (a slowloris client is cut, and an idle keep-alive
 //! connection too), bodies are capped at [`BODY_LIMIT`], requests at [`REQUEST_TIMEOUT`].
+//! A client address whose bearer tokens keep being refused gets a 429 on control routes for
+//! a while (see [`throttle`](self::throttle)).
 //! WebSocket clients are capped separately ([`ApiLimits::ws_max_clients`]); each one's
 //! state is a set of cursors, never a queue, and one that stops reading is dropped (see
 //! [`ws`](self::ws)).
@@ -43,12 +46,14 @@ mod control;
 mod health;
 mod history;
 pub mod metrics;
+mod openapi;
 mod page;
 mod routes;
 mod server;
 mod state;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod view;
 mod ws;
 
@@ -124,6 +129,11 @@ pub struct ApiLimits {
     /// Most records of one kind in one message; a client that missed more gets the newest
     /// ones and a `skipped` count.
     pub ws_max_items: usize,
+    /// Control requests one client address may have refused for their bearer token in a
+    /// burst; past it its control requests get a 429 (see [`throttle`](self::throttle)).
+    pub auth_burst: u32,
+    /// One more refusal is allowed this often once the burst is spent.
+    pub auth_refill: Duration,
 }
 
 impl Default for ApiLimits {
@@ -139,6 +149,8 @@ impl Default for ApiLimits {
             ws_max_lag: Duration::from_secs(15),
             ws_send_timeout: Duration::from_secs(5),
             ws_max_items: 200,
+            auth_burst: 10,
+            auth_refill: Duration::from_secs(6),
         }
     }
 }
@@ -170,6 +182,8 @@ struct ApiContext {
     limits: ApiLimits,
     /// The server's own counters (connections, WebSocket clients).
     stats: server::ServerStats,
+    /// Refused bearer tokens per client address (429 past a burst).
+    auth_throttle: throttle::AuthThrottle,
     /// Turns true when the server stops (WebSocket clients close on it).
     stopping: tokio::sync::watch::Receiver<bool>,
     /// `/ws` messages rendered once per tick and shared by the clients.
@@ -211,6 +225,7 @@ impl ApiServer {
             token: config.token,
             limits,
             stats: server::ServerStats::default(),
+            auth_throttle: throttle::AuthThrottle::new(limits.auth_burst, limits.auth_refill),
             stopping: stopped.clone(),
             frames: ws::Frames::default(),
         });

@@ -8,6 +8,7 @@
 //! from 1 when the process starts); the edge keeps the last few thousand of each.
 
 use super::history::History;
+use super::openapi::{ErrorBody, Page};
 use super::routes::{error, Ctx};
 use super::state::EdgeState;
 use super::{view, DEFAULT_PAGE, MAX_PAGE};
@@ -15,7 +16,30 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
+
+/// The page parameters as the OpenAPI document shows them (the handlers parse the raw query
+/// themselves, to name the parameter that is wrong): whole numbers from 1, of any size.
+struct PageParams;
+
+impl utoipa::IntoParams for PageParams {
+    fn into_params(_: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let whole = |name: &str, about: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .description(Some(about))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1))))
+                .build()
+        };
+        vec![
+            whole("limit", "Records per page (default 100; more than 500 is taken as 500)"),
+            whole("before", "Only records older than this id (a page's `next_before`)"),
+        ]
+    }
+}
 
 /// A page request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,9 +54,13 @@ pub(super) fn parse(query: Option<&str>) -> Result<PageQuery, String> {
     let (mut seen_limit, mut seen_before) = (false, false);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // Digits only; a number past u64 counts as u64::MAX (a limit is capped anyway, and no
+        // record id is that large), so any whole number from 1 is taken, as the spec says.
         let number = |name: &str| -> Result<u64, String> {
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
             match value.parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
+                Ok(n) if digits && n > 0 => Ok(n),
+                Err(_) if digits && value.bytes().any(|b| b != b'0') => Ok(u64::MAX),
                 _ => Err(format!("{name}={value:?} is not a whole number above zero")),
             }
         };
@@ -69,26 +97,41 @@ fn page<T: Copy + Default>(
     let more = history.page(q.before, q.limit, &mut records);
     let next_before = if more { records.last().map(|(id, _)| *id) } else { None };
     let items: Vec<Value> = records.iter().map(|(id, r)| render(s, *id, r)).collect();
-    (StatusCode::OK, Json(json!({ "items": items, "next_before": next_before, "latest": history.latest_id(), "limit": q.limit })))
-        .into_response()
+    (StatusCode::OK, Json(Page { items, next_before, latest: history.latest_id(), limit: q.limit })).into_response()
 }
 
 /// `GET /api/orders`: orders and cancels sent, with their status from execution reports.
+#[utoipa::path(get, path = "/api/orders", tag = "history", params(PageParams), responses(
+    (status = 200, description = "Orders and cancels sent, with their status, newest first", body = Page),
+    (status = 400, description = "An unknown or repeated parameter, or a value that is not a whole number above zero", body = ErrorBody),
+))]
 pub(super) async fn orders(State(ctx): Ctx, RawQuery(query): RawQuery) -> Response {
     page(&ctx.state, ctx.state.orders_history(), query, view::order)
 }
 
 /// `GET /api/trades`: fills.
+#[utoipa::path(get, path = "/api/trades", tag = "history", params(PageParams), responses(
+    (status = 200, description = "Fills, newest first", body = Page),
+    (status = 400, description = "An unknown or repeated parameter, or a value that is not a whole number above zero", body = ErrorBody),
+))]
 pub(super) async fn trades(State(ctx): Ctx, RawQuery(query): RawQuery) -> Response {
     page(&ctx.state, ctx.state.fills_history(), query, view::fill)
 }
 
 /// `GET /api/signals`: agents' signals, taken or ignored.
+#[utoipa::path(get, path = "/api/signals", tag = "history", params(PageParams), responses(
+    (status = 200, description = "Agents' signals, taken or ignored, newest first", body = Page),
+    (status = 400, description = "An unknown or repeated parameter, or a value that is not a whole number above zero", body = ErrorBody),
+))]
 pub(super) async fn signals(State(ctx): Ctx, RawQuery(query): RawQuery) -> Response {
     page(&ctx.state, ctx.state.signals_history(), query, view::signal)
 }
 
 /// `GET /api/risk`: refusals and guard alerts.
+#[utoipa::path(get, path = "/api/risk", tag = "history", params(PageParams), responses(
+    (status = 200, description = "Risk refusals and guard alerts, newest first", body = Page),
+    (status = 400, description = "An unknown or repeated parameter, or a value that is not a whole number above zero", body = ErrorBody),
+))]
 pub(super) async fn risk(State(ctx): Ctx, RawQuery(query): RawQuery) -> Response {
     page(&ctx.state, ctx.state.risk_history(), query, view::risk)
 }

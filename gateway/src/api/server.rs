@@ -154,6 +154,8 @@ pub(super) struct ServerStats {
     pub(super) http_refused: AtomicU64,
     /// Connections cut because the request headers did not arrive in time.
     pub(super) header_timeouts: AtomicU64,
+    /// Control requests answered 429: their address had too many tokens refused.
+    pub(super) auth_throttled: AtomicU64,
     /// Idle connections closed to make room for a new one at the cap.
     pub(super) http_evicted: AtomicU64,
     /// Connections served on the probe lane (every place busy).
@@ -224,7 +226,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, mut stop:
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         eprintln!("api: accept failed: {e}");
@@ -232,6 +234,7 @@ pub(super) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, mut stop:
                         continue;
                     }
                 };
+                let (stream, peer) = stream;
                 let _ = stream.set_nodelay(true);
                 let Some(place) = places.admit(&ctx.stats.http_evicted) else {
                     let Ok(permit) = Arc::clone(&lane).try_acquire_owned() else {
@@ -261,8 +264,9 @@ pub(super) async fn serve(listener: TcpListener, ctx: Arc<ApiContext>, mut stop:
                 ctx.stats.http_accepted.fetch_add(1, R);
                 let service = {
                     let (router, place, places) = (router.clone(), Arc::clone(&place), Arc::clone(&places));
-                    hyper::service::service_fn(move |req| {
+                    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                         place.idle_since.store(BUSY, R);
+                        req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                         let handled = hyper::service::Service::call(&router, req);
                         let (place, places) = (Arc::clone(&place), Arc::clone(&places));
                         async move {

@@ -206,7 +206,7 @@ async fn dashboard_is_a_json_snapshot() {
     assert_eq!(v["risk"]["halt_reason"], "kill switch");
     assert_eq!(v["orders"]["open"], 1);
     let agent = &v["agents"][0];
-    assert_eq!((agent["agent_id"].as_u64(), agent["name"].as_str()), (Some(1), Some("imbalance")));
+    assert_eq!((agent["agent_id"].as_u64(), agent["name"].as_str()), (Some(1), Some("core-imbalance")));
     assert_eq!((agent["margin_remaining"].as_str(), agent["margin_utilization"].as_f64()), (Some("900.00"), Some(0.1)));
 }
 
@@ -453,7 +453,7 @@ async fn orders_signals_and_risk_are_recorded() {
     let o = &orders["items"][0];
     assert_eq!(
         (o["symbol"].as_str(), o["side"].as_str(), o["status"].as_str(), o["filled"].as_str(), o["qty"].as_str(), o["agent"].as_str()),
-        (Some("ETHUSDT"), Some("sell"), Some("partially_filled"), Some("0.2"), Some("0.5"), Some("imbalance"))
+        (Some("ETHUSDT"), Some("sell"), Some("partially_filled"), Some("0.2"), Some("0.5"), Some("core-imbalance"))
     );
     let signals = json(&h.get("/api/signals").await.1);
     let s = &signals["items"];
@@ -490,6 +490,23 @@ async fn bad_page_parameters_get_400_naming_them() {
             assert_eq!(status, 400, "{route}?{query}: {body}");
             assert!(json(&body)["error"].as_str().unwrap().contains(needle), "{route}?{query}: {body}");
         }
+    }
+}
+
+/// schemathesis found it: the spec says "a whole number from 1"; `limit=9223372036854775808`
+/// was taken but one past u64 was a 400, and `+5` was taken though it is no whole number.
+#[tokio::test]
+async fn page_parameters_take_any_whole_number_from_one() {
+    let h = Harness::start(None);
+    for (query, limit) in [("limit=9223372036854775808", 500), ("limit=340282366920938463463374607431768211456", 500), ("limit=007", 7)] {
+        let (status, body) = h.get(&format!("/api/trades?{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(json(&body)["limit"], limit, "{query}");
+    }
+    let (status, body) = h.get("/api/orders?before=99999999999999999999999999").await;
+    assert_eq!(status, 200, "{body}");
+    for query in ["limit=+5", "before=%2B5", "limit=000000000000000000000000"] {
+        assert_eq!(h.get(&format!("/api/risk?{query}")).await.0, 400, "{query}");
     }
 }
 
@@ -1011,4 +1028,154 @@ async fn trades_show_the_shard_they_came_from() {
     plain.state.apply(&buy(1));
     let page = json(&plain.get("/api/trades").await.1);
     assert!(page["items"][0]["shard"].is_null(), "{page}");
+}
+
+// --- a hostile network ---
+
+/// One control request from `source` (a loopback address of this host): status, head, body.
+async fn post_from(h: &Harness, source: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).expect("binds a loopback source address");
+    let mut stream = socket.connect(h.addr()).await.expect("connects");
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_full_response(&mut stream).await
+}
+
+#[tokio::test]
+async fn bursts_of_refused_tokens_get_429_per_client_address() {
+    // A refill far longer than the test: which request is refused does not depend on timing.
+    let limits = ApiLimits { auth_burst: 5, auth_refill: Duration::from_secs(3_600), ..ApiLimits::default() };
+    let mut h = Harness::start_with(Some(TOKEN), limits);
+    for i in 0..5 {
+        let (status, _, body) = post_from(&h, "127.0.0.1", "/api/kill", Some("guess")).await;
+        assert_eq!(status, 403, "guess {i} is within the burst: {body}");
+    }
+    let (status, head, body) = post_from(&h, "127.0.0.1", "/api/halt", Some("guess")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(head.contains("retry-after: ") || head.contains("Retry-After: "), "{head}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("too many refused tokens"), "{body}");
+    // Blocked before the token is looked at: even the right one waits, so guessing is slow.
+    assert_eq!(post_from(&h, "127.0.0.1", "/api/kill", Some(TOKEN)).await.0, 429);
+    assert!(h.controls().is_empty(), "nothing reached the ring");
+    // Reads from the same address are untouched; so is another address's control.
+    assert_eq!(h.get("/healthz").await.0, 200);
+    let (status, _, body) = post_from(&h, "127.0.0.2", "/api/kill", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(h.controls().len(), 1);
+    // A request without a token guesses nothing: never counted, never throttled.
+    for _ in 0..8 {
+        assert_eq!(post_from(&h, "127.0.0.3", "/api/resume", None).await.0, 401);
+    }
+    assert_eq!(post_from(&h, "127.0.0.1", "/api/resume", None).await.0, 401, "even from a throttled address");
+    assert_eq!(metric(&h, "sapphire_http_auth_throttled_total ").await, Some(2.0));
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_a_json_413_and_the_engine_keeps_its_controls() {
+    let mut h = Harness::start(Some(TOKEN));
+    let big = format!(r#"{{"limit":"max_order_usd","value":"{}"}}"#, "9".repeat(2 * BODY_LIMIT));
+    let (status, body) = h.post("/api/limits", Some(TOKEN), &big).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(json(&body)["error"].as_str().is_some_and(|e| e.contains("length limit")), "a JSON error, as the spec says: {body}");
+    assert!(h.controls().is_empty(), "nothing reached the ring");
+    // The engine's path is undisturbed: the next control goes through.
+    assert_eq!(h.post("/api/halt", Some(TOKEN), "").await.0, 200);
+    assert_eq!(h.controls().len(), 1);
+}
+
+/// schemathesis found it: the spec says a `Sec-WebSocket-Key` is 16 bytes in base64 (RFC
+/// 6455), and any other key was upgraded.
+#[tokio::test]
+async fn ws_refuses_a_key_that_is_not_16_bytes_in_base64() {
+    let h = Harness::start(None);
+    for key in ["x", "dGhlIHNhbXBsZSBub25jZQ", "dGhlIHNhbXBsZSBub25jZR==", "dGhlIHNhbXBsZSBub25j*Q=="] {
+        let req = format!("GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n");
+        let (status, body) = send(h.addr(), &req).await;
+        assert_eq!(status, 400, "{key}: {body}");
+    }
+    // A handshake begun but missing a part is a 400 too; a plain request is told to upgrade.
+    let partial = "GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert_eq!(send(h.addr(), partial).await.0, 400);
+    assert_eq!(h.get("/ws").await.0, 426);
+    assert_eq!(metric(&h, "sapphire_ws_clients_accepted_total ").await, Some(0.0));
+}
+
+/// schemathesis found it: `/api/limits` took values its schema refuses (`" 5"`, `"+5"`,
+/// `"05"`, dollar amounts past 9 digits) and the schema allowed names it refused (`""`).
+/// The schema and the parser now come from one table.
+#[tokio::test]
+async fn limit_values_are_exactly_what_the_schema_says() {
+    let mut h = Harness::start(Some(TOKEN));
+    for body in [
+        r#"{"limit":"price_band_bps","value":" 5"}"#,
+        r#"{"limit":"price_band_bps","value":"+5"}"#,
+        r#"{"limit":"price_band_bps","value":"05"}"#,
+        r#"{"limit":"price_band_bps","value":10001}"#,
+        r#"{"limit":"max_order_usd","value":"1000000000"}"#,
+        r#"{"limit":"max_order_usd","value":"1.0000000001"}"#,
+        r#"{"limit":"max_order_usd","value":"1."}"#,
+        r#"{"limit":"max_order_usd","value":5.5}"#,
+        r#"{"limit":"max_order_usd","value":"5","agent":1}"#,
+        r#"{"limit":"","value":1}"#,
+        r#"{"limit":"stale_after_ms","value":100000000}"#,
+        r#"{"limit":"drawdown_halt_pct","value":"101"}"#,
+    ] {
+        let (status, reply) = h.post("/api/limits", Some(TOKEN), body).await;
+        assert_eq!(status, 400, "{body}: {reply}");
+    }
+    assert!(h.controls().is_empty());
+    for (body, limit, value) in [
+        (r#"{"limit":"price_band_bps","value":"10000"}"#, LimitKind::PriceBandBps, 10_000),
+        (r#"{"limit":"max_order_usd","value":"999999999.999999999","agent":null}"#, LimitKind::MaxOrderNotional, 999_999_999_999_999_999),
+        (r#"{"limit":"agent_budget_usd","value":0,"agent":15}"#, LimitKind::AgentBudget, 0),
+        (r#"{"limit":"stale_after_ms","value":"99999999"}"#, LimitKind::StaleAfterNs, 99_999_999_000_000),
+        (r#"{"limit":"drawdown_halt_pct","value":100}"#, LimitKind::DrawdownHaltBps, 10_000),
+        // JSON Schema's integers include 5.0 (schemathesis sent `0.0`).
+        (r#"{"limit":"drawdown_halt_pct","value":0.0}"#, LimitKind::DrawdownHaltBps, 0),
+        (r#"{"limit":"max_position_usd","value":250.0}"#, LimitKind::MaxPositionNotional, 250_000_000_000),
+    ] {
+        let (status, reply) = h.post("/api/limits", Some(TOKEN), body).await;
+        assert_eq!(status, 200, "{body}: {reply}");
+        let c = h.controls();
+        assert_eq!((c.len(), c[0].limit, c[0].value), (1, limit, value), "{body}");
+    }
+}
+
+/// schemathesis found it: serde takes a JSON array of a struct's fields in order, so a
+/// `POST /api/flatten` with `[null, null]` flattened every position, `[true]` to
+/// `/api/kill` killed and flattened, and an array made a limit change. Only objects are bodies.
+#[tokio::test]
+async fn bodies_that_are_not_json_objects_are_refused() {
+    let mut h = Harness::start(Some(TOKEN));
+    h.state.set_engine_in_process(true); // or a manual order is a 501 before its body is read
+    for (path, body) in [
+        ("/api/flatten", "[null, null]"),
+        ("/api/flatten", "[0]"),
+        ("/api/kill", "[true]"),
+        ("/api/limits", r#"["max_order_usd", "5", null]"#),
+        ("/api/orders", r#"["BTCUSDT", "buy", "1", null, 0]"#),
+        ("/api/limits", "null"),
+        ("/api/flatten", "7"),
+    ] {
+        let (status, reply) = h.post(path, Some(TOKEN), body).await;
+        assert_eq!(status, 400, "{path} {body}: {reply}");
+        assert!(json(&reply)["error"].as_str().is_some_and(|e| e.contains("not an object")), "{path} {body}: {reply}");
+    }
+    assert!(h.controls().is_empty(), "nothing reached the ring");
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_as_checked_in() {
+    let h = Harness::start(None);
+    let (status, head, body) = {
+        let mut s = tokio::net::TcpStream::connect(h.addr()).await.unwrap();
+        s.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+        read_full_response(&mut s).await
+    };
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert_eq!(body, openapi::document());
+    assert_eq!(json(&body)["openapi"], "3.1.0");
 }

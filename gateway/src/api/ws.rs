@@ -60,6 +60,13 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// A `Sec-WebSocket-Key` as RFC 6455 has it: 16 bytes in base64 (24 characters, the last
+/// two `=`, the one before them carrying no stray bits).
+fn valid_key(key: &[u8]) -> bool {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24 && key[..21].iter().all(b64) && b"AQgw".contains(&key[21]) && &key[22..] == b"=="
+}
+
 /// A browser's `Origin` must be the page we served: `http(s)://` + our `Host`.
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
@@ -90,13 +97,35 @@ impl Drop for ClientSlot {
 
 /// `GET /ws`: checks the handshake, the origin and the cap, answers 101 and serves the client
 /// on a task of its own.
+#[utoipa::path(get, path = "/ws", tag = "dashboard",
+    params(
+        ("upgrade" = String, Header, pattern = "^websocket$", description = "`websocket`"),
+        ("connection" = String, Header, pattern = "^Upgrade$", description = "`Upgrade`"),
+        ("sec-websocket-version" = String, Header, pattern = "^13$", description = "`13`"),
+        ("sec-websocket-key" = String, Header, pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$", description = "16 random bytes in base64"),
+    ),
+    responses(
+    (status = 101, description = "Switching to the WebSocket stream: a `hello`, then a `snapshot` every tick and what the client has not seen"),
+    (status = 400, description = "A handshake begun but incomplete (a header missing or wrong), or a Sec-WebSocket-Key that is not 16 bytes in base64", body = super::openapi::ErrorBody),
+    (status = 403, description = "The Origin is another site's", body = super::openapi::ErrorBody),
+    (status = 426, description = "A plain HTTP request (neither Upgrade nor Sec-WebSocket-Key): this is a WebSocket endpoint", body = super::openapi::ErrorBody,
+        headers(("upgrade" = String, description = "`websocket`"))),
+    (status = 503, description = "The WebSocket client cap is reached, or every connection place is busy", body = super::openapi::ErrorBody),
+))]
 pub(super) async fn upgrade(State(ctx): Ctx, mut req: Request) -> Response {
     let headers = req.headers();
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
     let handshake = has_token(headers, header::UPGRADE, "websocket")
         && has_token(headers, header::CONNECTION, "upgrade")
         && headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let attempted = headers.contains_key(header::UPGRADE) || key.is_some();
     let Some(key) = key.filter(|_| handshake) else {
+        if attempted {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "an incomplete WebSocket handshake: it needs Upgrade: websocket, Connection: Upgrade, Sec-WebSocket-Version: 13 and a Sec-WebSocket-Key",
+            );
+        }
         let mut r = error(
             StatusCode::UPGRADE_REQUIRED,
             "/ws is a WebSocket endpoint: connect with a WebSocket client (Upgrade: websocket, Sec-WebSocket-Version: 13)",
@@ -104,6 +133,9 @@ pub(super) async fn upgrade(State(ctx): Ctx, mut req: Request) -> Response {
         r.headers_mut().insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
         return r;
     };
+    if !valid_key(&key) {
+        return error(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)");
+    }
     if !same_origin(headers) {
         ctx.stats.refused(WsRefusal::Origin);
         return error(StatusCode::FORBIDDEN, "a WebSocket from a page of another origin is refused");
