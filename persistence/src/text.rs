@@ -3,9 +3,9 @@
 //! round trip); instruments are named from the journal's instrument list.
 
 use sapphire_core::engine::{EngineOutput, Output};
-use sapphire_core::event::{AgentId, Event, Side};
+use sapphire_core::event::{AgentId, ControlKind, Event, Side};
 use sapphire_core::instrument::InstrumentId;
-use sapphire_core::risk::RiskOutput;
+use sapphire_core::risk::{RiskOutput, ALL_INSTRUMENTS};
 use std::fmt::Write as _;
 
 /// A field value.
@@ -126,17 +126,29 @@ pub fn event_fields(e: &Event, names: &Names) -> Fields {
             kind: "timer",
             fields: vec![("ts_event", U(t.ts_event)), ("ts_recv", U(t.ts_recv)), ("timer_id", U(u64::from(t.timer_id)))],
         },
-        Event::Control(c) => Fields {
-            kind: "control",
-            fields: vec![
+        Event::Control(c) => {
+            let mut fields = vec![
                 ("ts_event", U(c.ts_event)),
                 ("ts_recv", U(c.ts_recv)),
                 ("control", lower(c.kind)),
                 ("limit", lower(c.limit)),
                 ("agent", agent(c.agent)),
                 ("value", I(c.value)),
-            ],
-        },
+            ];
+            // Operator orders name their symbol (a flatten may cover all), a manual order its
+            // signed quantity and limit price (0: at the touch).
+            match c.kind {
+                ControlKind::Flatten if c.instrument == ALL_INSTRUMENTS => fields.push(("symbol", S("all".into()))),
+                ControlKind::Flatten => fields.push(("symbol", names.symbol(c.instrument))),
+                ControlKind::ManualOrder => {
+                    fields.push(("symbol", names.symbol(c.instrument)));
+                    fields.push(("qty", dec(sapphire_core::fixed::Quantity::from_raw(c.value))));
+                    fields.push(("price", dec(c.price)));
+                }
+                _ => {}
+            }
+            Fields { kind: "control", fields }
+        }
     }
 }
 
@@ -371,5 +383,32 @@ mod tests {
             &names,
         );
         assert!(f.fields.contains(&("symbol", Value::S("#9".into()))));
+    }
+
+    #[test]
+    fn operator_orders_show_their_symbol_quantity_and_price() {
+        use sapphire_core::event::Control;
+        let names = Names::from_listing("binance BTCUSDT\nbinance ETHUSDT\n");
+        let fields = |c: Control| event_fields(&Event::Control(c), &names).fields;
+        let manual = fields(Control {
+            kind: ControlKind::ManualOrder,
+            agent: AgentId(15),
+            instrument: InstrumentId(1),
+            value: -Quantity::parse("0.5").unwrap().raw,
+            price: Price::parse("2500.1").unwrap(),
+            ..Control::default()
+        });
+        for want in [
+            ("control", Value::S("manual_order".into())),
+            ("symbol", Value::S("ETHUSDT".into())),
+            ("qty", Value::S("-0.50000000".into())),
+            ("price", Value::S("2500.100000000".into())),
+        ] {
+            assert!(manual.contains(&want), "{want:?} in {manual:?}");
+        }
+        let all = fields(Control { kind: ControlKind::Flatten, instrument: ALL_INSTRUMENTS, ..Control::default() });
+        assert!(all.contains(&("symbol", Value::S("all".into()))), "{all:?}");
+        let kill = fields(Control { kind: ControlKind::Kill, value: 1, ..Control::default() });
+        assert!(!kill.iter().any(|(k, _)| *k == "symbol"), "other commands keep their fields: {kill:?}");
     }
 }
