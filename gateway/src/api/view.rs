@@ -35,12 +35,12 @@ pub(super) fn decimal(d: impl std::fmt::Display) -> String {
     s
 }
 
-/// The agents' names as the old platform showed them.
+/// An agent's name: the in-core strategies' (`core-momentum`, `core-imbalance`), apart from
+/// the agents' (`agent-2`...), so a strategy and an agent of the same kind never share one.
 pub(super) fn agent_name(id: u16) -> String {
-    match id {
-        0 => "momentum".into(),
-        1 => "imbalance".into(),
-        n => format!("agent-{n}"),
+    match sapphire_core::aggregate::in_core_strategy_name(sapphire_core::event::AgentId(id)) {
+        Some(name) => name.into(),
+        None => format!("agent-{id}"),
     }
 }
 
