@@ -883,6 +883,17 @@ pub struct ReplayArgs {
     pub shard: String,
 }
 
+/// `--market`: spot or usdm; without it, usdm when a file name says so.
+pub fn parse_market(market: Option<&str>, paths: &[PathBuf]) -> anyhow::Result<BinanceMarket> {
+    Ok(match market {
+        Some("spot") => BinanceMarket::Spot,
+        Some("usdm") => BinanceMarket::UsdM,
+        Some(m) => return Err(crate::config::refuse("--market", format!("{m:?}: spot or usdm"))),
+        None if paths.iter().any(|p| p.to_string_lossy().contains("usdm")) => BinanceMarket::UsdM,
+        None => BinanceMarket::Spot,
+    })
+}
+
 /// Runs `sapphire replay`.
 pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
     use crate::config::refuse;
@@ -904,13 +915,7 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         if args.archive.is_some() {
             return Err(refuse("--archive", "reads archived segments of an input journal: give its directory"));
         }
-        let market = match args.market.as_deref() {
-            Some("spot") => BinanceMarket::Spot,
-            Some("usdm") => BinanceMarket::UsdM,
-            Some(m) => return Err(refuse("--market", format!("{m:?}: spot or usdm"))),
-            None if args.paths.iter().any(|p| p.to_string_lossy().contains("usdm")) => BinanceMarket::UsdM,
-            None => BinanceMarket::Spot,
-        };
+        let market = parse_market(args.market.as_deref(), &args.paths)?;
         Input::Recordings { paths: args.paths.clone(), market }
     };
     let mut overrides: Vec<(String, String)> = Vec::new();
