@@ -76,6 +76,10 @@ enum Command {
     /// by time) or an input journal through the engine, deterministically, as fast as possible
     /// or at recorded pace; `--set` overrides and sweeps configuration keys.
     Replay(replay::ReplayArgs),
+    /// Binary captures: recordings decoded once into an input journal that `replay` reads
+    /// without parsing.
+    #[command(subcommand)]
+    Capture(CaptureCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +161,22 @@ enum JournalCommand {
         /// The shard folder in the archive.
         #[arg(long, env = "SAPPHIRE_SHARD", default_value = sapphire_persistence::shard::DEFAULT_SHARD)]
         shard: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaptureCommand {
+    /// Decodes Binance recordings (`<recv_ns> <json>` lines, gzip or plain; several merged by
+    /// time) exactly as `replay` does — timers, book sync and all — into an input journal OUT
+    /// (a new directory) with the instruments' exact specifications; `sapphire replay OUT`
+    /// then gives the recordings' outputs, record for record, without parsing them.
+    Convert {
+        /// Recording files, then the capture directory to create.
+        #[arg(required = true, num_args = 2.., value_name = "IN... OUT")]
+        paths: Vec<PathBuf>,
+        /// spot or usdm (default: usdm when a file name says so).
+        #[arg(long)]
+        market: Option<String>,
     },
 }
 
@@ -244,6 +264,25 @@ fn main() -> ExitCode {
         Command::Agents(args) => agents_cmd::run(args),
         Command::Record(args) => record_cmd::run(args),
         Command::Replay(args) => replay::command(args),
+        Command::Capture(CaptureCommand::Convert { mut paths, market }) => {
+            let out = paths.pop().expect("clap requires two paths");
+            replay::parse_market(market.as_deref(), &paths).and_then(|market| {
+                let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let started = std::time::Instant::now();
+                let c = replay::capture(&paths, market, &out, progress)?;
+                println!(
+                    "capture: {} events ({} instruments) from {} lines ({} skipped) into {}: {:.1} MiB, {:.1}s",
+                    c.events,
+                    c.instruments,
+                    c.lines,
+                    c.skipped,
+                    out.display(),
+                    c.bytes as f64 / (1u64 << 20) as f64,
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
+            })
+        }
         Command::Feed(FeedCommand::Decode { venue, market, book }) => {
             feed_cmd::Source::parse(&venue, market.as_deref()).and_then(|source| {
                 let (written, skipped) = feed_cmd::decode(

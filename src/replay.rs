@@ -739,10 +739,133 @@ fn ts_recv(e: &Event) -> u64 {
     }
 }
 
-/// The instruments of an input journal, in id order, from its `instruments.txt`: the synthetic
+/// Beside a capture's segments: each instrument's exact specification (venue, symbol, market,
+/// tick, lot and minimum notional as raw fixed-point), one a line in id order, so its replay
+/// trades the instruments the recording's replay traded without inferring them again.
+const SPEC_FILE: &str = "instruments.spec";
+
+fn write_specs(dir: &Path, instruments: &[sapphire_core::instrument::Instrument]) -> anyhow::Result<()> {
+    let mut names = String::new();
+    let mut specs = String::new();
+    for i in instruments {
+        let market = match i.market {
+            MarketType::Spot => "spot",
+            MarketType::LinearPerpetual => "linear",
+        };
+        names += &format!("{} {}\n", i.venue, i.symbol);
+        specs += &format!("{} {} {market} {} {} {}\n", i.venue, i.symbol, i.tick_size.raw, i.lot_size.raw, i.min_notional.raw);
+    }
+    std::fs::write(dir.join("instruments.txt"), names).with_context(|| format!("writing {}/instruments.txt", dir.display()))?;
+    std::fs::write(dir.join(SPEC_FILE), specs).with_context(|| format!("writing {}/{SPEC_FILE}", dir.display()))?;
+    Ok(())
+}
+
+/// The instruments of `instruments.spec`, when the journal has one (a capture).
+fn read_specs(dir: &Path) -> anyhow::Result<Option<Vec<sapphire_core::instrument::Instrument>>> {
+    let path = dir.join(SPEC_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let mut registry = InstrumentRegistry::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let bad =
+            || anyhow::anyhow!("{}: line {}: expected `venue symbol spot|linear tick lot min_notional`: {line:?}", path.display(), n + 1);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [venue, symbol, market, tick, lot, notional] = f[..] else { return Err(bad()) };
+        let market = match market {
+            "spot" => MarketType::Spot,
+            "linear" => MarketType::LinearPerpetual,
+            _ => return Err(bad()),
+        };
+        let raw = |v: &str| v.parse::<i64>().ok().filter(|&r| r > 0).ok_or_else(bad);
+        registry.intern(InstrumentSpec {
+            venue,
+            symbol,
+            market,
+            tick_size: Price::from_raw(raw(tick)?),
+            lot_size: Quantity::from_raw(raw(lot)?),
+            min_notional: Money::from_raw(raw(notional)?),
+        })?;
+    }
+    Ok(Some(registry.iter().cloned().collect()))
+}
+
+/// What `sapphire capture convert` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    /// Events (timers included) in the capture.
+    pub events: u64,
+    /// Input lines read.
+    pub lines: u64,
+    /// Lines or frames skipped (counted, as a replay counts them).
+    pub skipped: u64,
+    /// Instruments.
+    pub instruments: usize,
+    /// The capture's size on disk.
+    pub bytes: u64,
+}
+
+/// `sapphire capture convert`: recordings decoded once — merged by receive time, timers
+/// generated, frames parsed and books synced exactly as `sapphire replay` does — into an input
+/// journal (`out`, a new directory) with the instruments' exact specifications beside it.
+/// Replaying it gives the outputs a replay of the recordings gives, without the parsing.
+pub fn capture(paths: &[PathBuf], market: BinanceMarket, out: &Path, progress: bool) -> anyhow::Result<Captured> {
+    use sapphire_persistence::journal::{segments, Durability, JournalConfig};
+    if out.exists() {
+        let segs = segments(out).with_context(|| format!("reading {}", out.display()))?;
+        anyhow::ensure!(segs.is_empty(), "{} already holds a journal: give a new directory", out.display());
+    }
+    let (venue, kind) = match market {
+        BinanceMarket::Spot => ("binance", MarketType::Spot),
+        BinanceMarket::UsdM => ("binance-usdm", MarketType::LinearPerpetual),
+    };
+    let (registry, depth_symbol) = learn_instruments(paths, venue, kind)?;
+    let snapshot_target: Vec<_> = depth_symbol.iter().map(|s| s.as_deref().and_then(|s| registry.lookup(venue, s))).collect();
+    let instruments: Vec<_> = registry.iter().cloned().collect();
+    let mut sources = Vec::new();
+    for p in paths {
+        sources.push(Source { reader: open(p)?, path: p.clone(), line_no: 0 });
+    }
+    let mut jc = JournalConfig::new(out);
+    jc.durability = Durability::Os;
+    let (mut journal, _) = JournalWriter::<Event>::open(jc).with_context(|| format!("creating the capture {}", out.display()))?;
+    write_specs(out, &instruments)?;
+    let mut meter = Progress { on: progress, started: Instant::now(), last: Instant::now(), total: None };
+    let mut error = None;
+    let mut events = 0u64;
+    let (producer, consumer) = batches();
+    let counts = std::thread::scope(|scope| {
+        let decoder = scope.spawn(|| decode(sources, &registry, market, venue, &snapshot_target, producer));
+        consumer.each(|seq, e| {
+            if error.is_some() {
+                return;
+            }
+            // The journal's sequence is the replay's: client order ids derive from it.
+            debug_assert_eq!(seq as u64, journal.next_seq());
+            match journal.append_event(e) {
+                Ok(_) => events += 1,
+                Err(e) => error = Some(e),
+            }
+            meter.tick(events, events);
+        });
+        decoder.join().map_err(|_| anyhow::anyhow!("the capture's decoder thread panicked"))?
+    })?;
+    if let Some(e) = error {
+        return Err(anyhow::Error::new(e).context(format!("writing the capture {}", out.display())));
+    }
+    journal.sync().with_context(|| format!("syncing the capture {}", out.display()))?;
+    meter.finish(counts.lines, events);
+    anyhow::ensure!(events == counts.events, "capture: {} events decoded, {events} written", counts.events);
+    let bytes = sapphire_persistence::retention::dir_bytes(out);
+    Ok(Captured { events, lines: counts.lines, skipped: counts.skipped, instruments: instruments.len(), bytes })
+}
+
+/// The instruments of an input journal, in id order: a capture's exact `instruments.spec`, or
+/// from its `instruments.txt`: the synthetic
 /// market's from its definitions; other venues' tick and lot inferred from the journal's
 /// prices and quantities (the largest power of ten dividing every value seen).
 pub(crate) fn journal_instruments(dir: &Path) -> anyhow::Result<Vec<sapphire_core::instrument::Instrument>> {
+    if let Some(exact) = read_specs(dir)? {
+        return Ok(exact);
+    }
     let list_path = dir.join("instruments.txt");
     let list =
         std::fs::read_to_string(&list_path).with_context(|| format!("reading {} (the journal's instruments)", list_path.display()))?;

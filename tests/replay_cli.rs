@@ -269,3 +269,29 @@ fn a_feed_delay_is_an_order_delay_of_the_same_size() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_capture_replays_to_the_recordings_outputs_record_for_record() {
+    let dir = temp_dir("capture");
+    let (rec, _) = recording(&dir);
+    let (from_frames, capture, from_capture) = (dir.join("from-frames"), dir.join("capture"), dir.join("from-capture"));
+    let one = json(&ok(&sapphire().arg("replay").arg(&rec).arg("--json").arg("--out").arg(&from_frames).output().unwrap()));
+    let said = ok(&sapphire().args(["capture", "convert"]).arg(&rec).arg(&capture).output().unwrap());
+    assert!(said.starts_with("capture: ") && said.contains(&format!("{} events", one["events"])), "{said}\n{one}");
+    assert!(capture.join("instruments.spec").is_file());
+    let two = json(&ok(&sapphire().arg("replay").arg(&capture).arg("--json").arg("--out").arg(&from_capture).output().unwrap()));
+    let (a, b) = (
+        ok(&sapphire().args(["journal", "dump"]).arg(&from_frames).output().unwrap()),
+        ok(&sapphire().args(["journal", "dump"]).arg(&from_capture).output().unwrap()),
+    );
+    assert!(a.lines().count() > 10, "{a}");
+    assert!(a == b, "the capture's replay writes the recording's outputs, byte for byte");
+    for key in ["events", "orders", "fills", "pnl", "equity", "fees", "outputs_written"] {
+        assert_eq!(one[key], two[key], "{key}: {one}\n{two}");
+    }
+    // A capture never overwrites one.
+    let again = sapphire().args(["capture", "convert"]).arg(&rec).arg(&capture).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a journal"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
