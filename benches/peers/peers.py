@@ -11,6 +11,8 @@ Each engine models something different, so a rate is only comparable with what i
   ticks and reads the mid. Inputs are preparsed QuoteTick/TradeTick objects (untimed).
 - sapphire replay: parses the raw JSON frames (timed), maintains books, runs its agents,
   aggregation, pre-trade risk and the paper matching simulator (it trades).
+- sapphire capture: the same engine from `sapphire capture convert`'s binary capture (the
+  normalized events as an input journal; converted once, untimed, like hftbacktest's npz).
 """
 
 import argparse
@@ -221,6 +223,23 @@ def run_sapphire(binary, recording, label):
             "feeds": summary.get("orders", 0), "elapsed_s": elapsed, "rate": events / max(elapsed, 1e-9)}
 
 
+def run_sapphire_capture(binary, recording, label, work):
+    """The full engine from sapphire's binary capture (an input journal of normalized events):
+    the conversion is done once and not timed, as hftbacktest's npz conversion is not."""
+    capture = os.path.join(work, os.path.basename(recording) + ".capture")
+    if not os.path.isdir(capture):
+        r = subprocess.run([binary, "capture", "convert", "--market", "usdm", recording, capture], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"sapphire capture convert failed: {r.stderr.strip()[-400:]}")
+    r = subprocess.run([binary, "replay", "--json", capture], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"sapphire replay of the capture failed: {r.stderr.strip()[-400:]}")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    events, elapsed = summary["events"], summary["elapsed_s"]
+    return {"engine": "sapphire capture", "input": label, "events": events, "unit": "events (from the binary capture)",
+            "feeds": summary.get("orders", 0), "elapsed_s": elapsed, "rate": events / max(elapsed, 1e-9)}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quotes", type=int, default=1_000_000, help="synthetic quotes (0: none)")
@@ -255,6 +274,7 @@ def main():
             hft_events = binancefutures.convert(path, combined_stream=True)
             instrument, ticks = nautilus_ticks(recording=path)
         for run in (lambda: run_sapphire(args.sapphire, path, label),
+                    lambda: run_sapphire_capture(args.sapphire, path, label, args.work),
                     lambda: run_hftbacktest(hft_events, label),
                     lambda: run_nautilus(instrument, ticks, label)):
             try:
@@ -269,12 +289,13 @@ def main():
             print(f"  {res['engine']:<16} {res['events']:>10,} {res['unit']:<36} {res['elapsed_s']:8.2f} s "
                   f"{res['rate']:>14,.0f} /s{per_quote}", flush=True)
         by = {r["engine"]: r for r in results if r["input"] == label}
-        s = by.get("sapphire replay")
         unit = "quotes/s" if kind == "synthetic" else "events/s, each in its own unit"
         key = "quotes_rate" if kind == "synthetic" else "rate"
-        for peer in ("hftbacktest", "nautilus_trader"):
-            if s and peer in by:
-                print(f"  ratio sapphire ÷ {peer} ({unit}): {s[key] / by[peer][key]:.2f}")
+        for ours in ("sapphire replay", "sapphire capture"):
+            s = by.get(ours)
+            for peer in ("hftbacktest", "nautilus_trader"):
+                if s and peer in by:
+                    print(f"  ratio {ours} ÷ {peer} ({unit}): {s[key] / by[peer][key]:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
