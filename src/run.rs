@@ -374,7 +374,13 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let mut stages = recovered.stages;
     stages.book.attach_board(Arc::clone(&board));
     let outputs_from = output_journal.next_seq();
-    let mut pipeline = Pipeline::resume(&cfg.pipeline, stages, recovered.next_seq as i64, Box::new(journal));
+    // The snapshot schedule counts from the last snapshot, not from this start: a core killed
+    // before each run reaches the interval would otherwise never snapshot again.
+    let pipeline_config = sapphire_core::pipeline::PipelineConfig {
+        snapshots_count_from: Some(recovered_from.as_ref().map_or(0, |s| s.seq as i64 + 1)),
+        ..cfg.pipeline.clone()
+    };
+    let mut pipeline = Pipeline::resume(&pipeline_config, stages, recovered.next_seq as i64, Box::new(journal));
     // Snapshots: the engine threads copy their state at the scheduled events; this thread
     // encodes and writes them.
     let snapshot_writer = match (&cfg.snapshots, pipeline.take_snapshots()) {

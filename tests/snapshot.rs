@@ -306,6 +306,54 @@ fn the_pipelines_snapshots_fused_and_split_are_the_replays_state_byte_for_byte()
     }
 }
 
+/// Snapshots a resumed pipeline takes of `events` (numbered from 10,000) when its schedule
+/// counts from `count_from`.
+fn snapshots_after_a_restart(count_from: Option<i64>) -> Vec<i64> {
+    let (instruments, events) = common::scripted_events(3, 400);
+    assert!(events.len() < 5_000, "fewer events than the interval: {}", events.len());
+    let config = EngineConfig::default();
+    let pc = PipelineConfig {
+        engine_wait: WaitStrategy::Yield,
+        journal_wait: WaitStrategy::Yield,
+        snapshots: SnapshotPolicy { every_events: 5_000, every_ns: 0 },
+        snapshots_count_from: count_from,
+        ..PipelineConfig::default()
+    };
+    let mut pipeline = Pipeline::resume(&pc, Stages::new(&config, &instruments), 10_000, Box::new(NoJournal(0)));
+    let mut feed = pipeline.take_snapshots().expect("snapshots are on");
+    let mut outputs = pipeline.take_outputs().expect("outputs");
+    let drain = std::thread::spawn(move || while outputs.poll(4_096, |_| {}) != sapphire_core::ring::Poll::Closed {});
+    let collector = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Ok(next) = feed.next(Duration::from_millis(50)) {
+            if let Some(t) = next {
+                got.push(t.seq);
+                feed.recycle(t);
+            }
+        }
+        got
+    });
+    let mut producer = pipeline.producer();
+    for e in &events {
+        producer.publish(WaitStrategy::Yield, *e).expect("the ring is open");
+    }
+    drop(producer);
+    pipeline.shutdown();
+    drain.join().unwrap();
+    collector.join().unwrap()
+}
+
+#[test]
+fn a_core_killed_before_each_interval_still_snapshots_after_its_restart() {
+    // Recovered from a snapshot of event 3,999 with the journal at 10,000: 6,000 events since,
+    // more than the interval, so the first snapshot point after the restart takes one. Counted
+    // from the restart, fewer events than the interval never reach it: a core killed every few
+    // seconds replayed a longer journal at each restart, without end.
+    let from_snapshot = snapshots_after_a_restart(Some(4_000));
+    assert_eq!(from_snapshot.len(), 1, "{from_snapshot:?}");
+    assert_eq!(snapshots_after_a_restart(None), Vec::<i64>::new());
+}
+
 #[test]
 fn a_damaged_newest_snapshot_falls_back_to_the_previous_then_to_the_whole_journal() {
     let root = std::env::temp_dir().join(format!("sapphire-snapshot-fallback-{}", std::process::id()));

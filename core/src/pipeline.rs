@@ -80,6 +80,11 @@ pub struct PipelineConfig {
     /// When the engine threads copy their state for a snapshot ([`Pipeline::take_snapshots`]
     /// hands the copies to a writer); off by default.
     pub snapshots: SnapshotPolicy,
+    /// The event the snapshot schedule counts `every_events` from; `None`: the pipeline's
+    /// first. After recovery, the one after the snapshot it started from (0 with none): a core
+    /// killed again and again before it ran `every_events` still snapshots at its first point
+    /// once the journal since the last snapshot is that long, so restarts stay short.
+    pub snapshots_count_from: Option<i64>,
 }
 
 impl Default for PipelineConfig {
@@ -95,6 +100,7 @@ impl Default for PipelineConfig {
             latency_sample_every: 16,
             max_batch: 512,
             snapshots: SnapshotPolicy::OFF,
+            snapshots_count_from: None,
         }
     }
 }
@@ -353,7 +359,7 @@ impl Pipeline {
         // Snapshots: one tap per engine thread, each on the same schedule.
         let (mut taps, snapshots) = if config.snapshots.enabled() {
             let threads = if config.layout == Layout::Fused { 1 } else { 4 };
-            let (taps, feed) = snapshot_channel(config.snapshots, first_seq, threads);
+            let (taps, feed) = snapshot_channel(config.snapshots, config.snapshots_count_from.unwrap_or(first_seq), threads);
             (taps.into_iter().map(Some).collect::<Vec<_>>(), Some(feed))
         } else {
             ((0..4).map(|_| None).collect(), None)
