@@ -1064,12 +1064,15 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         }
         let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let progress = args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let started = Instant::now();
         let rows = crate::sweep::run_grid(&exe, &child, args.config.as_deref(), &settings, jobs, progress)?;
+        let wall = started.elapsed();
         if args.json {
             println!("{}", crate::sweep::rows_json(&rows));
         } else {
             print!("{}", crate::sweep::table(&rows));
         }
+        eprintln!("{}", crate::sweep::throughput(&rows, wall, jobs));
         let failed = rows.iter().filter(|r| r.result.is_err()).count();
         anyhow::ensure!(failed == 0, "{failed} of {} sweep runs failed", rows.len());
         return Ok(());

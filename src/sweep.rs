@@ -258,6 +258,23 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// The rows as one JSON array (`settings` and `summary` or `error` per row).
+/// The grid's throughput: every run's events over the wall time of the whole grid, and how many
+/// processes' worth of work that was (the runs' own replay times added up, over the wall time:
+/// 1.0 for one process at a time, up to `jobs` when the cores take them all at full speed).
+pub fn throughput(rows: &[Row], wall: std::time::Duration, jobs: usize) -> String {
+    let ok: Vec<&serde_json::Value> = rows.iter().filter_map(|r| r.result.as_ref().ok()).collect();
+    let events: u64 = ok.iter().filter_map(|v| v.get("events")?.as_u64()).sum();
+    let busy: f64 = ok.iter().filter_map(|v| v.get("elapsed_s")?.as_f64()).sum();
+    let wall_s = wall.as_secs_f64().max(1e-9);
+    format!(
+        "grid: {} runs, {} at a time, in {wall_s:.1}s: {events} events, {:.0} events/s in all; the runs' own replay times add up to {busy:.1}s, {:.2}× one process at a time",
+        rows.len(),
+        jobs.clamp(1, rows.len().max(1)),
+        events as f64 / wall_s,
+        busy / wall_s
+    )
+}
+
 pub fn rows_json(rows: &[Row]) -> String {
     let v: Vec<serde_json::Value> = rows
         .iter()
@@ -276,6 +293,15 @@ pub fn rows_json(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_counts_every_run_against_the_grids_wall_time() {
+        let row = |events: u64, secs: f64| Row { settings: vec![], result: Ok(serde_json::json!({"events": events, "elapsed_s": secs})) };
+        let rows = vec![row(1_000_000, 2.0), row(3_000_000, 2.0), Row { settings: vec![], result: Err("boom".into()) }];
+        let line = throughput(&rows, std::time::Duration::from_secs(2), 4);
+        assert!(line.starts_with("grid: 3 runs, 3 at a time, in 2.0s: 4000000 events, 2000000 events/s in all"), "{line}");
+        assert!(line.ends_with("add up to 4.0s, 2.00× one process at a time"), "{line}");
+    }
 
     #[test]
     fn sets_parse_into_a_grid() {

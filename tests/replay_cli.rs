@@ -172,8 +172,12 @@ fn a_sweep_runs_every_combination_and_sorts_by_pnl() {
         assert_ne!(fees("40"), "0.000000000");
     }
     // The table form: a header and one line per combination.
-    let table = ok(&sapphire().arg("replay").arg(&rec).args(["--set", "risk.max_order_usd=200,1000", "--jobs", "2"]).output().unwrap());
+    let run = sapphire().arg("replay").arg(&rec).args(["--set", "risk.max_order_usd=200,1000", "--jobs", "2"]).output().unwrap();
+    let table = ok(&run);
     assert_eq!(table.lines().count(), 3, "{table}");
+    // And on stderr the grid's throughput: both runs' events over the grid's wall time.
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains("grid: 2 runs, 2 at a time, in ") && said.contains("× one process at a time"), "{said}");
     assert!(table.lines().next().unwrap().starts_with("risk.max_order_usd"));
     // Unknown keys and badly typed values are refused before anything runs.
     let bad = sapphire().arg("replay").arg(&rec).args(["--set", "risk.no_such=1,2"]).output().unwrap();
