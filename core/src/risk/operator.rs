@@ -337,11 +337,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Off the price band; not whole lots; an agent without a budget.
-        for (agent, qty, price, reason) in [
-            (1, UNIT, "150", RejectReason::PriceBand),
-            (1, 1, "100", RejectReason::LotSize),
-            (9, UNIT, "100", RejectReason::AgentBudget),
-        ] {
+        for (agent, qty, price, reason) in
+            [(1, UNIT, "150", RejectReason::PriceBand), (1, 1, "100", RejectReason::LotSize), (9, UNIT, "100", RejectReason::AgentBudget)]
+        {
             let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
             let c = command(ControlKind::ManualOrder, AgentId(agent), InstrumentId(0), qty, Price::parse(price).unwrap());
             r.on_command(44, &c, &mut orders, &mut out);
@@ -443,6 +441,54 @@ mod tests {
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(200))]
+            /// A manual order gets exactly the decision (orders, refusal and its reason) the
+            /// same position change gets as a signal's intent: the same checks, nothing skipped.
+            #[test]
+            fn a_manual_order_is_decided_like_the_same_intent(
+                pos_lots in -3_000i64..3_000,
+                qty_lots in 1i64..30_000,
+                buy in any::<bool>(),
+                off_bps in proptest::option::of(-800i64..800),
+                agent in 0u16..4,
+                budget in 50i64..5_000,
+                stop in 0u8..4,
+            ) {
+                let config = RiskConfig { agent_budget: Money::from_units(budget), ..RiskConfig::default() };
+                let mut r = RiskEngine::new(config, &instruments(), 4);
+                r.on_market(InstrumentId(0), &market(1_000, 100));
+                give(&mut r, agent, 0, pos_lots * LOT);
+                let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+                match stop {
+                    1 => r.on_control(&command(ControlKind::Kill, ALL_AGENTS, InstrumentId(0), 0, Price::ZERO), &mut orders, &mut out),
+                    2 => r.on_control(&command(ControlKind::Halt, ALL_AGENTS, InstrumentId(0), 0, Price::ZERO), &mut orders, &mut out),
+                    3 => r.on_control(&command(ControlKind::PauseAgent, AgentId(agent), InstrumentId(0), 0, Price::ZERO), &mut orders, &mut out),
+                    _ => {}
+                }
+                let mut twin = r.clone();
+                let side = if buy { Side::Buy } else { Side::Sell };
+                let price = off_bps.map_or(Price::ZERO, |bps| Price::from_raw((Price::from_units(100).raw * (10_000 + bps) / 10_000) / 10_000_000 * 10_000_000));
+                let c = command(ControlKind::ManualOrder, AgentId(agent), InstrumentId(0), qty_lots * LOT * side.sign(), price);
+                let (mut manual_orders, mut manual_out) = (OrderBatch::default(), RiskOutputBatch::default());
+                r.on_command(77, &c, &mut manual_orders, &mut manual_out);
+                let touch = if buy { Price::parse("100.01").unwrap() } else { Price::parse("99.99").unwrap() };
+                let pos = twin.portfolio().position(AgentId(agent), InstrumentId(0)).qty;
+                let intent = Intent {
+                    ts_event: 2_000,
+                    intent_id: crate::router::intent_id(77, agent as u8),
+                    instrument: InstrumentId(0),
+                    agent: AgentId(agent),
+                    style: ExecStyle::Aggressive,
+                    _pad: 0,
+                    target: Quantity::from_raw(pos.raw + qty_lots * LOT * side.sign()),
+                    price: if price.raw > 0 { price } else { touch },
+                };
+                let (mut intent_orders, mut intent_out) = (OrderBatch::default(), RiskOutputBatch::default());
+                twin.advance(2_000);
+                twin.check(&intent, &mut intent_orders, &mut intent_out);
+                prop_assert_eq!(manual_orders, intent_orders);
+                prop_assert_eq!(manual_out, intent_out);
+            }
+
             /// Whatever the positions and however little fills, a flatten only ever sends
             /// reduce-only orders no larger than the position, inside the price band, with
             /// rising intent ids in each event; it ends flat when fills come, and always ends.
