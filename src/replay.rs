@@ -557,6 +557,33 @@ pub fn replay(input: &Input, config: &EngineConfig, opts: &ReplayOptions) -> any
     })
 }
 
+/// Recordings opened for decoding: the venue they are of, the instruments learned from their
+/// first lines, which instrument each file's REST snapshots belong to, and a reader per file.
+struct Recordings {
+    venue: &'static str,
+    registry: InstrumentRegistry,
+    snapshot_target: Vec<Option<sapphire_core::instrument::InstrumentId>>,
+    instruments: Vec<sapphire_core::instrument::Instrument>,
+    sources: Vec<Source>,
+}
+
+impl Recordings {
+    fn open(paths: &[PathBuf], market: BinanceMarket) -> anyhow::Result<Recordings> {
+        let (venue, kind) = match market {
+            BinanceMarket::Spot => ("binance", MarketType::Spot),
+            BinanceMarket::UsdM => ("binance-usdm", MarketType::LinearPerpetual),
+        };
+        let (registry, depth_symbol) = learn_instruments(paths, venue, kind)?;
+        let snapshot_target = depth_symbol.iter().map(|s| s.as_deref().and_then(|s| registry.lookup(venue, s))).collect();
+        let instruments = registry.iter().cloned().collect();
+        let mut sources = Vec::new();
+        for p in paths {
+            sources.push(Source { reader: open(p)?, path: p.clone(), line_no: 0 });
+        }
+        Ok(Recordings { venue, registry, snapshot_target, instruments, sources })
+    }
+}
+
 fn replay_recordings(
     paths: &[PathBuf],
     market: BinanceMarket,
@@ -564,19 +591,9 @@ fn replay_recordings(
     opts: &ReplayOptions,
     sink: &mut Sink,
 ) -> anyhow::Result<(Engine, ReadCounts)> {
-    let (venue, kind) = match market {
-        BinanceMarket::Spot => ("binance", MarketType::Spot),
-        BinanceMarket::UsdM => ("binance-usdm", MarketType::LinearPerpetual),
-    };
-    let (registry, depth_symbol) = learn_instruments(paths, venue, kind)?;
-    let snapshot_target: Vec<_> = depth_symbol.iter().map(|s| s.as_deref().and_then(|s| registry.lookup(venue, s))).collect();
-    let instruments: Vec<_> = registry.iter().cloned().collect();
+    let Recordings { venue, registry, snapshot_target, instruments, sources } = Recordings::open(paths, market)?;
     let mut engine = Engine::new(config, &instruments);
     let mut outbound = Outbound::default();
-    let mut sources = Vec::new();
-    for p in paths {
-        sources.push(Source { reader: open(p)?, path: p.clone(), line_no: 0 });
-    }
     let mut progress = Progress { on: opts.progress, started: Instant::now(), last: Instant::now(), total: None };
     let mut pacer = Pacer { speed: opts.pace, origin: None };
     let mut events = 0u64;
@@ -813,17 +830,7 @@ pub fn capture(paths: &[PathBuf], market: BinanceMarket, out: &Path, progress: b
         let segs = segments(out).with_context(|| format!("reading {}", out.display()))?;
         anyhow::ensure!(segs.is_empty(), "{} already holds a journal: give a new directory", out.display());
     }
-    let (venue, kind) = match market {
-        BinanceMarket::Spot => ("binance", MarketType::Spot),
-        BinanceMarket::UsdM => ("binance-usdm", MarketType::LinearPerpetual),
-    };
-    let (registry, depth_symbol) = learn_instruments(paths, venue, kind)?;
-    let snapshot_target: Vec<_> = depth_symbol.iter().map(|s| s.as_deref().and_then(|s| registry.lookup(venue, s))).collect();
-    let instruments: Vec<_> = registry.iter().cloned().collect();
-    let mut sources = Vec::new();
-    for p in paths {
-        sources.push(Source { reader: open(p)?, path: p.clone(), line_no: 0 });
-    }
+    let Recordings { venue, registry, snapshot_target, instruments, sources } = Recordings::open(paths, market)?;
     let mut jc = JournalConfig::new(out);
     jc.durability = Durability::Os;
     let (mut journal, _) = JournalWriter::<Event>::open(jc).with_context(|| format!("creating the capture {}", out.display()))?;
