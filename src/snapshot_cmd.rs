@@ -55,6 +55,15 @@ pub fn run(dir: &Path, verify: bool, config: Option<&Path>, mut out: impl std::i
         }
     }
     if verify && !checked.is_empty() {
+        // A journal pruned by retention starts past event 0: a replay from its start would not
+        // reach the snapshots' states, and every one would look wrong.
+        if let Some(first) = sapphire_persistence::journal::first_seq(&input)?.filter(|&f| f > 0) {
+            anyhow::bail!(
+                "--verify replays the input journal from event 0, but {} starts at event {first} (retention archived the segments before it): bring them back with `sapphire journal restore {} --archive <the [retention] archive>` (core stopped), then verify",
+                input.display(),
+                input.parent().and_then(Path::parent).unwrap_or(dir).display()
+            );
+        }
         let mut engine = Engine::new(&engine_config, &instruments);
         let mut pending = checked.iter().peekable();
         let mut matched = 0;

@@ -192,11 +192,20 @@ fn journal_prune_and_restore_by_hand() {
     assert!(done.contains("0 segments") && !done.contains("no sink is known"), "{done}");
     assert_eq!(segs(&data.join("journal/output")).len(), 1);
 
+    // Checking the snapshots against a replay needs the whole journal: said, not misreported.
+    let verify = sapphire().args(["journal", "snapshots", "--verify"]).arg(&data).output().expect("sapphire runs");
+    assert!(!verify.status.success());
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(said.contains("sapphire journal restore") && said.contains("starts at event"), "{said}");
+
     // Restored: the journal is whole again, record for record.
     let said = ok(sapphire().args(["journal", "restore"]).arg(&data).arg("--archive").arg(&archive).output().expect("sapphire runs"));
     assert!(said.contains("input: "), "{said}");
     assert_eq!(segs(&input), all);
     assert!(dump(&input) == whole, "the restored journal equals the original");
+    let verify = sapphire().args(["journal", "snapshots", "--verify"]).arg(&data).output().expect("sapphire runs");
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("snapshots equal a replay of the journal"));
     let bad = sapphire().args(["journal", "prune"]).arg(&data).args(["--archive", "s3://nope"]).output().expect("sapphire runs");
     assert!(!bad.status.success());
     let _ = std::fs::remove_dir_all(&root);
