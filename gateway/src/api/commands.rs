@@ -498,12 +498,17 @@ mod tests {
 
     impl Desk {
         fn start() -> Self {
+            Self::start_with(true)
+        }
+
+        /// `in_process` false: the API as a gateway that forwards control to cores elsewhere.
+        fn start_with(in_process: bool) -> Self {
             let instruments = instruments();
             let symbols: Vec<String> = instruments.iter().map(|i| i.symbol.clone()).collect();
             let (producer, mut consumers) = ring::<Event>(4_096, 1);
             let state = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), symbols, 1));
             state.set_core_running(true);
-            state.set_engine_in_process(true);
+            state.set_engine_in_process(in_process);
             let stop = Arc::new(AtomicBool::new(false));
             let mut engine = Engine::new(&EngineConfig { agents: 4, ..EngineConfig::default() }, &instruments);
             let mut consumer = consumers.pop().unwrap();
@@ -706,5 +711,18 @@ mod tests {
             assert!(Instant::now() < deadline, "no flattened alert");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_gateway_forwarding_control_refuses_what_needs_the_engines_ids() {
+        let desk = Desk::start_with(false);
+        let (status, v) = desk.order(r#"{"symbol":"BTCUSDT","side":"buy","qty":"1","agent":3}"#).await;
+        assert_eq!(status, 501, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("core's own API"), "{v}");
+        assert_eq!(desk.post("/api/flatten", Some(TOKEN), r#"{"symbol":"BTCUSDT"}"#).await.0, 501);
+        // An agent's or everything's flatten names no symbol: forwarded like a kill.
+        let (status, v) = desk.post("/api/flatten", Some(TOKEN), r#"{"agent":3}"#).await;
+        assert_eq!((status, v["accepted"].as_str()), (200, Some("flatten")), "{v}");
+        assert_eq!(desk.position(3, 0), Quantity::ZERO, "nothing was traded");
     }
 }
