@@ -33,3 +33,15 @@ if cargo +nightly fuzz --version >/dev/null 2>&1; then
 else
   echo "conformance: fuzz smoke skipped: needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz)"
 fi
+
+# Chaos, the fast part (docs/reliability.md, "Chaos"; about 30 s once built): ten kill -9 at
+# random points, then the output journal must equal an uninterrupted replay; and venue
+# timestamps an hour ahead / behind replayed from the BTCUSDT recording (the wall-clock step
+# under libfaketime runs when it is installed). `scripts/chaos.sh all` runs every row.
+if command -v python3 >/dev/null; then
+  cargo build --release --bin sapphire
+  bash scripts/chaos.sh kill 10
+  bash scripts/chaos.sh clock "$dir/recorded/hftbacktest/binance_spot_btcusdt_20240808.gz"
+else
+  echo "conformance: chaos skipped: scripts/chaos.sh needs python3"
+fi
