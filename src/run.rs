@@ -1282,6 +1282,11 @@ fn write_feed_metrics(
             c.snapshots_capped,
         );
         m.counter(
+            "sapphire_feed_clock_ahead_total",
+            "Venue timestamps more than 5 s ahead of the venue's clock as received, replaced by the time it should show.",
+            c.clock_ahead,
+        );
+        m.counter(
             "sapphire_feed_wrong_market_total",
             "Frames of another market than market.venue_market (the feed stops).",
             c.wrong_market,
@@ -1324,11 +1329,6 @@ fn write_snapshot_metrics(s: &sapphire_persistence::snapshot::SnapshotStats, m: 
             "sapphire_snapshot_copy_seconds",
             "Time an engine thread spent copying its state for a snapshot (the hot path's whole cost of one).",
             [("last", r(&t.last_copy_ns)), ("max", r(&t.max_copy_ns))].map(|(which, ns)| ([("which", which)], ns as f64 / 1e9)),
-        );
-        m.counter(
-            "sapphire_feed_clock_ahead_total",
-            "Venue timestamps more than 5 s ahead of the venue's clock as received, replaced by the time it should show.",
-            c.clock_ahead,
         );
         m.counter(
             "sapphire_snapshot_copies_skipped_total",
