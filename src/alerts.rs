@@ -129,6 +129,12 @@ pub fn classify(a: &RiskAlert) -> Option<Alert> {
         AlertKind::Killed => (AlertClass::Kill, "KILL switch engaged: orders cancelled, nothing new is sent".to_string()),
         AlertKind::Halted => (AlertClass::Kill, "trading halted by an operator".to_string()),
         AlertKind::Resumed => (AlertClass::Kill, "trading resumed".to_string()),
+        // A flatten that ends with positions open needs a person; one that ends flat closes it.
+        AlertKind::Flattened if a.value > 0 => (
+            AlertClass::Kill,
+            format!("FLATTEN gave up: {} position(s) still open after the last pass (GET /api/orders says why)", a.value),
+        ),
+        AlertKind::Flattened => (AlertClass::Kill, "flatten done: flat".to_string()),
         _ => return None,
     };
     Some(Alert { class, text })
@@ -486,6 +492,9 @@ mod tests {
         assert_eq!(classify(&alert(AlertKind::Killed, 0)).unwrap().class, AlertClass::Kill);
         assert!(classify(&alert(AlertKind::LimitChanged, 5)).is_none());
         assert!(classify(&alert(AlertKind::AgentPaused, 1)).is_none());
+        assert!(classify(&alert(AlertKind::Flattened, 2)).unwrap().text.starts_with("FLATTEN gave up: 2 position(s)"));
+        assert_eq!(classify(&alert(AlertKind::Flattened, 0)).unwrap().class, AlertClass::Kill);
+        assert!(classify(&alert(AlertKind::Flattening, 1)).is_none(), "the operator who asked knows it began");
     }
 
     #[test]
