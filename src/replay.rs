@@ -929,6 +929,60 @@ pub(crate) fn journal_instruments(dir: &Path) -> anyhow::Result<Vec<sapphire_cor
     Ok(registry.iter().cloned().collect())
 }
 
+/// What `replay --books-only` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BooksOnly {
+    /// Events read.
+    pub events: u64,
+    /// Market updates after which the strategy read the best bid and ask.
+    pub tops: u64,
+    /// A sum over every best bid and ask read (so the reads are real work, and two inputs can
+    /// be compared).
+    pub checksum: i64,
+    /// Wall time of the loop (reading the journal included).
+    pub elapsed_s: f64,
+}
+
+impl BooksOnly {
+    /// One JSON object.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "events": self.events,
+            "tops": self.tops,
+            "checksum": self.checksum.to_string(),
+            "elapsed_s": self.elapsed_s,
+            "events_per_sec": self.events as f64 / self.elapsed_s.max(1e-9),
+        })
+        .to_string()
+    }
+}
+
+/// Every event of an input journal through the book stage alone, reading the best bid and ask
+/// after each market update, on this thread (records are read in place from the mapped
+/// segments and checked as they go).
+pub fn replay_books(dir: &Path, config: &EngineConfig) -> anyhow::Result<BooksOnly> {
+    use sapphire_core::engine::{BookStage, StageMsg};
+    anyhow::ensure!(dir.is_dir(), "{} is not an input journal directory", dir.display());
+    let instruments = journal_instruments(dir)?;
+    let mut books = BookStage::new(instruments.len(), config.book_levels, config.aggregate.imbalance_levels);
+    let (mut tops, mut checksum) = (0u64, 0i64);
+    let started = Instant::now();
+    // One message, reused: the book stage sets only the market update and view.
+    let mut msg = StageMsg::default();
+    let events = sapphire_persistence::journal::for_each(dir, |seq, e| {
+        msg.seq = seq as i64;
+        msg.event = *e;
+        msg.market_update = None;
+        books.process(&mut msg);
+        if msg.market_update.is_some() {
+            tops += 1;
+            checksum = checksum.wrapping_add(msg.market.bid.raw).wrapping_add(msg.market.ask.raw);
+        }
+    })
+    .with_context(|| format!("reading input journal {}", dir.display()))?;
+    Ok(BooksOnly { events, tops, checksum, elapsed_s: started.elapsed().as_secs_f64() })
+}
+
 fn replay_journal(dir: &Path, config: &EngineConfig, opts: &ReplayOptions, sink: &mut Sink) -> anyhow::Result<(Engine, ReadCounts)> {
     anyhow::ensure!(dir.is_dir(), "{} is not an input journal directory", dir.display());
     let instruments = journal_instruments(dir)?;
@@ -1004,6 +1058,11 @@ pub struct ReplayArgs {
     /// Parallel runs of a sweep (default: the number of cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Books only (an input journal or capture): every event through the book stage alone,
+    /// and a strategy that reads the best bid and ask after every market update — the work
+    /// hftbacktest's best-bid/ask benchmark does (benches/peers). No agents, risk or matching.
+    #[arg(long)]
+    pub books_only: bool,
     /// With an input journal: also read its segments archived by retention (a directory,
     /// file:///dir or gs://bucket/prefix), fetched into a temporary folder first.
     #[arg(long, env = "SAPPHIRE_ARCHIVE")]
@@ -1048,6 +1107,31 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         let market = parse_market(args.market.as_deref(), &args.paths)?;
         Input::Recordings { paths: args.paths.clone(), market }
     };
+    if args.books_only {
+        let Input::Journal(dir) = &input else {
+            return Err(refuse("--books-only", "reads an input journal or a capture (sapphire capture convert): give its directory"));
+        };
+        if args.out.is_some() || !settings.is_empty() || pace.is_some() || args.archive.is_some() {
+            return Err(refuse("--books-only", "takes none of --out, --set, --pace, --archive"));
+        }
+        let doc = crate::sweep::document(args.config.as_deref(), &[])?;
+        let mut file = crate::sweep::file_config(&doc)?;
+        crate::config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
+        let b = replay_books(dir, &file.resolve()?.engine)?;
+        if args.json {
+            println!("{}", b.to_json());
+        } else {
+            println!(
+                "books only: {} events ({} market updates read) in {:.3}s, {:.0} events/s; checksum {}",
+                b.events,
+                b.tops,
+                b.elapsed_s,
+                b.events as f64 / b.elapsed_s.max(1e-9),
+                b.checksum
+            );
+        }
+        return Ok(());
+    }
     let mut overrides: Vec<(String, String)> = Vec::new();
     if let Some(l) = args.latency_us {
         overrides.push(("paper.latency_us".into(), l.to_string()));

@@ -293,6 +293,15 @@ fn a_capture_replays_to_the_recordings_outputs_record_for_record() {
     for key in ["events", "orders", "fills", "pnl", "equity", "fees", "outputs_written"] {
         assert_eq!(one[key], two[key], "{key}: {one}\n{two}");
     }
+    // Books only, from the capture: every event, the best bid and ask read after each market
+    // update; the same sums whichever way the capture is read twice.
+    let books = json(&ok(&sapphire().arg("replay").arg("--books-only").arg(&capture).arg("--json").output().unwrap()));
+    assert_eq!(books["events"], one["events"], "{books}");
+    assert!(books["tops"].as_u64().unwrap() > 0 && books["tops"].as_u64().unwrap() <= books["events"].as_u64().unwrap());
+    let again = json(&ok(&sapphire().arg("replay").arg("--books-only").arg(&capture).arg("--json").output().unwrap()));
+    assert_eq!(books["checksum"], again["checksum"]);
+    let refused = sapphire().arg("replay").arg("--books-only").arg(&rec).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "recordings are not a capture");
     // A capture never overwrites one.
     let again = sapphire().args(["capture", "convert"]).arg(&rec).arg(&capture).output().unwrap();
     assert!(!again.status.success());

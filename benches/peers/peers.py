@@ -13,6 +13,8 @@ Each engine models something different, so a rate is only comparable with what i
   aggregation, pre-trade risk and the paper matching simulator (it trades).
 - sapphire capture: the same engine from `sapphire capture convert`'s binary capture (the
   normalized events as an input journal; converted once, untimed, like hftbacktest's npz).
+- sapphire books: the work of hftbacktest's case from the same capture — books, and the best
+  bid/ask read after every market update (`replay --books-only`); no agents, risk or matching.
 """
 
 import argparse
@@ -223,14 +225,32 @@ def run_sapphire(binary, recording, label):
             "feeds": summary.get("orders", 0), "elapsed_s": elapsed, "rate": events / max(elapsed, 1e-9)}
 
 
-def run_sapphire_capture(binary, recording, label, work):
-    """The full engine from sapphire's binary capture (an input journal of normalized events):
-    the conversion is done once and not timed, as hftbacktest's npz conversion is not."""
+def capture_of(binary, recording, work):
+    """sapphire's binary capture of a recording (an input journal of normalized events),
+    converted once and not timed, as hftbacktest's npz conversion is not."""
     capture = os.path.join(work, os.path.basename(recording) + ".capture")
     if not os.path.isdir(capture):
         r = subprocess.run([binary, "capture", "convert", "--market", "usdm", recording, capture], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"sapphire capture convert failed: {r.stderr.strip()[-400:]}")
+    return capture
+
+
+def run_sapphire_books(binary, recording, label, work):
+    """Equal work to hftbacktest's case: books from the capture, the best bid/ask read after
+    every market update; no agents, risk or matching."""
+    r = subprocess.run([binary, "replay", "--books-only", "--json", capture_of(binary, recording, work)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"sapphire replay --books-only failed: {r.stderr.strip()[-400:]}")
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    events, elapsed = summary["events"], summary["elapsed_s"]
+    return {"engine": "sapphire books", "input": label, "events": events, "unit": "events (books + best bid/ask, capture)",
+            "feeds": summary["tops"], "elapsed_s": elapsed, "rate": events / max(elapsed, 1e-9)}
+
+
+def run_sapphire_capture(binary, recording, label, work):
+    """The full engine from sapphire's binary capture."""
+    capture = capture_of(binary, recording, work)
     r = subprocess.run([binary, "replay", "--json", capture], capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"sapphire replay of the capture failed: {r.stderr.strip()[-400:]}")
@@ -275,6 +295,7 @@ def main():
             instrument, ticks = nautilus_ticks(recording=path)
         for run in (lambda: run_sapphire(args.sapphire, path, label),
                     lambda: run_sapphire_capture(args.sapphire, path, label, args.work),
+                    lambda: run_sapphire_books(args.sapphire, path, label, args.work),
                     lambda: run_hftbacktest(hft_events, label),
                     lambda: run_nautilus(instrument, ticks, label)):
             try:
@@ -291,7 +312,7 @@ def main():
         by = {r["engine"]: r for r in results if r["input"] == label}
         unit = "quotes/s" if kind == "synthetic" else "events/s, each in its own unit"
         key = "quotes_rate" if kind == "synthetic" else "rate"
-        for ours in ("sapphire replay", "sapphire capture"):
+        for ours in ("sapphire replay", "sapphire capture", "sapphire books"):
             s = by.get(ours)
             for peer in ("hftbacktest", "nautilus_trader"):
                 if s and peer in by:
