@@ -126,6 +126,15 @@ pub fn classify(a: &RiskAlert) -> Option<Alert> {
                 v => format!("margin ladder level {v}"),
             },
         ),
+        AlertKind::AgentMarginLadder => (
+            AlertClass::Margin,
+            match a.value {
+                0 => format!("agent {}: margin back to normal", a.agent.0),
+                1 => format!("agent {}: reduce-only, resting orders cancelled (its margin above 85% of its budget)", a.agent.0),
+                2 => format!("agent {}: deleveraging, positions cut (its margin above 95% of its budget)", a.agent.0),
+                v => format!("agent {}: margin ladder level {v}", a.agent.0),
+            },
+        ),
         AlertKind::Killed => (AlertClass::Kill, "KILL switch engaged: orders cancelled, nothing new is sent".to_string()),
         AlertKind::Halted => (AlertClass::Kill, "trading halted by an operator".to_string()),
         AlertKind::Resumed => (AlertClass::Kill, "trading resumed".to_string()),
@@ -489,6 +498,11 @@ mod tests {
         assert_eq!(classify(&alert(AlertKind::DrawdownWarning, 1_050)).unwrap().text, "drawdown warning: 10.50% from peak equity");
         assert_eq!(classify(&alert(AlertKind::DrawdownHalt, 2_500)).unwrap().class, AlertClass::Drawdown);
         assert!(classify(&alert(AlertKind::MarginLadder, 1)).unwrap().text.contains("reduce-only"));
+        let agent = |value| RiskAlert { ts_event: 1, kind: AlertKind::AgentMarginLadder, agent: AgentId(3), value };
+        let reduce = classify(&agent(1)).unwrap();
+        assert_eq!(reduce.class, AlertClass::Margin);
+        assert!(reduce.text.starts_with("agent 3: reduce-only"), "{}", reduce.text);
+        assert!(classify(&agent(2)).unwrap().text.starts_with("agent 3: deleveraging"));
         assert_eq!(classify(&alert(AlertKind::Killed, 0)).unwrap().class, AlertClass::Kill);
         assert!(classify(&alert(AlertKind::LimitChanged, 5)).is_none());
         assert!(classify(&alert(AlertKind::AgentPaused, 1)).is_none());

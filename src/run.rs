@@ -138,6 +138,9 @@ fn edge_loop(
                         AlertKind::LimitChanged => format!("limit changed to {}", a.value),
                         AlertKind::Flattening => format!("flatten (agent {}): pass {}", a.agent.0, a.value),
                         AlertKind::Flattened => format!("flatten (agent {}) ended: {} position(s) still open", a.agent.0, a.value),
+                        AlertKind::AgentMarginLadder => {
+                            format!("agent {} margin ladder level {} (0 normal, 1 reduce-only, 2 deleverage)", a.agent.0, a.value)
+                        }
                     };
                     eprintln!("risk: {what}");
                 }

@@ -248,3 +248,81 @@ fn when_the_journal_fails_only_what_it_holds_leaves_the_core() {
         assert!(outputs == expected, "{layout:?}: {} outputs released, {} expected", outputs.len(), expected.len());
     }
 }
+
+#[test]
+fn an_agent_over_its_own_margin_is_cut_back_the_same_way_in_every_run_and_through_the_pipeline() {
+    use sapphire_core::event::{AgentId, Control, ControlKind, LimitKind};
+    use sapphire_core::risk::{AlertKind, RiskOutput};
+    let (instruments, mut events) = common::scripted_events(11, 60_000);
+    let config = EngineConfig::default();
+    // The first point past the middle where agent 2 holds more than $100: there an operator
+    // cuts its budget to $50, so its margin is far over 95% of it.
+    let mut engine = Engine::new(&config, &instruments);
+    let (mut outbound, mut sink) = (Vec::new(), Vec::new());
+    let mut at = None;
+    for (seq, e) in events.iter().enumerate() {
+        engine.process(seq as i64, e, &mut outbound, &mut sink);
+        let exposure = engine.stages.risk.risk.portfolio().agent_summary(AgentId(2)).gross_exposure;
+        if seq > events.len() / 2 && matches!(e, Event::Timer(_)) && exposure > sapphire_core::fixed::Money::from_units(100) {
+            at = Some(seq + 1);
+            break;
+        }
+    }
+    let at = at.expect("agent 2 holds a position after the middle of the run");
+    let ts = events[at - 1].ts_event();
+    let budget = sapphire_core::fixed::Money::from_units(50).raw;
+    let cut_budget = Control {
+        ts_event: ts,
+        ts_recv: ts,
+        kind: ControlKind::SetLimit,
+        limit: LimitKind::AgentBudget,
+        agent: AgentId(2),
+        value: budget,
+        ..Default::default()
+    };
+    events.insert(at, Event::Control(cut_budget));
+    let end = events.last().unwrap().ts_event() + 1;
+    events.push(Event::Timer(sapphire_core::event::Timer { ts_event: end, ts_recv: end, timer_id: 0, _pad: 0 }));
+
+    let (a, _) = run_direct(&config, &instruments, &events);
+    let ladder: Vec<(usize, i64)> = a
+        .iter()
+        .enumerate()
+        .filter_map(|(k, o)| match o.output {
+            EngineOutput::Risk(RiskOutput::Alert(al)) if al.kind == AlertKind::AgentMarginLadder && al.agent == AgentId(2) => {
+                Some((k, al.value))
+            }
+            _ => None,
+        })
+        .collect();
+    let (first, level) = *ladder.first().expect("agent 2's ladder moved");
+    assert_eq!(level, 2, "$100+ on a $50 budget: deleverage at once");
+    assert!(a[first].seq > at as i64, "at the first timer after the change");
+    // Its resting orders were cancelled and a reduce-only IOC cut went out at the same event.
+    let same_event: Vec<Order> = a
+        .iter()
+        .filter(|o| o.seq == a[first].seq)
+        .filter_map(|o| match o.output {
+            EngineOutput::Order(o) if o.agent == AgentId(2) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert!(same_event.iter().any(|o| o.action == OrderAction::New && o.reduce_only), "a cut: {same_event:?}");
+    // Until it is back to normal, everything agent 2 sends reduces.
+    let back = ladder.iter().find(|(_, v)| *v == 0).map_or(a.len(), |(k, _)| *k);
+    for o in &a[first..back] {
+        if let EngineOutput::Order(o) = o.output {
+            if o.agent == AgentId(2) && o.action == OrderAction::New {
+                assert!(o.reduce_only, "agent 2 opened risk while over its margin: {o:?}");
+            }
+        }
+    }
+    // Deterministic: the same events give the same outputs, directly and through the
+    // pipeline with its journal stage (what a replay of the journal runs).
+    let (b, _) = run_direct(&config, &instruments, &events);
+    assert!(a == b, "two runs differ");
+    let (piped, report, dropped) = run_pipeline(Layout::Fused, &config, &instruments, &events);
+    assert_eq!(dropped, 0);
+    assert_eq!(report.journal.appended(), events.len() as u64, "the control was journaled with the market");
+    assert!(piped == a, "the pipeline differs from the direct engine");
+}

@@ -205,7 +205,8 @@ pub enum RejectReason {
     /// Not refused.
     #[default]
     None = 0,
-    /// The agent's margin budget would be exceeded.
+    /// The agent's margin budget would be exceeded, or its margin ladder allows reduce-only
+    /// orders only (metric label `agent_margin`).
     AgentBudget = 1,
     /// The position limit for the instrument would be exceeded.
     PositionLimit = 2,
@@ -285,7 +286,8 @@ impl RejectReason {
     pub const fn label(self) -> &'static str {
         match self {
             RejectReason::None => "none",
-            RejectReason::AgentBudget => "agent_budget",
+            // The old platform's name, which dashboards and alert rules query.
+            RejectReason::AgentBudget => "agent_margin",
             RejectReason::PositionLimit => "position_limit",
             RejectReason::OrderNotional => "order_notional",
             RejectReason::PriceBand => "price_band",

@@ -260,6 +260,9 @@ pub enum AlertKind {
     Flattening = 8,
     /// An operator flatten ended (value: positions still open; 0 is flat).
     Flattened = 9,
+    /// One agent's margin ladder moved (agent: whose; value: new level 0 normal,
+    /// 1 reduce-only with its resting orders cancelled, 2 its positions cut).
+    AgentMarginLadder = 10,
 }
 
 /// A guard event.
@@ -369,6 +372,9 @@ pub struct RiskEngine {
     status: RiskStatus,
     drawdown_warned: bool,
     paused: [bool; MAX_AGENTS],
+    /// Each agent's margin ladder level against its own budget: 0 normal, 1 reduce-only,
+    /// 2 deleverage.
+    agent_ladder: [u8; MAX_AGENTS],
     refusals: [u64; RejectReason::COUNT],
     approved: u64,
     now: u64,
@@ -390,6 +396,7 @@ impl RiskEngine {
             status: RiskStatus { peak_equity: equity, ..Default::default() },
             drawdown_warned: false,
             paused: [false; MAX_AGENTS],
+            agent_ladder: [0; MAX_AGENTS],
             refusals: [0; RejectReason::COUNT],
             approved: 0,
             now: 0,
@@ -410,6 +417,7 @@ impl RiskEngine {
             status,
             drawdown_warned,
             paused,
+            agent_ladder,
             refusals,
             approved,
             now,
@@ -426,6 +434,12 @@ impl RiskEngine {
         (self.bucket, self.status, self.drawdown_warned) = (*bucket, *status, *drawdown_warned);
         (self.paused, self.refusals, self.approved, self.now) = (*paused, *refusals, *approved, *now);
         self.flatten = *flatten;
+        self.agent_ladder = *agent_ladder;
+    }
+
+    /// An agent's margin ladder level: 0 normal, 1 reduce-only, 2 deleverage.
+    pub fn agent_ladder(&self, agent: AgentId) -> u8 {
+        self.agent_ladder.get(agent.index()).copied().unwrap_or(0)
     }
 
     /// The portfolio.
@@ -641,6 +655,106 @@ impl RiskEngine {
         if level == 2 {
             self.deleverage(seq, orders);
         }
+        self.evaluate_agent_ladders(seq, level, orders, out);
+    }
+
+    /// The margin ladder of each agent against its own budget: margin in use (exposure over
+    /// leverage) as a share of the agent's equity. At the reduce-only level the agent's resting
+    /// orders are cancelled and only reducing orders pass; at the deleverage level its largest
+    /// position is cut, by an immediate-or-cancel order, to bring it back to the reduce-only
+    /// level. An agent whose change does not fit this event's batches waits for the next
+    /// evaluation; while the portfolio ladder itself deleverages, agents are not cut twice.
+    fn evaluate_agent_ladders(&mut self, seq: i64, portfolio_level: u8, orders: &mut OrderBatch, out: &mut RiskOutputBatch) {
+        let leverage = self.config.leverage.max(1);
+        for a in 0..self.portfolio.agents().min(MAX_AGENTS) {
+            let agent = AgentId(a as u16);
+            let s = self.portfolio.agent_summary(agent);
+            let used = Money::from_raw(s.gross_exposure.raw / leverage);
+            let ratio = if s.equity.raw > 0 {
+                ratio_bps(used, s.equity)
+            } else if used.raw > 0 {
+                10_000
+            } else {
+                0
+            };
+            let level = if ratio >= self.config.margin_deleverage_bps {
+                2
+            } else if ratio >= self.config.margin_reduce_only_bps {
+                1
+            } else {
+                0
+            };
+            let was = self.agent_ladder[a];
+            if level != was {
+                // Room for a cancel, a cut and the alert, or wait for the next evaluation.
+                if orders.len() + 2 > ORDERS_PER_EVENT || out.len() >= RISK_OUTPUTS_PER_EVENT {
+                    return;
+                }
+                if level > was {
+                    self.cancel_all(agent, ALL_INSTRUMENTS, orders);
+                }
+                self.agent_ladder[a] = level;
+                self.alert(AlertKind::AgentMarginLadder, agent, i64::from(level), out);
+            }
+            if level == 2 && portfolio_level < 2 {
+                if orders.len() >= ORDERS_PER_EVENT {
+                    return;
+                }
+                // Above the reduce-only level, back to it.
+                let target = i128::from(s.equity.raw) * i128::from(self.config.margin_reduce_only_bps) / 10_000 * i128::from(leverage);
+                let excess = (i128::from(s.gross_exposure.raw) - target).max(0);
+                self.cut_agent(seq, agent, excess, orders);
+            }
+        }
+    }
+
+    /// Cuts `agent`'s largest position by at least `excess` notional (whole lots, at most the
+    /// position) with a reduce-only immediate-or-cancel order; nothing while the agent still
+    /// has an order working (the previous cut), so a cut in flight is not sent twice.
+    fn cut_agent(&mut self, seq: i64, agent: AgentId, excess: i128, orders: &mut OrderBatch) {
+        if excess <= 0 || self.open.iter().any(|o| o.agent == agent) {
+            return;
+        }
+        let mut largest: Option<(InstrumentId, Money)> = None;
+        for i in 0..self.portfolio.instruments() {
+            let inst = InstrumentId(i as u32);
+            let pos = self.portfolio.position(agent, inst).qty;
+            let exposure = notional(self.portfolio.mark_of(inst), pos.abs()).unwrap_or(Money::ZERO);
+            if pos.raw != 0 && largest.is_none_or(|(_, e)| exposure > e) {
+                largest = Some((inst, exposure));
+            }
+        }
+        let Some((inst, _)) = largest else { return };
+        let pos = self.portfolio.position(agent, inst).qty;
+        let mark = self.portfolio.mark_of(inst);
+        if mark.raw <= 0 {
+            return;
+        }
+        let instrument = &self.instruments[inst.index()];
+        let lot = instrument.lot_size.raw.max(1);
+        // notional = price × qty / Quantity::SCALE, so qty = excess × SCALE / price, rounded up to lots.
+        let raw = (excess * i128::from(Quantity::SCALE) + i128::from(mark.raw) - 1) / i128::from(mark.raw);
+        let lots = (raw + i128::from(lot) - 1) / i128::from(lot);
+        let cut = i64::try_from(lots * i128::from(lot)).unwrap_or(i64::MAX).min(pos.raw.abs());
+        let side = if pos.raw > 0 { Side::Sell } else { Side::Buy };
+        let m = self.markets[inst.index()];
+        let price = if side == Side::Sell { m.bid } else { m.ask };
+        let intent_id = crate::router::intent_id(seq, crate::router::GUARD_AGENT_TAG);
+        self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: Quantity::from_raw(cut) });
+        let _ = orders.push(Order {
+            ts_event: self.now,
+            intent_id,
+            instrument: inst,
+            agent,
+            action: OrderAction::New,
+            side,
+            order_type: OrderType::Market,
+            tif: TimeInForce::Ioc,
+            reduce_only: true,
+            price,
+            qty: Quantity::from_raw(cut),
+            ..Order::default()
+        });
     }
 
     /// Cuts the largest position by a quarter with an immediate-or-cancel order.
@@ -786,6 +900,10 @@ impl RiskEngine {
         }
         if s.ladder >= 1 && !reduce_only {
             return Some(RejectReason::ReduceOnly);
+        }
+        // The agent's own ladder: over its reduce-only level, nothing that adds margin.
+        if self.agent_ladder.get(agent.index()).is_some_and(|&l| l >= 1) && !reduce_only {
+            return Some(RejectReason::AgentBudget);
         }
         if !reduce_only && self.flatten.covers(agent, intent.instrument) {
             return Some(RejectReason::ReduceOnly);

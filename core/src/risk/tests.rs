@@ -277,6 +277,96 @@ fn drawdown_halts_and_margin_ladder_cancels_then_deleverages() {
     assert_eq!((cut.side, cut.reduce_only, cut.qty), (Side::Sell, true, Quantity::parse("2.5").unwrap()));
 }
 
+fn fill(r: &mut RiskEngine, agent: u16, side: Side, units: &str, price: i64) {
+    r.on_exec(&ExecReport {
+        agent: AgentId(agent),
+        side,
+        last_qty: Quantity::parse(units).unwrap(),
+        price: Price::from_units(price),
+        kind: ExecKind::Fill,
+        ..Default::default()
+    });
+}
+
+fn agent_alerts(out: &RiskOutputBatch) -> Vec<(u16, i64)> {
+    out.as_slice()
+        .iter()
+        .filter_map(|o| match o {
+            RiskOutput::Alert(a) if a.kind == AlertKind::AgentMarginLadder => Some((a.agent.0, a.value)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_agent_over_its_margin_goes_reduce_only_then_is_cut_back_while_the_others_trade() {
+    let cfg = RiskConfig {
+        max_position_notional: Money::from_units(10_000),
+        max_order_notional: Money::from_units(10_000),
+        ..Default::default()
+    };
+    // Two agents of $1,000 each: one agent's 90% is the portfolio's 45%.
+    let mut r = RiskEngine::new(cfg, &instruments(), 2);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    // Agent 0 rests a bid, then fills 9 at 100: $900 of its $1,000.
+    let (orders, _) = run(&mut r, intent(1 << 8, 1_000, 0, "0.5", "99.00"));
+    assert_eq!(orders.len(), 1, "resting");
+    fill(&mut r, 0, Side::Buy, "9", 100);
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(2, &mut orders, &mut out);
+    assert_eq!(r.status().ladder, 0, "the portfolio is at 45%");
+    assert_eq!((r.agent_ladder(AgentId(0)), r.agent_ladder(AgentId(1))), (1, 0));
+    assert_eq!(agent_alerts(&out), vec![(0, 1)]);
+    let cancel = orders.as_slice().iter().find(|o| o.action == OrderAction::CancelAll).expect("its resting orders cancelled");
+    assert_eq!((cancel.agent, cancel.instrument), (AgentId(0), ALL_INSTRUMENTS));
+    // Reduce-only for agent 0 (refused under the agent_margin label), agent 1 trades.
+    let refused = refusal(&run(&mut r, intent(3 << 8, 1_000, 0, "9.5", "100.00")).1);
+    assert_eq!(refused, Some(RejectReason::AgentBudget));
+    assert_eq!(RejectReason::AgentBudget.label(), "agent_margin");
+    assert_eq!(refusal(&run(&mut r, intent(4 << 8, 1_000, 1, "2", "100.00")).1), None);
+    let (orders, out) = run(&mut r, intent(5 << 8, 1_000, 0, "8", "100.00"));
+    assert_eq!(refusal(&out), None, "reducing passes");
+    assert!(orders.as_slice().iter().any(|o| o.action == OrderAction::New && o.reduce_only && o.side == Side::Sell));
+    // The reduce order is cancelled unfilled and a late fill takes agent 0 to $1,000: 100%.
+    let mut r = r.clone();
+    r.on_exec(&ExecReport { client_order_id: 5 << 8, agent: AgentId(0), kind: ExecKind::Canceled, ..Default::default() });
+    fill(&mut r, 0, Side::Buy, "1", 100);
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(6, &mut orders, &mut out);
+    assert_eq!(r.agent_ladder(AgentId(0)), 2);
+    assert_eq!(agent_alerts(&out), vec![(0, 2)]);
+    // Cut back to 85% of its equity: $150 at 100 = 1.5.
+    let cut = orders.as_slice().iter().find(|o| o.action == OrderAction::New).expect("a cut");
+    assert_eq!(
+        (cut.agent, cut.side, cut.reduce_only, cut.tif, cut.qty),
+        (AgentId(0), Side::Sell, true, TimeInForce::Ioc, Quantity::parse("1.5").unwrap())
+    );
+    // While the cut is working, the next evaluation sends no second one.
+    let (mut again, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(7, &mut again, &mut out);
+    assert!(again.is_empty() && out.is_empty(), "{again:?} {out:?}");
+    // It fills: $850 of $1,000 is the reduce-only level, where it stays.
+    r.on_exec(&ExecReport {
+        client_order_id: cut.intent_id,
+        agent: AgentId(0),
+        side: Side::Sell,
+        kind: ExecKind::Fill,
+        last_qty: cut.qty,
+        price: Price::from_units(100),
+        ..Default::default()
+    });
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(8, &mut orders, &mut out);
+    assert_eq!((r.agent_ladder(AgentId(0)), agent_alerts(&out)), (1, vec![(0, 1)]));
+    assert!(orders.is_empty(), "going down the ladder cancels nothing");
+    // Flat again: back to normal, and opening orders pass.
+    fill(&mut r, 0, Side::Sell, "8.5", 100);
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(9, &mut orders, &mut out);
+    assert_eq!((r.agent_ladder(AgentId(0)), agent_alerts(&out)), (0, vec![(0, 0)]));
+    assert_eq!(refusal(&run(&mut r, intent(10 << 8, 1_000, 0, "1", "100.00")).1), None);
+}
+
 mod props {
     //! No accepted order ever breaks a limit, whatever the sequence of markets, fills and intents.
     use super::*;
@@ -354,6 +444,122 @@ mod props {
                             prop_assert!(s.gross_exposure.raw + open_notional <= s.equity.raw, "budget: {} + {} > {}", s.gross_exposure, open_notional, s.equity);
                         }
                         prop_assert!(open.iter().filter(|o| o.agent == AgentId(agent)).count() <= cfg.max_open_orders as usize);
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum LadderStep {
+        Market(i64),
+        /// A fill from outside risk's view (a late venue fill): agent, signed lots.
+        Fill(u16, i64),
+        Intent {
+            agent: u16,
+            target_lots: i64,
+        },
+        FillOpen,
+    }
+
+    fn ladder_step() -> impl Strategy<Value = LadderStep> {
+        prop_oneof![
+            (60i64..140).prop_map(LadderStep::Market),
+            (0u16..3, -6_000i64..6_000).prop_map(|(a, lots)| LadderStep::Fill(a, lots)),
+            (0u16..3, -15_000i64..15_000).prop_map(|(agent, target_lots)| LadderStep::Intent { agent, target_lots }),
+            Just(LadderStep::FillOpen),
+        ]
+    }
+
+    /// An agent's margin use against its equity, bps, worked out here from the portfolio.
+    fn agent_ratio(r: &RiskEngine, agent: u16) -> i64 {
+        let s = r.portfolio().agent_summary(AgentId(agent));
+        if s.equity.raw > 0 {
+            ratio_bps(s.gross_exposure, s.equity)
+        } else if s.gross_exposure.raw > 0 {
+            10_000
+        } else {
+            0
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever the fills and prices: an agent over 85% of its own margin never has a
+        /// position-increasing order accepted, and one over 95% (with no cut already working
+        /// and the portfolio's own ladder not deleveraging) is sent a reducing order.
+        #[test]
+        fn the_per_agent_ladder_holds_for_any_fills_and_prices(steps in proptest::collection::vec(ladder_step(), 1..150)) {
+            let cfg = RiskConfig { max_position_notional: Money::from_units(5_000), max_order_notional: Money::from_units(5_000), ..RiskConfig::default() };
+            let mut r = RiskEngine::new(cfg, &instruments(), 3);
+            let lot = Quantity::parse("0.001").unwrap().raw;
+            let mut ts = 1_000u64;
+            let mut mid = 100i64;
+            r.on_market(InstrumentId(0), &market(ts, mid));
+            let mut open: Vec<Order> = Vec::new();
+            for (k, s) in steps.into_iter().enumerate() {
+                ts += 1_000_000;
+                match s {
+                    LadderStep::Market(m) => {
+                        mid = m;
+                        r.on_market(InstrumentId(0), &market(ts, mid));
+                    }
+                    LadderStep::Fill(agent, lots) if lots != 0 => {
+                        let side = if lots > 0 { Side::Buy } else { Side::Sell };
+                        r.on_exec(&ExecReport { agent: AgentId(agent), side, kind: ExecKind::Fill, last_qty: Quantity::from_raw(lots.abs() * lot), price: Price::from_units(mid), ..Default::default() });
+                    }
+                    LadderStep::Fill(..) => {}
+                    LadderStep::FillOpen => {
+                        for o in open.drain(..) {
+                            r.on_exec(&ExecReport { client_order_id: o.intent_id, agent: o.agent, side: o.side, kind: ExecKind::Fill, last_qty: o.qty, price: o.price, ..Default::default() });
+                        }
+                    }
+                    LadderStep::Intent { agent, target_lots } => {
+                        let level = r.agent_ladder(AgentId(agent));
+                        let before = r.portfolio().position(AgentId(agent), InstrumentId(0)).qty.raw;
+                        let i = Intent { ts_event: ts, intent_id: ((k as u64) + 1) << 8 | u64::from(agent), instrument: InstrumentId(0), agent: AgentId(agent), style: ExecStyle::Aggressive, _pad: 0, target: Quantity::from_raw(target_lots * lot), price: Price::from_units(mid) };
+                        let (orders, _) = run(&mut r, i);
+                        for o in orders.as_slice() {
+                            if o.action == OrderAction::CancelAll {
+                                open.retain(|x| x.agent != o.agent);
+                                continue;
+                            }
+                            let after = before + o.qty.raw * o.side.sign();
+                            if level >= 1 {
+                                prop_assert!(after.abs() <= before.abs(), "agent {agent} at ladder {level} got {o:?} from {before}");
+                            }
+                            open.push(*o);
+                        }
+                    }
+                }
+                // The guards, as at every timer; a change that did not fit one event's
+                // batches comes at the next, so a few timers in a row settle every agent.
+                let working: Vec<bool> = (0..3).map(|a| open.iter().any(|o| o.agent == AgentId(a))).collect();
+                let mut orders: Vec<Order> = Vec::new();
+                for t in 0..4 {
+                    let (mut batch, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+                    r.evaluate_guards((k as i64 + 1) * 8 + t, &mut batch, &mut out);
+                    for o in batch.as_slice() {
+                        if o.action == OrderAction::CancelAll {
+                            open.retain(|x| !(o.agent == ALL_AGENTS || x.agent == o.agent));
+                        } else {
+                            open.push(*o);
+                        }
+                    }
+                    orders.extend_from_slice(batch.as_slice());
+                    if out.is_empty() {
+                        break;
+                    }
+                }
+                for a in 0..3u16 {
+                    let ratio = agent_ratio(&r, a);
+                    let level = r.agent_ladder(AgentId(a));
+                    prop_assert_eq!(level >= 1, ratio >= 8_500, "agent {} at {} bps: level {}", a, ratio, level);
+                    prop_assert_eq!(level == 2, ratio >= 9_500, "agent {} at {} bps: level {}", a, ratio, level);
+                    if level == 2 && r.status().ladder < 2 && !working[a as usize] {
+                        let pos = r.portfolio().position(AgentId(a), InstrumentId(0)).qty.raw;
+                        let cut = orders.iter().find(|o| o.agent == AgentId(a) && o.action == OrderAction::New);
+                        prop_assert!(cut.is_some_and(|o| o.reduce_only && o.side.sign() == -pos.signum() && o.qty.raw <= pos.abs()), "agent {} at {} bps: no cut in {:?}", a, ratio, orders);
                     }
                 }
             }

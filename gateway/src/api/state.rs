@@ -419,7 +419,11 @@ impl EdgeState {
         self.alerts.fetch_add(1, R);
         let stop = |kind: AlertKind| self.stopped_by.store(kind as u8 + 1, R);
         match a.kind {
-            AlertKind::DrawdownWarning | AlertKind::LimitChanged | AlertKind::Flattening | AlertKind::Flattened => {}
+            AlertKind::DrawdownWarning
+            | AlertKind::LimitChanged
+            | AlertKind::Flattening
+            | AlertKind::Flattened
+            | AlertKind::AgentMarginLadder => {}
             AlertKind::DrawdownHalt => {
                 self.drawdown_halted.store(true, R);
                 stop(a.kind);

@@ -77,6 +77,7 @@ fn alert_label(kind: AlertKind) -> &'static str {
         AlertKind::LimitChanged => "limit_changed",
         AlertKind::Flattening => "flattening",
         AlertKind::Flattened => "flattened",
+        AlertKind::AgentMarginLadder => "agent_margin_ladder",
     }
 }
 
@@ -99,6 +100,11 @@ pub(super) fn alert_text(a: &RiskAlert) -> String {
         AlertKind::Flattening => format!("flatten of {}: pass {}", flatten_scope(a.agent.0), a.value),
         AlertKind::Flattened if a.value == 0 => format!("flatten of {}: flat", flatten_scope(a.agent.0)),
         AlertKind::Flattened => format!("flatten of {} gave up: {} position(s) still open", flatten_scope(a.agent.0), a.value),
+        AlertKind::AgentMarginLadder => match a.value {
+            0 => format!("{} margin back to normal", agent_name(a.agent.0)),
+            1 => format!("{} margin: reduce-only, resting orders cancelled", agent_name(a.agent.0)),
+            _ => format!("{} margin: deleverage, positions cut", agent_name(a.agent.0)),
+        },
     }
 }
 

@@ -495,6 +495,7 @@ fn alert_label(k: AlertKind) -> &'static str {
         AlertKind::LimitChanged => "limit_changed",
         AlertKind::Flattening => "flattening",
         AlertKind::Flattened => "flattened",
+        AlertKind::AgentMarginLadder => "agent_margin_ladder",
     }
 }
 
