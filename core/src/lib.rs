@@ -22,7 +22,7 @@
 //! - [`ownership`]: which producer owns each agent id.
 //! - [`order`]: intents and orders.
 //! - [`portfolio`]: positions and PnL.
-//! - [`risk`]: pre-trade checks and portfolio guards.
+//! - [`risk`]: pre-trade checks, portfolio guards, operator flatten and manual orders.
 //! - [`router`]: deterministic client order ids.
 //! - [`matching`]: the deterministic paper matching simulator.
 //! - [`engine`]: the four stages and the fused engine.

@@ -1,5 +1,6 @@
 //! The risk engine: every intent is checked here before it can become an order, and the
-//! portfolio guards (drawdown, margin ladder, kill switch) live here.
+//! portfolio guards (drawdown, margin ladder, kill switch) live here, with the operator's own
+//! orders (flatten, manual orders: see `operator`).
 //!
 //! The risk stage owns the [`Portfolio`]: fills reach it as [`ExecReport`]s, at
 //! deterministic points (see `engine`), so every decision sees exact positions.
