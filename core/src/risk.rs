@@ -660,7 +660,7 @@ impl RiskEngine {
     }
 
     /// The margin ladder of each agent against its own budget: margin in use (exposure over
-    /// leverage) as a share of the agent's equity. At the reduce-only level the agent's resting
+    /// leverage) as a share of the agent's budget, or of its equity once it has lost money. At the reduce-only level the agent's resting
     /// orders are cancelled and only reducing orders pass; at the deleverage level its largest
     /// position is cut, by an immediate-or-cancel order, to bring it back to the reduce-only
     /// level. An agent whose change does not fit this event's batches waits for the next
@@ -670,9 +670,12 @@ impl RiskEngine {
         for a in 0..self.portfolio.agents().min(MAX_AGENTS) {
             let agent = AgentId(a as u16);
             let s = self.portfolio.agent_summary(agent);
+            // Its budget, less what it has lost: `agent_margin_utilization_ratio` (margin over
+            // budget) crosses 85% no later than the ladder does.
+            let base = s.equity.min(s.capital);
             let used = Money::from_raw(s.gross_exposure.raw / leverage);
-            let ratio = if s.equity.raw > 0 {
-                ratio_bps(used, s.equity)
+            let ratio = if base.raw > 0 {
+                ratio_bps(used, base)
             } else if used.raw > 0 {
                 10_000
             } else {
@@ -702,7 +705,7 @@ impl RiskEngine {
                     return;
                 }
                 // Above the reduce-only level, back to it.
-                let target = i128::from(s.equity.raw) * i128::from(self.config.margin_reduce_only_bps) / 10_000 * i128::from(leverage);
+                let target = i128::from(base.raw) * i128::from(self.config.margin_reduce_only_bps) / 10_000 * i128::from(leverage);
                 let excess = (i128::from(s.gross_exposure.raw) - target).max(0);
                 self.cut_agent(seq, agent, excess, orders);
             }

@@ -471,11 +471,13 @@ mod props {
         ]
     }
 
-    /// An agent's margin use against its equity, bps, worked out here from the portfolio.
+    /// An agent's margin use against its budget (or its equity, when lower), bps, worked out
+    /// here from the portfolio.
     fn agent_ratio(r: &RiskEngine, agent: u16) -> i64 {
         let s = r.portfolio().agent_summary(AgentId(agent));
-        if s.equity.raw > 0 {
-            ratio_bps(s.gross_exposure, s.equity)
+        let base = s.equity.min(s.capital);
+        if base.raw > 0 {
+            ratio_bps(s.gross_exposure, base)
         } else if s.gross_exposure.raw > 0 {
             10_000
         } else {
