@@ -480,7 +480,9 @@ fn real_routing_needs_credentials_and_sends_signed_orders_to_the_venue() {
     assert!(stderr.contains("BINANCE_API_KEY") && stderr.contains("ENABLE_PAPER_TRADING"), "{stderr}");
     // The local exchange's keys: a remote signal becomes a signed order, acknowledged and filled.
     let child = run(&[("BINANCE_API_KEY", "sapphire-local-key"), ("BINANCE_API_SECRET", "sapphire-local-secret")]);
-    let signal = r#"{"agent":5,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
+    // Agent 10: an id Redis owns (2-9 are the in-process runtime's, and their signals over Redis
+    // are refused; then only the rule agents' own trading could make this test pass).
+    let signal = r#"{"agent":10,"symbol":"BTCUSDT","strength_bps":10000,"confidence_bps":10000,"ttl_ms":5000}"#;
     for _ in 0..12 {
         std::thread::sleep(Duration::from_millis(250));
         redis_publish(&format!("{prefix}:main:signals:in"), signal).expect("the Redis the test script provides");
@@ -501,6 +503,8 @@ fn real_routing_needs_credentials_and_sends_signed_orders_to_the_venue() {
     assert!(fills > 0, "the venue's fill came back into the engine: {venue}\n{stdout}");
     let summary = stdout.lines().find(|l| l.trim_start().starts_with("orders ")).unwrap();
     assert!(!summary.contains("fills 0,"), "the engine booked the venue's fill: {summary}");
+    let redis = stdout.lines().find(|l| l.contains("remote signals in")).unwrap_or_else(|| panic!("no redis summary:\n{stdout}"));
+    assert!(!redis.contains(" 0 remote signals in") && redis.contains("(0 refused"), "the remote signals were taken: {redis}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
