@@ -231,8 +231,8 @@ fn two_shards_share_postgres_and_redis_and_survive_each_others_crash() {
     // The cores run an in-process agent (2); the agents process runs agent 10 over Redis, an id
     // Redis owns on both cores.
     let (core_config, agents_config) = (dir.join("core.toml"), dir.join("agents.toml"));
-    // The synthetic market's moves are a few ticks, tiny on BTCUSDT and ETHUSDT: a momentum
-    // agent (2, in process) with a hair trigger makes shard b trade within the test's seconds.
+    // A momentum agent (2, in process) with a hair trigger makes shard b trade within the
+    // test's seconds, whatever the synthetic market does in them.
     std::fs::write(
         &core_config,
         format!(
