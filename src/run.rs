@@ -136,8 +136,8 @@ fn edge_loop(
                         AlertKind::Resumed => "trading resumed".to_string(),
                         AlertKind::AgentPaused => format!("agent {} {}", a.agent.0, if a.value == 1 { "paused" } else { "resumed" }),
                         AlertKind::LimitChanged => format!("limit changed to {}", a.value),
-                        AlertKind::Flattening => format!("flatten (agent {}): pass {}", a.agent.0, a.value),
-                        AlertKind::Flattened => format!("flatten (agent {}) ended: {} position(s) still open", a.agent.0, a.value),
+                        AlertKind::Flattening => format!("flatten of {}: pass {}", flatten_scope(a.agent), a.value),
+                        AlertKind::Flattened => format!("flatten of {} ended: {} position(s) still open", flatten_scope(a.agent), a.value),
                         AlertKind::AgentMarginLadder => {
                             format!("agent {} margin ladder level {} (0 normal, 1 reduce-only, 2 deleverage)", a.agent.0, a.value)
                         }
@@ -1385,4 +1385,13 @@ fn write_bus_metrics(s: &BusStats, m: &mut MetricsWriter<'_>) {
 /// A service's result with its error as text (reported at shutdown).
 async fn as_text<T, E: std::fmt::Display>(service: impl std::future::Future<Output = Result<T, E>>) -> Result<T, String> {
     service.await.map_err(|e| e.to_string())
+}
+
+/// Whose positions a flatten closes, for the log.
+fn flatten_scope(agent: sapphire_core::event::AgentId) -> String {
+    if agent == sapphire_core::risk::ALL_AGENTS {
+        "every agent".into()
+    } else {
+        format!("agent {}", agent.0)
+    }
 }
