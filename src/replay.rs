@@ -945,7 +945,7 @@ pub struct BooksOnly {
 
 impl BooksOnly {
     /// One JSON object.
-    pub fn to_json(&self) -> String {
+    pub fn to_json(self) -> String {
         serde_json::json!({
             "events": self.events,
             "tops": self.tops,
