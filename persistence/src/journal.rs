@@ -312,11 +312,13 @@ impl std::ops::Deref for SegmentBytes {
     }
 }
 
-/// Reads a whole segment into an aligned buffer.
+/// Reads a whole segment into an aligned buffer (straight into it: one copy, not two).
 fn load(path: &Path) -> Result<AlignedVec<ALIGN>, JournalError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
-    let mut buf = AlignedVec::<ALIGN>::with_capacity(bytes.len());
-    buf.extend_from_slice(&bytes);
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len() as usize;
+    // One byte more than the file, so the read that finds its end needs no new allocation.
+    let mut buf = AlignedVec::<ALIGN>::with_capacity(len + 1);
+    buf.extend_from_reader(&mut file).map_err(io_err(path))?;
     Ok(buf)
 }
 
