@@ -858,7 +858,8 @@ pub fn capture(paths: &[PathBuf], market: BinanceMarket, out: &Path, progress: b
     if let Some(e) = error {
         return Err(anyhow::Error::new(e).context(format!("writing the capture {}", out.display())));
     }
-    journal.sync().with_context(|| format!("syncing the capture {}", out.display()))?;
+    // Sealed: every segment with records is mapped in place when the capture is replayed.
+    journal.seal().with_context(|| format!("sealing the capture {}", out.display()))?;
     meter.finish(counts.lines, events);
     anyhow::ensure!(events == counts.events, "capture: {} events decoded, {events} written", counts.events);
     let bytes = sapphire_persistence::retention::dir_bytes(out);

@@ -717,6 +717,16 @@ impl<R: Record> JournalWriter<R> {
         Ok(())
     }
 
+    /// Seals the segment being written: it is synced and a new, empty one starts, so readers
+    /// map every record in place instead of reading the last segment into memory (the one a
+    /// writer may still change). For a journal written once and then only read (a capture).
+    pub fn seal(&mut self) -> Result<(), JournalError> {
+        if self.segment_len > HEADER as u64 {
+            self.roll(self.next_seq)?;
+        }
+        self.sync()
+    }
+
     /// Writes out the buffer and `fsync`s (unless the policy is to leave it to the OS, in
     /// which case it only hands the bytes to the OS).
     pub fn sync(&mut self) -> Result<(), JournalError> {

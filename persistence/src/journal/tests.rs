@@ -625,3 +625,30 @@ fn record_at_and_last_seq_quick_agree_with_the_full_readers() {
     assert_eq!(last_seq_quick::<Event>(&d2).unwrap().map(|s| s + 1), last_record::<Event>(&d2).unwrap().map(|(s, _)| s + 1));
     assert!(next > 0);
 }
+
+#[test]
+fn a_sealed_journal_ends_in_an_empty_segment_and_reopens_where_it_was() {
+    let d = dir("sealed");
+    let (mut w, _) = JournalWriter::<Event>::open(JournalConfig { durability: Durability::Os, ..JournalConfig::new(&d) }).unwrap();
+    for e in events(300) {
+        w.append_event(&e).unwrap();
+    }
+    w.seal().unwrap();
+    // Sealing twice adds nothing: the last segment is already empty.
+    w.seal().unwrap();
+    drop(w);
+    let segs = segments(&d).unwrap();
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(fs::metadata(&segs[1]).unwrap().len(), HEADER as u64, "a header and no record");
+    assert_eq!(segment_first_seq(&segs[1]), Some(300));
+    let mut seen = 0;
+    for_each(&d, |seq, _| {
+        assert_eq!(seq, seen);
+        seen += 1;
+    })
+    .unwrap();
+    assert_eq!(seen, 300);
+    let (mut w, rec) = JournalWriter::<Event>::open(JournalConfig::new(&d)).unwrap();
+    assert_eq!((rec.records, rec.next_seq), (300, 300));
+    assert_eq!(w.append_event(&Event::Timer(Timer::default())).unwrap(), 300);
+}
