@@ -40,14 +40,20 @@ impl Workload {
     /// `steps` synthetic market steps (several events each), a signal every 500 steps so
     /// orders are not rare.
     pub fn synthetic(steps: u64) -> Self {
+        Self::with_signals(steps, 500)
+    }
+
+    /// `steps` synthetic market steps with a signal every `every` steps (at least 2).
+    pub fn with_signals(steps: u64, every: u64) -> Self {
+        let every = every.max(2);
         let mut registry = InstrumentRegistry::new();
         let mut market = SyntheticMarket::new(SyntheticConfig::default(), &mut registry).expect("the default synthetic instruments");
         let mut events = Vec::new();
         for s in 0..steps {
             let ts = 1_700_000_000_000_000_000 + s * 200_000;
             market.step(ts, &mut |e| events.push(e));
-            if s % 500 == 250 {
-                let k = s / 500;
+            if s % every == every / 2 {
+                let k = s / every;
                 events.push(Event::Signal(Signal {
                     ts_event: ts,
                     ts_recv: ts,
@@ -82,20 +88,20 @@ impl OutputSink for Tally {
 
 /// Open-loop pacing on the wall clock the engine stamps with (`unix_nanos`).
 #[derive(Debug)]
-struct Pacer {
+pub(crate) struct Pacer {
     t0: u64,
     interval: u64,
     i: u64,
 }
 
 impl Pacer {
-    fn new(interval: u64) -> Self {
+    pub(crate) fn new(interval: u64) -> Self {
         Self { t0: unix_nanos() + 1_000_000, interval, i: 0 }
     }
 
     /// Waits until the next event is due and returns its due time (flood: now).
     #[inline]
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         if self.interval == 0 {
             return unix_nanos();
         }
@@ -175,7 +181,7 @@ pub fn direct_latency(lab: &Lab, w: &Workload) -> [Case; 2] {
 
 /// Our pipeline's thread layout on this machine: the producer on the first core, the engine
 /// on the last; split stages share the last core (yielding) unless there are five or more.
-fn pipeline_config(lab: &Lab, layout: Layout) -> PipelineConfig {
+pub(crate) fn pipeline_config(lab: &Lab, layout: Layout) -> PipelineConfig {
     let engine = lab.consumer_core();
     let side = lab.producer_core();
     match layout {
@@ -263,7 +269,7 @@ pub fn pipeline(lab: &Lab, layout: Layout, w: &Workload, interval_ns: u64) -> [C
 }
 
 /// Copies a core histogram (2 significant digits) into the suite's (3).
-fn widen(h: &Histogram<u64>) -> Histogram<u64> {
+pub(crate) fn widen(h: &Histogram<u64>) -> Histogram<u64> {
     let mut out = histogram();
     for v in h.iter_recorded() {
         let _ = out.record_n(v.value_iterated_to().clamp(1, crate::case::MAX_NS), v.count_at_value());

@@ -12,6 +12,7 @@
 //! - [`lab`]: scale, cores and pinning (with whether it held), clock, pacing, the machine.
 //! - [`hop`]: one hop between pinned threads — our ring vs crossbeam, std, tokio, an atomic floor.
 //! - [`engine`]: tick in to order out — fused, split, crossbeam-channel and tokio-task wirings.
+//! - [`api_attack`]: tick in to order out while the HTTP API is attacked, against a quiet run.
 //! - [`feed`]: Binance frame parsing vs serde_json; depth apply on a deep book.
 //! - [`journal`]: journal append under each durability policy.
 //! - [`loopback`]: local exchange WebSocket → feed client → engine, decomposed.
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api_attack;
 pub mod case;
 pub mod engine;
 pub mod feed;

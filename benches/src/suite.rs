@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 fn steps(g: Group) -> usize {
     match g {
         Group::Hop => 18,
-        Group::Engine => 7,
+        Group::Engine => 9,
         Group::Feed => 2,
         Group::Journal => 3,
         Group::EndToEnd => 4,
@@ -80,6 +80,7 @@ pub fn run(lab: &Lab, only: &[Group], progress: &mut dyn FnMut(usize, usize, &st
     }
     if wanted(Group::Engine) {
         cases.extend(crate::engine::suite(lab, &mut tick));
+        cases.extend(crate::api_attack::suite(lab, &mut tick));
     }
     if wanted(Group::Feed) {
         let (feed, note) = crate::feed::suite(lab, &mut tick);
@@ -147,6 +148,7 @@ pub fn ratios(cases: &[Case]) -> Vec<Ratio> {
             add(Ratio::rate(&format!("hop_ring_vs_{theirs}_flood_rate"), a, b));
         }
     }
+    add(crate::api_attack::ratio(cases));
     let e2e = |who: &str| find(&format!("engine_{who}_paced_5us_end_to_end"));
     for ours in ["fused", "split"] {
         for theirs in ["crossbeam", "tokio"] {
