@@ -706,7 +706,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         let metrics = rt.metrics();
-        agents_metrics = Some(Arc::clone(&metrics));
+        agents_metrics = Some((Arc::clone(&metrics), rt.started()));
         edge.add_source(Arc::new(FnSource::new(
             "agents",
             || Ok(()),
@@ -976,7 +976,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         ring_full.load(Ordering::Relaxed),
         elapsed,
         &symbols,
-        agents_metrics.as_deref(),
+        agents_metrics.as_ref().map(|(m, started)| (&**m, started.as_slice())),
     );
     if let Some(msg) = journal_failure {
         if let Err(e) = summarised {
@@ -1097,7 +1097,7 @@ fn summary(
     ring_full: u64,
     elapsed: Duration,
     symbols: &[&str],
-    agents: Option<&sapphire_agents::AgentsMetrics>,
+    agents: Option<(&sapphire_agents::AgentsMetrics, &[sapphire_core::event::AgentId])>,
 ) -> anyhow::Result<()> {
     let risk = &report.stages.risk.risk;
     let pf = risk.portfolio();
@@ -1144,10 +1144,11 @@ fn summary(
         }
     }
     // Every agent that ran: how often it spoke, how often with a view, and why.
-    if let Some(m) = agents {
+    if let Some((m, started)) = agents {
         let symbol_of =
             |i: sapphire_core::instrument::InstrumentId| symbols.get(i.index()).map_or_else(|| format!("#{}", i.0), |s| s.to_string());
-        for c in &m.agents {
+        // Agents that never started (an LLM agent without a provider) were named at the start.
+        for c in m.agents.iter().filter(|c| started.contains(&c.agent)) {
             println!("  {}", c.summary_line(&agent_name(cfg, usize::from(c.agent.0)), &symbol_of));
         }
     }

@@ -628,6 +628,12 @@ impl AgentsRuntime {
         Ok(Self { config, metrics, plans, arbiter, universe: instruments, transcript, transcript_thread, clock, notes, coverage })
     }
 
+    /// The agents that start: configured, enabled and able to run (an LLM agent needs a
+    /// provider), and the arbitrator.
+    pub fn started(&self) -> Vec<AgentId> {
+        self.plans.iter().map(|(a, ..)| AgentId(a.id)).chain(self.arbiter.iter().map(|(c, _)| c.agent)).collect()
+    }
+
     /// The counters, readable from any thread while the runtime runs.
     pub fn metrics(&self) -> Arc<AgentsMetrics> {
         self.metrics.clone()
