@@ -1280,7 +1280,8 @@ mod tests {
     #[test]
     fn retention_is_off_without_an_archive_and_its_keys_are_checked() {
         assert_eq!(FileConfig::default().resolve().unwrap().retention, None);
-        let mut cfg: FileConfig = toml::from_str("[retention]\nevery_secs = 2\nkeep_output_hours = 0\nsink_cursor_file = \"/run/sink/cursor\"\n").unwrap();
+        let mut cfg: FileConfig =
+            toml::from_str("[retention]\nevery_secs = 2\nkeep_output_hours = 0\nsink_cursor_file = \"/run/sink/cursor\"\n").unwrap();
         apply_env(&mut cfg, &env_of(&[("SAPPHIRE_ARCHIVE", "gs://bucket/sapphire")])).unwrap();
         let r = cfg.resolve().unwrap().retention.expect("on with an archive");
         assert_eq!(r.archive, "gs://bucket/sapphire");

@@ -215,7 +215,11 @@ fn write_retention_metrics(s: &retention::RetentionStats, m: &mut MetricsWriter<
         [("input", &s.archived_segments[0]), ("output", &s.archived_segments[1])].map(|(k, a)| ([("journal", k)], r(a))),
     );
     m.counter("sapphire_journal_archived_bytes_total", "Bytes archived and deleted locally.", r(&s.archived_bytes));
-    m.counter("sapphire_journal_retention_errors_total", "Retention passes that failed (archive unreachable, a file unreadable).", r(&s.errors));
+    m.counter(
+        "sapphire_journal_retention_errors_total",
+        "Retention passes that failed (archive unreachable, a file unreadable).",
+        r(&s.errors),
+    );
 }
 
 /// The summary's snapshot line.
