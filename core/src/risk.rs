@@ -22,6 +22,9 @@ pub const ALL_INSTRUMENTS: InstrumentId = InstrumentId(u32::MAX);
 pub const ORDERS_PER_EVENT: usize = 4;
 /// The orders produced by one event.
 pub type OrderBatch = Batch<Order, ORDERS_PER_EVENT>;
+/// The lowest agent tag of the per-agent ladder's cut orders (below [`FLATTEN_TAG`] and the
+/// guard's tag; each cut of one event takes the next one up).
+pub const AGENT_CUT_TAG: u8 = 0xe0;
 /// Risk outputs one event can produce.
 pub const RISK_OUTPUTS_PER_EVENT: usize = 4;
 /// The risk outputs produced by one event.
@@ -743,7 +746,24 @@ impl RiskEngine {
         let side = if pos.raw > 0 { Side::Sell } else { Side::Buy };
         let m = self.markets[inst.index()];
         let price = if side == Side::Sell { m.bid } else { m.ask };
-        let intent_id = crate::router::intent_id(seq, crate::router::GUARD_AGENT_TAG);
+        // Every new order of one event needs its own, rising intent id (the router refuses a
+        // repeat): a cut takes the tag after the last one this event's orders already use (a
+        // flatten's, another agent's cut), from AGENT_CUT_TAG up; with none left, the next timer.
+        let this_event = crate::router::intent_id(seq, 0) >> 8;
+        let used = orders
+            .as_slice()
+            .iter()
+            .filter(|o| o.action == OrderAction::New && o.intent_id >> 8 == this_event)
+            .map(|o| o.intent_id as u8)
+            .max();
+        let tag = match used {
+            Some(t) if t >= AGENT_CUT_TAG => t.saturating_add(1),
+            _ => AGENT_CUT_TAG,
+        };
+        if tag >= crate::router::GUARD_AGENT_TAG {
+            return;
+        }
+        let intent_id = crate::router::intent_id(seq, tag);
         self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: Quantity::from_raw(cut) });
         let _ = orders.push(Order {
             ts_event: self.now,

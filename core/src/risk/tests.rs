@@ -626,3 +626,40 @@ fn an_operator_cannot_set_a_limit_the_configuration_would_refuse() {
     assert!(set(&mut r, LimitKind::MaxOrderNotional, ALL_AGENTS, Money::from_units(500).raw));
     assert_eq!(r.config().max_order_notional, Money::from_units(500));
 }
+
+#[test]
+fn two_agents_cut_in_one_timer_get_orders_the_router_sends_both() {
+    let cfg = RiskConfig {
+        max_position_notional: Money::from_units(10_000),
+        max_order_notional: Money::from_units(10_000),
+        ..Default::default()
+    };
+    // Three agents of $1,000: two of them at 100% of theirs is the portfolio's 67%.
+    let mut r = RiskEngine::new(cfg, &instruments(), 3);
+    r.on_market(InstrumentId(0), &market(1_000, 100));
+    fill(&mut r, 0, Side::Buy, "10", 100);
+    fill(&mut r, 1, Side::Buy, "10", 100);
+    // Up the ladder one agent a timer (a cancel and a cut each fill the batch), then both cuts
+    // come back unfilled.
+    for seq in [6, 7] {
+        let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+        r.evaluate_guards(seq, &mut orders, &mut out);
+        for o in orders.as_slice().iter().filter(|o| o.action == OrderAction::New) {
+            r.on_exec(&ExecReport { client_order_id: o.intent_id, agent: o.agent, kind: ExecKind::Canceled, ..Default::default() });
+        }
+    }
+    assert_eq!((r.status().ladder, r.agent_ladder(AgentId(0)), r.agent_ladder(AgentId(1))), (0, 2, 2));
+    // Both still over 95% with nothing working: both are cut in the same timer, each order with
+    // its own intent id, and the router sends both.
+    let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+    r.evaluate_guards(8, &mut orders, &mut out);
+    let cuts: Vec<&Order> = orders.as_slice().iter().filter(|o| o.action == OrderAction::New).collect();
+    assert_eq!(cuts.iter().map(|o| o.agent.0).collect::<Vec<_>>(), vec![0, 1], "{orders:?}");
+    assert!(cuts.iter().all(|o| o.reduce_only && o.side == Side::Sell));
+    let mut router = crate::router::Router::new(1);
+    for o in &cuts {
+        let mut o = **o;
+        assert!(router.route(&mut o), "routed: {o:?}");
+    }
+    assert_eq!(router.duplicates(), 0);
+}
