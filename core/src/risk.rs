@@ -760,7 +760,7 @@ impl RiskEngine {
             Some(t) if t >= AGENT_CUT_TAG => t.saturating_add(1),
             _ => AGENT_CUT_TAG,
         };
-        if tag >= crate::router::GUARD_AGENT_TAG {
+        if tag == crate::router::GUARD_AGENT_TAG {
             return;
         }
         let intent_id = crate::router::intent_id(seq, tag);
