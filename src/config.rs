@@ -402,7 +402,7 @@ pub struct RetentionSection {
 
 impl Default for RetentionSection {
     fn default() -> Self {
-        Self { archive: String::new(), every_secs: 5, keep_output_hours: 26, sink_cursor_file: String::new() }
+        Self { archive: String::new(), every_secs: 1, keep_output_hours: 26, sink_cursor_file: String::new() }
     }
 }
 
