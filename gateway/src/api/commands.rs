@@ -530,6 +530,11 @@ mod tests {
                 }
             });
             let (mut market, halt) = (producer.clone(), Arc::clone(&stop));
+            // Rounds of quotes published: an order sent after the first is behind it in the
+            // ring, so the engine has a market for it (else a loaded machine could refuse the
+            // test's first order as no_market).
+            let rounds = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let published = Arc::clone(&rounds);
             let market_thread = std::thread::spawn(move || {
                 let quote = |ts: u64, i: u32, bid: &str, ask: &str| {
                     Event::Quote(Quote {
@@ -552,9 +557,15 @@ mod tests {
                     ] {
                         let _ = market.try_publish(e);
                     }
+                    published.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(1));
                 }
             });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while rounds.load(Ordering::Relaxed) < 2 {
+                assert!(Instant::now() < deadline, "the test market never published");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let config = ApiConfig { bind: "127.0.0.1:0".parse().unwrap(), token: Some(ApiToken::new(TOKEN).unwrap()), core: None };
             let server = ApiServer::start(config, Arc::clone(&state), producer).expect("the API starts");
             Self { server: Some(server), state, stop, threads: vec![engine_thread, market_thread] }
