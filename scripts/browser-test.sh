@@ -36,14 +36,20 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-say "build"
-cargo build --locked --bin sapphire
+# SAPPHIRE_BIN names a binary already built (scripts/test.sh passes the one its test build
+# made, so the dependency tree is not built a second time with other features).
+if [ -z "${SAPPHIRE_BIN:-}" ]; then
+  say "build"
+  cargo build --locked --bin sapphire
+  SAPPHIRE_BIN="$PWD/target/debug/sapphire"
+fi
+[ -x "$SAPPHIRE_BIN" ] || { echo "scripts/browser-test.sh: no binary at $SAPPHIRE_BIN" >&2; exit 1; }
 
 say "npm ci (tests/browser)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
 say "browser test"
 mkdir -p target/browser
-CHROMIUM="$CHROMIUM" SAPPHIRE_BIN="$PWD/target/debug/sapphire" \
+CHROMIUM="$CHROMIUM" SAPPHIRE_BIN="$SAPPHIRE_BIN" \
   node --test --test-reporter=spec tests/browser/dashboard.test.mjs
 echo "screenshots: target/browser/dashboard.png, target/browser/dashboard-killed.png"

@@ -76,16 +76,22 @@ if command -v valgrind >/dev/null 2>&1; then
   echo "(a case over its budget fails the check: ok)"
 fi
 
+# The test build above made target/debug/sapphire (the integration tests run it); the browser
+# test and the bench smoke use that binary rather than building the dependency tree again
+# without the test-only features (a second tree: minutes, and GBs of CI's disk).
+bin="$PWD/target/debug/sapphire"
+if [ ! -x "$bin" ]; then cargo build --locked --bin sapphire; fi
+
 # The dashboard in a real headless Chromium against a running `sapphire run` (installs
 # Debian's chromium and the pinned playwright-core when absent; SAPPHIRE_SKIP_BROWSER_TEST=1
 # skips it). Screenshots: target/browser/.
 say "browser"
-bash scripts/browser-test.sh
+SAPPHIRE_BIN="$bin" bash scripts/browser-test.sh
 
 # The latency lab as a smoke run: every case runs and the report is written (it asserts
 # nothing about time; a debug build on a busy CI box says nothing about speed).
 say "bench smoke"
-cargo run --locked --quiet --bin sapphire -- bench --quick --out target/bench-smoke
+"$bin" bench --quick --out target/bench-smoke
 
 # --- Deployment (deploy/, Dockerfile, cloudbuild.yaml) -------------------------------------
 # Offline: renders the Kustomize overlays and runs kubernetes-validate, yamllint, checkov and
