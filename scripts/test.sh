@@ -41,6 +41,10 @@ else
     cargo deny --locked check
   else
     echo "(cargo deny: the RustSec advisory database cannot be fetched from here: advisories NOT checked; licences, bans, sources are)"
+    # --offline reads the crate graph for every target platform from the local registry: fetch
+    # it first (a fresh machine has only what its builds downloaded, not e.g. wasm or android
+    # crates, and the offline check then fails).
+    cargo fetch --locked --quiet
     cargo deny --offline --locked check licenses bans sources
   fi
 fi
