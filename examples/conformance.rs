@@ -584,7 +584,7 @@ impl BookFeed {
             let before = self.crossed_out.len();
             if delta.qty.raw > 0 && delta.flags & DELTA_CLEAR == 0 {
                 let opposite = delta.side.opposite();
-                let crosses = |level: &&Level| match delta.side {
+                let crosses = |level: &Level| match delta.side {
                     Side::Buy => level.price <= delta.price,
                     Side::Sell => level.price >= delta.price,
                 };

@@ -965,7 +965,7 @@ pub fn replay_books(dir: &Path, config: &EngineConfig) -> anyhow::Result<BooksOn
     use sapphire_core::engine::{BookStage, StageMsg};
     anyhow::ensure!(dir.is_dir(), "{} is not an input journal directory", dir.display());
     let instruments = journal_instruments(dir)?;
-    let mut books = BookStage::new(instruments.len(), config.book_levels, config.aggregate.imbalance_levels);
+    let mut books = BookStage::for_instruments(&instruments, config.book_levels, config.aggregate.imbalance_levels);
     let (mut tops, mut checksum) = (0u64, 0i64);
     let started = Instant::now();
     // One message, reused: the book stage sets only the market update and view.

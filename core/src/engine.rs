@@ -230,6 +230,13 @@ impl BookStage {
         }
     }
 
+    /// Books for `instruments`, each windowed by its tick size (see [`OrderBook::with_tick`]).
+    pub fn for_instruments(instruments: &[Instrument], levels: usize, imbalance_levels: usize) -> Self {
+        let mut stage = Self::new(instruments.len(), levels, imbalance_levels);
+        stage.books = instruments.iter().map(|i| OrderBook::with_tick(levels, i.tick_size)).collect();
+        stage
+    }
+
     /// Publishes every market update's top of book to `board` from now on.
     pub fn attach_board(&mut self, board: Arc<MarketBoard>) {
         self.board = Some(board);
@@ -615,9 +622,8 @@ pub struct Stages {
 impl Stages {
     /// Builds the stages for `instruments`.
     pub fn new(config: &EngineConfig, instruments: &[Instrument]) -> Self {
-        let n = instruments.len();
         Self {
-            book: BookStage::new(n, config.book_levels, config.aggregate.imbalance_levels),
+            book: BookStage::for_instruments(instruments, config.book_levels, config.aggregate.imbalance_levels),
             aggregate: AggregateStage { aggregator: Aggregator::new(config.aggregate.clone(), instruments) },
             risk: RiskStage {
                 risk: RiskEngine::new(config.risk.clone(), instruments, config.agents),
@@ -626,7 +632,7 @@ impl Stages {
             },
             route: RouteStage {
                 router: Router::new(config.order_id_epoch),
-                matcher: PaperMatcher::new(config.matching.clone(), n, config.book_levels),
+                matcher: PaperMatcher::for_instruments(config.matching.clone(), instruments, config.book_levels),
                 mode: config.venue,
                 reports: Vec::with_capacity(1_024),
                 counters: RouteCounters::default(),

@@ -71,6 +71,14 @@ impl PaperMatcher {
         }
     }
 
+    /// A matcher for `instruments`, books windowed by their tick sizes (see
+    /// [`OrderBook::with_tick`]).
+    pub fn for_instruments(config: MatchingConfig, instruments: &[crate::instrument::Instrument], levels: usize) -> Self {
+        let mut matcher = Self::new(config, instruments.len(), levels);
+        matcher.books = instruments.iter().map(|i| OrderBook::with_tick(levels, i.tick_size)).collect();
+        matcher
+    }
+
     /// Makes this matcher equal to `src`, keeping this one's allocations (snapshots).
     pub fn copy_from(&mut self, src: &Self) {
         let Self { config, books, live_per_instrument, orders, now, fills } = src;
