@@ -360,7 +360,7 @@ enum Next {
 }
 
 /// Reads the record at `at`, checking its length, CRC and archive.
-fn next_record<R: Record>(buf: &[u8], at: usize) -> Next {
+fn next_record<R: Record>(buf: &[u8], at: usize, validate: bool) -> Next {
     if at + RECORD_HEADER > buf.len() {
         return Next::Short;
     }
@@ -375,9 +375,10 @@ fn next_record<R: Record>(buf: &[u8], at: usize) -> Next {
         return Next::Short;
     }
     let payload = at + RECORD_HEADER..at + RECORD_HEADER + len;
-    let mut check = crc32c::crc32c(&seq.to_le_bytes());
-    check = crc32c::crc32c_append(check, &buf[payload.clone()]);
-    if check != crc || !R::validate(&buf[payload.clone()]) {
+    // The CRC covers the sequence and then the payload, which follows it in the record: one
+    // pass over both (the same value as appending the payload to the sequence's CRC).
+    let check = crc32c::crc32c(&buf[at + 8..payload.end]);
+    if check != crc || (validate && !R::validate(&buf[payload.clone()])) {
         return Next::Bad;
     }
     Next::Record(Scanned { seq, payload }, end)
@@ -449,13 +450,15 @@ impl SegmentScan {
 /// name, and sequences running on from `at` with no gap or repeat; hands each good record to
 /// `each`. `last`: the journal's last segment, the only one a crash can leave torn.
 /// `kind_known`: an earlier segment showed the journal's kind, so a bad header here is damage
-/// rather than a directory of something else.
+/// rather than a directory of something else. `validate`: check each archive too (false when
+/// `each` decodes every record, which validates it, so that it is not checked twice).
 fn scan<R: Record>(
     buf: &[u8],
     path: &Path,
     last: bool,
     kind_known: bool,
     at: Position,
+    validate: bool,
     mut each: impl FnMut(&Scanned) -> Result<(), JournalError>,
 ) -> Result<SegmentScan, JournalError> {
     let named = segment_first_seq(path).ok_or_else(|| JournalError::NotASegment { path: path.to_path_buf() })?;
@@ -502,7 +505,7 @@ fn scan<R: Record>(
     let mut next = named;
     let mut record_len = None;
     while pos < buf.len() {
-        match next_record::<R>(buf, pos) {
+        match next_record::<R>(buf, pos, validate) {
             Next::Record(r, end) => {
                 if r.seq != next {
                     let problem = Problem::Sequence { expected: next, found: r.seq };
@@ -553,13 +556,13 @@ fn quick_scan<R: Record>(buf: &[u8], path: &Path, at: Position) -> Option<Segmen
     if buf.len() == HEADER {
         return Some(done(0, at.last_good));
     }
-    let Next::Record(first, end) = next_record::<R>(buf, HEADER) else { return None };
+    let Next::Record(first, end) = next_record::<R>(buf, HEADER, true) else { return None };
     let size = end - HEADER;
     if first.seq != named || (buf.len() - HEADER) % size != 0 {
         return None;
     }
     let records = ((buf.len() - HEADER) / size) as u64;
-    let Next::Record(last, _) = next_record::<R>(buf, buf.len() - size) else { return None };
+    let Next::Record(last, _) = next_record::<R>(buf, buf.len() - size, true) else { return None };
     (last.seq == named + records - 1).then(|| done(records, Some(last.seq)))
 }
 
@@ -620,7 +623,7 @@ impl<R: Record> JournalWriter<R> {
             let quick = if last { None } else { quick_scan::<R>(&buf, seg, at) };
             let scanned = match quick {
                 Some(s) => s,
-                None => scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?.refuse_damage()?,
+                None => scan::<R>(&buf, seg, last, i > 0, at, true, |_| Ok(()))?.refuse_damage()?,
             };
             recovery.records += scanned.records;
             if let SegmentEnd::Torn = scanned.end {
@@ -853,7 +856,8 @@ pub fn for_each_record<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R)) -> Res
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
         let buf = open_segment(seg, !last)?;
-        let scanned = scan::<R>(&buf, seg, last, i > 0, at, |r| {
+        // Decoding validates the archive: the scan checks only the CRC and the sequence.
+        let scanned = scan::<R>(&buf, seg, last, i > 0, at, false, |r| {
             f(r.seq, &R::decode(&buf[r.payload.clone()])?);
             n += 1;
             Ok(())
@@ -875,7 +879,8 @@ pub fn for_each_record_from<R: Record>(dir: &Path, from: u64, mut f: impl FnMut(
     for (i, seg) in segs.iter().enumerate().skip(start) {
         let last = i + 1 == segs.len();
         let buf = open_segment(seg, !last)?;
-        let scanned = scan::<R>(&buf, seg, last, i > start, at, |r| {
+        // Records before `from` are skipped, not decoded: the scan validates them.
+        let scanned = scan::<R>(&buf, seg, last, i > start, at, true, |r| {
             if r.seq >= from {
                 f(r.seq, &R::decode(&buf[r.payload.clone()])?);
                 n += 1;
@@ -1040,7 +1045,7 @@ impl Tail {
                     first
                 }
             };
-            match next_record::<R>(&self.buf, self.pos) {
+            match next_record::<R>(&self.buf, self.pos, true) {
                 Next::Record(r, end) => {
                     if r.seq != expect {
                         return refuse(handed, self.damage(&path, self.pos, Problem::Sequence { expected: expect, found: r.seq }));
@@ -1124,7 +1129,7 @@ pub fn last_record<R: Record>(dir: &Path) -> Result<Option<(u64, R)>, JournalErr
     for (back, seg) in segments(dir)?.iter().rev().enumerate() {
         let buf = open_segment(seg, back > 0)?;
         let mut last = None;
-        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), |r| {
+        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), true, |r| {
             last = Some((r.seq, r.payload.clone()));
             Ok(())
         })?
@@ -1160,7 +1165,7 @@ pub fn record_at<R: Record>(dir: &Path, seq: u64) -> Result<Option<R>, JournalEr
     io::Read::read_exact(&mut file, &mut bytes).map_err(io_err(seg))?;
     let mut buf = AlignedVec::<ALIGN>::with_capacity(bytes.len());
     buf.extend_from_slice(&bytes);
-    match next_record::<R>(&buf, 0) {
+    match next_record::<R>(&buf, 0, true) {
         Next::Record(r, _) if r.seq == seq => Ok(Some(R::decode(&buf[r.payload])?)),
         _ => Ok(None),
     }
@@ -1212,7 +1217,7 @@ pub fn for_each_backwards<R: Record>(dir: &Path, mut f: impl FnMut(u64, &R) -> b
     for (back, seg) in segments(dir)?.iter().rev().enumerate() {
         let buf = open_segment(seg, back > 0)?;
         records.clear();
-        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), |r| {
+        let scanned = scan::<R>(&buf, seg, back == 0, false, Position::default(), true, |r| {
             records.push((r.seq, r.payload.clone()));
             Ok(())
         })?
@@ -1279,7 +1284,7 @@ pub fn repair<R: Record>(dir: &Path, dry_run: bool) -> Result<Repaired, JournalE
     for (i, seg) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
         let buf = open_segment(seg, !last)?;
-        let scanned = scan::<R>(&buf, seg, last, i > 0, at, |_| Ok(()))?;
+        let scanned = scan::<R>(&buf, seg, last, i > 0, at, true, |_| Ok(()))?;
         out.records_kept += scanned.records;
         let damage = match scanned.end {
             SegmentEnd::Clean => None,
