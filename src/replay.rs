@@ -960,7 +960,9 @@ impl BooksOnly {
 
 /// Every event of an input journal through the book stage alone, reading the best bid and ask
 /// after each market update, on this thread (records are read in place from the mapped
-/// segments and checked as they go).
+/// segments and checked as they go). One thread measured faster than a reader thread handing
+/// batches over (median 8.6 against 7.3 M events/s, 12 runs each, recorded BTCUSDT capture):
+/// reading a record costs more than the book stage does with it.
 pub fn replay_books(dir: &Path, config: &EngineConfig) -> anyhow::Result<BooksOnly> {
     use sapphire_core::engine::{BookStage, StageMsg};
     anyhow::ensure!(dir.is_dir(), "{} is not an input journal directory", dir.display());
