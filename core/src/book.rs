@@ -10,6 +10,7 @@ use rkyv::ser::{Allocator, Writer};
 use rkyv::vec::{ArchivedVec, VecResolver};
 use rkyv::with::{ArchiveWith, DeserializeWith, SerializeWith};
 use rkyv::{Archived, Deserialize, Place};
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 /// One price level.
@@ -219,8 +220,7 @@ impl OrderBook {
     /// Order-book imbalance over the top `levels` levels, in basis points:
     /// +10_000 all bids, -10_000 all asks, 0 balanced or empty.
     pub fn imbalance_bps(&self, levels: usize) -> i64 {
-        let sum = |side| -> i128 { self.levels(side).take(levels).map(|l| i128::from(l.qty.raw)).sum() };
-        let (b, a) = (sum(Side::Buy), sum(Side::Sell));
+        let (b, a) = (self.bids.top_qty(levels), self.asks.top_qty(levels));
         if b + a == 0 {
             return 0;
         }
@@ -290,10 +290,16 @@ struct Ladder {
     lo: i64,
     /// Raw quantity per slot, zero when empty.
     slots: Vec<i64>,
+    /// One bit per slot, set when it is occupied: the next level below a slot is a few word
+    /// scans away however sparse the book (a quote's imbalance reads the top levels).
+    bits: Vec<u64>,
     /// Occupied slots.
     count: usize,
     /// The best occupied slot (when `count > 0`).
     best: usize,
+    /// The last [`Ladder::top_qty`] (levels asked, sum), forgotten by every change: quotes and
+    /// trades leave the book as it is, and each reads its imbalance.
+    top: Cell<Option<(usize, i128)>>,
     /// Levels outside the window, sorted best last (bids ascending, asks descending by price).
     /// A deque: inserting or removing moves the shorter end, so deep levels (at the front) and
     /// levels just outside the window (at the back), the busy ones, move few entries.
@@ -309,8 +315,10 @@ impl Ladder {
             windowed: tick > 0,
             lo: 0,
             slots: if tick > 0 { vec![0; WINDOW] } else { Vec::new() },
+            bits: if tick > 0 { vec![0; WINDOW / 64] } else { Vec::new() },
             count: 0,
             best: 0,
+            top: Cell::new(None),
             far: VecDeque::with_capacity(levels),
         }
     }
@@ -354,8 +362,49 @@ impl Ladder {
 
     /// Levels from the best outwards.
     fn best_first(&self) -> impl Iterator<Item = Level> + '_ {
-        let window = if self.count > 0 { &self.slots[..=self.best] } else { &self.slots[..0] };
-        window.iter().enumerate().rev().filter(|&(_, &q)| q > 0).map(|(i, _)| self.level_at(i)).chain(self.far.iter().rev().copied())
+        let first = (self.count > 0).then_some(self.best);
+        std::iter::successors(first, |&slot| self.occupied_below(slot))
+            .map(|slot| self.level_at(slot))
+            .chain(self.far.iter().rev().copied())
+    }
+
+    /// The quantity of the best `n` levels: a quote's imbalance reads it, so it walks the
+    /// occupancy words directly (a few instructions a level) rather than `best_first`.
+    fn top_qty(&self, n: usize) -> i128 {
+        if let Some((asked, sum)) = self.top.get() {
+            if asked == n {
+                return sum;
+            }
+        }
+        let sum = self.sum_top(n);
+        self.top.set(Some((n, sum)));
+        sum
+    }
+
+    fn sum_top(&self, n: usize) -> i128 {
+        let mut sum = 0i128;
+        let mut left = n;
+        if self.count > 0 && left > 0 {
+            let mut w = self.best / 64;
+            let mut word = self.bits[w] & (u64::MAX >> (63 - self.best % 64));
+            loop {
+                while word != 0 {
+                    let bit = 63 - word.leading_zeros() as usize;
+                    sum += i128::from(self.slots[w * 64 + bit]);
+                    word &= !(1 << bit);
+                    left -= 1;
+                    if left == 0 {
+                        return sum;
+                    }
+                }
+                if w == 0 {
+                    break;
+                }
+                w -= 1;
+                word = self.bits[w];
+            }
+        }
+        sum + self.far.iter().rev().take(left).map(|l| i128::from(l.qty.raw)).sum::<i128>()
     }
 
     /// Levels from the worst inwards (the archived order: bids ascending, asks descending).
@@ -393,6 +442,7 @@ impl Ladder {
     }
 
     fn far_set(&mut self, price: Price, qty: Quantity) {
+        self.top.set(None);
         match (self.far_search(price), qty.raw > 0) {
             (Ok(i), true) => self.far[i].qty = qty,
             (Ok(i), false) => {
@@ -441,15 +491,18 @@ impl Ladder {
 
     #[inline]
     fn set_slot(&mut self, slot: usize, qty: i64) {
+        self.top.set(None);
         let old = std::mem::replace(&mut self.slots[slot], qty);
         match (old > 0, qty > 0) {
             (false, true) => {
+                self.bits[slot / 64] |= 1 << (slot % 64);
                 self.count += 1;
                 if self.count == 1 || slot > self.best {
                     self.best = slot;
                 }
             }
             (true, false) => {
+                self.bits[slot / 64] &= !(1 << (slot % 64));
                 self.count -= 1;
                 if slot == self.best {
                     self.best_removed();
@@ -463,7 +516,7 @@ impl Ladder {
     /// left it behind (or it is empty and levels remain beyond it).
     fn best_removed(&mut self) {
         if self.count > 0 {
-            self.best = self.slots[..self.best].iter().rposition(|&q| q > 0).expect("count > 0: an occupied slot is below");
+            self.best = self.occupied_below(self.best).expect("count > 0: an occupied slot is below");
             if self.best < LOW_WATER {
                 let key = self.lo + self.best as i64;
                 // Cannot fail: the key is inside the current window.
@@ -491,6 +544,7 @@ impl Ladder {
     /// of `far` that end up inside it come in. The window's levels never end up above it: a
     /// window moves down only to bring its best level (or `far`'s) back inside.
     fn shift_to(&mut self, lo: i64) {
+        self.top.set(None);
         if self.count == 0 && self.far.is_empty() {
             self.lo = lo;
             return;
@@ -529,13 +583,37 @@ impl Ladder {
                 None => break,
             }
         }
+        self.index_bits();
         if self.count > 0 {
             self.best = self.slots.iter().rposition(|&q| q > 0).expect("count > 0");
         }
     }
 
+    /// The occupied slot nearest below `slot`.
+    #[inline]
+    fn occupied_below(&self, slot: usize) -> Option<usize> {
+        let below = slot.checked_sub(1)?;
+        let mut w = below / 64;
+        let mut word = self.bits[w] & (u64::MAX >> (63 - below % 64));
+        loop {
+            if word != 0 {
+                return Some(w * 64 + 63 - word.leading_zeros() as usize);
+            }
+            w = w.checked_sub(1)?;
+            word = self.bits[w];
+        }
+    }
+
+    /// Rebuilds the occupancy bits from the slots (after the window moved).
+    fn index_bits(&mut self) {
+        for (w, word) in self.bits.iter_mut().enumerate() {
+            *word = self.slots[w * 64..(w + 1) * 64].iter().enumerate().fold(0, |acc, (i, &q)| acc | (u64::from(q > 0) << i));
+        }
+    }
+
     /// Every level to `far` (best last); the side stays unwindowed until the next clear.
     fn unwindow(&mut self) {
+        self.top.set(None);
         if !self.windowed {
             return;
         }
@@ -548,6 +626,7 @@ impl Ladder {
                 }
             }
         }
+        self.bits.fill(0);
         self.count = 0;
         self.windowed = false;
     }
@@ -564,8 +643,10 @@ impl Ladder {
     }
 
     fn clear(&mut self) {
+        self.top.set(None);
         if self.count > 0 {
             self.slots[..=self.best].fill(0);
+            self.bits[..=self.best / 64].fill(0);
         }
         self.count = 0;
         self.far.clear();
@@ -595,8 +676,10 @@ impl Ladder {
     /// Makes this side hold what `src` holds, keeping this side's tick and allocations.
     fn copy_from(&mut self, src: &Self) {
         if self.tick == src.tick && self.windowed == src.windowed && self.buy == src.buy {
-            let Self { buy: _, tick: _, windowed: _, lo, slots, count, best, far } = src;
+            let Self { buy: _, tick: _, windowed: _, lo, slots, bits, count, best, top, far } = src;
+            self.top.set(top.get());
             self.slots.copy_from_slice(slots);
+            self.bits.copy_from_slice(bits);
             if self.far.capacity() < far.capacity() {
                 self.far.reserve_exact(far.capacity() - self.far.len());
             }
@@ -826,6 +909,15 @@ mod props {
                 };
                 prop_assert_eq!(book.best_bid().map(|l| (l.price.raw, l.qty.raw)), best(&reference.bids, true));
                 prop_assert_eq!(book.best_ask().map(|l| (l.price.raw, l.qty.raw)), best(&reference.asks, false));
+                // Twice: the second read may come from the cached sums, which any change forgets.
+                let top = |m: &BTreeMap<i64, i64>, bid: bool| -> i128 {
+                    let q = |(_, &q): (&i64, &i64)| i128::from(q);
+                    if bid { m.iter().rev().take(3).map(q).sum() } else { m.iter().take(3).map(q).sum() }
+                };
+                let (b, a) = (top(&reference.bids, true), top(&reference.asks, false));
+                let want = if b + a == 0 { 0 } else { ((b - a) * 10_000 / (b + a)) as i64 };
+                prop_assert_eq!(book.imbalance_bps(3), want);
+                prop_assert_eq!(book.imbalance_bps(3), want);
             }
             let levels = |b: &OrderBook, side| b.levels(side).map(|l| (l.price.raw, l.qty.raw)).collect::<Vec<_>>();
             let ref_bids: Vec<(i64, i64)> = reference.bids.iter().rev().map(|(&p, &q)| (p, q)).collect();
