@@ -90,11 +90,11 @@ fn check_providers(agents: &sapphire_agents::AgentsConfig) -> anyhow::Result<()>
     for p in &agents.providers {
         let outcome = runtime.block_on(sapphire_agents::llm::check::check(p, clock.clone()));
         let default = if p.name == agents.default_provider { " [default]" } else { "" };
-        println!("check {}{default}", outcome.line());
+        outln!("check {}{default}", outcome.line());
         failed += usize::from(outcome.problem.is_some());
     }
     let n = agents.providers.len();
-    println!("agents --check: {n} provider(s), {} ok, {failed} failed", n - failed);
+    outln!("agents --check: {n} provider(s), {} ok, {failed} failed", n - failed);
     anyhow::ensure!(failed == 0, "agents --check: {failed} of {n} provider(s) failed (see above)");
     Ok(())
 }
@@ -123,7 +123,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     }
     let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
-    println!(
+    outln!(
         "agents: waiting for the instrument lists of shard(s) {} on {} (prefix {:?})",
         cfg.shards.join(","),
         bus::redact(&bus.url),
@@ -133,7 +133,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     for s in &set.shards {
-        println!("agents: shard {} instruments {}", s.shard, s.symbols.join(","));
+        outln!("agents: shard {} instruments {}", s.shard, s.symbols.join(","));
     }
     // One merged id space over every shard's instruments (ticks name symbols, so each
     // shard's tick subscriber finds its symbols in the merged list).
@@ -150,10 +150,10 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     let rt = sapphire_agents::AgentsRuntime::new(cfg.agents.clone(), refs, sapphire_agents::context::wall_clock())
         .map_err(|e| config::ConfigError(format!("[agents.runtime]: {e}")))?;
     for note in rt.notes() {
-        println!("agents: {note}");
+        outln!("agents: {note}");
     }
     if !rt.coverage().is_empty() {
-        println!("agents: {}", rt.coverage());
+        outln!("agents: {}", rt.coverage());
     }
 
     // Health and metrics: the edge state's books check reads the local board (fresh ticks).
@@ -182,7 +182,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
     // The API needs an inbound producer; nothing reads it (control is not served here).
     let (producer, _control) = sapphire_core::ring::ring::<Event>(64, 1);
     let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
-    println!("api: http://{}", api.addr());
+    outln!("api: http://{}", api.addr());
 
     let mut tasks: Vec<_> = set
         .shard_names()
@@ -222,7 +222,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let Ok(Some(signal)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await else { continue };
                 if conn.is_none() {
-                    conn = bus::connection(&bus).await.map_err(|e| eprintln!("agents: {e}")).ok();
+                    conn = bus::connection(&bus).await.map_err(|e| errln!("agents: {e}")).ok();
                 }
                 // The signal goes to the core whose shard trades its instrument.
                 let Some(shard) = set.shard_of(signal.instrument) else { continue };
@@ -238,7 +238,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
                         // A signal is advice with a time-to-live: dropped and counted, not queued.
                         let n = refused.fetch_add(1, Ordering::Relaxed) + 1;
                         if n <= 10 || n % 1_000 == 0 {
-                            eprintln!("agents: a signal was not published ({n} so far): {e}");
+                            errln!("agents: a signal was not published ({n} so far): {e}");
                         }
                         conn = None;
                     }
@@ -259,7 +259,7 @@ pub fn run(args: AgentsArgs) -> anyhow::Result<()> {
         let _ = runtime.block_on(t);
     }
     let _ = runtime.block_on(publisher);
-    println!(
+    outln!(
         "agents: {} ticks in, {} signals published, {} not published",
         ticks.ticks.load(Ordering::Relaxed),
         published.load(Ordering::Relaxed),
@@ -330,14 +330,14 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
     }
     let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
-    println!("agents: connecting to the core at {} over QUIC as agent {agent}", link_cfg.server);
+    outln!("agents: connecting to the core at {} over QUIC as agent {agent}", link_cfg.server);
     // The core may not be up yet: retry until it answers, unless it refuses us for good.
     let link = loop {
         match runtime.block_on(QuicAgentLink::connect(link_cfg.clone())) {
             Ok(link) => break link,
             Err(e) if e.is_terminal() => return Err(anyhow::anyhow!("{e}")),
             Err(e) => {
-                eprintln!("agents: {e}; retrying");
+                errln!("agents: {e}; retrying");
                 for _ in 0..10 {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
@@ -348,7 +348,7 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
         }
     };
     let names = link.instruments().to_vec();
-    println!("agents: instruments {}", names.join(","));
+    outln!("agents: instruments {}", names.join(","));
     let board = Arc::clone(link.board());
     let positions = Arc::new(AgentPositions::new(names.len()));
     let refs = names
@@ -359,10 +359,10 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
     let rt = sapphire_agents::AgentsRuntime::new(agents, refs, sapphire_agents::context::wall_clock())
         .map_err(|e| config::ConfigError(format!("[agents.runtime]: {e}")))?;
     for note in rt.notes() {
-        println!("agents: {note}");
+        outln!("agents: {note}");
     }
     if !rt.coverage().is_empty() {
-        println!("agents: {}", rt.coverage());
+        outln!("agents: {}", rt.coverage());
     }
 
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), names.clone(), cfg.engine.risk.leverage));
@@ -383,7 +383,7 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
     }
     let (producer, _control) = sapphire_core::ring::ring::<Event>(64, 1);
     let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
-    println!("api: http://{}", api.addr());
+    outln!("api: http://{}", api.addr());
     let output_task = cfg.redis.clone().map(|bus| {
         let (positions, edge) = (Arc::clone(&positions), Arc::clone(&edge));
         runtime.spawn(bus::run_output_subscriber(
@@ -412,7 +412,7 @@ fn run_quic(cfg: config::RunConfig, duration: Option<Duration>, link_cfg: AgentL
     let stats = Arc::clone(link.stats());
     runtime.block_on(link.close());
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    println!(
+    outln!(
         "agents: {} snapshots in, {} signals sent, {} accepted, {} refused, {} dropped, {} connects",
         r(&stats.snapshots),
         r(&stats.sent),

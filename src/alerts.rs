@@ -243,7 +243,7 @@ impl Alerts {
     /// An alert found off the engine (feed, engine core): printed unless quiet, and sent.
     pub fn raise(&self, class: AlertClass, text: String) {
         if !self.quiet {
-            eprintln!("alert: {text}");
+            errln!("alert: {text}");
         }
         self.send(Alert { class, text });
     }
@@ -329,14 +329,14 @@ fn sender_loop(rx: Receiver<Alert>, tg: Telegram, interval: Duration, mut digest
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("alerts: cannot start the Telegram client's runtime ({e}); alerts are not sent");
+            errln!("alerts: cannot start the Telegram client's runtime ({e}); alerts are not sent");
             return;
         }
     };
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(15)).build() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("alerts: cannot build the HTTP client ({e}); alerts are not sent");
+            errln!("alerts: cannot build the HTTP client ({e}); alerts are not sent");
             return;
         }
     };
@@ -349,7 +349,7 @@ fn sender_loop(rx: Receiver<Alert>, tg: Telegram, interval: Duration, mut digest
             }
             Err(e) => {
                 // The error never holds the token (the client builds it without the URL).
-                eprintln!("alerts: sending to Telegram failed ({e:#}); {} alerts wait for the next attempt", digest.total);
+                errln!("alerts: sending to Telegram failed ({e:#}); {} alerts wait for the next attempt", digest.total);
                 stats.failed.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -47,7 +47,7 @@ impl Progress {
 
     fn finish(&self) {
         if self.tty {
-            eprintln!();
+            errln!();
         }
     }
 }
@@ -79,9 +79,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let lab = Lab::new(scale, scratch.clone());
     let machine = sapphire_benches::lab::Machine::describe(lab.cores);
-    eprintln!("sapphire bench ({scale:?}): {} × {}; {}", lab.cores, machine.cpu_model, lab.layout_note());
+    errln!("sapphire bench ({scale:?}): {} × {}; {}", lab.cores, machine.cpu_model, lab.layout_note());
     if machine.was_loaded() {
-        eprintln!(
+        errln!(
             "warning: load average {:.2} on {} cores: other work is running; numbers will come from a loaded machine",
             machine.load_at_start.unwrap_or(0.0),
             lab.cores
@@ -94,7 +94,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let plots = plot(&result, &args.out)?;
     let written = result.write(&args.out, &plots).with_context(|| format!("writing the report into {}", args.out.display()))?;
     print_summary(&result);
-    println!("report: {} ({} files, {} plots)", args.out.join("report.md").display(), written.len(), plots.len());
+    outln!("report: {} ({} files, {} plots)", args.out.join("report.md").display(), written.len(), plots.len());
     Ok(())
 }
 
@@ -141,12 +141,12 @@ fn plot(s: &Suite, out: &Path) -> anyhow::Result<Vec<(Group, String)>> {
 }
 
 fn print_summary(s: &Suite) {
-    print!("{}", sapphire_benches::case::table(&s.cases, &s.ratios));
+    out!("{}", sapphire_benches::case::table(&s.cases, &s.ratios));
     for n in &s.notes {
-        println!("note: {n}");
+        outln!("note: {n}");
     }
     let m = &s.machine;
-    println!(
+    outln!(
         "machine: {} ({} cores), load at start {}, steal {}, pinning {}",
         m.cpu_model,
         m.cores,

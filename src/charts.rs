@@ -163,7 +163,7 @@ fn register_font() {
     // A bundled, known-good font: failing to parse it is a build defect, reported on first use.
     ONCE.call_once(|| {
         if plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
-            eprintln!("charts: the bundled font did not parse; text will be missing");
+            errln!("charts: the bundled font did not parse; text will be missing");
         }
     });
 }

@@ -41,10 +41,10 @@ pub fn serve(venue: &str, market: Option<&str>, pace: &str, bind: &str, paths: &
     config.shift_times_to_now = pace == Pace::Recorded;
     serve_blocking(config, tape, |addr| {
         match tape_venue {
-            TapeVenue::Binance => println!(
+            TapeVenue::Binance => outln!(
                 "feed serve: listening on {addr} (ws://{addr}/stream?streams=…, http://{addr}/api/v3/depth); {frames} frames, {snapshots} snapshots, symbols {symbols}"
             ),
-            TapeVenue::Bybit => println!(
+            TapeVenue::Bybit => outln!(
                 "feed serve: listening on {addr} (ws://{addr}/v5/public/spot|linear, http://{addr}/v5/market/instruments-info); {frames} frames, symbols {symbols}"
             ),
         }

@@ -55,7 +55,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     let stop = crate::process::stop_flag(duration)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the runtime")?;
-    println!(
+    outln!(
         "gateway: waiting for the instrument lists of shard(s) {} on {} (prefix {:?})",
         cfg.shards.join(","),
         bus::redact(&bus.url),
@@ -65,7 +65,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     for s in &set.shards {
-        println!("gateway: shard {} instruments {}", s.shard, s.symbols.join(","));
+        outln!("gateway: shard {} instruments {}", s.shard, s.symbols.join(","));
     }
     let symbols = set.names();
     let set = Arc::new(set);
@@ -95,7 +95,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let (producer, mut consumers) = sapphire_core::ring::ring::<Event>(1_024, 1);
     let mut control = consumers.remove(0);
     let api = ApiServer::start(cfg.api.clone(), Arc::clone(&edge), producer)?;
-    println!("api: http://{}", api.addr());
+    outln!("api: http://{}", api.addr());
     let subscriber = {
         let edge = Arc::clone(&edge);
         let mut merger = bus::ShardMerger::new(Arc::clone(&set));
@@ -124,24 +124,24 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
                     let signed = match bus::sign_control(&event, last_ts, token) {
                         Ok(s) => s,
                         Err(e) => {
-                            eprintln!("gateway: cannot sign a control event: {e}");
+                            errln!("gateway: cannot sign a control event: {e}");
                             continue;
                         }
                     };
                     if conn.is_none() {
-                        conn = bus::connection(&bus).await.map_err(|e| eprintln!("gateway: {e}")).ok();
+                        conn = bus::connection(&bus).await.map_err(|e| errln!("gateway: {e}")).ok();
                     }
                     // Every shard's core takes the same operator control (a kill stops them all).
                     for shard in &shards {
                         match conn.as_mut() {
                             Some(c) => match bus::publish_control(c, &bus.for_shard(shard), &signed).await {
-                                Ok(n) => eprintln!("gateway: operator control forwarded to {n} core(s) of shard {shard}: {event:?}"),
+                                Ok(n) => errln!("gateway: operator control forwarded to {n} core(s) of shard {shard}: {event:?}"),
                                 Err(e) => {
-                                    eprintln!("gateway: forwarding operator control to shard {shard} failed: {e}");
+                                    errln!("gateway: forwarding operator control to shard {shard} failed: {e}");
                                     conn = None;
                                 }
                             },
-                            None => eprintln!("gateway: operator control NOT forwarded to shard {shard}: Redis unreachable"),
+                            None => errln!("gateway: operator control NOT forwarded to shard {shard}: Redis unreachable"),
                         }
                     }
                 }
@@ -149,7 +149,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             }
             // Nothing accepted by the API is left behind silently.
             if let Poll::Handled(n) = control.poll(1_024, |_, _, _| {}) {
-                eprintln!("gateway: {n} control event(s) arrived while stopping and were not forwarded");
+                errln!("gateway: {n} control event(s) arrived while stopping and were not forwarded");
             }
         })
     };
@@ -159,7 +159,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
     api.shutdown();
     let _ = runtime.block_on(subscriber);
     let _ = runtime.block_on(forwarder);
-    println!(
+    outln!(
         "gateway: {} outputs received, {} sequence gaps, {} errors",
         stats.outputs.load(Ordering::Relaxed),
         gaps.load(Ordering::Relaxed),

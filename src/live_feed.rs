@@ -178,7 +178,7 @@ where
         });
         let result = runtime.block_on(feed(producer, Shutdown::new(rx)));
         if let Err(e) = &result {
-            eprintln!("feed: stopped: {e}");
+            errln!("feed: stopped: {e}");
             stop.store(true, Ordering::SeqCst);
         }
         result.err()
@@ -192,7 +192,7 @@ where
 fn print_ranking(venue: &str, cap: usize, ranked: &[(&str, f64)]) {
     let taken = ranked.len().min(cap);
     let top: Vec<String> = ranked.iter().take(taken.min(5)).map(|(s, v)| format!("{s} ({v:.0})")).collect();
-    println!(
+    outln!(
         "market: every trading symbol: {} on {venue}, ranked by 24 h quote volume; the top {taken} (MAX_SYMBOLS_PER_AGENT) traded: {}{}",
         ranked.len(),
         top.join(", "),

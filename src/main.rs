@@ -1,5 +1,23 @@
 //! `sapphire`: the command line. Parses configuration, wires the parts, starts the process.
 
+// Every line a command prints goes through these, never `println!`/`eprintln!`: those panic
+// when the reader of a pipe has gone (`sapphire run | head`), while these stop a running command
+// cleanly instead (see `process::write_out`).
+macro_rules! outln {
+    () => { $crate::process::write_out(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::process::write_out(format_args!($($arg)*), true) };
+}
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::process::write_out(format_args!($($arg)*), false) };
+}
+macro_rules! errln {
+    () => { $crate::process::write_err(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::process::write_err(format_args!($($arg)*), true) };
+}
+macro_rules! errout {
+    ($($arg:tt)*) => { $crate::process::write_err(format_args!($($arg)*), false) };
+}
+
 mod agents_bridge;
 mod agents_cmd;
 mod alerts;
@@ -270,7 +288,7 @@ fn main() -> ExitCode {
                 let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let started = std::time::Instant::now();
                 let c = replay::capture(&paths, market, &out, progress)?;
-                println!(
+                outln!(
                     "capture: {} events ({} instruments) from {} lines ({} skipped) into {}: {:.1} MiB, {:.1}s",
                     c.events,
                     c.instruments,
@@ -292,7 +310,7 @@ fn main() -> ExitCode {
                     std::io::BufWriter::new(std::io::stdout().lock()),
                     std::io::stderr().lock(),
                 )?;
-                eprintln!("feed decode: {written} events, {skipped} lines skipped");
+                errln!("feed decode: {written} events, {skipped} lines skipped");
                 Ok(())
             })
         }
@@ -300,9 +318,9 @@ fn main() -> ExitCode {
             journal_cmd::Format::parse(&format).map_err(|e| config::refuse("--format", e.to_string())).and_then(|format| {
                 let opts = journal_cmd::DumpOptions { dir, format, from, limit };
                 let dumped = journal_cmd::dump(&opts, std::io::BufWriter::new(std::io::stdout().lock()))?;
-                eprintln!("journal dump: {} records", dumped.records);
+                errln!("journal dump: {} records", dumped.records);
                 if let Some(note) = dumped.note {
-                    eprintln!("journal dump: {note}");
+                    errln!("journal dump: {note}");
                 }
                 Ok(())
             })
@@ -343,14 +361,17 @@ fn main() -> ExitCode {
             feed_serve::serve(&venue, market.as_deref(), &pace, &bind, &paths)
         }
     };
+    if process::stdout_gone() {
+        errln!("sapphire: stdout was closed (the reader of the pipe exited): stopped cleanly");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<config::ConfigError>().is_some() => {
-            eprintln!("sapphire: {e:#}");
+            errln!("sapphire: {e:#}");
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("sapphire: {e:#}");
+            errln!("sapphire: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -29,17 +29,17 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<()> {
         let pool = pg::connect_pool(&options, 1, Duration::from_secs(10)).await?;
         if args.check {
             pg::check_schema(&pool).await?;
-            println!("migrate: {target}: schema at version {}, current", pg::required_version());
+            outln!("migrate: {target}: schema at version {}, current", pg::required_version());
             return Ok(());
         }
         let applied = pg::migrate(&pool).await.with_context(|| format!("migrating {target}"))?;
         for a in &applied {
-            println!("migrate: applied {:04} {}", a.version, a.description);
+            outln!("migrate: applied {:04} {}", a.version, a.description);
         }
         pg::check_schema(&pool).await?;
         match applied.len() {
-            0 => println!("migrate: {target}: schema already at version {}, nothing to apply", pg::required_version()),
-            n => println!("migrate: {target}: applied {n} migration(s), schema at version {}", pg::required_version()),
+            0 => outln!("migrate: {target}: schema already at version {}, nothing to apply", pg::required_version()),
+            n => outln!("migrate: {target}: applied {n} migration(s), schema at version {}", pg::required_version()),
         }
         pool.close().await;
         Ok(())

@@ -141,14 +141,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         Venue::Binance(cfg) => cfg.stream_url(),
         Venue::Bybit(cfg) => cfg.stream_url(),
     };
-    println!("record: {url} into {} (Ctrl-C stops and finishes the file)", out.display());
+    outln!("record: {url} into {} (Ctrl-C stops and finishes the file)", out.display());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let written = match venue {
         Venue::Binance(cfg) => runtime.block_on(record_binance(&cfg, &symbols, &mut gz, &stop))?,
         Venue::Bybit(cfg) => runtime.block_on(record_bybit(&cfg, &mut gz, &stop))?,
     };
     gz.finish().and_then(|mut f| f.flush()).with_context(|| format!("finishing {}", out.display()))?;
-    println!(
+    outln!(
         "record: {} frames and {} snapshots ({} bytes before compression), {} reconnects, into {}",
         written.frames,
         written.snapshots,
@@ -181,7 +181,7 @@ async fn record_bybit(cfg: &BybitConnectionConfig, gz: &mut Out, stop: &std::syn
         let mut ws = match binance::connect(&cfg.stream_url(), Duration::from_secs(10)).await {
             Ok(ws) => ws,
             Err(e) => {
-                eprintln!("record: {e}; retrying");
+                errln!("record: {e}; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -203,7 +203,7 @@ async fn record_bybit(cfg: &BybitConnectionConfig, gz: &mut Out, stop: &std::syn
                 _ = ping.tick() => {
                     req_id += 1;
                     if ws.send(Message::text(format!("{{\"req_id\":\"ping-{req_id}\",\"op\":\"ping\"}}"))).await.is_err() {
-                        eprintln!("record: connection lost; reconnecting");
+                        errln!("record: connection lost; reconnecting");
                         break;
                     }
                 }
@@ -218,11 +218,11 @@ async fn record_bybit(cfg: &BybitConnectionConfig, gz: &mut Out, stop: &std::syn
                     }
                     Ok(Some(Ok(_))) => {}
                     Ok(Some(Err(e))) => {
-                        eprintln!("record: connection lost ({e}); reconnecting");
+                        errln!("record: connection lost ({e}); reconnecting");
                         break;
                     }
                     Ok(None) => {
-                        eprintln!("record: the venue closed the connection; reconnecting");
+                        errln!("record: the venue closed the connection; reconnecting");
                         break;
                     }
                 },
@@ -250,7 +250,7 @@ async fn record_binance(
         let mut ws = match binance::connect(&cfg.stream_url(), Duration::from_secs(10)).await {
             Ok(ws) => ws,
             Err(e) => {
-                eprintln!("record: {e}; retrying");
+                errln!("record: {e}; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -283,17 +283,17 @@ async fn record_binance(
                                 w.snapshots += 1;
                                 w.bytes += line.len() as u64;
                             }
-                            Err(e) => eprintln!("record: snapshot of {symbol}: {e} (the recording continues without it)"),
+                            Err(e) => errln!("record: snapshot of {symbol}: {e} (the recording continues without it)"),
                         }
                     }
                 }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => {
-                    eprintln!("record: connection lost ({e}); reconnecting");
+                    errln!("record: connection lost ({e}); reconnecting");
                     break;
                 }
                 Ok(None) => {
-                    eprintln!("record: the venue closed the connection; reconnecting");
+                    errln!("record: the venue closed the connection; reconnecting");
                     break;
                 }
             }

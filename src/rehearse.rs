@@ -99,7 +99,7 @@ pub fn rehearse(cfg: &config::RunConfig, duration: Duration) -> anyhow::Result<(
         now.store(t, Relaxed);
         state.lock().unwrap_or_else(|p| p.into_inner()).advance(t);
     });
-    println!(
+    outln!(
         "rehearsal: {:.1}s of event time on the synthetic market (seed {}, {}), rule agents only",
         duration.as_secs_f64(),
         cfg.market.seed,
@@ -108,7 +108,7 @@ pub fn rehearse(cfg: &config::RunConfig, duration: Duration) -> anyhow::Result<(
     let symbol_of = |i: InstrumentId| symbols.get(i.index()).cloned().unwrap_or_else(|| format!("#{}", i.0));
     for a in &agents.agent {
         if let Some(c) = metrics.agent(AgentId(a.id)) {
-            println!("  {}", c.summary_line(&a.display_name(), &symbol_of));
+            outln!("  {}", c.summary_line(&a.display_name(), &symbol_of));
         }
     }
     Ok(())

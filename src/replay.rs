@@ -296,15 +296,15 @@ impl Progress {
             Some(t) if t > 0 => {
                 let frac = (done as f64 / t as f64).min(1.0);
                 let bar: String = (0..30).map(|i| if (i as f64) < frac * 30.0 { '#' } else { '.' }).collect();
-                eprint!("\rreplay [{bar}] {:5.1}%  {events} events, {rate:.0}/s   ", frac * 100.0);
+                errout!("\rreplay [{bar}] {:5.1}%  {events} events, {rate:.0}/s   ", frac * 100.0);
             }
-            _ => eprint!("\rreplay: {done} lines, {events} events, {rate:.0}/s   "),
+            _ => errout!("\rreplay: {done} lines, {events} events, {rate:.0}/s   "),
         }
     }
 
     fn finish(&self, done: u64, events: u64) {
         if self.on {
-            eprintln!("\rreplay: {done} read, {events} events{:40}", "");
+            errln!("\rreplay: {done} read, {events} events{:40}", "");
         }
     }
 }
@@ -1122,9 +1122,9 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         crate::config::apply_env(&mut file, &|k| std::env::var(k).ok())?;
         let b = replay_books(dir, &file.resolve()?.engine)?;
         if args.json {
-            println!("{}", b.to_json());
+            outln!("{}", b.to_json());
         } else {
-            println!(
+            outln!(
                 "books only: {} events ({} market updates read) in {:.3}s, {:.0} events/s; checksum {}",
                 b.events,
                 b.tops,
@@ -1162,11 +1162,11 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
         let rows = crate::sweep::run_grid(&exe, &child, args.config.as_deref(), &settings, jobs, progress)?;
         let wall = started.elapsed();
         if args.json {
-            println!("{}", crate::sweep::rows_json(&rows));
+            outln!("{}", crate::sweep::rows_json(&rows));
         } else {
-            print!("{}", crate::sweep::table(&rows));
+            out!("{}", crate::sweep::table(&rows));
         }
-        eprintln!("{}", crate::sweep::throughput(&rows, wall, jobs));
+        errln!("{}", crate::sweep::throughput(&rows, wall, jobs));
         let failed = rows.iter().filter(|r| r.result.is_err()).count();
         anyhow::ensure!(failed == 0, "{failed} of {} sweep runs failed", rows.len());
         return Ok(());
@@ -1185,7 +1185,7 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
     let staged = match (&input, &args.archive) {
         (Input::Journal(dir), Some(archive)) => {
             let s = crate::journal_cmd::stage_with_archive(dir, archive, &args.shard)?;
-            eprintln!("replay: {} archived segments fetched, replaying {}", s.fetched, s.dir.display());
+            errln!("replay: {} archived segments fetched, replaying {}", s.fetched, s.dir.display());
             Some(s)
         }
         _ => None,
@@ -1208,9 +1208,9 @@ pub fn command(args: ReplayArgs) -> anyhow::Result<()> {
     let summary = replay(&input, &engine, &opts)?;
     drop(staged);
     if args.json {
-        println!("{}", summary.to_json());
+        outln!("{}", summary.to_json());
     } else {
-        print!("{}", summary.to_text());
+        out!("{}", summary.to_text());
     }
     Ok(())
 }

@@ -114,7 +114,7 @@ fn edge_loop(
                 match journal.append_record(o) {
                     Ok(_) => report.journaled += 1,
                     Err(e) => {
-                        eprintln!("error: the output journal failed ({e}); outputs are no longer journaled in this run (the next start rewrites them from the input journal)");
+                        errln!("error: the output journal failed ({e}); outputs are no longer journaled in this run (the next start rewrites them from the input journal)");
                         report.error = Some(e.to_string());
                     }
                 }
@@ -142,7 +142,7 @@ fn edge_loop(
                             format!("agent {} margin ladder level {} (0 normal, 1 reduce-only, 2 deleverage)", a.agent.0, a.value)
                         }
                     };
-                    eprintln!("risk: {what}");
+                    errln!("risk: {what}");
                 }
             }
         });
@@ -153,7 +153,7 @@ fn edge_loop(
                 // Between bursts: hand the records to the OS so tailers see them promptly.
                 if report.error.is_none() {
                     if let Err(e) = journal.flush_idle() {
-                        eprintln!("error: the output journal failed ({e})");
+                        errln!("error: the output journal failed ({e})");
                         report.error = Some(e.to_string());
                     }
                 }
@@ -272,11 +272,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     // the spinning engine for a time slice (measured with benches/ws_load.rs: milliseconds).
     let engine_cores = &cfg.pipeline.engine_cores;
     if engine_cores.is_empty() {
-        eprintln!(
+        errln!(
             "note: the engine has no core of its own (one CPU available, or the split layout without [engine] engine_cores): every thread shares the CPUs, and latency will show it"
         );
     } else if let Err(e) = sapphire_core::affinity::keep_process_off(engine_cores) {
-        eprintln!("warning: {e}; other threads may preempt the engine on cores {engine_cores:?}");
+        errln!("warning: {e}; other threads may preempt the engine on cores {engine_cores:?}");
     }
     let mut synthetic = SyntheticConfig {
         seed: cfg.market.seed,
@@ -325,9 +325,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                     .context("recording the instruments in Postgres")?;
                 services.block_on(pool.close());
             }
-            Err(e) => eprintln!(
-                "warning: Postgres at {target} is unreachable ({e}); trading starts anyway and the sink catches up when it answers"
-            ),
+            Err(e) => {
+                errln!("warning: Postgres at {target} is unreachable ({e}); trading starts anyway and the sink catches up when it answers")
+            }
         }
     }
 
@@ -348,11 +348,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         Some((&cfg.output_journal.dir, &mut output_journal)),
         |n| {
             if !opts.quiet {
-                eprintln!("recovering: {n} journaled events replayed");
+                errln!("recovering: {n} journaled events replayed");
             }
         },
         // Printed even with --quiet: a snapshot passed over is a damaged file or a changed setting.
-        |note| eprintln!("recovery: {note}"),
+        |note| errln!("recovery: {note}"),
     )
     .context("recovering from the input journal")?;
     let recovered_in = recovered_at.elapsed();
@@ -458,7 +458,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     // Printed even with --quiet: with port 0 it is the only way to learn the port.
-    println!("api: http://{}", api.addr());
+    outln!("api: http://{}", api.addr());
     let mut service_tasks = Vec::new();
     // The daily report, on its own thread (a failure is printed; trading goes on).
     let report_stop = Arc::new(AtomicBool::new(false));
@@ -471,7 +471,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         edge.add_source(Arc::new(FnSource::new("alerts", || Ok(()), move |m: &mut MetricsWriter<'_>| stats.encode(m))));
     }
     if cfg.alerts.telegram && !opts.quiet {
-        println!("alerts: to Telegram, at most one message per {} ms (a digest when more fire)", cfg.alerts.min_interval_ms);
+        outln!("alerts: to Telegram, at most one message per {} ms (a digest when more fire)", cfg.alerts.min_interval_ms);
     }
     let bus_stats = Arc::new(BusStats::default());
     let sink_stats = pg::SinkStats::new();
@@ -495,7 +495,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         };
         sink_task = Some(services.spawn(as_text(pg::run_sink(sink.clone(), source, Arc::clone(&sink_stats), drained))));
         if !opts.quiet {
-            println!("postgres: sink to {} ({:?} batches of up to {})", sink.target(), sink.method, sink.batch_max);
+            outln!("postgres: sink to {} ({:?} batches of up to {})", sink.target(), sink.method, sink.batch_max);
         }
     }
     // Retention: sealed segments behind the newest snapshot the sink has committed, archived
@@ -531,7 +531,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             let thread = retention::spawn(config, dirs, check, Arc::clone(&retention_stats), Arc::clone(&retention_stop))
                 .context("starting journal retention")?;
             if !opts.quiet {
-                println!(
+                outln!(
                     "retention: sealed input segments behind the newest snapshot{} archived to {} (shard folder {}) and deleted; {waits_for}",
                     if cfg.snapshots.is_none() { " (snapshots are off: none will be)" } else { "" },
                     r.archive,
@@ -582,9 +582,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             ));
         }
         if !opts.quiet {
-            println!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
+            outln!("redis: {} (prefix {:?})", sapphire_persistence::bus::redact(&bus.url), bus.prefix);
             if cfg.redis_signal_ingress {
-                println!("agent ids: {} (one producer each; Redis producers hold an id by lease)", cfg.agent_owners.describe());
+                outln!("agent ids: {} (one producer each; Redis producers hold an id by lease)", cfg.agent_owners.describe());
             }
         }
     }
@@ -601,9 +601,9 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         // Printed even with --quiet, like the API address: with port 0 it is the only way to learn it.
         match ingress.cert_path() {
             Some(cert) => {
-                println!("quic: {} (self-signed development certificate for agents to pin: {})", ingress.local_addr(), cert.display())
+                outln!("quic: {} (self-signed development certificate for agents to pin: {})", ingress.local_addr(), cert.display())
             }
-            None => println!("quic: {}", ingress.local_addr()),
+            None => outln!("quic: {}", ingress.local_addr()),
         }
         let stats = ingress.stats();
         quic_stats = Some(Arc::clone(&stats));
@@ -703,10 +703,10 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             .map_err(|e| crate::config::ConfigError(format!("[agents.runtime]: {e}")))?;
         if !opts.quiet {
             for note in rt.notes() {
-                println!("agents: {note}");
+                outln!("agents: {note}");
             }
             if !rt.coverage().is_empty() {
-                println!("agents: {}", rt.coverage());
+                outln!("agents: {}", rt.coverage());
             }
         }
         let metrics = rt.metrics();
@@ -766,8 +766,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             Some(r) => format!("REAL ORDERS to {:?} at {}", r.market, r.rest_url.as_deref().unwrap_or(r.market.default_rest_url())),
             None => "paper trading".to_string(),
         };
-        println!("sapphire run: {source}, {venue}, {:?} layout, data dir {}", cfg.pipeline.layout, cfg.data_dir.display());
-        println!(
+        outln!("sapphire run: {source}, {venue}, {:?} layout, data dir {}", cfg.pipeline.layout, cfg.data_dir.display());
+        outln!(
             "journal: {} ({} records from earlier runs{}), durability {:?}; Ctrl-C stops cleanly",
             cfg.journal.dir.display(),
             recovery.records,
@@ -788,7 +788,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 ),
                 None => "(the whole journal: no usable snapshot)".to_string(),
             };
-            println!(
+            outln!(
                 "recovered: {recovered_events} journaled events replayed {from} in {:.2}s; trading {:.2}s after start (journals opened in {:.2}s): books, positions, PnL, risk state and open orders rebuilt ({orders_not_resent} orders re-decided, none re-sent)",
                 recovered_in.as_secs_f64(),
                 restarted_in.as_secs_f64(),
@@ -797,7 +797,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         }
         if let Some(sc) = &cfg.snapshots {
             let p = cfg.pipeline.snapshots;
-            println!(
+            outln!(
                 "snapshots: {} (every {} events or {} s of event time, at the next timer; the newest {} kept)",
                 sc.dir.display(),
                 p.every_events,
@@ -805,7 +805,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 sc.keep
             );
         }
-        println!(
+        outln!(
             "output journal: {} ({} records{}{})",
             cfg.output_journal.dir.display(),
             output_recovery.records + outputs_regenerated,
@@ -838,7 +838,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             pins_reported = true;
             for (name, outcome) in pipeline.pin_outcomes() {
                 if let PinOutcome::Unpinned { core, reason } = outcome {
-                    eprintln!("warning: {name} thread could not be pinned to core {core} ({reason}); running unpinned");
+                    errln!("warning: {name} thread could not be pinned to core {core} ({reason}); running unpinned");
                 }
             }
         }
@@ -858,7 +858,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         last_tick = now;
         if !opts.quiet {
             let snaps: Vec<_> = pipeline.latency().iter().map(|r| r.snapshot()).collect();
-            println!(
+            outln!(
                 "[{:>5.1}s] {:>9.0} ev/s  events {}  orders {}  fills {}  refused {}  equity {} (pnl {})  backlog {}  {}",
                 started.elapsed().as_secs_f64(),
                 rate,
@@ -873,7 +873,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             );
         }
         if stats.journal_errors.load(Ordering::Relaxed) > 0 {
-            eprintln!("error: the input journal failed; stopping (nothing is traded without its record)");
+            errln!("error: the input journal failed; stopping (nothing is traded without its record)");
             break;
         }
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -894,14 +894,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     let _ = agents_stop.send(true);
     if let Some(task) = agents_task {
         if let Err(e) = services.block_on(task) {
-            eprintln!("warning: the agents runtime failed: {e}");
+            errln!("warning: the agents runtime failed: {e}");
         }
     }
     for (name, task) in service_tasks {
         match services.block_on(task) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: {name} stopped: {e}"),
-            Err(e) => eprintln!("warning: {name} failed: {e}"),
+            Ok(Err(e)) => errln!("warning: {name} stopped: {e}"),
+            Err(e) => errln!("warning: {name} failed: {e}"),
         }
     }
     let (published, feed_error) = market_thread.join().map_err(|_| anyhow::anyhow!("the market thread panicked"))?;
@@ -936,15 +936,15 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(task) = publisher_task {
         match services.block_on(task) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: redis publisher stopped: {e}"),
-            Err(e) => eprintln!("warning: redis publisher failed: {e}"),
+            Ok(Err(e)) => errln!("warning: redis publisher stopped: {e}"),
+            Err(e) => errln!("warning: redis publisher failed: {e}"),
         }
     }
     if let Some(task) = sink_task {
         match services.block_on(task) {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("warning: the postgres sink stopped: {e}"),
-            Err(e) => eprintln!("warning: the postgres sink failed: {e}"),
+            Ok(Err(e)) => errln!("warning: the postgres sink stopped: {e}"),
+            Err(e) => errln!("warning: the postgres sink failed: {e}"),
         }
     }
     services.shutdown_timeout(Duration::from_secs(2));
@@ -962,8 +962,8 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         let lost = report.journal.errors();
         let through = pipeline_journal.through();
         let msg = format!("the input journal failed ({lost} appends lost; it holds events through sequence {through}): {e}");
-        eprintln!("error: {msg}");
-        eprintln!(
+        errln!("error: {msg}");
+        errln!(
             "error: {} engine outputs and the orders decided after that event were withheld (nothing leaves the core unless its cause is journaled)",
             edge_report.withheld
         );
@@ -984,14 +984,14 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     );
     if let Some(msg) = journal_failure {
         if let Err(e) = summarised {
-            eprintln!("warning: {e:#}");
+            errln!("warning: {e:#}");
         }
         anyhow::bail!(msg);
     }
     summarised?;
     if cfg.sink.is_some() {
         sink_stats.set_journal_head(output_head.load(Ordering::Relaxed));
-        println!(
+        outln!(
             "  postgres: {} rows in {} batches, cursor {} (lag {} outputs, caught up by the next start), {} errors, {} skipped",
             sink_stats.rows_total(),
             sink_stats.batches(),
@@ -1002,7 +1002,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     if cfg.redis.is_some() {
-        println!(
+        outln!(
             "  redis: {} ticks and {} outputs published ({} ticks dropped while unreachable), {} remote signals in ({} refused, {} of them for an agent id another producer owns), {} reconnects, {} errors",
             bus_stats.ticks.load(Ordering::Relaxed),
             bus_stats.outputs.load(Ordering::Relaxed),
@@ -1015,7 +1015,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     if let Some(q) = &quic_stats {
-        println!(
+        outln!(
             "  quic: {} agent connections, {} remote signals in, {} refused, {} snapshot datagrams",
             q.connections.load(Ordering::Relaxed),
             q.signals_accepted.load(Ordering::Relaxed),
@@ -1025,7 +1025,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     }
     if let Some((s, market, stream)) = &routing_stats {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        println!(
+        outln!(
             "  venue {market}: {} orders, {} acked, {} rejected, {} filtered before sending, {} fills, {} canceled, {} unknown ({} resolved by query)",
             r(&s.orders),
             r(&s.acked),
@@ -1036,7 +1036,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             r(&s.unknown),
             r(&s.resolved)
         );
-        println!(
+        outln!(
             "  venue stream: {} connects, {} order updates, {} executions ({} fills reported from executions, {} skipped), {} errors",
             r(&stream.connects),
             r(&stream.orders),
@@ -1045,7 +1045,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             r(&s.executions_skipped),
             r(&stream.errors)
         );
-        println!(
+        outln!(
             "  venue reconcile: {} orders adopted, {} closed; {} position differences seen, {} adopted, {} unpriced; {} failed passes",
             r(&s.orders_adopted),
             r(&s.orders_closed),
@@ -1056,18 +1056,18 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
         );
     }
     match &edge_report.error {
-        None => println!("  output journal: {} outputs appended", edge_report.journaled),
-        Some(e) => println!("  output journal: {} outputs appended, then it failed: {e}", edge_report.journaled),
+        None => outln!("  output journal: {} outputs appended", edge_report.journaled),
+        Some(e) => outln!("  output journal: {} outputs appended, then it failed: {e}", edge_report.journaled),
     }
     if let Some(s) = &snapshot_stats {
-        println!("  {}", snapshot_summary(s));
+        outln!("  {}", snapshot_summary(s));
     }
     if cfg.retention.is_some() {
-        println!("  {}", retention_summary(&retention_stats));
+        outln!("  {}", retention_summary(&retention_stats));
     }
     if let Some(c) = feed_counters {
         let c = *c.borrow();
-        println!(
+        outln!(
             "  feed: {} frames, {} events, {} skipped, {} snapshots ({} requested, {} held back by the cap), {} gaps, {} reconnects ({} stale), {} connect failures, {} stamps ahead of the venue's clock replaced",
             c.frames,
             c.events,
@@ -1107,15 +1107,15 @@ fn summary(
     let pf = risk.portfolio();
     let total = pf.total();
     let processed = stats.processed.load(Ordering::Relaxed);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "summary: {:.1}s, {} events ({:.0}/s), journaled {}",
         elapsed.as_secs_f64(),
         processed,
         processed as f64 / elapsed.as_secs_f64().max(1e-9),
         report.journal.appended()
     );
-    println!(
+    outln!(
         "  orders {} (cancels {}), fills {}, refused {}, guard alerts {}, open orders {}",
         edge.orders(),
         edge.cancels(),
@@ -1124,7 +1124,7 @@ fn summary(
         edge.alerts(),
         risk.open_orders()
     );
-    println!(
+    outln!(
         "  equity {} on capital {}: realized {}, unrealized {}, fees {}, peak {}, drawdown {:.2}%",
         money(total.equity.raw),
         money(total.capital.raw),
@@ -1138,7 +1138,7 @@ fn summary(
         let s = pf.agent_summary(sapphire_core::event::AgentId(a as u16));
         if s.realized.raw != 0 || s.unrealized.raw != 0 || s.fees.raw != 0 {
             let name = agent_name(cfg, a);
-            println!(
+            outln!(
                 "  {name:>18}: pnl {} (realized {}, fees {}), exposure {}",
                 money((s.equity - s.capital).raw),
                 money(s.realized.raw),
@@ -1153,7 +1153,7 @@ fn summary(
             |i: sapphire_core::instrument::InstrumentId| symbols.get(i.index()).map_or_else(|| format!("#{}", i.0), |s| s.to_string());
         // Agents that never started (an LLM agent without a provider) were named at the start.
         for c in m.agents.iter().filter(|c| started.contains(&c.agent)) {
-            println!("  {}", c.summary_line(&agent_name(cfg, usize::from(c.agent.0)), &symbol_of));
+            outln!("  {}", c.summary_line(&agent_name(cfg, usize::from(c.agent.0)), &symbol_of));
         }
     }
     let refusals: Vec<String> = RejectReason::ALL
@@ -1162,11 +1162,11 @@ fn summary(
         .map(|r| format!("{} {}", r.label(), risk.refusals()[*r as usize]))
         .collect();
     if !refusals.is_empty() {
-        println!("  refusals by limit: {}", refusals.join(", "));
+        outln!("  refusals by limit: {}", refusals.join(", "));
     }
-    println!("  latency p50/p99/p99.9/max:");
+    outln!("  latency p50/p99/p99.9/max:");
     for s in &report.latency {
-        println!(
+        outln!(
             "    {:>13}: {:>8} {:>8} {:>8} {:>8}  ({} samples)",
             s.name,
             fmt_ns(s.p50),
@@ -1181,12 +1181,12 @@ fn summary(
     // operator control and venue reports come by other producers): fewer processed than the
     // market published means events were lost.
     if dropped > 0 || ring_full > 0 || published > processed {
-        println!("  backpressure: {dropped} outputs dropped by a slow edge, {ring_full} events refused by a closed ring, market published {published} vs processed {processed}");
+        outln!("  backpressure: {dropped} outputs dropped by a slow edge, {ring_full} events refused by a closed ring, market published {published} vs processed {processed}");
     }
     let (stalls, stalled_ns) = (stats.stalls.load(Ordering::Relaxed), stats.stalled_ns.load(Ordering::Relaxed));
     if stalls > 0 {
         // Interference on the engine's core: an event that arrived then waited as long.
-        println!(
+        outln!(
             "  engine core: {stalls} stalls of 100µs or more while polling, {:.1} ms in all ({:.2}% of the run): the CPU was taken by another thread, an interrupt or the hypervisor",
             stalled_ns as f64 / 1e6,
             stalled_ns as f64 / 1e9 / elapsed.as_secs_f64().max(1e-9) * 100.0
@@ -1194,7 +1194,7 @@ fn summary(
     }
     let preemption = core_use.preemption.unwrap_or_default();
     if preemption.count > 0 {
-        println!(
+        outln!(
             "  engine core: other tasks ran on it {} times while the engine waited, {:.1} ms in all ({:.2}% of the run): see EngineCorePreempted in docs/runbook.md",
             preemption.count,
             preemption.waited_ns as f64 / 1e6,
@@ -1203,15 +1203,15 @@ fn summary(
     }
     if stalls > 0 && !core_use.interrupts.is_empty() {
         let top: Vec<String> = core_use.interrupts.iter().take(4).map(|(name, n)| format!("{name} {n}")).collect();
-        println!("  interrupts on the engine's cores: {}", top.join(", "));
+        outln!("  interrupts on the engine's cores: {}", top.join(", "));
     }
     if preemption.count > 0 && core_use.workqueues == Some(true) {
-        println!("  unbound kernel work may run on the engine's cores (/sys/devices/virtual/workqueue/cpumask)");
+        outln!("  unbound kernel work may run on the engine's cores (/sys/devices/virtual/workqueue/cpumask)");
     }
     for (name, outcome) in &report.pins {
         match outcome {
-            PinOutcome::Pinned(core) => println!("  {name} pinned to core {core}"),
-            PinOutcome::Unpinned { core, reason } => println!("  {name} NOT pinned to core {core}: {reason}"),
+            PinOutcome::Pinned(core) => outln!("  {name} pinned to core {core}"),
+            PinOutcome::Unpinned { core, reason } => outln!("  {name} NOT pinned to core {core}: {reason}"),
             PinOutcome::NotRequested => {}
         }
     }
@@ -1241,7 +1241,7 @@ fn summary(
         let _ = std::fs::remove_file(&part);
         return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
     }
-    println!("  run summary written to {}", path.display());
+    outln!("  run summary written to {}", path.display());
     Ok(())
 }
 

@@ -85,7 +85,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
                 pg::check_schema(&pool).await?;
                 pool.close().await;
             }
-            Err(e) => eprintln!("sink: {e}; the sink will keep trying"),
+            Err(e) => errln!("sink: {e}; the sink will keep trying"),
         }
         let stats = SinkStats::new();
         let _api = match &args.http_bind {
@@ -97,14 +97,14 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
             let _ = stop_rx.wait_for(|s| *s).await;
         };
         let task = tokio::spawn(pg::run_sink(sink, source, stats.clone(), stop));
-        eprintln!("sink {name}: following {} into {target}", args.journal.display());
+        errln!("sink {name}: following {} into {target}", args.journal.display());
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         tick.tick().await;
         let (mut cursor_written, mut cursor_failed): (Option<u64>, bool) = (None, false);
         loop {
             tokio::select! {
-                _ = tick.tick() => eprintln!("{}", status(&stats)),
+                _ = tick.tick() => errln!("{}", status(&stats)),
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             // Only a cursor read from (or committed to) Postgres: 0 before that is "nothing known".
@@ -115,7 +115,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
                         Ok(()) => cursor_written = Some(cursor),
                         // Retried every 100 ms; said once (retention then keeps the journal).
                         Err(e) if !cursor_failed => {
-                            eprintln!(
+                            errln!(
                                 "sink: cannot write the cursor file {}: {e}; journal retention will keep the output journal",
                                 path.display()
                             );
@@ -133,7 +133,7 @@ pub fn run(args: SinkArgs) -> anyhow::Result<()> {
             }
         }
         task.await.context("sink task")??;
-        println!("{}", status(&stats));
+        outln!("{}", status(&stats));
         Ok(())
     })
 }
@@ -153,7 +153,7 @@ fn serve_health(bind: &str, stats: &Arc<SinkStats>) -> anyhow::Result<sapphire_g
     )));
     let (producer, _) = sapphire_core::ring::ring::<sapphire_core::event::Event>(64, 1);
     let api = ApiServer::start(ApiConfig { bind: addr, token: None, core: None }, edge, producer)?;
-    println!("api: http://{}", api.addr());
+    outln!("api: http://{}", api.addr());
     Ok(api)
 }
 

@@ -170,7 +170,7 @@ pub fn run_grid(
                 let result = run_one(exe, child_args, base, combo, &dir.join(format!("combo-{i}.toml")));
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if progress {
-                    eprint!("\rsweep: {n}/{} runs done   ", combos.len());
+                    errout!("\rsweep: {n}/{} runs done   ", combos.len());
                 }
                 if let Ok(mut r) = rows.lock() {
                     r[i] = Some(Row { settings: combo.clone(), result });
@@ -179,7 +179,7 @@ pub fn run_grid(
         }
     });
     if progress {
-        eprintln!();
+        errln!();
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mut rows: Vec<Row> = rows.into_inner().map_err(|_| anyhow::anyhow!("a sweep worker panicked"))?.into_iter().flatten().collect();

@@ -43,7 +43,7 @@ pub struct SignArgs {
 pub fn run(cmd: VenueCommand) -> anyhow::Result<()> {
     match cmd {
         VenueCommand::Sign(args) => {
-            println!("{}", sign(&args, &|name| std::env::var(name).ok())?);
+            outln!("{}", sign(&args, &|name| std::env::var(name).ok())?);
             Ok(())
         }
     }

@@ -201,6 +201,37 @@ fn ctrl_c_stops_cleanly_with_a_summary() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `sapphire run | head -2`: once the reader has gone, the next status line meets a broken
+/// pipe; the run stops as it does on Ctrl-C (exit 0, its journal closed and reopenable) instead
+/// of panicking with exit 101 mid-flight.
+#[test]
+fn a_closed_stdout_stops_run_cleanly_instead_of_panicking() {
+    use std::io::BufRead;
+    let dir = temp_dir("epipe");
+    let mut child = sapphire()
+        .args(["run", "--duration", "120s", "--events-per-sec", "20000", "--wait", "yield", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sapphire starts");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("a first line");
+    assert!(first.ends_with('\n'), "a first whole line: {first:?}");
+    // The reader (and with it the pipe's read end) is dropped here, as `head` exits.
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("sapphire exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(30), "stopping took {:?}: {stderr}", started.elapsed());
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("stdout was closed"), "{stderr}");
+    // The journal was closed cleanly: a second run opens it and goes on from it.
+    let again = sapphire().args(["run", "--duration", "1s", "--quiet", "--data-dir"]).arg(&dir).output().expect("sapphire runs again");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kill_9_then_restart_recovers_from_the_journal() {
     let dir = temp_dir("kill9");

@@ -517,14 +517,14 @@ pub fn spawn_daily(
             }
             match daily(&data_dir, date, &shard) {
                 Ok(report) => {
-                    println!("report: {date} written to {}", report.dir.display());
+                    outln!("report: {date} written to {}", report.dir.display());
                     if let Some(tg) = &telegram {
                         if let Err(e) = tg.send_report(&report) {
-                            eprintln!("report: sending {date} to Telegram failed: {e:#}");
+                            errln!("report: sending {date} to Telegram failed: {e:#}");
                         }
                     }
                 }
-                Err(e) => eprintln!("report: the daily report of {date} failed: {e:#}"),
+                Err(e) => errln!("report: the daily report of {date} failed: {e:#}"),
             }
         })
         .context("starting the daily report thread")?;
@@ -571,11 +571,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let tg = if args.telegram { Some(telegram::Telegram::from_env(&|k| std::env::var(k).ok())?) } else { None };
     let report =
         build(&ReportRequest { journal, window, last_run: Some(args.data_dir.join("last-run.json")), out: args.out.clone(), title })?;
-    println!("{}", report.summary_text);
-    println!("report: {} of {} outputs; written to {}", report.records.1, report.records.0, report.dir.join("index.html").display());
+    outln!("{}", report.summary_text);
+    outln!("report: {} of {} outputs; written to {}", report.records.1, report.records.0, report.dir.join("index.html").display());
     if let Some(tg) = tg {
         tg.send_report(&report)?;
-        println!("report: sent to Telegram ({} charts)", report.charts.len());
+        outln!("report: sent to Telegram ({} charts)", report.charts.len());
     }
     Ok(())
 }
