@@ -308,6 +308,7 @@ struct OpenOrder {
     intent_id: u64,
     agent: AgentId,
     instrument: InstrumentId,
+    side: Side,
     price: Price,
     leaves: Quantity,
 }
@@ -673,8 +674,9 @@ impl RiskEngine {
         for a in 0..self.portfolio.agents().min(MAX_AGENTS) {
             let agent = AgentId(a as u16);
             let s = self.portfolio.agent_summary(agent);
-            // Its budget, less what it has lost: `agent_margin_utilization_ratio` (margin over
-            // budget) crosses 85% no later than the ladder does.
+            // Its budget, less what it has lost (its equity, once lower). The edge's
+            // `agent_margin_utilization_ratio` divides by the same base, so the alerts on it
+            // fire as the ladder acts.
             let base = s.equity.min(s.capital);
             let used = Money::from_raw(s.gross_exposure.raw / leverage);
             let ratio = if base.raw > 0 {
@@ -764,7 +766,7 @@ impl RiskEngine {
             return;
         }
         let intent_id = crate::router::intent_id(seq, tag);
-        self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: Quantity::from_raw(cut) });
+        self.open.push(OpenOrder { intent_id, agent, instrument: inst, side, price, leaves: Quantity::from_raw(cut) });
         let _ = orders.push(Order {
             ts_event: self.now,
             intent_id,
@@ -802,7 +804,7 @@ impl RiskEngine {
         let m = self.markets[inst.index()];
         let price = if side == Side::Sell { m.bid } else { m.ask };
         let intent_id = crate::router::intent_id(seq, crate::router::GUARD_AGENT_TAG);
-        self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: Quantity::from_raw(cut) });
+        self.open.push(OpenOrder { intent_id, agent, instrument: inst, side, price, leaves: Quantity::from_raw(cut) });
         let _ = orders.push(Order {
             ts_event: self.now,
             intent_id,
@@ -864,7 +866,7 @@ impl RiskEngine {
         }
         self.bucket.take();
         self.approved += 1;
-        self.open.push(OpenOrder { intent_id: intent.intent_id, agent, instrument: inst, price: intent.price, leaves: qty });
+        self.open.push(OpenOrder { intent_id: intent.intent_id, agent, instrument: inst, side, price: intent.price, leaves: qty });
         let tif = match intent.style {
             ExecStyle::Aggressive => TimeInForce::Ioc,
             ExecStyle::Passive => TimeInForce::PostOnly,

@@ -140,11 +140,20 @@ impl RiskEngine {
                 continue; // no market: the next pass tries again
             }
             let side = if pos.raw > 0 { Side::Sell } else { Side::Buy };
+            // What is already on its way out (the last pass's IOC the venue has not answered
+            // yet, an agent's own reducing order) is not sent again: a slow venue must not get
+            // a second close for one position, which on spot (no venue-side reduce-only) would
+            // turn it the other way.
+            let closing: i64 =
+                self.open.iter().filter(|o| o.agent == agent && o.instrument == inst && o.side == side).map(|o| o.leaves.raw).sum();
+            let qty = Quantity::from_raw(pos.raw.abs().saturating_sub(closing));
+            if qty.raw <= 0 {
+                continue; // the next pass looks again once those orders have ended
+            }
             let price = self.band_edge(inst, &m, side);
             let intent_id = crate::router::intent_id(seq, tag);
             tag += 1;
-            let qty = pos.abs();
-            self.open.push(OpenOrder { intent_id, agent, instrument: inst, price, leaves: qty });
+            self.open.push(OpenOrder { intent_id, agent, instrument: inst, side, price, leaves: qty });
             let _ = orders.push(Order {
                 ts_event: self.now,
                 intent_id,
@@ -405,6 +414,44 @@ mod tests {
             });
             assert_eq!(reason == Some(RejectReason::ReduceOnly), refused, "agent {agent} instrument {inst}: {reason:?}");
         }
+    }
+
+    #[test]
+    fn a_venue_slower_than_the_retry_gets_no_second_close_for_one_position() {
+        let mut r = engine(4);
+        give(&mut r, 2, 0, Quantity::from_units(3).raw);
+        let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+        r.on_command(10, &command(ControlKind::Flatten, ALL_AGENTS, ALL_INSTRUMENTS, 0, Price::ZERO), &mut orders, &mut out);
+        let first = orders.as_slice()[0];
+        assert_eq!((first.side, first.qty), (Side::Sell, Quantity::from_units(3)));
+        // The venue has not answered by the next pass, nor the one after: nothing more is sent.
+        for k in 1..=2u64 {
+            let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+            r.advance(2_000 + k * r.config().flatten_retry_ns);
+            r.flatten_at_timer(10 + k as i64, &mut orders, &mut out);
+            assert!(orders.is_empty(), "pass {k} sent {orders:?} while 3 BTC were still being sold");
+        }
+        // One BTC of the IOC fills, the rest is cancelled: the next pass sells the other two.
+        fill(&mut r, &first, Quantity::from_units(1));
+        let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+        r.advance(2_000 + 3 * r.config().flatten_retry_ns);
+        r.flatten_at_timer(13, &mut orders, &mut out);
+        assert_eq!((orders.as_slice()[0].side, orders.as_slice()[0].qty), (Side::Sell, Quantity::from_units(2)));
+        // An agent's own resting sell of 1 BTC counts as closing too: the pass sends the rest.
+        let o = orders.as_slice()[0];
+        fill(&mut r, &o, Quantity::ZERO);
+        let (mut sell, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+        r.on_command(
+            14,
+            &command(ControlKind::ManualOrder, AgentId(2), InstrumentId(0), -UNIT, Price::parse("101").unwrap()),
+            &mut sell,
+            &mut out,
+        );
+        assert_eq!(sell.len(), 1, "{out:?}");
+        let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
+        r.advance(2_000 + 4 * r.config().flatten_retry_ns);
+        r.flatten_at_timer(15, &mut orders, &mut out);
+        assert_eq!((orders.as_slice()[0].side, orders.as_slice()[0].qty), (Side::Sell, Quantity::from_units(1)));
     }
 
     #[test]
