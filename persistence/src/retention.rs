@@ -19,8 +19,9 @@
 //! # How
 //! Each segment is put into the archive under `<shard>/<input|output>/<segment name>` (the
 //! input journal's `instruments.txt` beside them), read back by size, and only then deleted
-//! locally; a segment already in the archive with the same size (a crash between the copy and
-//! the delete) is not copied again. Readers that still map a deleted segment keep reading it
+//! locally (a directory archive's copy is synced to disk first); a segment already in the
+//! archive with the same size and ends (a crash between the copy and the delete) is not copied
+//! again, and another file under its name is never overwritten. Readers that still map a deleted segment keep reading it
 //! (an unlinked file lives until unmapped). [`fetch`] brings archived segments back: `sapphire
 //! journal restore` and `sapphire replay --archive`.
 
@@ -284,7 +285,16 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     root: ObjPath,
     display: String,
+    /// The shard's folder when the archive is a directory: object_store's local backend
+    /// renames a copy into place without syncing it, so [`Archive::put_file`] syncs the file
+    /// and its folder itself before the local segment may go. (A bucket's successful put is
+    /// durable.)
+    local: Option<PathBuf>,
 }
+
+/// Bytes compared at each end of a file already in the archive before it counts as this file's
+/// copy.
+const COMPARE_BYTES: u64 = 64 * 1024;
 
 impl Archive {
     /// Opens an archive: `gs://bucket[/prefix]` (Google Cloud Storage; credentials from
@@ -302,14 +312,19 @@ impl Archive {
                 .build()
                 .map_err(|e| bad(&format!("cannot reach Google Cloud Storage: {e}")))?;
             let root = ObjPath::from(format!("{}/{shard}", prefix.trim_matches('/')).trim_start_matches('/'));
-            return Ok(Archive { store: Arc::new(store), root, display: format!("gs://{bucket}/{}", prefix.trim_matches('/')) });
+            return Ok(Archive {
+                store: Arc::new(store),
+                root,
+                display: format!("gs://{bucket}/{}", prefix.trim_matches('/')),
+                local: None,
+            });
         }
         let dir = PathBuf::from(spec_t.strip_prefix("file://").unwrap_or(spec_t));
         let shard_dir = dir.join(shard);
         fs::create_dir_all(&shard_dir).map_err(|e| bad(&format!("cannot create {}: {e}", shard_dir.display())))?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(&shard_dir)
             .map_err(|e| bad(&format!("cannot open {}: {e}", shard_dir.display())))?;
-        Ok(Archive { store: Arc::new(store), root: ObjPath::default(), display: dir.display().to_string() })
+        Ok(Archive { store: Arc::new(store), root: ObjPath::default(), display: dir.display().to_string(), local: Some(shard_dir) })
     }
 
     /// The archive's location, for messages (no credentials in it).
@@ -329,15 +344,33 @@ impl Archive {
         RetentionError::Archive { archive: self.display.clone(), op, object: object.to_string(), why: e.to_string() }
     }
 
-    /// Copies a local file into the archive (unless an object of the same size is already
-    /// there) and checks the copy's size.
+    /// Copies a local file into the archive, checks the copy's size, and (for a directory
+    /// archive) syncs it to disk: only then may the local file go.
+    ///
+    /// An object already there under the name is this file's copy when it has the same size
+    /// and the same first and last [`COMPARE_BYTES`] (a crash between the copy and the delete):
+    /// it is not copied again. One with the same start and another size is an earlier copy of
+    /// this file cut short, and is replaced. Anything else is another file that happens to have
+    /// the name (two cores writing to one shard folder): an error, and nothing is overwritten.
     pub async fn put_file(&self, journal: &str, path: &Path) -> Result<(), RetentionError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let object = self.object(journal, name);
         let len = fs::metadata(path).map_err(io_err(path))?.len();
         match self.store.head(&object).await {
-            Ok(meta) if meta.size == len => return Ok(()),
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Ok(meta) => {
+                let head = COMPARE_BYTES.min(len).min(meta.size);
+                if !self.same_bytes(&object, path, 0..head).await? {
+                    return Err(self.err(
+                        "checking",
+                        &object,
+                        "the archive already holds a different file of this name (is another core archiving to the same shard folder?); nothing was overwritten or deleted",
+                    ));
+                }
+                if meta.size == len && self.same_bytes(&object, path, len.saturating_sub(COMPARE_BYTES)..len).await? {
+                    return self.sync_local(journal, name);
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.err("checking", &object, e)),
         }
         let bytes = fs::read(path).map_err(io_err(path))?;
@@ -346,7 +379,29 @@ impl Archive {
         if meta.size != len {
             return Err(self.err("reading back", &object, format!("{} bytes in the archive, {len} locally", meta.size)));
         }
-        Ok(())
+        self.sync_local(journal, name)
+    }
+
+    /// True when the archived object's bytes in `range` equal the local file's.
+    async fn same_bytes(&self, object: &ObjPath, path: &Path, range: std::ops::Range<u64>) -> Result<bool, RetentionError> {
+        use std::io::{Read, Seek, SeekFrom};
+        if range.is_empty() {
+            return Ok(true);
+        }
+        let theirs = self.store.get_range(object, range.clone()).await.map_err(|e| self.err("comparing", object, e))?;
+        let mut ours = vec![0u8; (range.end - range.start) as usize];
+        let mut f = File::open(path).map_err(io_err(path))?;
+        f.seek(SeekFrom::Start(range.start)).and_then(|_| f.read_exact(&mut ours)).map_err(io_err(path))?;
+        Ok(theirs.as_ref() == ours.as_slice())
+    }
+
+    /// Syncs a directory archive's copy and its folder (nothing to do for a bucket).
+    fn sync_local(&self, journal: &str, name: &str) -> Result<(), RetentionError> {
+        let Some(shard_dir) = &self.local else { return Ok(()) };
+        let dir = shard_dir.join(journal);
+        let copy = dir.join(name);
+        File::open(&copy).and_then(|f| f.sync_all()).map_err(io_err(&copy))?;
+        sync_dir(&dir)
     }
 
     /// The archived segments of a journal: (first sequence, file name, size), oldest first.
@@ -519,7 +574,8 @@ impl RetentionStats {
         Arc::new(s)
     }
 
-    fn measure(&self, dirs: &Dirs) {
+    /// Measures the bytes the journals and snapshots hold now (a directory listing each).
+    pub fn measure(&self, dirs: &Dirs) {
         for (slot, dir) in self.disk_bytes.iter().zip([&dirs.input, &dirs.output, &dirs.snapshots]) {
             slot.store(dir_bytes(dir), Ordering::Relaxed);
         }

@@ -203,6 +203,38 @@ async fn a_copy_left_by_a_crash_is_not_copied_again_and_a_short_one_is_replaced(
     }
 }
 
+#[tokio::test]
+async fn another_file_under_the_name_is_never_overwritten_and_a_failed_copy_deletes_nothing() {
+    let (root, dirs) = data("clash", 2_000, 1_999);
+    write_snapshot(&dirs, 1_500);
+    let plan = super::plan(&dirs, &full(), None, NOW_AND_FOREVER, SystemTime::now()).unwrap();
+    assert!(plan.segments.len() >= 2, "{plan:?}");
+    let local_before: Vec<Vec<u8>> = plan.segments.iter().map(|s| fs::read(&s.path).unwrap()).collect();
+    // Another core's segment of the same name and size already in the shard's folder.
+    let folder = root.join("archive/a/input");
+    fs::create_dir_all(&folder).unwrap();
+    let first = &plan.segments[0];
+    let theirs: Vec<u8> = local_before[0].iter().map(|b| b ^ 0x5a).collect();
+    fs::write(folder.join(first.path.file_name().unwrap()), &theirs).unwrap();
+    let archive = Archive::open(&format!("file://{}", root.join("archive").display()), "a").unwrap();
+    let e = apply(&plan, &dirs, &archive).await.unwrap_err();
+    assert!(e.to_string().contains("different file of this name"), "{e}");
+    assert_eq!(fs::read(folder.join(first.path.file_name().unwrap())).unwrap(), theirs, "their copy was overwritten");
+    for (seg, bytes) in plan.segments.iter().zip(&local_before) {
+        assert_eq!(&fs::read(&seg.path).unwrap(), bytes, "{} changed or went", seg.path.display());
+    }
+    // An archive that cannot be written (its journal folder is a file): nothing is deleted.
+    let blocked = root.join("blocked");
+    fs::create_dir_all(blocked.join("a")).unwrap();
+    fs::write(blocked.join("a/input"), "not a folder").unwrap();
+    let archive = Archive::open(blocked.to_str().unwrap(), "a").unwrap();
+    assert!(apply(&plan, &dirs, &archive).await.is_err());
+    for (seg, bytes) in plan.segments.iter().zip(&local_before) {
+        assert_eq!(&fs::read(&seg.path).unwrap(), bytes, "{} changed or went", seg.path.display());
+    }
+    assert_eq!(all_events(&dirs.input).len(), 2_000);
+}
+
 #[test]
 fn archive_locations_are_checked() {
     for bad in ["", "s3://bucket/x", "gs://", "http://example.com/x"] {
