@@ -206,7 +206,7 @@ fn write_retention_metrics(s: &retention::RetentionStats, m: &mut MetricsWriter<
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
     m.gauges(
         "sapphire_journal_disk_bytes",
-        "Bytes on the data volume, by what holds them (at the last retention pass).",
+        "Bytes on the data volume, by what holds them (at the last retention pass; at the scrape when retention is off).",
         [("input", &s.disk_bytes[0]), ("output", &s.disk_bytes[1]), ("snapshots", &s.disk_bytes[2])].map(|(k, a)| ([("journal", k)], r(a))),
     );
     m.counters(
@@ -502,6 +502,11 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     // and then deleted (persistence/src/retention.rs); off without an archive.
     let retention_stats = retention::RetentionStats::new();
     let retention_stop = Arc::new(AtomicBool::new(false));
+    let retention_dirs = retention::Dirs {
+        input: cfg.journal.dir.clone(),
+        output: cfg.output_journal.dir.clone(),
+        snapshots: cfg.snapshots.as_ref().map_or_else(|| cfg.data_dir.join("snapshots"), |s| s.dir.clone()),
+    };
     let retention_thread = match &cfg.retention {
         None => None,
         Some(r) => {
@@ -515,11 +520,6 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 retention::SinkCursor::InProcess(_) => "output segments once the sink has committed them".to_string(),
                 retention::SinkCursor::File(f) => format!("output segments once the sink's cursor in {} has passed them", f.display()),
             };
-            let dirs = retention::Dirs {
-                input: cfg.journal.dir.clone(),
-                output: cfg.output_journal.dir.clone(),
-                snapshots: cfg.snapshots.as_ref().map_or_else(|| cfg.data_dir.join("snapshots"), |s| s.dir.clone()),
-            };
             let config = retention::RetentionConfig {
                 archive: r.archive.clone(),
                 shard: cfg.shard.clone(),
@@ -528,7 +528,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
                 sink,
             };
             let check = retention::SnapshotCheck::Full(sapphire_persistence::snapshot::Fingerprints::new(&cfg.engine, &instruments));
-            let thread = retention::spawn(config, dirs, check, Arc::clone(&retention_stats), Arc::clone(&retention_stop))
+            let thread = retention::spawn(config, retention_dirs.clone(), check, Arc::clone(&retention_stats), Arc::clone(&retention_stop))
                 .context("starting journal retention")?;
             if !opts.quiet {
                 outln!(
@@ -541,14 +541,22 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
             Some(thread)
         }
     };
-    if cfg.retention.is_some() {
+    {
         let metrics = Arc::clone(&retention_stats);
+        // Without retention nothing else measures the volume, and a journal that only grows is
+        // exactly what the disk alerts are for: the scrape measures it then.
+        let measure_at_scrape = cfg.retention.is_none().then(|| retention_dirs.clone());
         // Archiving failing is an alert (the journal stays and grows), not a reason to stop
         // serving: readiness does not depend on it.
         edge.add_source(Arc::new(FnSource::new(
             "retention",
             || Ok(()),
-            move |m: &mut MetricsWriter<'_>| write_retention_metrics(&metrics, m),
+            move |m: &mut MetricsWriter<'_>| {
+                if let Some(dirs) = &measure_at_scrape {
+                    metrics.measure(dirs);
+                }
+                write_retention_metrics(&metrics, m)
+            },
         )));
     }
     // The publisher stops after the engine's last output is journaled (with the sink), and

@@ -306,6 +306,11 @@ fn run_serves_the_http_api_and_a_kill_reaches_the_engine() {
     }
     let (status, metrics) = get("/metrics");
     assert!(status == 200 && metrics.contains("sapphire_events_total "), "{metrics}");
+    // Retention is off here (no archive), and the disk alerts still see the volume: the input
+    // journal already holds the events taken.
+    let input_bytes =
+        metrics.lines().find_map(|l| l.strip_prefix("sapphire_journal_disk_bytes{journal=\"input\"} ")).and_then(|v| v.parse::<f64>().ok());
+    assert!(input_bytes.is_some_and(|b| b > 0.0), "{metrics}");
     // Read from the engine threads' scheduler statistics (Linux).
     if cfg!(target_os = "linux") {
         assert!(
