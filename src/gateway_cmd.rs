@@ -72,6 +72,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     let edge = Arc::new(EdgeState::new(Arc::new(PipelineStats::default()), Vec::new(), symbols, cfg.engine.risk.leverage));
     edge.set_instrument_shards(set.instrument_shards());
+    edge.set_agent_names((0..sapphire_core::aggregate::MAX_AGENTS).map(|a| crate::run::agent_name(&cfg, a)).collect());
     edge.set_core_running(true);
     let stats = Arc::new(BusStats::default());
     let gaps = Arc::new(AtomicU64::new(0));

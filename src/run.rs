@@ -415,6 +415,7 @@ pub fn run(cfg: RunConfig, opts: RunOptions) -> anyhow::Result<()> {
     edge.seed_from(&recovered_risk);
     edge.attach_board(Arc::clone(&board));
     edge.set_instrument_shards(vec![cfg.shard.clone(); symbols.len()]);
+    edge.set_agent_names((0..sapphire_core::aggregate::MAX_AGENTS).map(|a| agent_name(&cfg, a)).collect());
     // The API publishes into the engine's own ring: operator orders can wait for their outcome.
     edge.set_engine_in_process(true);
     drop(recovered_risk);
@@ -1255,7 +1256,7 @@ fn summary(
 
 /// An agent's name: the in-core strategies' (`core-momentum`), a configured agent's kind and
 /// id (`momentum-2`), the arbitrator's, or `agent-<id>` (a remote agent).
-fn agent_name(cfg: &RunConfig, agent: usize) -> String {
+pub(crate) fn agent_name(cfg: &RunConfig, agent: usize) -> String {
     let id = sapphire_core::event::AgentId(agent as u16);
     if let Some(name) = sapphire_core::aggregate::in_core_strategy_name(id) {
         return name.to_string();

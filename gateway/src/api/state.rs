@@ -240,6 +240,8 @@ pub struct EdgeState {
     instance: u64,
     /// Per instrument: the shard (core) that trades it, when known; set once at start.
     instrument_shards: OnceLock<Vec<String>>,
+    /// Names of agents by id, as the run's summary prints them (set once at start).
+    agent_names: OnceLock<Vec<String>>,
     /// The API's inbound ring is the engine's own (`sapphire run`): its sequences are the
     /// engine's, so an operator order's outcome can be found by sequence, and instrument ids
     /// are the engine's. False where control is forwarded to cores elsewhere.
@@ -288,6 +290,7 @@ impl EdgeState {
             board: OnceLock::new(),
             instance: sapphire_core::latency::unix_nanos(),
             instrument_shards: OnceLock::new(),
+            agent_names: OnceLock::new(),
             engine_in_process: AtomicBool::new(false),
         }
     }
@@ -606,6 +609,17 @@ impl EdgeState {
     /// so history rows say which core they came from. Once; later calls are ignored.
     pub fn set_instrument_shards(&self, shards: Vec<String>) {
         let _ = self.instrument_shards.set(shards);
+    }
+
+    /// Names agents by id (index = id), as the process's configuration knows them: the
+    /// dashboard and the API then say `momentum-2` rather than `agent-2`. Set once.
+    pub fn set_agent_names(&self, names: Vec<String>) {
+        let _ = self.agent_names.set(names);
+    }
+
+    /// An agent's name, when known.
+    pub fn agent_name(&self, id: u16) -> Option<&str> {
+        self.agent_names.get().and_then(|n| n.get(usize::from(id))).map(String::as_str)
     }
 
     /// The shard that trades `instrument`, when known.

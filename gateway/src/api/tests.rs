@@ -189,6 +189,11 @@ async fn dashboard_is_a_json_snapshot() {
     let h = Harness::start(None);
     h.state.apply(&out(EngineOutput::Pnl { ts_event: 7, total: summary(2_005, 2_000, 100) }));
     h.state.apply(&out(EngineOutput::AgentPnl { ts_event: 7, agent: AgentId(1), summary: summary(1_005, 1_000, 100) }));
+    // The run names its agents as its summary does; one it does not know stays agent-<id>.
+    h.state.set_agent_names((0..16).map(|a| if a == 2 { "momentum-2".to_string() } else { format!("agent-{a}") }).collect());
+    for a in [2, 12] {
+        h.state.apply(&out(EngineOutput::AgentPnl { ts_event: 7, agent: AgentId(a), summary: summary(1_000, 1_000, 0) }));
+    }
     h.state.apply(&out(EngineOutput::Risk(RiskOutput::Alert(RiskAlert {
         kind: AlertKind::Killed,
         agent: ALL_AGENTS,
@@ -207,6 +212,9 @@ async fn dashboard_is_a_json_snapshot() {
     assert_eq!(v["orders"]["open"], 1);
     let agent = &v["agents"][0];
     assert_eq!((agent["agent_id"].as_u64(), agent["name"].as_str()), (Some(1), Some("core-imbalance")));
+    let names: Vec<(u64, &str)> =
+        v["agents"].as_array().unwrap().iter().map(|a| (a["agent_id"].as_u64().unwrap(), a["name"].as_str().unwrap())).collect();
+    assert_eq!(names, [(1, "core-imbalance"), (2, "momentum-2"), (12, "agent-12")]);
     assert_eq!((agent["margin_remaining"].as_str(), agent["margin_utilization"].as_f64()), (Some("900.00"), Some(0.1)));
 }
 

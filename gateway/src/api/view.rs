@@ -37,8 +37,11 @@ pub(super) fn decimal(d: impl std::fmt::Display) -> String {
 
 /// An agent's name: the in-core strategies' (`core-momentum`, `core-imbalance`), apart from
 /// the agents' (`agent-2`...), so a strategy and an agent of the same kind never share one.
-pub(super) fn agent_name(id: u16) -> String {
-    match sapphire_core::aggregate::in_core_strategy_name(sapphire_core::event::AgentId(id)) {
+pub(super) fn agent_name(s: &EdgeState, id: u16) -> String {
+    if let Some(name) = sapphire_core::aggregate::in_core_strategy_name(sapphire_core::event::AgentId(id)) {
+        return name.into();
+    }
+    match s.agent_name(id) {
         Some(name) => name.into(),
         None => format!("agent-{id}"),
     }
@@ -82,7 +85,7 @@ fn alert_label(kind: AlertKind) -> &'static str {
 }
 
 /// A guard alert in words.
-pub(super) fn alert_text(a: &RiskAlert) -> String {
+pub(super) fn alert_text(s: &EdgeState, a: &RiskAlert) -> String {
     let pct = |bps: i64| format!("{}.{:02}%", bps / 100, (bps % 100).abs());
     match a.kind {
         AlertKind::DrawdownWarning => format!("drawdown warning: {} from peak equity", pct(a.value)),
@@ -95,25 +98,25 @@ pub(super) fn alert_text(a: &RiskAlert) -> String {
         AlertKind::Killed => "kill switch engaged".into(),
         AlertKind::Halted => "trading halted by operator".into(),
         AlertKind::Resumed => "trading resumed".into(),
-        AlertKind::AgentPaused => format!("{} {}", agent_name(a.agent.0), if a.value == 1 { "paused" } else { "resumed" }),
+        AlertKind::AgentPaused => format!("{} {}", agent_name(s, a.agent.0), if a.value == 1 { "paused" } else { "resumed" }),
         AlertKind::LimitChanged => format!("limit changed to {}", a.value),
-        AlertKind::Flattening => format!("flatten of {}: pass {}", flatten_scope(a.agent.0), a.value),
-        AlertKind::Flattened if a.value == 0 => format!("flatten of {}: flat", flatten_scope(a.agent.0)),
-        AlertKind::Flattened => format!("flatten of {} gave up: {} position(s) still open", flatten_scope(a.agent.0), a.value),
+        AlertKind::Flattening => format!("flatten of {}: pass {}", flatten_scope(s, a.agent.0), a.value),
+        AlertKind::Flattened if a.value == 0 => format!("flatten of {}: flat", flatten_scope(s, a.agent.0)),
+        AlertKind::Flattened => format!("flatten of {} gave up: {} position(s) still open", flatten_scope(s, a.agent.0), a.value),
         AlertKind::AgentMarginLadder => match a.value {
-            0 => format!("{} margin back to normal", agent_name(a.agent.0)),
-            1 => format!("{} margin: reduce-only, resting orders cancelled", agent_name(a.agent.0)),
-            _ => format!("{} margin: deleverage, positions cut", agent_name(a.agent.0)),
+            0 => format!("{} margin back to normal", agent_name(s, a.agent.0)),
+            1 => format!("{} margin: reduce-only, resting orders cancelled", agent_name(s, a.agent.0)),
+            _ => format!("{} margin: deleverage, positions cut", agent_name(s, a.agent.0)),
         },
     }
 }
 
 /// Whose positions a flatten closes.
-fn flatten_scope(agent: u16) -> String {
+fn flatten_scope(s: &EdgeState, agent: u16) -> String {
     if agent == sapphire_core::risk::ALL_AGENTS.0 {
         "every agent".into()
     } else {
-        agent_name(agent)
+        agent_name(s, agent)
     }
 }
 
@@ -138,7 +141,7 @@ pub(super) fn order(s: &EdgeState, id: u64, r: &OrderRecord) -> Value {
         "ts_event": o.ts_event,
         "client_order_id": o.client_order_id.to_string(),
         "agent_id": o.agent.0,
-        "agent": agent_name(o.agent.0),
+        "agent": agent_name(s, o.agent.0),
         "symbol": symbol(s, o.instrument),
         "shard": s.shard_of(o.instrument),
         "action": match o.action { OrderAction::New => "new", OrderAction::CancelAll => "cancel_all" },
@@ -163,7 +166,7 @@ pub(super) fn fill(s: &EdgeState, id: u64, f: &FillRecord) -> Value {
         "ts_event": r.ts_event,
         "client_order_id": r.client_order_id.to_string(),
         "agent_id": r.agent.0,
-        "agent": agent_name(r.agent.0),
+        "agent": agent_name(s, r.agent.0),
         "symbol": symbol(s, r.instrument),
         "shard": s.shard_of(r.instrument),
         "side": side(r.side),
@@ -184,7 +187,7 @@ pub(super) fn signal(s: &EdgeState, id: u64, r: &SignalRecord) -> Value {
         "seq": r.seq,
         "ts_event": g.ts_event,
         "agent_id": g.agent.0,
-        "agent": agent_name(g.agent.0),
+        "agent": agent_name(s, g.agent.0),
         "symbol": symbol(s, g.instrument),
         "shard": s.shard_of(g.instrument),
         "strength_bps": g.strength_bps,
@@ -204,7 +207,7 @@ pub(super) fn risk(s: &EdgeState, id: u64, r: &RiskRecord) -> Value {
             "kind": "refusal",
             "ts_event": f.ts_event,
             "agent_id": f.agent.0,
-            "agent": agent_name(f.agent.0),
+            "agent": agent_name(s, f.agent.0),
             "symbol": symbol(s, f.instrument),
             "shard": s.shard_of(f.instrument),
             "reason": f.reason.label(),
@@ -221,7 +224,7 @@ pub(super) fn risk(s: &EdgeState, id: u64, r: &RiskRecord) -> Value {
             "agent_id": a.agent.0,
             "alert": alert_label(a.kind),
             "value": a.value,
-            "text": alert_text(&a),
+            "text": alert_text(s, &a),
         }),
     }
 }
@@ -235,7 +238,7 @@ pub(super) fn positions(s: &EdgeState) -> Value {
             let unrealized = p.position.unrealized(p.mark);
             json!({
                 "agent_id": p.agent.0,
-                "agent": agent_name(p.agent.0),
+                "agent": agent_name(s, p.agent.0),
                 "symbol": symbol(s, p.instrument),
                 "shard": s.shard_of(p.instrument),
                 "qty": decimal(p.position.qty),
@@ -311,7 +314,7 @@ pub(super) fn snapshot(ctx: &ApiContext, with_positions: bool) -> Value {
             let m = s.margin(&a);
             json!({
                 "agent_id": id,
-                "name": agent_name(id),
+                "name": agent_name(s, id),
                 "ts_event": ts,
                 "pnl": usd(a.equity - a.capital),
                 "realized": usd(a.realized),
