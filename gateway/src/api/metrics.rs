@@ -158,12 +158,12 @@ fn write(
     let agents: Vec<_> = s.agents().collect();
     m.gauges(
         "agent_margin_remaining_usd",
-        "Margin budget left per agent (budget - exposure / leverage).",
+        "Margin left per agent: its budget (or its equity, once lower) less exposure / leverage.",
         agents.iter().map(|(id, _, summary)| ([("agent_id", id.to_string())], money(s.margin(summary).remaining))),
     );
     m.gauges(
         "agent_margin_utilization_ratio",
-        "Margin used over budget per agent.",
+        "Margin used (exposure / leverage) over the agent's budget, or its equity once lower: the base of the per-agent margin ladder.",
         agents.iter().map(|(id, _, summary)| ([("agent_id", id.to_string())], s.margin(summary).utilization())),
     );
     m.counters(

@@ -68,7 +68,9 @@ impl PnlCell {
 /// One agent's margin, derived from its totals: used = exposure / leverage.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AgentMargin {
-    /// The agent's margin budget.
+    /// The agent's margin budget, less what it has lost (its equity, once lower): what the
+    /// engine's per-agent ladder measures margin against (`RiskEngine`'s ladder in
+    /// core/src/risk.rs), so the alerts on these figures fire when the ladder acts.
     pub budget: Money,
     /// Margin in use.
     pub used: Money,
@@ -77,10 +79,13 @@ pub struct AgentMargin {
 }
 
 impl AgentMargin {
-    /// Used over budget, 0 when there is no budget.
+    /// Used over budget; with no budget left, 1 while any margin is used (as the ladder
+    /// counts it), else 0.
     pub fn utilization(&self) -> f64 {
         if self.budget.raw > 0 {
             self.used.raw as f64 / self.budget.raw as f64
+        } else if self.used.raw > 0 {
+            1.0
         } else {
             0.0
         }
@@ -581,7 +586,8 @@ impl EdgeState {
     /// An agent's margin from its totals.
     pub fn margin(&self, s: &PnlSummary) -> AgentMargin {
         let used = Money::from_raw(s.gross_exposure.raw / self.leverage);
-        AgentMargin { budget: s.capital, used, remaining: Money::from_raw(s.capital.raw.saturating_sub(used.raw)) }
+        let budget = s.capital.min(s.equity);
+        AgentMargin { budget, used, remaining: Money::from_raw(budget.raw.saturating_sub(used.raw)) }
     }
 
     /// Registers a part's readiness check and metrics (see [`HealthSource`]).

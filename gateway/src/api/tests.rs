@@ -145,6 +145,9 @@ async fn readyz_names_each_check_and_flips_with_book_sync() {
 async fn metrics_use_the_old_platform_names() {
     let h = Harness::start(None);
     h.state.apply(&out(EngineOutput::AgentPnl { ts_event: 5, agent: AgentId(0), summary: summary(1_010, 1_000, 250) }));
+    // An agent that has lost 200 of its 1,000: its margin counts against the 800 left, as the
+    // engine's ladder counts it (87.5%: reduce-only there, and over the alert's 85% here).
+    h.state.apply(&out(EngineOutput::AgentPnl { ts_event: 5, agent: AgentId(1), summary: summary(800, 1_000, 700) }));
     h.state.apply(&out(EngineOutput::Pnl { ts_event: 5, total: summary(2_000, 2_000, 250) }));
     h.state.apply(&out(EngineOutput::Pnl { ts_event: 6, total: summary(1_900, 2_000, 250) }));
     let refusal = RiskRefusal { reason: RejectReason::PriceBand, ..RiskRefusal::default() };
@@ -160,6 +163,8 @@ async fn metrics_use_the_old_platform_names() {
     for (sample, want) in [
         ("agent_margin_remaining_usd{agent_id=\"0\"}", 750.0),
         ("agent_margin_utilization_ratio{agent_id=\"0\"}", 0.25),
+        ("agent_margin_remaining_usd{agent_id=\"1\"}", 100.0),
+        ("agent_margin_utilization_ratio{agent_id=\"1\"}", 0.875),
         ("risk_limits_breached_total{limit_type=\"price_band\"}", 1.0),
         ("risk_limits_breached_total{limit_type=\"kill_switch\"}", 0.0),
         ("portfolio_drawdown_pct", 5.0),
