@@ -43,8 +43,10 @@ struct AttackTally {
 }
 
 /// Runs the attack until `stop`: each kind as its own tasks on a runtime of its own thread.
-fn attack(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<AttackTally>) -> std::thread::JoinHandle<()> {
+/// Its thread stays off `engine_core` (an attacker is another machine's work, not the engine's).
+fn attack(addr: SocketAddr, engine_core: Vec<usize>, stop: Arc<AtomicBool>, tally: Arc<AttackTally>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
+        let _ = sapphire_core::affinity::keep_thread_off(&engine_core);
         let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         rt.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
@@ -146,10 +148,20 @@ fn run(lab: &Lab, w: &Workload, attacked: bool) -> Case {
     let state = Arc::new(EdgeState::new(pipeline.stats(), Vec::new(), symbols, 1));
     state.set_core_running(true);
     let config = ApiConfig { bind: "127.0.0.1:0".parse().expect("an address"), token: ApiToken::new(TOKEN).ok(), core: None };
-    let server = ApiServer::start(config, state, pipeline.producer());
+    // As `sapphire run` keeps every thread but the engine off the engine's core (its process
+    // CPU mask), the API server's threads and the attacker's run on the other cores: started
+    // from a thread kept off that core, they inherit its mask.
+    let engine_core: Vec<usize> = lab.consumer_core().into_iter().collect();
+    let producer = pipeline.producer();
+    let server = std::thread::spawn(move || {
+        let _ = sapphire_core::affinity::keep_thread_off(&engine_core);
+        ApiServer::start(config, state, producer)
+    })
+    .join()
+    .expect("starting the API server");
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(AttackTally::default()));
     let attacker = match (&server, attacked) {
-        (Ok(server), true) => Some(attack(server.addr(), Arc::clone(&stop), Arc::clone(&tally))),
+        (Ok(server), true) => Some(attack(server.addr(), lab.consumer_core().into_iter().collect(), Arc::clone(&stop), Arc::clone(&tally))),
         _ => None,
     };
     // Both runs settle the same time before the first tick (the attack gets under way); without

@@ -55,6 +55,14 @@ pub fn keep_process_off(cores: &[usize]) -> Result<Vec<usize>, String> {
     fence::keep_process_off(cores)
 }
 
+/// Keeps the calling thread off `cores`, and so every thread it starts from here on (they
+/// inherit its mask): [`keep_process_off`] for one thread and what it spawns, e.g. a server
+/// started beside an engine in one process that other work must not disturb. Returns the
+/// CPUs left. Never panics.
+pub fn keep_thread_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+    fence::keep_thread_off(cores)
+}
+
 #[cfg(target_os = "linux")]
 mod fence {
     use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
@@ -71,7 +79,8 @@ mod fence {
         Ok((0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
     }
 
-    pub(super) fn keep_process_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+    /// The calling thread's CPUs without `cores`, as a mask.
+    fn rest_of(cores: &[usize]) -> Result<(Vec<usize>, CpuSet), String> {
         let rest: Vec<usize> = own_cpus()?.into_iter().filter(|c| !cores.contains(c)).collect();
         if rest.is_empty() {
             return Err(format!("cores {cores:?} are every CPU this process may use: nothing is left for its other threads"));
@@ -80,6 +89,17 @@ mod fence {
         for &c in &rest {
             set.set(c).map_err(|e| format!("CPU {c}: {e}"))?;
         }
+        Ok((rest, set))
+    }
+
+    pub(super) fn keep_thread_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+        let (rest, set) = rest_of(cores)?;
+        sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("moving this thread off cores {cores:?}: {e}"))?;
+        Ok(rest)
+    }
+
+    pub(super) fn keep_process_off(cores: &[usize]) -> Result<Vec<usize>, String> {
+        let (rest, set) = rest_of(cores)?;
         let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| format!("listing this process's threads: {e}"))?;
         let mut failed = Vec::new();
         for tid in tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
@@ -100,6 +120,10 @@ mod fence {
 #[cfg(not(target_os = "linux"))]
 mod fence {
     pub(super) fn keep_process_off(_cores: &[usize]) -> Result<Vec<usize>, String> {
+        Err("keeping threads off the engine's cores needs Linux CPU masks".into())
+    }
+
+    pub(super) fn keep_thread_off(_cores: &[usize]) -> Result<Vec<usize>, String> {
         Err("keeping threads off the engine's cores needs Linux CPU masks".into())
     }
 }
@@ -157,6 +181,28 @@ mod tests {
         let pinned = std::thread::spawn(move || (pin_current_thread(Some(engine)), fence::own_cpus().unwrap())).join().unwrap();
         assert_eq!(pinned, (PinOutcome::Pinned(engine), vec![engine]));
         assert!(keep_process_off(&cpus).is_err(), "fencing every CPU is refused");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn keeping_one_thread_off_a_core_moves_it_and_what_it_starts_only() {
+        let cpus = fence::own_cpus().unwrap();
+        if cpus.len() < 2 {
+            assert!(keep_thread_off(&cpus).is_err());
+            return;
+        }
+        let engine = *cpus.last().unwrap();
+        let (own, child) = std::thread::spawn(move || {
+            let rest = keep_thread_off(&[engine]).unwrap();
+            let child = std::thread::spawn(|| fence::own_cpus().unwrap()).join().unwrap();
+            assert_eq!(fence::own_cpus().unwrap(), rest);
+            (rest, child)
+        })
+        .join()
+        .unwrap();
+        assert!(!own.contains(&engine) && !own.is_empty());
+        assert_eq!(child, own, "a thread it starts inherits the mask");
+        assert_eq!(fence::own_cpus().unwrap(), cpus, "the caller's own mask is untouched");
     }
 
     #[test]
