@@ -1160,6 +1160,37 @@ fn a_manual_order_and_a_flatten_trade_on_the_local_exchange() {
     }
     let (_, orders) = get("/api/orders");
     assert!(orders.contains("\"reduce_only\":true"), "the flatten's order: {orders}");
+    // How many flattens have ended flat, whoever's (the risk log, newest first, 500 at most).
+    let flat_ends = || {
+        let (_, risk) = get("/api/risk?limit=500");
+        let v: serde_json::Value = serde_json::from_str(&risk).unwrap();
+        v["items"].as_array().map_or(0, |items| items.iter().filter(|r| r["alert"] == "flattened" && r["value"] == 0).count())
+    };
+    let wait_flat = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while flat_ends() < n {
+            assert!(Instant::now() < deadline, "{what} never ended flat: {}", get("/api/risk?limit=500").1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A flatten of one symbol (every agent's BTCUSDT, the rule agents' too) after another buy.
+    let (status, body) = post_json(&api, "/api/orders", "desk-token", r#"{"symbol":"BTCUSDT","side":"buy","qty":"0.01","agent":15}"#);
+    assert_eq!(status, 200, "{body}");
+    let before = flat_ends();
+    let (status, body) = post_json(&api, "/api/flatten", "desk-token", r#"{"symbol":"BTCUSDT"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"flattening\""), "{body}");
+    wait_flat(before + 1, "the BTCUSDT flatten");
+    // Kill with flatten: the kill switch, and everything closed through the venue.
+    let (status, body) = post_json(&api, "/api/orders", "desk-token", r#"{"symbol":"BTCUSDT","side":"buy","qty":"0.01","agent":15}"#);
+    assert_eq!(status, 200, "{body}");
+    let before = flat_ends();
+    let (status, body) = post_json(&api, "/api/kill?flatten=true", "desk-token", "");
+    assert_eq!(status, 200, "{body}");
+    wait_flat(before + 1, "kill with flatten");
+    let (_, dashboard) = get("/dashboard");
+    let v: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert_eq!(v["risk"]["killed"], true, "{dashboard}");
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill runs");
     assert!(killed.success());
     let out = child.wait_with_output().unwrap();
