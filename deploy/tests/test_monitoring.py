@@ -114,6 +114,41 @@ def test_the_alerts_the_issue_asks_for(rules):
     assert any("agent_margin_remaining_usd" in r["expr"] for r in rules)
 
 
+def test_journal_disk_and_retention_alerts(rules):
+    """Issue 19: the volume's use and a failing archive are alerts (the metric is written with
+    or without retention, src/run.rs)."""
+    by_name = {r["alert"]: r for r in rules}
+    for name, metric in [("JournalDiskHigh", "sapphire_journal_disk_bytes"), ("JournalDiskCritical", "sapphire_journal_disk_bytes"),
+                         ("JournalArchiveFailing", "sapphire_journal_retention_errors_total")]:
+        assert name in by_name and metric in by_name[name]["expr"], name
+    assert by_name["JournalDiskCritical"]["labels"]["severity"] == "critical"
+
+
+# The limit_type label values the engine writes: RejectReason::label in core/src/event.rs.
+LABEL_FN = re.compile(r"pub const fn label\(self\) -> &'static str \{(.*?)\n    \}", re.S)
+
+
+def limit_types() -> set[str]:
+    body = LABEL_FN.search((REPO / "core/src/event.rs").read_text()).group(1)
+    return set(re.findall(r'=> "([a-z_]+)"', body))
+
+
+def limit_types_used(exprs: list[str]) -> set[str]:
+    return set().union(*(set(re.findall(r'limit_type\s*=~?\s*"([a-z_|]+)"', e)) for e in exprs)) if exprs else set()
+
+
+def test_limit_types_in_monitoring_are_what_the_engine_writes(rules, dashboard):
+    known = limit_types()
+    assert {"agent_margin", "price_band", "reduce_only"} <= known and "agent_budget" not in known, known
+    used = set()
+    for value in limit_types_used([r["expr"] for r in rules] + dashboard_exprs(dashboard)):
+        used |= set(value.split("|"))
+    assert "agent_margin" in used, "the per-agent ladder's alert queries agent_margin"
+    assert used <= known, f"limit_type values the engine never writes: {sorted(used - known)}"
+    # The check can fail: the old name is not among them.
+    assert limit_types_used(['risk_limits_breached_total{limit_type="agent_budget"}']) - known == {"agent_budget"}
+
+
 def test_dashboard(dashboard):
     assert dashboard["uid"] and dashboard["title"]
     ids = [p["id"] for p in dashboard["panels"]]
