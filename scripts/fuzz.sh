@@ -7,7 +7,7 @@
 #                                       (fuzz/target/corpus/TARGET, not committed)
 #   scripts/fuzz.sh --list              the targets
 #   scripts/fuzz.sh --smoke [SECONDS]   every target for SECONDS (default 3) each; what
-#                                       scripts/test.sh runs when the toolchain is there
+#                                       scripts/conformance.sh runs when the toolchain is there
 #   scripts/fuzz.sh --shared-corpus     build more seeds from ../shared/data (recordings and
 #                                       venue samples) into fuzz/target/shared-corpus, which
 #                                       later runs also read; NEVER committed (not ours to ship)
