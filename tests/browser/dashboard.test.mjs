@@ -219,3 +219,18 @@ test('the page reconnects when the server restarts', { timeout: 45_000 }, async 
   assert.equal((await dashboardJson()).risk.killed, true);
   assert.deepEqual(problems, []);
 });
+
+test('flatten with "also kill" sends the kill switch and the flatten as one command', { timeout: TEST_TIMEOUT }, async () => {
+  // The restarted process still holds the journaled kill; this adds its flatten option.
+  const before = (await page.locator('#risk-body').textContent()).match(/flatten of every agent/g)?.length ?? 0;
+  await page.click('#flatten-btn');
+  await page.locator('#also-kill-row').waitFor({ state: 'visible', timeout: 5_000 });
+  await page.check('#also-kill');
+  await page.fill('#token-input', TOKEN);
+  await page.click('#confirm-btn');
+  // POST /api/kill?flatten=true answers kill_flatten; the flatten's passes reach the risk log.
+  await page.waitForFunction(() => /^kill_flatten accepted \(inbound seq \d+\)/.test(document.querySelector('#toast').textContent), null, { timeout: 10_000 });
+  await page.waitForFunction((n) => (document.querySelector('#risk-body').textContent.match(/flatten of every agent/g) || []).length > n, before, { timeout: 10_000 });
+  assert.equal((await dashboardJson()).risk.killed, true);
+  assert.deepEqual(problems, []);
+});
