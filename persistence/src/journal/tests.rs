@@ -652,3 +652,27 @@ fn a_sealed_journal_ends_in_an_empty_segment_and_reopens_where_it_was() {
     assert_eq!((rec.records, rec.next_seq), (300, 300));
     assert_eq!(w.append_event(&Event::Timer(Timer::default())).unwrap(), 300);
 }
+
+mod crc {
+    use super::super::record_crc;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_record_crc_is_crc32c() {
+        // RFC 3720's check value, and the crate's value for every short length.
+        assert_eq!(record_crc(b"123456789"), 0xe306_9283);
+        let bytes: Vec<u8> = (0..300u32).map(|i| (i * 151 + 7) as u8).collect();
+        for end in 0..bytes.len() {
+            for start in 0..9.min(end + 1) {
+                assert_eq!(record_crc(&bytes[start..end]), crc32c::crc32c(&bytes[start..end]), "{start}..{end}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_record_crc_equals_the_crates_for_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2_048)) {
+            prop_assert_eq!(record_crc(&bytes), crc32c::crc32c(&bytes));
+        }
+    }
+}
