@@ -140,12 +140,17 @@ impl RiskEngine {
                 continue; // no market: the next pass tries again
             }
             let side = if pos.raw > 0 { Side::Sell } else { Side::Buy };
-            // What is already on its way out (the last pass's IOC the venue has not answered
-            // yet, an agent's own reducing order) is not sent again: a slow venue must not get
-            // a second close for one position, which on spot (no venue-side reduce-only) would
-            // turn it the other way.
-            let closing: i64 =
-                self.open.iter().filter(|o| o.agent == agent && o.instrument == inst && o.side == side).map(|o| o.leaves.raw).sum();
+            // The engine's own closing IOCs still in flight (the last pass's, a ladder cut, a
+            // guard deleverage: tags from AGENT_CUT_TAG up) are not sent again: a slow venue
+            // must not get a second close for one position, which on spot (no venue-side
+            // reduce-only) would turn it the other way. An agent's resting order does not count:
+            // it may never fill, and the flatten must not wait on it.
+            let closing: i64 = self
+                .open
+                .iter()
+                .filter(|o| o.agent == agent && o.instrument == inst && o.side == side && o.intent_id as u8 >= AGENT_CUT_TAG)
+                .map(|o| o.leaves.raw)
+                .sum();
             let qty = Quantity::from_raw(pos.raw.abs().saturating_sub(closing));
             if qty.raw <= 0 {
                 continue; // the next pass looks again once those orders have ended
@@ -437,7 +442,8 @@ mod tests {
         r.advance(2_000 + 3 * r.config().flatten_retry_ns);
         r.flatten_at_timer(13, &mut orders, &mut out);
         assert_eq!((orders.as_slice()[0].side, orders.as_slice()[0].qty), (Side::Sell, Quantity::from_units(2)));
-        // An agent's own resting sell of 1 BTC counts as closing too: the pass sends the rest.
+        // An agent's own resting sell does not hold the flatten back (it may never fill): once
+        // that IOC has ended, the next pass sells the whole two BTC again.
         let o = orders.as_slice()[0];
         fill(&mut r, &o, Quantity::ZERO);
         let (mut sell, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
@@ -451,7 +457,7 @@ mod tests {
         let (mut orders, mut out) = (OrderBatch::default(), RiskOutputBatch::default());
         r.advance(2_000 + 4 * r.config().flatten_retry_ns);
         r.flatten_at_timer(15, &mut orders, &mut out);
-        assert_eq!((orders.as_slice()[0].side, orders.as_slice()[0].qty), (Side::Sell, Quantity::from_units(1)));
+        assert_eq!((orders.as_slice()[0].side, orders.as_slice()[0].qty), (Side::Sell, Quantity::from_units(2)));
     }
 
     #[test]
