@@ -21,8 +21,8 @@
 //! input journal's `instruments.txt` beside them), read back by size, and only then deleted
 //! locally (a directory archive's copy is synced to disk first); a segment already in the
 //! archive with the same size and ends (a crash between the copy and the delete) is not copied
-//! again, and another file under its name is never overwritten. Readers that still map a deleted segment keep reading it
-//! (an unlinked file lives until unmapped). [`fetch`] brings archived segments back: `sapphire
+//! again, and a file under its name that starts differently is never overwritten. Readers that
+//! still map a deleted segment keep reading it (an unlinked file lives until unmapped). [`fetch`] brings archived segments back: `sapphire
 //! journal restore` and `sapphire replay --archive`.
 
 use crate::journal::{last_seq_quick, record_at, segment_first_seq, segments, JournalError};
@@ -349,9 +349,10 @@ impl Archive {
     ///
     /// An object already there under the name is this file's copy when it has the same size
     /// and the same first and last [`COMPARE_BYTES`] (a crash between the copy and the delete):
-    /// it is not copied again. One with the same start and another size is an earlier copy of
-    /// this file cut short, and is replaced. Anything else is another file that happens to have
-    /// the name (two cores writing to one shard folder): an error, and nothing is overwritten.
+    /// it is not copied again. One with the same start but another size or end is an earlier
+    /// copy of this file cut short or damaged, and is replaced. One that starts differently is
+    /// another file that happens to have the name (two cores writing to one shard folder): an
+    /// error, and nothing is overwritten.
     pub async fn put_file(&self, journal: &str, path: &Path) -> Result<(), RetentionError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let object = self.object(journal, name);
